@@ -24,7 +24,13 @@ JIT_ENABLED = HAVE_NUMBA and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0
 # 1e-9 equivalence with the reference.  error_model="numpy" lets divisions
 # vectorize (no ZeroDivisionError checks); cache=True keeps compiled kernels on
 # disk so a second process skips the compile.
-JIT_OPTIONS = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
+# FASTNUM_JIT_CACHE=0 turns the disk cache off (numba cannot inspect cached code).
+JIT_OPTIONS = {
+    "nogil": True,
+    "cache": os.environ.get("FASTNUM_JIT_CACHE", "1") != "0",
+    "fastmath": False,
+    "error_model": "numpy",
+}
 
 if HAVE_NUMBA:
     prange = numba.prange
@@ -32,13 +38,18 @@ else:  # pragma: no cover
     prange = range
 
 
-def njit(func=None, *, parallel: bool = False):
-    """Compile ``func`` with the project's numba options (identity without numba)."""
+def njit(func=None, *, parallel: bool = False, cache: bool = True):
+    """Compile ``func`` with the project's numba options (identity without numba).
+
+    ``cache=False`` is for kernels that take other jitted functions as arguments,
+    which numba cannot cache on disk.
+    """
 
     def wrap(f):
         if not HAVE_NUMBA:
             return f
-        return numba.njit(parallel=parallel, **JIT_OPTIONS)(f)
+        options = {**JIT_OPTIONS, "cache": cache and JIT_OPTIONS["cache"]}
+        return numba.njit(parallel=parallel, **options)(f)
 
     return wrap(func) if func is not None else wrap
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ SHARED_MNIST = REPO.parent / "shared" / "mnist"
 
 if "FASTNUM_MNIST_DIR" not in os.environ and SHARED_MNIST.is_dir():
     os.environ["FASTNUM_MNIST_DIR"] = str(SHARED_MNIST)
+# Tests never write into the user's ~/.cache: parsed-array caches go to a temp dir.
+os.environ.setdefault("FASTNUM_CACHE_DIR", tempfile.mkdtemp(prefix="fastnum-test-cache-"))
 
 
 @pytest.fixture(scope="session")
@@ -19,5 +22,5 @@ def mnist_source_dir():
     """Directory holding the four MNIST .gz files, or skip (with the reason) if absent."""
     d = os.environ.get("FASTNUM_MNIST_DIR")
     if not d or not Path(d).is_dir():
-        pytest.skip("MNIST not available: set FASTNUM_MNIST_DIR to a folder with the four .gz files")
+        pytest.skip("MNIST not available: set FASTNUM_MNIST_DIR to the four .gz files' folder")
     return Path(d)

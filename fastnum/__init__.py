@@ -1,0 +1,37 @@
+"""fastnum: the numerical-gradient training of "Deep Learning from Scratch" ch. 4, made fast.
+
+The book's functions, in plain NumPy, are re-exported under the book's names;
+:class:`TwoLayerNet` is the validating network whose heavy parts run on numba.
+"""
+
+from fastnum.backend import resolve_backend
+from fastnum.gradient import numerical_gradient
+from fastnum.network import TwoLayerNet
+from fastnum.reference import (
+    cross_entropy_error,
+    function_1,
+    function_2,
+    gradient_descent,
+    numerical_diff,
+    sigmoid,
+    simpleNet,
+    softmax,
+    sum_squares_error,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TwoLayerNet",
+    "cross_entropy_error",
+    "function_1",
+    "function_2",
+    "gradient_descent",
+    "numerical_diff",
+    "numerical_gradient",
+    "resolve_backend",
+    "sigmoid",
+    "simpleNet",
+    "softmax",
+    "sum_squares_error",
+]

@@ -1,0 +1,57 @@
+"""Choosing between the numba kernels and the NumPy reference."""
+
+from __future__ import annotations
+
+import os
+
+from fastnum._jit import HAVE_NUMBA, JIT_ENABLED
+
+BACKENDS = ("auto", "numba", "numpy")
+STRATEGIES = ("delta", "full")
+#: Environment variable read when no backend is given explicitly.
+BACKEND_ENV = "FASTNUM_BACKEND"
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """Return ``"numba"`` or ``"numpy"`` for a requested backend.
+
+    ``None`` reads ``$FASTNUM_BACKEND`` (default ``"auto"``).  ``"auto"`` picks
+    numba when it is installed and compiling (not ``NUMBA_DISABLE_JIT=1``),
+    otherwise NumPy.  An explicit ``"numba"`` without numba installed raises.
+    """
+    requested = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
+    requested = str(requested).strip().lower()
+    if requested not in BACKENDS:
+        raise ValueError(
+            f"backend={requested!r} is unknown; use one of {', '.join(BACKENDS)} "
+            f"(argument, --backend, or ${BACKEND_ENV})."
+        )
+    if requested == "auto":
+        return "numba" if JIT_ENABLED else "numpy"
+    if requested == "numba" and not HAVE_NUMBA:
+        raise ImportError(
+            "backend='numba' was requested but numba is not installed; "
+            "run `pip install numba` or use backend='numpy'."
+        )
+    return requested
+
+
+def check_strategy(strategy: str) -> str:
+    """Validate a numerical-gradient strategy name (``delta`` or ``full``)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"strategy={strategy!r} is unknown; use 'delta' (cached activations, default) "
+            "or 'full' (re-run the whole forward pass per perturbation)."
+        )
+    return strategy
+
+
+def describe_backend(backend: str) -> str:
+    """One line for verbose output saying what runs and why."""
+    if backend == "numba":
+        mode = "compiled" if JIT_ENABLED else "NUMBA_DISABLE_JIT=1, running as Python"
+        return f"backend: numba ({mode})"
+    why = "" if HAVE_NUMBA else " (numba not installed)"
+    if HAVE_NUMBA and not JIT_ENABLED:
+        why = " (NUMBA_DISABLE_JIT=1)"
+    return f"backend: numpy reference{why}"

@@ -1,0 +1,175 @@
+"""One table of operations and their implementations, shared by tests and benchmarks.
+
+Each :class:`Operation` has a ``setup`` that turns a :class:`Problem` into the
+arguments of its implementations (done once, outside any timed call), the
+name of the implementation every other must match, and the tolerance of that
+match.  Yardsticks (the analytic backprop gradient) are timed beside the
+others but compute a different function, so they are checked against their own,
+looser tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fastnum import reference
+from fastnum._validate import as_float_batch, as_labels
+from fastnum.kernels import losses, two_layer
+
+LEARNING_RATE = 0.1  # the book's, for the SGD-step operation
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A network and a batch: the input of every operation."""
+
+    params: dict
+    x: np.ndarray  # (N, D) float64, C-contiguous
+    t: np.ndarray  # (N,) int64 labels
+    h: float = reference.H
+
+    @property
+    def label(self):
+        """Short id for test and benchmark names, e.g. ``b100-h50``."""
+        return f"b{self.x.shape[0]}-h{self.params['W1'].shape[1]}"
+
+
+def make_problem(x, t, hidden_size=50, seed=0, weight_init_std=0.01, output_size=10):
+    """A :class:`Problem` for a batch, with a freshly seeded network of the book's shape."""
+    x = as_float_batch(x)
+    t = as_labels(t, x.shape[0], output_size)
+    net = reference.TwoLayerNet(x.shape[1], hidden_size, output_size, weight_init_std, seed)
+    return Problem(params=net.params, x=x, t=t)
+
+
+def reference_net(params):
+    """A reference ``TwoLayerNet`` carrying copies of ``params``."""
+    W1, W2 = params["W1"], params["W2"]
+    net = reference.TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1])
+    net.params = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    return net
+
+
+def _logits(problem):
+    p = problem.params
+    z1 = reference.sigmoid(problem.x @ p["W1"] + p["b1"])
+    return z1 @ p["W2"] + p["b2"]
+
+
+def _sgd(params, grads):
+    return {k: params[k] - LEARNING_RATE * grads[k] for k in params}
+
+
+def _numba_gradient(strategy):
+    def run(params, x, t, h):
+        return two_layer.numerical_gradient_trusted(params, x, t, h, strategy)
+
+    return run
+
+
+def _numba_step(strategy):
+    def run(params, kernel_params, x, t, h):
+        grads = two_layer.numerical_gradient_trusted(kernel_params, x, t, h, strategy)
+        return _sgd(params, grads)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One heavy operation and its interchangeable implementations."""
+
+    name: str
+    setup: dict[str, Callable[[Problem], tuple]]  # implementation -> (Problem -> args)
+    implementations: dict[str, Callable[..., Any]]
+    atol: float
+    rtol: float
+    reference: str = "numpy"
+    yardsticks: dict[str, float] = field(default_factory=dict)  # name -> relative tolerance
+
+    def args(self, impl, problem):
+        """The arguments ``impl`` takes for ``problem`` (prepare these outside timing)."""
+        return self.setup.get(impl, self.setup["default"])(problem)
+
+
+def _np_gradient_args(pr):
+    return (reference_net(pr.params), pr.x, pr.t, pr.h)
+
+
+def _kernel_args(pr):
+    return (two_layer.as_params(pr.params), pr.x, pr.t, pr.h)
+
+
+COMPARISONS = {
+    op.name: op
+    for op in (
+        Operation(
+            name="numerical_gradient",
+            setup={"default": _kernel_args, "numpy": _np_gradient_args,
+                   "backprop": _np_gradient_args},
+            implementations={
+                "numpy": lambda net, x, t, h: net.numerical_gradient(x, t, h),
+                "numba-full": _numba_gradient("full"),
+                "numba-delta": _numba_gradient("delta"),
+                "backprop": lambda net, x, t, h: net.gradient(x, t),
+            },
+            atol=1e-9,
+            rtol=0.0,
+            yardsticks={"backprop": 1e-5},
+        ),
+        Operation(
+            name="softmax_cross_entropy",
+            setup={"default": lambda pr: (_logits(pr), pr.t)},
+            implementations={
+                "numpy": lambda a, t: reference.cross_entropy_error(reference.softmax(a), t),
+                "numba": losses.softmax_cross_entropy,
+            },
+            atol=0.0,
+            rtol=1e-12,
+        ),
+        Operation(
+            name="forward",
+            setup={"default": lambda pr: (two_layer.as_params(pr.params), pr.x),
+                   "numpy": lambda pr: (reference_net(pr.params), pr.x)},
+            implementations={
+                "numpy": lambda net, x: net.predict(x),
+                "numba": two_layer.predict_trusted,
+            },
+            atol=0.0,
+            rtol=1e-12,
+        ),
+        Operation(
+            name="sgd_step",
+            setup={
+                "default": lambda pr: (pr.params, two_layer.as_params(pr.params), pr.x, pr.t,
+                                       pr.h),
+                "numpy": _np_gradient_args,
+                "backprop": _np_gradient_args,
+            },
+            implementations={
+                "numpy": lambda net, x, t, h: _sgd(net.params, net.numerical_gradient(x, t, h)),
+                "numba-full": _numba_step("full"),
+                "numba-delta": _numba_step("delta"),
+                "backprop": lambda net, x, t, h: _sgd(net.params, net.gradient(x, t)),
+            },
+            atol=1e-9 * LEARNING_RATE,
+            rtol=0.0,
+            yardsticks={"backprop": 1e-5},
+        ),
+    )
+}
+
+
+def max_errors(ref, comp):
+    """(max absolute, max relative) difference between two results (arrays, dicts or floats)."""
+    if isinstance(ref, dict):
+        pairs = [(np.asarray(ref[k]), np.asarray(comp[k])) for k in ref]
+    else:
+        pairs = [(np.asarray(ref), np.asarray(comp))]
+    abs_err = max(float(np.max(np.abs(r - c))) for r, c in pairs)
+    scale = max(float(np.max(np.abs(r))) for r, _ in pairs)
+    return abs_err, abs_err / scale if scale else abs_err

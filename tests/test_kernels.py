@@ -1,0 +1,205 @@
+"""The contract: every numba kernel computes what the NumPy reference computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastnum import reference
+from fastnum._jit import HAVE_NUMBA, JIT_ENABLED, get_num_threads, set_num_threads
+from fastnum.kernels import losses, two_layer
+from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
+from fastnum.network import TwoLayerNet
+from fastnum.registry import COMPARISONS, make_problem, max_errors
+
+# Shapes chosen to be multiples of nothing, plus the degenerate ones (batch 1, hidden 1).
+ODD_SHAPES = [(1, 5, 1, 2), (3, 7, 2, 3), (5, 13, 3, 10), (9, 11, 7, 4)]  # batch, in, hidden, out
+
+
+def sparse_batch(rng, batch, features, zero_fraction=0.6):
+    """Random inputs in [0, 1) with about ``zero_fraction`` exact zeros, like MNIST."""
+    x = rng.random((batch, features))
+    x[x < zero_fraction] = 0.0
+    return x
+
+
+def random_problem(batch, features, hidden, out, seed):
+    rng = np.random.default_rng(seed)
+    x = sparse_batch(rng, batch, features)
+    t = rng.integers(0, out, batch)
+    return make_problem(x, t, hidden_size=hidden, seed=seed, weight_init_std=0.7, output_size=out)
+
+
+@pytest.fixture(scope="module")
+def mnist_batch(mnist_source_dir):
+    """A real MNIST batch; smaller when kernels run as plain Python."""
+    from fastnum.data import load_mnist
+
+    (x, t), _ = load_mnist(data_dir=mnist_source_dir)
+    batch = 100 if JIT_ENABLED else 3
+    return x[:batch], t[:batch]
+
+
+def check_operation(op, problem):
+    ref_ = op.implementations[op.reference](*op.args(op.reference, problem))
+    for name, impl in op.implementations.items():
+        comp_ = impl(*op.args(name, problem))
+        abs_err, rel_err = max_errors(ref_, comp_)
+        if name in op.yardsticks:
+            assert rel_err <= op.yardsticks[name], (op.name, name, rel_err)
+        else:
+            assert abs_err <= op.atol or rel_err <= op.rtol, (op.name, name, abs_err, rel_err)
+
+
+@pytest.mark.parametrize("op_name", sorted(COMPARISONS))
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "b{}-d{}-h{}-k{}".format(*s))
+def test_registry_operations_match_reference_on_odd_shapes(op_name, shape):
+    check_operation(COMPARISONS[op_name], random_problem(*shape, seed=sum(shape)))
+
+
+@pytest.mark.parametrize("op_name", sorted(COMPARISONS))
+def test_registry_operations_match_reference_on_mnist(op_name, mnist_batch):
+    x, t = mnist_batch
+    hidden = 10 if JIT_ENABLED else 2
+    check_operation(COMPARISONS[op_name], make_problem(x, t, hidden_size=hidden, seed=3))
+
+
+@pytest.mark.slow
+def test_book_network_gradient_matches_reference(mnist_source_dir):
+    """The book's 784-50-10 on a batch of 100: the reference alone takes ~10 s."""
+    from fastnum.data import load_mnist
+
+    (x, t), _ = load_mnist(data_dir=mnist_source_dir)
+    problem = make_problem(x[:100], t[:100], hidden_size=50, seed=0)
+    net = reference.TwoLayerNet(784, 50, 10, seed=0)
+    ref_ = net.numerical_gradient(problem.x, problem.t)
+    comp_ = two_layer.numerical_gradient(net.params, problem.x, problem.t, strategy="delta")
+    assert max_errors(ref_, comp_)[0] <= 1e-9
+
+
+@pytest.mark.parametrize("strategy", ["delta", "full"])
+def test_public_gradient_accepts_float32_noncontiguous_and_one_hot(strategy):
+    rng = np.random.default_rng(7)
+    wide = sparse_batch(rng, 4, 22).astype(np.float32)
+    x = wide[:, ::2]  # non-contiguous float32 view, 11 features
+    assert not x.flags.c_contiguous
+    labels = np.array([0, 2, 1, 2])
+    one_hot = np.eye(3)[labels]
+    net = reference.TwoLayerNet(11, 3, 3, weight_init_std=0.5, seed=1)
+    ref_ = net.numerical_gradient(x.astype(np.float64), labels)
+    for t in (labels, one_hot):
+        comp_ = two_layer.numerical_gradient(net.params, x, t, strategy=strategy)
+        assert max_errors(ref_, comp_)[0] <= 1e-9
+        assert {k: v.shape for k, v in comp_.items()} == {k: v.shape for k, v in ref_.items()}
+
+
+@pytest.mark.parametrize("strategy", ["delta", "full"])
+def test_numerical_gradient_agrees_with_backprop(strategy, mnist_batch):
+    x, t = mnist_batch
+    net = TwoLayerNet(784, 4, 10, seed=5, backend="numba", strategy=strategy)
+    comp_ = net.numerical_gradient(x[:20], t[:20])
+    ref_ = net.gradient(x[:20], t[:20])
+    for k in ref_:
+        rel = np.abs(comp_[k] - ref_[k]).max() / np.abs(ref_[k]).max()
+        # The 1e-7 guard inside log() alone moves the numerical gradient ~1e-6 relative.
+        assert rel <= 1e-5, (k, rel)
+
+
+def test_delta_kernel_handles_inputs_beyond_the_small_exp_range():
+    """Large inputs make (z1' - z1) * W2 exceed the cheap-exp bound: the general exp path."""
+    rng = np.random.default_rng(2)
+    x = sparse_batch(rng, 3, 6) * 4e3
+    t = np.array([0, 1, 2])
+    net = reference.TwoLayerNet(6, 3, 3, weight_init_std=1.0, seed=4)
+    ref_ = net.numerical_gradient(x, t)
+    comp_ = two_layer.numerical_gradient(net.params, x, t, strategy="delta")
+    assert max_errors(ref_, comp_)[0] <= 1e-9
+
+
+def test_numerical_sgd_trajectory_matches_reference():
+    """A few SGD steps with numerical gradients: numba and NumPy stay within 1e-9."""
+    rng = np.random.default_rng(11)
+    x_all = sparse_batch(rng, 40, 12)
+    t_all = rng.integers(0, 4, 40)
+    ref_net = TwoLayerNet(12, 5, 4, weight_init_std=0.3, seed=9, backend="numpy")
+    comp_net = TwoLayerNet(12, 5, 4, weight_init_std=0.3, seed=9, backend="numba")
+    for _ in range(5):
+        batch = rng.choice(40, 8)
+        for net in (ref_net, comp_net):
+            grads = net.numerical_gradient(x_all[batch], t_all[batch])
+            for k in net.params:
+                net.params[k] -= 0.5 * grads[k]
+    assert max_errors(ref_net.params, comp_net.params)[0] <= 1e-9
+
+
+@pytest.mark.skipif(not (HAVE_NUMBA and JIT_ENABLED), reason="thread count only exists compiled")
+@pytest.mark.parametrize("strategy", ["delta", "full"])
+def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
+    x, t = mnist_batch
+    x, t = (x, t) if strategy == "delta" else (x[:10], t[:10])
+    net = TwoLayerNet(784, 6, 10, seed=1, backend="numba", strategy=strategy)
+    all_threads = get_num_threads()
+    try:
+        set_num_threads(1)
+        one = net.numerical_gradient(x, t)
+        set_num_threads(all_threads)
+        many = net.numerical_gradient(x, t)
+    finally:
+        set_num_threads(all_threads)
+    assert all(np.array_equal(one[k], many[k]) for k in one)
+
+
+def test_fused_softmax_cross_entropy_is_stable_and_label_agnostic():
+    logits = np.array([[1e3, -1e3, 0.0], [-1e3, 999.0, 1e3], [2.0, 1.0, 0.1]])
+    labels = np.array([0, 2, 1])
+    mean, per_sample = losses.softmax_cross_entropy(logits, labels, per_sample=True)
+    ref_ = reference.cross_entropy_error(reference.softmax(logits), labels)
+    assert np.isfinite(per_sample).all()
+    assert mean == pytest.approx(ref_, rel=1e-12)
+    assert losses.softmax_cross_entropy(logits, np.eye(3)[labels]) == mean
+    # a row whose label has probability ~0 is capped by the 1e-7 guard: -log(1e-7)
+    assert losses.softmax_cross_entropy(np.array([[1e3, -1e3]]), [1]) == pytest.approx(
+        -np.log(1e-7), rel=1e-12
+    )
+
+
+def test_fast_exp_and_log_are_within_two_ulp_of_libm():
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(-700, 700, 2000), rng.uniform(-1, 1, 2000), [0.0]])
+    comp_ = np.array([fexp(v) for v in xs])
+    ref_ = np.exp(xs)
+    assert np.all(np.abs(comp_ - ref_) <= 2 * np.spacing(ref_))
+    ys = np.concatenate([rng.uniform(1e-7, 1.0 + 1e-7, 2000), np.exp(rng.uniform(-700, 700, 2000))])
+    comp_ = np.array([flog(v) for v in ys])
+    ref_ = np.log(ys)
+    assert np.all(np.abs(comp_ - ref_) <= 2 * np.spacing(np.abs(ref_)) + 1e-300)
+    small = rng.uniform(-SMALL_EXP_BOUND, SMALL_EXP_BOUND, 2000)
+    assert np.all(np.abs([fexp_small(v) for v in small] - np.exp(small)) <= np.spacing(1.0))
+
+
+@pytest.mark.parametrize(
+    ("x", "t", "message"),
+    [
+        (np.zeros((2, 4)), [0, 1], "features"),
+        (np.zeros((2, 5)), [0, 9], "label 9"),
+        (np.full((2, 5), np.nan), [0, 1], "non-finite"),
+        (np.zeros((2, 5)), [0, 1, 2], "shape"),
+        (np.zeros((2, 5), dtype=object), [0, 1], "dtype"),
+    ],
+)
+def test_kernel_entry_points_reject_bad_input_with_named_values(x, t, message):
+    net = reference.TwoLayerNet(5, 2, 3, seed=0)
+    with pytest.raises((ValueError, TypeError), match=message):
+        two_layer.numerical_gradient(net.params, x, t)
+
+
+def test_kernel_entry_points_reject_bad_step_and_strategy():
+    net = reference.TwoLayerNet(5, 2, 3, seed=0)
+    x, t = np.ones((2, 5)), [0, 1]
+    with pytest.raises(ValueError, match="h=0"):
+        two_layer.numerical_gradient(net.params, x, t, h=0)
+    with pytest.raises(ValueError, match="strategy='fast'"):
+        two_layer.numerical_gradient(net.params, x, t, strategy="fast")
+    bad = dict(net.params, W2=np.ones((4, 3)))
+    with pytest.raises(ValueError, match="do not chain"):
+        two_layer.numerical_gradient(bad, x, t)
