@@ -122,18 +122,21 @@ class TwoLayerNet:
         z1 = sigmoid(np.dot(x, p["W1"]) + p["b1"])
         return softmax(np.dot(z1, p["W2"]) + p["b2"])
 
+    # loss and numerical_gradient name TwoLayerNet rather than self: the public
+    # subclass's validation and numba dispatch must not leak into the oracle.
+
     def loss(self, x, t):
         """Batch-mean cross-entropy (with the book's 1e-7 guard)."""
-        return cross_entropy_error(self.predict(x), t)
+        return cross_entropy_error(TwoLayerNet.predict(self, x), t)
 
     def accuracy(self, x, t):
         """Fraction of samples whose arg-max class equals the label (integer or one-hot)."""
         t = t.argmax(axis=1) if t.ndim == 2 else t
-        return float(np.mean(self.predict(x).argmax(axis=1) == t))
+        return float(np.mean(TwoLayerNet.predict(self, x).argmax(axis=1) == t))
 
     def numerical_gradient(self, x, t, h=H):
         """Central-difference gradient of the loss for every parameter (the slow oracle)."""
-        loss = lambda _: self.loss(x, t)  # noqa: E731 - the book's idiom
+        loss = lambda _: TwoLayerNet.loss(self, x, t)  # noqa: E731 - the book's idiom
         return {k: numerical_gradient(loss, self.params[k], h) for k in self.PARAM_NAMES}
 
     def gradient(self, x, t):

@@ -1,0 +1,665 @@
+"""Numba kernels for :class:`fastnum.multilayer.MultiLayerNet`: any depth, float64.
+
+Layout
+------
+A network with widths ``sizes = (d0, d1, ..., dL)`` is passed to the kernels as
+flat vectors: every ``W_l`` (row-major) concatenated into ``w`` and every
+``b_l`` into ``b``, with ``w_off[l]`` / ``b_off[l]`` the start of layer ``l``
+(0-based).  Cached batch activations use the same idea: ``Z`` holds the
+pre-activations of every layer, ``A`` the activations, layer ``l`` starting at
+``z_off[l]`` with rows of ``sizes[l + 1]`` per sample.  Flat buffers give one
+kernel signature for every depth (numba has no cheap list of arrays of
+different shapes) and stay plain Python under ``NUMBA_DISABLE_JIT=1``.
+
+Strategies for the central-difference gradient
+----------------------------------------------
+``full``
+    For each parameter, run the whole forward pass of the batch at
+    ``theta +/- h`` in a task-private copy of the parameters.
+``delta``
+    Cache the unperturbed forward pass.  Perturbing ``W_l[i, j]`` changes only
+    unit ``j`` of layer ``l`` and only for samples whose input ``i`` is
+    non-zero, so only those samples' losses are re-evaluated, starting from the
+    cached pre-activation of that unit; the other samples keep their cached
+    loss and cancel in the difference.
+
+Both are parallel over parameters: each gradient cell is written by exactly one
+task, and every sum runs over samples in ascending order inside that task, so
+the result does not depend on the thread count.  This module never imports
+:mod:`fastnum.reference`, so the oracle stays an independent check.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from fastnum._jit import get_num_threads, njit, prange
+from fastnum._validate import as_float_batch, as_labels, check_step
+from fastnum.backend import check_strategy
+
+# Vectorizable exp/log, full double precision (within 2 ulp of libm): the
+# perturbed-loss loops are dominated by exp, which libm would keep scalar.
+from fastnum.kernels._vmath import fexp, flog
+
+SIGMOID = 0
+RELU = 1
+#: Activation names accepted by the kernels and their integer codes.
+ACTIVATIONS = {"sigmoid": SIGMOID, "relu": RELU}
+# The book's guard inside log(); repeated here rather than imported so the
+# kernels share no code with the reference they are checked against.
+LOG_GUARD = 1e-7
+# Tasks per thread for the parallel loops: a few per thread evens out uneven
+# rows (border pixels are almost always zero) under numba's static schedule.
+TASKS_PER_THREAD = 4
+
+
+class Packed(NamedTuple):
+    """A network flattened for the kernels (see the module docstring)."""
+
+    sizes: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    w_off: np.ndarray
+    b_off: np.ndarray
+
+
+# --------------------------------------------------------------------------- scalar helpers
+
+
+@njit
+def _act(v, kind):
+    if kind == RELU:
+        return v if v > 0.0 else 0.0
+    # The reference's 1 / (1 + exp(-v)), branch-free so loops over it vectorize
+    # (fexp caps its argument, so no overflow, and a sign branch would cost 2x
+    # in mispredictions on mixed-sign pre-activations).
+    return 1.0 / (1.0 + fexp(-v))
+
+
+@njit
+def _sample_loss(z, start, k, label):
+    # Softmax cross-entropy of one sample's logits z[start:start + k]; the max
+    # is subtracted so exp() cannot overflow, and the book's guard sits inside log.
+    m = z[start]
+    for c in range(1, k):
+        if z[start + c] > m:
+            m = z[start + c]
+    s = 0.0
+    for c in range(k):
+        s += fexp(z[start + c] - m)
+    return -flog(fexp(z[start + label] - m) / s + LOG_GUARD)
+
+
+@njit
+def _dense(w, b, w_off, b_off, layer, n_in, n_out, src, dst, act_kind, hidden):
+    # dst = act(src @ W_l + b_l) for one sample (no activation on the output layer).
+    base = w_off[layer]
+    for k in range(n_out):
+        dst[k] = 0.0
+    for i in range(n_in):
+        a = src[i]
+        # A zero input adds exactly nothing; MNIST rows are ~81% zeros.
+        if a != 0.0:
+            # A slice, not w[row + k]: numba's negative-index check on a
+            # computed index stops LLVM from vectorizing the loop (4x slower).
+            wrow = w[base + i * n_out:base + (i + 1) * n_out]
+            for k in range(n_out):
+                dst[k] += a * wrow[k]
+    for k in range(n_out):
+        v = dst[k] + b[b_off[layer] + k]
+        dst[k] = _act(v, act_kind) if hidden else v
+
+
+@njit
+def _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1, buf2):
+    # Forward pass of sample s; returns the buffer that holds the logits.
+    # The first layer walks only the non-zero inputs listed in nz_idx (CSR):
+    # the same sum as the dense loop in the same order, without a
+    # hard-to-predict branch per pixel.
+    n_layers = sizes.shape[0] - 1
+    n_out = sizes[1]
+    for k in range(n_out):
+        buf1[k] = 0.0
+    # Layer 0's weights and biases start at offset 0 of w and b.
+    for p in range(nz_ptr[s], nz_ptr[s + 1]):
+        i = nz_idx[p]
+        a = x[s, i]
+        wrow = w[i * n_out:(i + 1) * n_out]
+        for k in range(n_out):
+            buf1[k] += a * wrow[k]
+    for k in range(n_out):
+        v = buf1[k] + b[k]
+        buf1[k] = _act(v, act_kind) if n_layers > 1 else v
+    src = buf1
+    dst = buf2
+    for layer in range(1, n_layers):
+        _dense(w, b, w_off, b_off, layer, sizes[layer], sizes[layer + 1], src, dst, act_kind,
+               layer < n_layers - 1)
+        src, dst = dst, src
+    return src
+
+
+@njit
+def _batch_loss(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2):
+    # Mean loss of the batch, samples summed in ascending order.
+    n = x.shape[0]
+    k = sizes[sizes.shape[0] - 1]
+    total = 0.0
+    for s in range(n):
+        z = _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1, buf2)
+        total += _sample_loss(z, 0, k, t[s])
+    return total / n
+
+
+# --------------------------------------------------------------------------- forward kernels
+
+
+@njit
+def _mean_loss(z, t):
+    # Samples summed in ascending order, as in the gradient kernels.
+    n, k = z.shape
+    total = 0.0
+    for s in range(n):
+        total += _sample_loss(z[s], 0, k, t[s])
+    return total / n
+
+
+@njit(parallel=True)
+def _logits(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, act_kind, width, n_tasks, out):
+    n = x.shape[0]
+    k = sizes[sizes.shape[0] - 1]
+    for task in prange(n_tasks):
+        buf1 = np.empty(width)
+        buf2 = np.empty(width)
+        for s in range(task * n // n_tasks, (task + 1) * n // n_tasks):
+            z = _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1,
+                             buf2)
+            for c in range(k):
+                out[s, c] = z[c]
+
+
+@njit(parallel=True)
+def _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_n):
+    # Unperturbed forward pass of every sample, keeping each layer's
+    # pre-activations Z and activations A, and each sample's loss.
+    n = x.shape[0]
+    n_layers = sizes.shape[0] - 1
+    for s in prange(n):
+        for layer in range(n_layers):
+            n_in = sizes[layer]
+            n_out = sizes[layer + 1]
+            out = z_off[layer] + s * n_out
+            zrow = Z[out:out + n_out]  # slices keep the loops vectorizable (see _dense)
+            arow = A[out:out + n_out]
+            for k in range(n_out):
+                zrow[k] = 0.0
+            for i in range(n_in):
+                a = x[s, i] if layer == 0 else A[z_off[layer - 1] + s * n_in + i]
+                if a != 0.0:
+                    wrow = w[w_off[layer] + i * n_out:w_off[layer] + (i + 1) * n_out]
+                    for k in range(n_out):
+                        zrow[k] += a * wrow[k]
+            for k in range(n_out):
+                zrow[k] += b[b_off[layer] + k]
+                arow[k] = _act(zrow[k], act_kind) if layer < n_layers - 1 else zrow[k]
+        last = n_layers - 1
+        loss_n[s] = _sample_loss(Z, z_off[last] + s * sizes[last + 1], sizes[last + 1], t[s])
+
+
+# --------------------------------------------------------------------------- numerical gradient
+
+
+@njit
+def _column_losses(zt, k, n_e, label, mx, sm, out):
+    # out[e] = softmax cross-entropy of column e of zt[:k, :n_e], the same
+    # operations in the same order as _sample_loss, with the loop over
+    # columns innermost so it runs on contiguous memory.
+    for e in range(n_e):
+        mx[e] = zt[0, e]
+    for c in range(1, k):
+        for e in range(n_e):
+            if zt[c, e] > mx[e]:
+                mx[e] = zt[c, e]
+    for e in range(n_e):
+        sm[e] = 0.0
+    for c in range(k):
+        for e in range(n_e):
+            sm[e] += fexp(zt[c, e] - mx[e])
+    for e in range(n_e):
+        out[e] = -flog(fexp(zt[label, e] - mx[e]) / sm[e] + LOG_GUARD)
+
+
+@njit
+def _row_losses(layer, s, r, a, w, b, w_off, b_off, sizes, t, h, act_kind, z_off, Z, A,
+                loss_n, delta, chg, jrow, which, z1, z2, mx, sm, lq, out):
+    # Losses of sample s (input a on row r of layer `layer`; r == n_in is the
+    # bias) with each parameter of that row moved by +h (out[j]) and by -h
+    # (out[n_out + j]).  The 2 * n_out evaluations run side by side as the
+    # columns of z1/z2: unit j's pre-activation is recomputed from its cached
+    # value, and every later layer in full from the activation changes.
+    n_layers = sizes.shape[0] - 1
+    n_in = sizes[layer]
+    n_out = sizes[layer + 1]
+    n_e = 2 * n_out
+    for j in range(n_out):
+        p = b[b_off[layer] + j] if r == n_in else w[w_off[layer] + r * n_out + j]
+        # The steps a stored float parameter really takes, (p+h)-p and (p-h)-p,
+        # rather than the nominal +/-h.
+        delta[j] = ((p + h) - p) * a
+        delta[n_out + j] = ((p - h) - p) * a
+    zs = z_off[layer] + s * n_out
+    if layer == n_layers - 1:
+        for c in range(n_out):
+            for e in range(n_e):
+                z1[c, e] = Z[zs + c]
+        for e in range(n_e):
+            z1[e % n_out, e] += delta[e]
+        _column_losses(z1, n_out, n_e, t[s], mx, sm, out)
+        return
+    # Keep only the evaluations whose activation moves: a relu unit that stays
+    # off leaves every later layer, hence the loss, exactly at the cached values.
+    m = layer + 1
+    n_next = sizes[m + 1]
+    n_act = 0
+    for e in range(n_e):
+        j = e % n_out
+        change = _act(Z[zs + j] + delta[e], act_kind) - A[zs + j]
+        if change == 0.0:
+            out[e] = loss_n[s]
+        else:
+            which[n_act] = e
+            chg[n_act] = change
+            jrow[n_act] = w_off[m] + j * n_next
+            n_act += 1
+    if n_act == 0:
+        return
+    zs = z_off[m] + s * n_next
+    for k in range(n_next):
+        zk = Z[zs + k]
+        for q in range(n_act):
+            z1[k, q] = zk + chg[q] * w[jrow[q] + k]
+    src = z1
+    dst = z2
+    while m < n_layers - 1:
+        width = sizes[m + 1]
+        n_next = sizes[m + 2]
+        zs = z_off[m] + s * width
+        for k in range(width):
+            ak = A[zs + k]
+            for q in range(n_act):
+                src[k, q] = _act(src[k, q], act_kind) - ak
+        zs = z_off[m + 1] + s * n_next
+        for c in range(n_next):
+            zc = Z[zs + c]
+            for q in range(n_act):
+                dst[c, q] = zc
+        for k in range(width):
+            moved = False
+            for q in range(n_act):
+                if src[k, q] != 0.0:
+                    moved = True
+                    break
+            # Units unchanged in every evaluation (relu units that stay off)
+            # add exactly nothing; elsewhere a zero change adds an exact 0.
+            if moved:
+                row = w_off[m + 1] + k * n_next
+                for c in range(n_next):
+                    wkc = w[row + c]
+                    for q in range(n_act):
+                        dst[c, q] += src[k, q] * wkc
+        src, dst = dst, src
+        m += 1
+    _column_losses(src, sizes[n_layers], n_act, t[s], mx, sm, lq)
+    for q in range(n_act):
+        out[which[q]] = lq[q]
+
+
+@njit(parallel=True)
+def _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, A, loss_n,
+                 width, n_tasks, gw, gb):
+    # Gradient of W_l and b_l.  Row r < n_in of the task space is W_l[r, :],
+    # row n_in is b_l (an input of 1 for every sample).  A task owns whole
+    # rows and sums each cell over the samples in ascending order.
+    n = x.shape[0]
+    n_in = sizes[layer]
+    n_out = sizes[layer + 1]
+    n_rows = n_in + 1
+    scale = 1.0 / (2.0 * h * n)
+    for task in prange(n_tasks):
+        acc = np.empty(n_out)
+        delta = np.empty(2 * width)
+        chg = np.empty(2 * width)
+        mx = np.empty(2 * width)
+        sm = np.empty(2 * width)
+        lq = np.empty(2 * width)
+        out = np.empty(2 * width)
+        jrow = np.empty(2 * width, dtype=np.int64)
+        which = np.empty(2 * width, dtype=np.int64)
+        z1 = np.empty((width, 2 * width))
+        z2 = np.empty((width, 2 * width))
+        # Interleaved rows balance the load (border pixels are nearly always
+        # zero); which task owns a row does not change its value.
+        for r in range(task, n_rows, n_tasks):
+            for j in range(n_out):
+                acc[j] = 0.0
+            for s in range(n):
+                if r == n_in:
+                    a = 1.0
+                elif layer == 0:
+                    a = x[s, r]
+                else:
+                    a = A[z_off[layer - 1] + s * n_in + r]
+                if a == 0.0:
+                    # This sample's loss is the same at theta+h and theta-h.
+                    continue
+                _row_losses(layer, s, r, a, w, b, w_off, b_off, sizes, t, h, act_kind, z_off,
+                            Z, A, loss_n, delta, chg, jrow, which, z1, z2, mx, sm, lq, out)
+                for j in range(n_out):
+                    acc[j] += out[j] - out[n_out + j]
+            for j in range(n_out):
+                if r == n_in:
+                    gb[b_off[layer] + j] = acc[j] * scale
+                else:
+                    gw[w_off[layer] + r * n_out + j] = acc[j] * scale
+
+
+@njit(parallel=True)
+def _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind, width, n_tasks,
+                   gw, gb):
+    # Parameters are numbered 0..len(w)-1 for the weights, then the biases.
+    n_w = w.shape[0]
+    n_params = n_w + b.shape[0]
+    for task in prange(n_tasks):
+        # A private copy per task, so perturbing it races with no other task.
+        wc = w.copy()
+        bc = b.copy()
+        buf1 = np.empty(width)
+        buf2 = np.empty(width)
+        for p in range(task, n_params, n_tasks):
+            if p < n_w:
+                saved = wc[p]
+                wc[p] = saved + h
+                lp = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
+                                 buf1, buf2)
+                wc[p] = saved - h
+                lm = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
+                                 buf1, buf2)
+                wc[p] = saved
+                gw[p] = (lp - lm) / (2.0 * h)
+            else:
+                q = p - n_w
+                saved = bc[q]
+                bc[q] = saved + h
+                lp = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
+                                 buf1, buf2)
+                bc[q] = saved - h
+                lm = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
+                                 buf1, buf2)
+                bc[q] = saved
+                gb[q] = (lp - lm) / (2.0 * h)
+
+
+# --------------------------------------------------------------------------- Python entry points
+
+
+def as_params(params_list):
+    """Check a ``[W1, b1, ..., WL, bL]`` list and flatten it for the kernels.
+
+    Parameters
+    ----------
+    params_list : sequence of ndarray
+        Weights of shape ``(d_{l-1}, d_l)`` and biases of shape ``(d_l,)``,
+        alternating, with consecutive widths matching.
+
+    Returns
+    -------
+    Packed
+        Widths, flat float64 weights and biases, and their per-layer offsets.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On an odd-length list, wrong dimensions, mismatched widths, an output
+        layer narrower than 2, or a non-float parameter.
+    """
+    params_list = list(params_list)
+    if len(params_list) < 2 or len(params_list) % 2:
+        raise ValueError(
+            f"params_list has {len(params_list)} arrays; expected [W1, b1, ..., WL, bL] "
+            "(an even number, at least 2)."
+        )
+    ws, bs, sizes = [], [], []
+    for layer in range(len(params_list) // 2):
+        W = np.asarray(params_list[2 * layer])
+        bias = np.asarray(params_list[2 * layer + 1])
+        for name, arr in ((f"W{layer + 1}", W), (f"b{layer + 1}", bias)):
+            if arr.dtype.kind != "f":
+                raise TypeError(f"{name} has dtype {arr.dtype}; parameters must be float arrays.")
+        if W.ndim != 2 or bias.shape != (W.shape[1],):
+            raise ValueError(
+                f"W{layer + 1} has shape {W.shape} and b{layer + 1} {bias.shape}; expected "
+                f"(n_in, n_out) and (n_out,)."
+            )
+        if sizes and W.shape[0] != sizes[-1]:
+            raise ValueError(
+                f"W{layer + 1} has {W.shape[0]} rows but layer {layer} has {sizes[-1]} units; "
+                "consecutive layer widths must match."
+            )
+        if not sizes:
+            sizes.append(W.shape[0])
+        sizes.append(W.shape[1])
+        ws.append(W.ravel())
+        bs.append(bias)
+    if sizes[-1] < 2:
+        raise ValueError(f"the output layer has {sizes[-1]} unit(s); a softmax needs at least 2.")
+    sizes = np.array(sizes, dtype=np.int64)
+    w_counts = sizes[:-1] * sizes[1:]
+    return Packed(
+        sizes=sizes,
+        w=np.ascontiguousarray(np.concatenate(ws), dtype=np.float64),
+        b=np.ascontiguousarray(np.concatenate(bs), dtype=np.float64),
+        w_off=np.concatenate(([0], np.cumsum(w_counts)[:-1])).astype(np.int64),
+        b_off=np.concatenate(([0], np.cumsum(sizes[1:])[:-1])).astype(np.int64),
+    )
+
+
+def _act_code(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation={activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}."
+        )
+    return ACTIVATIONS[activation]
+
+
+def _nonzeros(x):
+    # CSR of the non-zero inputs: row s's column indices, ascending, are
+    # nz_idx[nz_ptr[s]:nz_ptr[s + 1]].
+    nonzero = x != 0
+    nz_ptr = np.zeros(x.shape[0] + 1, dtype=np.int64)
+    np.cumsum(nonzero.sum(axis=1), out=nz_ptr[1:])
+    return nz_ptr, np.ascontiguousarray(np.nonzero(nonzero)[1], dtype=np.int64)
+
+
+def _n_tasks(n_items):
+    return max(1, min(int(n_items), TASKS_PER_THREAD * get_num_threads()))
+
+
+def _unpack(packed, gw, gb):
+    # Views into the two flat gradient vectors, in params_list order.
+    sizes, out = packed.sizes, []
+    for layer in range(len(sizes) - 1):
+        n_in, n_out = int(sizes[layer]), int(sizes[layer + 1])
+        wo, bo = int(packed.w_off[layer]), int(packed.b_off[layer])
+        out.append(gw[wo:wo + n_in * n_out].reshape(n_in, n_out))
+        out.append(gb[bo:bo + n_out])
+    return out
+
+
+def _validated(params_list, x, t=None):
+    packed = params_list if isinstance(params_list, Packed) else as_params(params_list)
+    x = as_float_batch(x, int(packed.sizes[0]))
+    if t is None:
+        return packed, x
+    return packed, x, as_labels(t, x.shape[0], int(packed.sizes[-1]))
+
+
+def logits_trusted(packed, x, activation):
+    """Output-layer pre-activations (logits) of a batch, inputs not checked.
+
+    Parameters
+    ----------
+    packed : Packed
+        From :func:`as_params`.
+    x : ndarray, shape (batch, d0)
+        C-contiguous float64, finite.
+    activation : {"sigmoid", "relu"}
+
+    Returns
+    -------
+    ndarray, shape (batch, dL)
+    """
+    out = np.empty((x.shape[0], int(packed.sizes[-1])))
+    nz_ptr, nz_idx = _nonzeros(x)
+    _logits(packed.w, packed.b, packed.w_off, packed.b_off, packed.sizes, x, nz_ptr, nz_idx,
+            _act_code(activation), int(packed.sizes[1:].max()), _n_tasks(x.shape[0]), out)
+    return out
+
+
+def predict_trusted(packed, x, activation):
+    """Softmax probabilities, inputs not checked (see :func:`logits_trusted`).
+
+    Returns
+    -------
+    ndarray, shape (batch, dL)
+    """
+    z = logits_trusted(packed, x, activation)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def loss_trusted(packed, x, t, activation):
+    """Batch-mean cross-entropy, inputs not checked (see :func:`logits_trusted`).
+
+    ``t`` must be int64 labels of shape (batch,) in range.
+
+    Returns
+    -------
+    float
+    """
+    z = logits_trusted(packed, x, activation)
+    return float(_mean_loss(z, np.ascontiguousarray(t, dtype=np.int64)))
+
+
+def numerical_gradient_trusted(packed, x, t, h, activation, strategy):
+    """Central-difference gradient, inputs not checked (see :func:`numerical_gradient`).
+
+    Parameters
+    ----------
+    packed : Packed
+        From :func:`as_params`.
+    x : ndarray, shape (batch, d0)
+        C-contiguous float64, finite.
+    t : ndarray, shape (batch,)
+        Integer labels in range.
+    h : float
+        Positive step.
+    activation : {"sigmoid", "relu"}
+    strategy : {"delta", "full"}
+
+    Returns
+    -------
+    list of ndarray
+        ``[gW1, gb1, ..., gWL, gbL]``, views into two freshly allocated vectors.
+    """
+    act = _act_code(activation)
+    sizes, w, b, w_off, b_off = packed
+    t = np.ascontiguousarray(t, dtype=np.int64)
+    width = int(sizes[1:].max())  # widest layer output: the size of every scratch row
+    gw = np.empty_like(w)
+    gb = np.empty_like(b)
+    if strategy == "full":
+        nz_ptr, nz_idx = _nonzeros(x)
+        _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, float(h), act, width,
+                       _n_tasks(w.shape[0] + b.shape[0]), gw, gb)
+        return _unpack(packed, gw, gb)
+    n, n_layers = x.shape[0], len(sizes) - 1
+    z_off = np.concatenate(([0], np.cumsum(n * sizes[1:])[:-1])).astype(np.int64)
+    Z = np.empty(n * int(sizes[1:].sum()))
+    A = np.empty_like(Z)
+    loss_n = np.empty(n)
+    _forward_cache(w, b, w_off, b_off, sizes, x, t, act, z_off, Z, A, loss_n)
+    for layer in range(n_layers):
+        _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, float(h), act, z_off, Z, A, loss_n,
+                     width, _n_tasks(sizes[layer] + 1), gw, gb)
+    return _unpack(packed, gw, gb)
+
+
+def predict(params_list, x, activation="sigmoid"):
+    """Class probabilities of a multilayer net.
+
+    Parameters
+    ----------
+    params_list : sequence of ndarray
+        ``[W1, b1, ..., WL, bL]``.
+    x : array_like, shape (batch, d0)
+    activation : {"sigmoid", "relu"}
+        Hidden-layer activation.
+
+    Returns
+    -------
+    ndarray, shape (batch, dL)
+    """
+    packed, x = _validated(params_list, x)
+    return predict_trusted(packed, x, activation)
+
+
+def loss(params_list, x, t, activation="sigmoid"):
+    """Batch-mean softmax cross-entropy, with the book's 1e-7 inside the log.
+
+    Parameters
+    ----------
+    params_list : sequence of ndarray
+        ``[W1, b1, ..., WL, bL]``.
+    x : array_like, shape (batch, d0)
+    t : array_like
+        Integer labels ``(batch,)`` or one-hot rows ``(batch, dL)``.
+    activation : {"sigmoid", "relu"}
+
+    Returns
+    -------
+    float
+    """
+    packed, x, t = _validated(params_list, x, t)
+    return loss_trusted(packed, x, t, activation)
+
+
+def numerical_gradient(params_list, x, t, h=1e-4, activation="sigmoid", strategy="delta"):
+    """Central-difference gradient of the loss for every parameter, in parallel.
+
+    Parameters
+    ----------
+    params_list : sequence of ndarray
+        ``[W1, b1, ..., WL, bL]``; float32 or strided arrays are copied to
+        contiguous float64.
+    x : array_like, shape (batch, d0)
+    t : array_like
+        Integer labels ``(batch,)`` or one-hot rows ``(batch, dL)``.
+    h : float, default 1e-4
+        Step of the central difference.
+    activation : {"sigmoid", "relu"}
+    strategy : {"delta", "full"}
+        ``delta`` re-evaluates only what a perturbation changes, from cached
+        activations; ``full`` re-runs the whole forward pass per perturbation.
+
+    Returns
+    -------
+    list of ndarray
+        ``[gW1, gb1, ..., gWL, gbL]`` with the parameters' shapes.
+    """
+    packed, x, t = _validated(params_list, x, t)
+    return numerical_gradient_trusted(packed, x, t, check_step(h), activation,
+                                      check_strategy(strategy))

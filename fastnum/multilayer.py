@@ -1,0 +1,243 @@
+"""A deeper version of the book's network: any number of hidden layers, sigmoid or relu.
+
+:class:`ReferenceMultiLayerNet` is the oracle (and the ``numpy`` backend): short,
+literal, built from :mod:`fastnum.reference`'s functions, validating nothing.
+:class:`MultiLayerNet` validates its inputs and runs ``predict``, ``loss`` and
+``numerical_gradient`` in :mod:`fastnum.kernels.multilayer` for the ``numba``
+backend.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from fastnum import reference
+from fastnum._validate import as_float_batch, as_labels, check_step
+from fastnum.backend import check_strategy, resolve_backend
+
+
+def relu(x):
+    """max(0, x), elementwise."""
+    return np.maximum(0, x)
+
+
+ACTIVATIONS = {"sigmoid": reference.sigmoid, "relu": relu}
+# Backprop through the activation, given the upstream gradient g and the
+# output a = f(z); the sigmoid's product order is the book's TwoLayerNet.gradient.
+_BACKWARD = {"sigmoid": lambda g, a: g * a * (1 - a), "relu": lambda g, a: g * (a > 0)}
+
+
+class ReferenceMultiLayerNet:
+    """affine -> act -> ... -> affine -> softmax in plain NumPy (the slow oracle).
+
+    Weights are drawn layer by layer (``W1``, ``b1``, ``W2``, ...), biases are
+    zeros, so with one hidden layer the parameters equal the book's TwoLayerNet
+    for the same seed.
+    """
+
+    def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
+                 weight_init_std=0.01, seed=None):
+        rng = np.random.default_rng(seed)
+        sizes = [input_size, *hidden_sizes, output_size]
+        self.activation = activation
+        self.params = {}
+        for k in range(1, len(sizes)):
+            self.params[f"W{k}"] = weight_init_std * rng.standard_normal((sizes[k - 1], sizes[k]))
+            self.params[f"b{k}"] = np.zeros(sizes[k])
+
+    @property
+    def n_layers(self):
+        """Number of affine layers (hidden layers + 1)."""
+        return len(self.params) // 2
+
+    @property
+    def param_names(self):
+        """("W1", "b1", ..., "WL", "bL")."""
+        return tuple(f"{p}{k}" for k in range(1, self.n_layers + 1) for p in "Wb")
+
+    def _forward(self, x):
+        # Activations of every layer, input first, then the logits last.
+        act, p = ACTIVATIONS[self.activation], self.params
+        outs = [x]
+        for k in range(1, self.n_layers):
+            outs.append(act(np.dot(outs[-1], p[f"W{k}"]) + p[f"b{k}"]))
+        L = self.n_layers
+        outs.append(np.dot(outs[-1], p[f"W{L}"]) + p[f"b{L}"])
+        return outs
+
+    # The methods below name ReferenceMultiLayerNet explicitly instead of going
+    # through self: a subclass's overrides (validation, numba dispatch) must not
+    # leak into the oracle.
+
+    def predict(self, x):
+        """Class probabilities for a batch ``x``."""
+        return reference.softmax(ReferenceMultiLayerNet._forward(self, x)[-1])
+
+    def loss(self, x, t):
+        """Batch-mean cross-entropy (with the book's 1e-7 guard)."""
+        return reference.cross_entropy_error(ReferenceMultiLayerNet.predict(self, x), t)
+
+    def accuracy(self, x, t):
+        """Fraction of samples whose arg-max class equals the label (integer or one-hot)."""
+        t = t.argmax(axis=1) if t.ndim == 2 else t
+        return float(np.mean(ReferenceMultiLayerNet.predict(self, x).argmax(axis=1) == t))
+
+    def numerical_gradient(self, x, t, h=reference.H):
+        """Central-difference gradient of the loss for every parameter."""
+        loss = lambda _: ReferenceMultiLayerNet.loss(self, x, t)  # noqa: E731 - the book's idiom
+        return {k: reference.numerical_gradient(loss, self.params[k], h) for k in self.param_names}
+
+    def gradient(self, x, t):
+        """Analytic backprop gradient (ignores the log guard), the oracle for gradient checks."""
+        outs = ReferenceMultiLayerNet._forward(self, x)
+        y = reference.softmax(outs[-1])
+        onehot = t if t.ndim == 2 else np.eye(y.shape[1])[t]
+        delta = (y - onehot) / x.shape[0]  # d loss / d logits
+        backward, grads = _BACKWARD[self.activation], {}
+        for k in range(self.n_layers, 0, -1):
+            grads[f"W{k}"] = np.dot(outs[k - 1].T, delta)
+            grads[f"b{k}"] = delta.sum(axis=0)
+            if k > 1:
+                delta = backward(np.dot(delta, self.params[f"W{k}"].T), outs[k - 1])
+        return {k: grads[k] for k in self.param_names}
+
+
+def _check_size(name, size):
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"{name}={size!r} must be a positive integer.")
+    return int(size)
+
+
+class MultiLayerNet(ReferenceMultiLayerNet):
+    """A softmax classifier with any number of hidden layers and numba kernels behind it.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per sample (784 for flattened MNIST).
+    hidden_sizes : int or sequence of int
+        Widths of the hidden layers; an int means one hidden layer, an empty
+        sequence a plain softmax regression (one affine layer).
+    output_size : int
+        Number of classes, at least 2.
+    activation : {"sigmoid", "relu"}, default "sigmoid"
+        Activation of every hidden layer.
+    weight_init_std : float, default 0.01
+        Standard deviation of the Gaussian initial weights; biases start at zero.
+    seed : int or None
+        Seed of ``np.random.default_rng``; weights are drawn W1, W2, ... in order,
+        so one hidden layer reproduces :class:`fastnum.network.TwoLayerNet`.
+    backend : {"auto", "numba", "numpy"} or None
+        Where ``predict``, ``loss`` and ``numerical_gradient`` run.  ``None``
+        reads ``$FASTNUM_BACKEND``; ``auto`` uses numba when it compiles.
+    strategy : {"delta", "full"}, default "delta"
+        How the numba numerical gradient evaluates perturbed losses.
+    """
+
+    def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
+                 weight_init_std=0.01, seed=None, backend=None, strategy="delta"):
+        input_size = _check_size("input_size", input_size)
+        output_size = _check_size("output_size", output_size)
+        if output_size < 2:
+            raise ValueError(f"output_size={output_size} must be at least 2 for a softmax.")
+        if isinstance(hidden_sizes, numbers.Integral) and not isinstance(hidden_sizes, bool):
+            hidden_sizes = (hidden_sizes,)
+        if isinstance(hidden_sizes, str) or not hasattr(hidden_sizes, "__iter__"):
+            raise TypeError(
+                f"hidden_sizes={hidden_sizes!r} must be a sequence of layer widths, e.g. [50, 50]."
+            )
+        hidden_sizes = tuple(_check_size(f"hidden_sizes[{i}]", s)
+                             for i, s in enumerate(hidden_sizes))
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation={activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}."
+            )
+        if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
+            raise ValueError(f"weight_init_std={weight_init_std!r} must be finite and >= 0.")
+        super().__init__(input_size, hidden_sizes, output_size, activation, weight_init_std, seed)
+        self.backend = resolve_backend(backend)
+        self.strategy = check_strategy(strategy)
+
+    @property
+    def sizes(self):
+        """Layer widths (input, hidden..., output)."""
+        L = self.n_layers
+        return tuple(self.params[f"W{k}"].shape[0] for k in range(1, L + 1)) + (
+            self.params[f"W{L}"].shape[1],)
+
+    def _inputs(self, x, t=None):
+        x = as_float_batch(x, self.sizes[0])
+        if t is None:
+            return x
+        return x, as_labels(t, x.shape[0], self.sizes[-1])
+
+    def _kernel_params(self):
+        from fastnum.kernels import multilayer
+
+        # Re-packed on every call: cheap next to any kernel, and it sees
+        # parameters the caller replaced or updated in place.
+        return multilayer, multilayer.as_params([self.params[k] for k in self.param_names])
+
+    def predict(self, x):
+        """Class probabilities, shape (batch, output_size)."""
+        x = self._inputs(x)
+        if self.backend == "numba":
+            kernels, packed = self._kernel_params()
+            return kernels.predict_trusted(packed, x, self.activation)
+        return super().predict(x)
+
+    def loss(self, x, t):
+        """Batch-mean cross-entropy with the book's 1e-7 guard."""
+        x, t = self._inputs(x, t)
+        if self.backend == "numba":
+            kernels, packed = self._kernel_params()
+            return kernels.loss_trusted(packed, x, t, self.activation)
+        return super().loss(x, t)
+
+    def accuracy(self, x, t):
+        """Fraction of samples classified correctly (integer or one-hot labels)."""
+        x, t = self._inputs(x, t)
+        return float(np.mean(self.predict(x).argmax(axis=1) == t))
+
+    def numerical_gradient(self, x, t, h=reference.H, strategy=None):
+        """Central-difference gradient of the loss for every parameter.
+
+        Parameters
+        ----------
+        x : array (batch, input_size)
+        t : array (batch,) of int labels, or (batch, output_size) one-hot
+        h : float, default 1e-4
+        strategy : {"delta", "full"} or None
+            Overrides the network's strategy for the numba backend.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Gradients keyed and shaped like ``params``.
+        """
+        x, t = self._inputs(x, t)
+        h = check_step(h)
+        strategy = check_strategy(strategy or self.strategy)
+        if self.backend == "numba":
+            kernels, packed = self._kernel_params()
+            grads = kernels.numerical_gradient_trusted(packed, x, t, h, self.activation, strategy)
+            return dict(zip(self.param_names, grads, strict=True))
+        return super().numerical_gradient(x, t, h)
+
+    def gradient(self, x, t):
+        """Analytic backprop gradient (the oracle for gradient checks).
+
+        Parameters
+        ----------
+        x : array (batch, input_size)
+        t : array (batch,) of int labels, or (batch, output_size) one-hot
+
+        Returns
+        -------
+        dict of str to ndarray
+            Gradients keyed and shaped like ``params``.
+        """
+        x, t = self._inputs(x, t)
+        return super().gradient(x, t)
