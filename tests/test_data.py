@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _mnist_server import CUT, CUT_NO_LENGTH, NOT_FOUND, MirrorServer
 
 from fastnum import data as fd
 from fastnum.data import (
@@ -21,6 +20,7 @@ from fastnum.data import (
     mnist_files,
     one_hot,
 )
+from tests._mnist_server import CUT, CUT_NO_LENGTH, NOT_FOUND, MirrorServer
 
 TRAIN_IMG, TRAIN_LBL, TEST_IMG, TEST_LBL = MNIST_FILES
 NPZ = "mnist-parsed.npz"

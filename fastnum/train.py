@@ -1,0 +1,698 @@
+"""The book's minibatch SGD training of ``TwoLayerNet`` (chapter 4.5), made resumable.
+
+One function, :func:`train`, runs the loop of the book's ``train_neuralnet.py``::
+
+    for i in range(iters):
+        batch = random sample (with replacement) of batch_size training images
+        grad = numerical gradient (or backprop) of the loss on the batch
+        params -= lr * grad
+        record the loss of the batch at the updated params
+        if i % iter_per_epoch == 0: record train and test accuracy on the full sets
+
+and adds what a run of hours needs: input checks with clear errors, a progress
+bar, divergence detection, atomic outputs and bit-exact resume from per-epoch
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fastnum import reference
+from fastnum._io import atomic_open, write_text
+from fastnum._validate import as_float_batch, as_labels
+from fastnum.backend import BACKENDS, check_strategy, describe_backend, resolve_backend
+
+__all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "train"]
+
+GRADS = ("numerical", "backprop")
+ACTIVATIONS = ("sigmoid", "relu")  # those of fastnum.multilayer.MultiLayerNet
+PARAM_NAMES = reference.TwoLayerNet.PARAM_NAMES
+MNIST_CLASSES = 10
+MAX_CLASSES = 65536  # a label beyond this is a data bug, not a class index
+FORMAT = 1  # version of history.json / checkpoint.npz
+
+HISTORY, PARAMS, CHECKPOINT = "history.json", "params.npz", "checkpoint.npz"
+LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
+OUTPUTS = (HISTORY, PARAMS, CHECKPOINT, LOSS_PNG, ACCURACY_PNG)
+# Config fields a resumed run may change: they do not alter any number computed.
+# ``backend`` is compared after resolution ("auto" -> "numba"), not literally.
+_MAY_CHANGE_ON_RESUME = ("iters", "threads", "backend")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the parameters became NaN or infinite.
+
+    Attributes
+    ----------
+    iteration : int
+        1-based iteration whose update produced the non-finite value.
+    loss : float
+        The loss at that iteration (NaN or inf, or finite if only params blew up).
+    lr : float
+        The learning rate of the run.
+    """
+
+    def __init__(self, message, iteration, loss, lr):
+        super().__init__(message)
+        self.iteration, self.loss, self.lr = iteration, loss, lr
+
+
+def _check_int(name, value, minimum, hint, optional=False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}={value!r} must be an integer; {hint}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}; {hint}")
+
+
+def _check_positive(name, value, hint):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name}={value!r} must be a number; {hint}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r} must be a finite number > 0; {hint}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is unknown; use one of: {', '.join(choices)}.")
+
+
+def _as_hidden_sizes(value):
+    # A tuple, whatever sequence came in (a list from JSON), so that configs compare equal.
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise TypeError(f"hidden_sizes={value!r} must be a sequence of layer widths such as "
+                        "(100, 50), or None for one hidden layer of hidden_size.")
+    sizes = tuple(value)
+    for i, size in enumerate(sizes):
+        _check_int(f"hidden_sizes[{i}]", size, 1, "layer widths are positive integers.")
+    return tuple(int(size) for size in sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; the defaults are the book's.
+
+    Parameters
+    ----------
+    grad : {"numerical", "backprop"}, default "numerical"
+        How gradients are computed: the book's central differences (slow,
+        chapter 4) or backpropagation (fast, chapter 5).
+    iters : int, default 10000
+        Number of SGD updates.
+    batch_size : int, default 100
+        Samples per update, drawn with replacement as ``np.random.choice`` does.
+    lr : float, default 0.1
+        Learning rate.
+    hidden_size : int, default 50
+        Width of the hidden layer.
+    weight_init_std : float, default 0.01
+        Standard deviation of the Gaussian initial weights.
+    h : float, default 1e-4
+        Central-difference step of the numerical gradient.
+    seed : int, default 0
+        Seeds the initial weights (exactly as ``TwoLayerNet(..., seed=seed)``)
+        and, through a child of ``np.random.SeedSequence(seed)``, the batch
+        sampling, so that equal configs give bit-identical runs.
+    backend : {"auto", "numba", "numpy"}, default "auto"
+        Where the network's heavy parts run.
+    strategy : {"delta", "full"}, default "delta"
+        How the numba numerical gradient evaluates perturbed losses.
+    threads : int or None
+        Threads for the numba kernels; None keeps numba's default.
+    train_size, test_size : int or None
+        Use only the first ``train_size`` training / ``test_size`` test
+        samples (for quick runs); None uses all.
+    hidden_sizes : tuple of int or None
+        Widths of several hidden layers, e.g. ``(100, 50)``; when given it
+        overrides ``hidden_size`` and trains a
+        :class:`fastnum.multilayer.MultiLayerNet` instead of ``TwoLayerNet``.
+    activation : {"sigmoid", "relu"}, default "sigmoid"
+        Activation of the hidden layers; "relu" needs ``hidden_sizes``.
+    """
+
+    grad: str = "numerical"
+    iters: int = 10000
+    batch_size: int = 100
+    lr: float = 0.1
+    hidden_size: int = 50
+    weight_init_std: float = 0.01
+    h: float = 1e-4
+    seed: int = 0
+    backend: str = "auto"
+    strategy: str = "delta"
+    threads: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    hidden_sizes: tuple[int, ...] | None = None
+    activation: str = "sigmoid"
+
+    def __post_init__(self):
+        _check_choice("grad", self.grad, GRADS)
+        _check_int("iters", self.iters, 1, "the book uses 10000.")
+        _check_int("batch_size", self.batch_size, 1, "the book uses 100.")
+        _check_positive("lr", self.lr, "the book uses 0.1.")
+        _check_int("hidden_size", self.hidden_size, 1, "the book uses 50.")
+        _check_positive("weight_init_std", self.weight_init_std, "the book uses 0.01.")
+        _check_positive("h", self.h, "the book uses 1e-4.")
+        _check_int("seed", self.seed, 0, "pass a non-negative integer such as 0.")
+        _check_choice("backend", self.backend, BACKENDS)
+        check_strategy(self.strategy)
+        _check_int("threads", self.threads, 1, "pass a positive count or None.", optional=True)
+        for name in ("train_size", "test_size"):
+            _check_int(name, getattr(self, name), 1, "pass a sample count or None for all.",
+                       optional=True)
+        object.__setattr__(self, "hidden_sizes", _as_hidden_sizes(self.hidden_sizes))
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if self.activation != "sigmoid" and self.hidden_sizes is None:
+            raise ValueError(f"activation={self.activation!r} needs hidden_sizes (the book's "
+                             "TwoLayerNet is sigmoid only); pass e.g. hidden_sizes=(50,).")
+        self._to_builtin_types()
+
+    def _to_builtin_types(self):
+        # NumPy scalars would break json.dumps and make "lr=0.1" compare unequal on resume.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("lr", "weight_init_std", "h"):
+                object.__setattr__(self, field.name, float(value))
+            elif isinstance(value, np.integer):
+                object.__setattr__(self, field.name, int(value))
+
+    def to_dict(self):
+        """Return the config as a plain dict.
+
+        Returns
+        -------
+        dict
+            Field name to value; JSON-serialisable (stored in history.json).
+        """
+        d = dataclasses.asdict(self)
+        if d["hidden_sizes"] is not None:  # a list, as it comes back from JSON on resume
+            d["hidden_sizes"] = list(d["hidden_sizes"])
+        return d
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    config : TrainConfig
+    backend : str
+        The backend that ran ("numba" or "numpy").
+    net : fastnum.network.TwoLayerNet
+        The trained network; ``params`` is ``net.params``.
+    history : dict
+        ``loss`` (one float per iteration), ``epoch_iter`` (1-based iteration
+        of each evaluation), ``train_acc`` and ``test_acc`` (per evaluation).
+        Deterministic: equal for equal configs, resumed or not.
+    timings : dict
+        ``epoch_seconds`` (wall time per evaluation period) and ``total_seconds``.
+    final_train_acc, final_test_acc : float
+        Accuracy of the final parameters on the full training and test sets.
+    out_dir : pathlib.Path or None
+    """
+
+    config: TrainConfig
+    backend: str
+    net: object
+    history: dict
+    timings: dict
+    final_train_acc: float
+    final_test_acc: float
+    out_dir: Path | None = None
+
+    @property
+    def params(self):
+        """The final parameters W1, b1, W2, b2."""
+        return self.net.params
+
+
+class _Data(NamedTuple):
+    x_train: np.ndarray
+    t_train: np.ndarray
+    x_test: np.ndarray
+    t_test: np.ndarray
+    n_classes: int
+    info: dict  # sizes and a content hash, checked on resume
+
+
+def _n_classes(t_train):
+    t = np.asarray(t_train)
+    if t.ndim == 2 and t.shape[1] > 1:  # one-hot
+        return t.shape[1]
+    finite = t[np.isfinite(t)] if t.dtype.kind == "f" else t
+    if t.dtype.kind not in "iuf" or finite.size == 0:
+        return 2  # as_labels reports the real problem
+    top = int(finite.max()) + 1
+    if top > MAX_CLASSES:
+        raise ValueError(
+            f"t_train contains label {finite.max()}; labels must be class indices "
+            f"0..n_classes-1 (at most {MAX_CLASSES} classes)."
+        )
+    return max(top, 2)
+
+
+def _first(a, size, name, option):
+    a = np.asarray(a)
+    n = a.shape[0] if a.ndim else 0
+    if size is not None and size > n:
+        raise ValueError(f"{option}={size} is larger than the {n} samples of {name}; "
+                         f"use {option} {n} or less.")
+    return a if size is None else a[:size]
+
+
+def _fingerprint(*arrays):
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return digest.hexdigest()
+
+
+def _prepare_data(config, data, data_dir):
+    """Load (if needed), subset and validate the data; return a :class:`_Data`."""
+    if data is None:
+        from fastnum.data import load_mnist  # lazy: keeps this module importable without it
+
+        data = load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=data_dir)
+        n_classes = MNIST_CLASSES
+    else:
+        n_classes = None
+    try:
+        (x_train, t_train), (x_test, t_test) = data
+    except (TypeError, ValueError):
+        raise ValueError("data must be ((x_train, t_train), (x_test, t_test)), "
+                         "as fastnum.data.load_mnist returns.") from None
+    n_classes = n_classes or _n_classes(t_train)
+    x_train = as_float_batch(_first(x_train, config.train_size, "x_train", "train_size"),
+                             name="x_train")
+    x_test = as_float_batch(_first(x_test, config.test_size, "x_test", "test_size"),
+                            x_train.shape[1], name="x_test")
+    t_train = as_labels(_first(t_train, config.train_size, "t_train", "train_size"),
+                        len(x_train), n_classes, name="t_train")
+    t_test = as_labels(_first(t_test, config.test_size, "t_test", "test_size"),
+                       len(x_test), n_classes, name="t_test")
+    if config.batch_size > len(x_train):
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the training set "
+            f"({len(x_train)} samples); use batch_size {len(x_train)} or less, "
+            "or a larger train_size."
+        )
+    info = {"train_size": len(x_train), "test_size": len(x_test),
+            "n_features": x_train.shape[1], "n_classes": n_classes,
+            "sha256": _fingerprint(x_train, t_train, x_test, t_test)}
+    return _Data(x_train, t_train, x_test, t_test, n_classes, info)
+
+
+def _fmt_seconds(s):
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _Progress:
+    """A redrawn one-line bar on a terminal; elsewhere one line per 10 % (no spam in logs)."""
+
+    def __init__(self, total, done, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.total, self.first = total, done
+        self.t0 = self.last = time.perf_counter()
+        self.next_decile = done * 10 // total + 1
+        self.width = 0
+
+    def _line(self, done, now):
+        rate = (done - self.first) / max(now - self.t0, 1e-9)
+        speed = f"{rate:.1f} it/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s/it"
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        bar = "#" * (20 * done // self.total)
+        return (f"{done}/{self.total} [{bar:<20}] {100 * done / self.total:3.0f}% "
+                f"{speed} ETA {_fmt_seconds(eta)}")
+
+    def update(self, done):
+        """Report that ``done`` iterations are finished."""
+        now = time.perf_counter()
+        if self.tty and (now - self.last >= 0.1 or done == self.total):
+            line = self._line(done, now)
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width, self.last = len(line), now
+            self.stream.flush()
+        elif not self.tty and done * 10 >= self.next_decile * self.total:
+            self.stream.write(self._line(done, now) + "\n")
+            self.next_decile = done * 10 // self.total + 1
+            self.stream.flush()
+
+    def clear(self):
+        """Erase the bar so that a log line can be printed in its place."""
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+            self.stream.flush()
+
+    def close(self):
+        """End the bar's line."""
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _NoProgress:
+    def update(self, done):
+        pass
+
+    def clear(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _Run:
+    """The state of one training run and the steps that advance it."""
+
+    def __init__(self, config, data, backend, out_dir, log):
+        from fastnum.multilayer import MultiLayerNet
+        from fastnum.network import TwoLayerNet
+
+        self.cfg, self.data, self.backend, self.out, self.log = config, data, backend, out_dir, log
+        if config.hidden_sizes is None:
+            self.net = TwoLayerNet(data.x_train.shape[1], config.hidden_size, data.n_classes,
+                                   config.weight_init_std, seed=config.seed, backend=backend,
+                                   strategy=config.strategy)
+        else:
+            self.net = MultiLayerNet(data.x_train.shape[1], config.hidden_sizes, data.n_classes,
+                                     activation=config.activation,
+                                     weight_init_std=config.weight_init_std, seed=config.seed,
+                                     backend=backend, strategy=config.strategy)
+        # A child stream, so batch sampling does not replay the bits of the weight init.
+        self.rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
+        self.per_epoch = max(len(data.x_train) // config.batch_size, 1)
+        self.iteration = 0
+        self.history = {"loss": [], "epoch_iter": [], "train_acc": [], "test_acc": []}
+        self.epoch_seconds, self.seconds_before = [], 0.0
+        self.t_start = self.t_epoch = time.perf_counter()
+        self.progress = _NoProgress()
+
+    def say(self, message):
+        if self.log is not None:
+            self.progress.clear()
+            self.log(message)
+
+    def seconds(self):
+        return self.seconds_before + time.perf_counter() - self.t_start
+
+    def timings(self):
+        total = self.seconds()
+        return {"epoch_seconds": list(self.epoch_seconds), "total_seconds": total}
+
+    def step(self):
+        """One SGD update; returns the batch loss at the updated parameters."""
+        idx = self.rng.choice(len(self.data.x_train), self.cfg.batch_size)
+        x, t = self.data.x_train[idx], self.data.t_train[idx]
+        if self.cfg.grad == "backprop":
+            grads = self.net.gradient(x, t)
+        else:
+            grads = self.net.numerical_gradient(x, t, h=self.cfg.h)
+        for key in self.net.params:  # W1, b1, W2, b2 (and more for hidden_sizes)
+            self.net.params[key] -= self.cfg.lr * grads[key]
+        return float(self.net.loss(x, t))
+
+    def accuracies(self):
+        d = self.data
+        return self.net.accuracy(d.x_train, d.t_train), self.net.accuracy(d.x_test, d.t_test)
+
+    def evaluate(self):
+        """Record train/test accuracy at the current iteration and print the book's line."""
+        train_acc, test_acc = self.accuracies()
+        h = self.history
+        h["epoch_iter"].append(self.iteration)
+        h["train_acc"].append(train_acc)
+        h["test_acc"].append(test_acc)
+        now = time.perf_counter()
+        self.epoch_seconds.append(now - self.t_epoch)
+        self.t_epoch = now
+        width = len(str(self.cfg.iters))
+        epoch = len(h["train_acc"]) - 1
+        self.say(f"iter {self.iteration:>{width}}/{self.cfg.iters}  epoch {epoch:>2}  "
+                 f"loss {h['loss'][-1]:.4f}  train acc, test acc | {train_acc:.4f}, {test_acc:.4f}")
+
+    def document(self, status, **extra):
+        """The content of history.json."""
+        backend_info = {"backend": self.backend,
+                        "backend_description": describe_backend(self.backend)}
+        if self.backend == "numba":
+            from fastnum._jit import get_num_threads
+
+            backend_info["threads"] = get_num_threads()
+        return {"format": FORMAT, "status": status, "config": self.cfg.to_dict(), **backend_info,
+                "data": self.data.info, "iter_per_epoch": self.per_epoch,
+                "iterations_done": self.iteration, "history": self.history,
+                "timings": self.timings(), **extra}
+
+    def write_history(self, status, **extra):
+        if self.out is not None:
+            text = json.dumps(self.document(status, **extra), indent=1, allow_nan=False)
+            write_text(self.out / HISTORY, text + "\n")
+
+    def write_checkpoint(self):
+        meta = {"format": FORMAT, "config": self.cfg.to_dict(), "backend": self.backend,
+                "data": self.data.info, "iteration": self.iteration,
+                "rng": self.rng.bit_generator.state,
+                "history": {k: v for k, v in self.history.items() if k != "loss"},
+                "epoch_seconds": self.epoch_seconds, "seconds": self.seconds()}
+        with atomic_open(self.out / CHECKPOINT, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)),
+                     loss=np.asarray(self.history["loss"], dtype=np.float64), **self.net.params)
+
+    def write_plots(self):
+        from fastnum.plots import plot_accuracy, plot_loss
+
+        plot_loss(self.history, self.out / LOSS_PNG)
+        plot_accuracy(self.history, self.out / ACCURACY_PNG)
+
+    def restore(self, path):
+        """Continue from ``path``: params, sampler state, iteration and history."""
+        meta, arrays = _read_checkpoint(path, tuple(self.net.params))
+        _check_resumable(meta, self, path)
+        for key in self.net.params:
+            self.net.params[key][...] = arrays[key]
+        loss = arrays["loss"].tolist()
+        self.rng.bit_generator.state = meta["rng"]
+        self.iteration = meta["iteration"]
+        self.history = {"loss": loss, **meta["history"]}
+        self.epoch_seconds, self.seconds_before = meta["epoch_seconds"], meta["seconds"]
+        self.say(f"resuming from {path} at iteration {self.iteration}/{self.cfg.iters}")
+
+    def diverged(self, loss):
+        """Save what is finite, then raise :class:`TrainingDivergedError`."""
+        lr, it = self.cfg.lr, self.iteration + 1
+        where = ""
+        if self.out is not None:
+            self.write_history("diverged", diverged_at={"iteration": it, "loss": repr(loss)})
+            self.write_plots()
+            where = (f" The history of the {self.iteration} finite iterations is in "
+                     f"{self.out / HISTORY} (plots show only those; no params.npz written).")
+        raise TrainingDivergedError(
+            f"training diverged at iteration {it}: the loss became {loss} (or the parameters "
+            f"non-finite) with lr={lr:g}. Lower the learning rate (e.g. lr={lr / 10:g}) and "
+            f"start a new run.{where}", it, loss, lr)
+
+    def params_finite(self):
+        return all(np.isfinite(p).all() for p in self.net.params.values())
+
+    def loop(self, callback):
+        """Run the remaining iterations; evaluate and checkpoint at each epoch."""
+        while self.iteration < self.cfg.iters:
+            loss = self.step()
+            if not (math.isfinite(loss) and self.params_finite()):
+                self.diverged(loss)
+            self.history["loss"].append(loss)
+            self.iteration += 1
+            if (self.iteration - 1) % self.per_epoch == 0:  # the book's `i % iter_per_epoch == 0`
+                self.end_epoch(callback)
+            self.progress.update(self.iteration)
+
+    def end_epoch(self, callback):
+        self.evaluate()
+        if self.out is not None:
+            self.write_checkpoint()
+            self.write_history("running")
+        if callback is not None:
+            h = self.history
+            callback({"iteration": self.iteration, "epoch": len(h["train_acc"]) - 1,
+                      "loss": h["loss"][-1], "train_acc": h["train_acc"][-1],
+                      "test_acc": h["test_acc"][-1]})
+
+    def finish(self):
+        """Evaluate the final parameters, write all outputs, return the result."""
+        h = self.history
+        if h["epoch_iter"] and h["epoch_iter"][-1] == self.iteration:
+            final = h["train_acc"][-1], h["test_acc"][-1]
+        else:
+            final = self.accuracies()
+        if self.out is not None:
+            with atomic_open(self.out / PARAMS, "wb") as f:
+                np.savez(f, **self.net.params)
+            self.write_checkpoint()  # lets a later resume extend the run with more iters
+            self.write_history("completed", final={"iteration": self.iteration,
+                                                   "train_acc": final[0], "test_acc": final[1]})
+            self.write_plots()
+        return TrainResult(self.cfg, self.backend, self.net, h, self.timings(), final[0],
+                           final[1], self.out)
+
+
+def _read_checkpoint(path, param_names=PARAM_NAMES):
+    """Return (meta dict, arrays dict) of a checkpoint, or raise a ValueError that says why."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in ("loss", *param_names)}
+            return json.loads(str(z["meta"])), arrays
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable fastnum checkpoint ({exc}); start a new run "
+                         "(overwrite=True, --overwrite) or use another out_dir.") from exc
+
+
+def _check_resumable(meta, run, path):
+    """Raise unless the checkpoint in ``meta`` belongs to the same run as ``run``."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has checkpoint format {meta.get('format')!r}, expected "
+                         f"{FORMAT}; start a new run in another out_dir.")
+    saved, now = meta["config"], run.cfg.to_dict()
+    diffs = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in now.items()
+             if k not in _MAY_CHANGE_ON_RESUME and saved.get(k) != v]
+    if meta["backend"] != run.backend:
+        diffs.append(f"backend {meta['backend']!r} there, {run.backend!r} now")
+    if meta["data"] != run.data.info:
+        diffs.append("different training/test data")
+    if diffs:
+        raise ValueError(f"cannot resume from {path}: it was made with other settings "
+                         f"({'; '.join(diffs)}). Resume with the original settings, or start "
+                         "a new run in another out_dir.")
+    if meta["iteration"] > run.cfg.iters:
+        raise ValueError(f"cannot resume from {path}: it is at iteration {meta['iteration']}, "
+                         f"past iters={run.cfg.iters}; pass iters >= {meta['iteration']}.")
+
+
+def _prepare_out_dir(out_dir, resume, overwrite):
+    if out_dir is None:
+        if resume:
+            raise ValueError("resume=True needs out_dir: the run directory holding checkpoint.npz.")
+        return None
+    out = Path(out_dir)
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"cannot resume: {out / CHECKPOINT} does not exist. Point "
+                                    "out_dir at an earlier run's directory, or start without "
+                                    "resume.")
+        return out
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({', '.join(existing)}); continue it "
+                              "(resume=True, --resume), use another out_dir, or start afresh "
+                              "(overwrite=True, --overwrite).")
+    for name in existing:  # only our own outputs, so a fresh run never mixes with stale files
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False,
+          data_dir=None, progress=True, log=print, callback=None):
+    """Train the book's ``TwoLayerNet`` with minibatch SGD.
+
+    Parameters
+    ----------
+    config : TrainConfig, optional
+        The run's settings; ``TrainConfig()`` (the book's) by default.
+    data : ((x_train, t_train), (x_test, t_test)), optional
+        Training and test sets; ``None`` loads MNIST with
+        ``fastnum.data.load_mnist`` (10 classes).  Otherwise the number of
+        classes is the one-hot width or ``max(t_train) + 1``.
+    out_dir : str or Path, optional
+        Where to write ``history.json``, ``params.npz``, ``loss.png``,
+        ``accuracy.png`` and ``checkpoint.npz`` (all atomically).  ``None``
+        writes nothing.
+    resume : bool, default False
+        Continue from ``out_dir/checkpoint.npz``.  The result is bit-identical
+        to an uninterrupted run; only ``iters``, ``threads`` and an
+        equivalent ``backend`` spelling may differ from the checkpoint's config.
+    overwrite : bool, default False
+        Allow a fresh run in an ``out_dir`` that already holds one (its outputs
+        are deleted first).
+    data_dir : str or Path, optional
+        MNIST folder passed to ``load_mnist`` when ``data`` is None.
+    progress : bool, default True
+        Show a progress bar with iterations/s and ETA on stderr (redrawn on a
+        terminal, one line per 10 % otherwise).
+    log : callable or None, default print
+        Receives the per-epoch lines (``... train acc, test acc | 0.90, 0.91``).
+    callback : callable, optional
+        Called after each epoch's checkpoint with a dict (iteration, epoch,
+        loss, train_acc, test_acc).  An exception raised there stops training;
+        the checkpoint of that epoch is already on disk.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad settings or data; the message names the value and the fix.
+    FileExistsError, FileNotFoundError
+        ``out_dir`` holds a run but neither resume nor overwrite was asked;
+        or resume was asked but there is no checkpoint.
+    TrainingDivergedError
+        The loss or the parameters became NaN/inf (history so far is saved).
+
+    Notes
+    -----
+    The recorded loss of an iteration is, as in the book, the loss of that
+    iteration's batch at the parameters *after* its update.  Accuracy is
+    evaluated, as in the book, after iterations 1, 1 + iter_per_epoch, ...
+    with ``iter_per_epoch = max(train_size // batch_size, 1)`` (the book's
+    ``train_size / batch_size``, as an integer so that the test fires when
+    batch_size does not divide train_size).  The accuracy of the final
+    parameters is always computed as well (``final_*_acc``).
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: pick one.")
+    data = _prepare_data(config, data, data_dir)
+    backend = resolve_backend(config.backend)
+    out = _prepare_out_dir(out_dir, resume, overwrite)  # after the checks: it may delete files
+    if config.threads is not None:
+        from fastnum._jit import set_num_threads
+
+        set_num_threads(config.threads)
+    run = _Run(config, data, backend, out, log)
+    if resume:
+        run.restore(out / CHECKPOINT)
+    if progress and run.iteration < config.iters:
+        run.progress = _Progress(config.iters, run.iteration)
+    # exp() overflowing in a saturated sigmoid is harmless (it gives 0); real trouble
+    # shows up as a non-finite loss or parameter, which the loop checks explicitly.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        try:
+            run.loop(callback)
+        finally:
+            run.progress.close()
+        return run.finish()

@@ -1,0 +1,209 @@
+"""The ``fastnum`` command line: help, clear one-line errors, train and gradcheck on MNIST."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnum import cli
+from fastnum.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--grad", "backprop", "--iters", "12", "--batch-size", "20", "--train-size", "100",
+         "--test-size", "50", "--hidden", "5", "--backend", "numpy"]
+
+
+def one_error_line(capsys, *words):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--help"], ["examples:", "fastnum train --grad backprop", "exit codes"]),
+    (["train", "--help"], ["--grad {numerical,backprop}", "--resume", "history.json",
+                           "--train-size N", "examples:"]),
+    (["gradcheck", "--help"], ["--tol", "1e-05", "1e-7", "examples:"]),
+])
+def test_help(capsys, argv, words):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for word in words:
+        assert word in out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "usage: fastnum" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--lr", "-1"], ["fastnum train: error:", "--lr=-1.0", "> 0"]),
+    (["train", "--h", "0"], ["--h=0.0"]),
+    (["train", "--iters", "0"], ["--iters=0", "at least 1"]),
+    (["train", "--hidden", "0"], ["--hidden=0"]),
+    (["train", "--batch-size", "0"], ["--batch-size=0"]),
+    (["train", "--threads", "0"], ["--threads=0"]),
+    (["train", "--resume"], ["--resume needs --out DIR"]),
+    (["gradcheck", "--tol", "0"], ["fastnum gradcheck: error:", "--tol=0.0"]),
+])
+def test_bad_values_fail_with_one_clear_line(capsys, argv, words):
+    assert main(argv) == 2
+    one_error_line(capsys, *words)
+
+
+def test_argparse_errors_return_2(capsys):
+    assert main(["train", "--grad", "adam"]) == 2
+    assert "invalid choice: 'adam'" in capsys.readouterr().err
+    assert main(["train", "--iters", "many"]) == 2
+
+
+def test_option_names_replace_python_names():
+    message = "batch_size=200 is larger than the training set; use batch_size 100 or less"
+    assert cli._as_options(message) == ("--batch-size=200 is larger than the training set; "
+                                        "use --batch-size 100 or less")
+    assert cli._as_options("hidden_size=0 must be positive (h=1e-4)") == \
+        "--hidden=0 must be positive (--h=1e-4)"
+    assert cli._as_options("x_train has 5 features") == "x_train has 5 features"
+    assert cli._as_options("see runs/seed/lr.json, or a larger train_size.") == \
+        "see runs/seed/lr.json, or a larger --train-size."
+
+
+def test_keyboard_interrupt_returns_130_with_a_resume_hint(capsys, monkeypatch, tmp_path):
+    import fastnum.train
+
+    def interrupted(*args, **kwargs):
+        (tmp_path / "checkpoint.npz").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastnum.train, "train", interrupted)
+    assert main(["train", "--out", str(tmp_path)]) == 130
+    assert f"--resume --out {tmp_path}" in capsys.readouterr().err
+
+
+def test_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "fastnum.cli", "train", "--lr", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("fastnum train: error: --lr=0.0 must be a finite number > 0; "
+                                   "the book uses 0.1.")
+
+
+# --- on MNIST ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_source_dir):
+    from fastnum.data import load_mnist
+
+    return load_mnist(data_dir=mnist_source_dir)
+
+
+@pytest.fixture
+def data_dir(mnist, mnist_source_dir, monkeypatch):
+    """``--data-dir`` options; MNIST is parsed once per module, not once per command."""
+    import fastnum.data
+
+    def cached(*args, data_dir=None, **kwargs):
+        assert data_dir == str(mnist_source_dir)
+        return mnist
+
+    monkeypatch.setattr(fastnum.data, "load_mnist", cached)
+    return ["--data-dir", str(mnist_source_dir)]
+
+
+def test_train_reads_mnist_and_writes_outputs(capsys, tmp_path, mnist_source_dir):
+    data_dir = ["--data-dir", str(mnist_source_dir)]  # the real loader, once
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, *data_dir, "--out", str(out), "-v"]) == 0
+    stdout = capsys.readouterr().out
+    assert "backend: numpy reference" in stdout
+    assert "train acc, test acc |" in stdout and f"outputs in {out}" in stdout
+    doc = json.loads((out / "history.json").read_text())
+    assert doc["status"] == "completed" and doc["config"]["iters"] == 12
+    assert doc["config"]["hidden_size"] == 5 and doc["data"]["train_size"] == 100
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy.png", "checkpoint.npz", "history.json", "loss.png", "params.npz"]
+
+
+def test_train_default_out_dir(capsys, tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *QUICK, *data_dir, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.endswith("-backprop") and (run / "params.npz").is_file()
+
+
+def test_train_resume_and_extend(capsys, tmp_path, data_dir):
+    base = ["train", *QUICK, *data_dir, "--out", str(tmp_path / "a"), "-q"]
+    assert main(base) == 0
+    assert main(base) == 2  # the folder already holds a run
+    one_error_line(capsys, "already holds a run", "--resume", "--overwrite")
+    assert main([*base, "--resume", "--iters", "20"]) == 0
+    assert main(["train", *QUICK, *data_dir, "--iters", "20", "--out", str(tmp_path / "b"),
+                 "-q"]) == 0
+    with np.load(tmp_path / "a" / "params.npz") as a, np.load(tmp_path / "b" / "params.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in ("W1", "b1", "W2", "b2"))
+    assert main([*base, "--resume", "--lr", "0.5"]) == 2
+    one_error_line(capsys, "cannot resume", "--lr=0.1 there, 0.5 now")
+
+
+def test_train_divergence_exits_1(capsys, tmp_path, data_dir):
+    assert main(["train", *QUICK, *data_dir, "--lr", "1e308", "--out", str(tmp_path), "-q"]) == 1
+    line = one_error_line(capsys, "fastnum train: diverged:", "--lr=1e+308", "Lower the learning")
+    assert str(tmp_path / "history.json") in line
+    assert json.loads((tmp_path / "history.json").read_text())["status"] == "diverged"
+
+
+def test_train_data_errors(capsys, tmp_path, data_dir):
+    assert main(["train", *QUICK, *data_dir, "--batch-size", "101", "--out", str(tmp_path)]) == 2
+    one_error_line(capsys, "--batch-size=101 is larger than the training set (100 samples)",
+                   "or a larger --train-size")
+    assert main(["train", *QUICK, *data_dir, "--train-size", "70000"]) == 2
+    one_error_line(capsys, "--train-size=70000 is larger than the 60000 samples")
+
+
+def test_missing_mnist_is_a_clear_error(capsys, tmp_path):
+    assert main(["train", *QUICK, "--data-dir", str(tmp_path / "nowhere")]) == 2
+    one_error_line(capsys, "fastnum train: error:", "nowhere")
+
+
+def test_gradcheck_passes(capsys, data_dir):
+    assert main(["gradcheck", *data_dir, "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "784x10" in out and "1e-07" in out
+
+
+def test_gradcheck_fails_past_tolerance(capsys, data_dir):
+    assert main(["gradcheck", *data_dir, "--backend", "numpy", "--tol", "1e-12"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_gradcheck_catches_a_wrong_backprop(capsys, monkeypatch, data_dir):
+    from fastnum.network import TwoLayerNet
+
+    right = TwoLayerNet.gradient
+
+    def wrong(self, x, t):
+        grads = right(self, x, t)
+        grads["b1"] = -grads["b1"]
+        return grads
+
+    monkeypatch.setattr(TwoLayerNet, "gradient", wrong)
+    assert main(["gradcheck", *data_dir, "--backend", "numpy"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "b1" in out
+
+
+def test_gradcheck_bad_batch_size(capsys, data_dir):
+    assert main(["gradcheck", *data_dir, "--batch-size", "0"]) == 2
+    one_error_line(capsys, "--batch-size=0 must be between 1 and 60000")

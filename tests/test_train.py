@@ -1,0 +1,400 @@
+"""Training loop: learning, reproducibility, resume, divergence, validation and outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastnum._jit import JIT_ENABLED
+from fastnum.train import TrainConfig, TrainingDivergedError, _Progress, train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PARAMS = ("W1", "b1", "W2", "b2")
+needs_jit = pytest.mark.skipif(not JIT_ENABLED, reason="numba JIT not available or disabled")
+
+
+def _blobs(rng, n, centers):
+    labels = rng.integers(0, len(centers), n)
+    x = centers[labels] + 0.15 * rng.standard_normal((n, centers.shape[1]))
+    return x.astype(np.float32), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """Four well separated Gaussian blobs in 6-D: 300 training and 100 test samples."""
+    rng = np.random.default_rng(42)
+    centers = rng.random((4, 6)) * 2
+    return _blobs(rng, 300, centers), _blobs(rng, 100, centers)
+
+
+def small(**kw):
+    """A config quick enough for tests: 30 iterations of 30 samples, 10 per epoch."""
+    base = dict(grad="backprop", iters=30, batch_size=30, lr=1.0, hidden_size=5,
+                weight_init_std=0.5, backend="numpy")
+    return TrainConfig(**{**base, **kw})
+
+
+def quiet_train(config, data, out_dir=None, **kw):
+    return train(config, data, out_dir, progress=False, log=None, **kw)
+
+
+def assert_same_run(a, b):
+    for k in PARAMS:
+        assert np.array_equal(a.params[k], b.params[k]), k
+    assert a.history == b.history
+    assert (a.final_train_acc, a.final_test_acc) == (b.final_train_acc, b.final_test_acc)
+
+
+class SimulatedInterruptError(Exception):
+    """Simulates an interruption from the epoch callback."""
+
+
+def stop_at_epoch(n):
+    def callback(info):
+        if info["epoch"] == n:
+            raise SimulatedInterruptError(info["iteration"])
+
+    return callback
+
+
+# --- learning ---------------------------------------------------------------------------------
+
+
+def test_backprop_learns_blobs(blobs):
+    result = quiet_train(small(iters=200), blobs)
+    assert result.final_test_acc > 0.95
+    assert np.mean(result.history["loss"][-20:]) < 0.5 * result.history["loss"][0]
+
+
+def test_history_follows_the_book_schedule(blobs):
+    lines = []
+    result = train(small(iters=25), blobs, progress=False, log=lines.append)
+    h = result.history
+    assert len(h["loss"]) == 25
+    # iter_per_epoch = 300 // 30 = 10; the book evaluates when i % 10 == 0 (i is 0-based)
+    assert h["epoch_iter"] == [1, 11, 21]
+    assert len(h["train_acc"]) == len(h["test_acc"]) == len(result.timings["epoch_seconds"]) == 3
+    assert len(lines) == 3 and all("train acc, test acc |" in line for line in lines)
+    assert lines[1].startswith("iter 11/25")
+    assert f"{h['train_acc'][1]:.4f}, {h['test_acc'][1]:.4f}" in lines[1]
+    # final accuracy is of the final params, even when the last iteration is not an epoch
+    (x_train, t_train), (x_test, t_test) = blobs
+    assert result.final_test_acc == result.net.accuracy(x_test, t_test)
+    assert result.final_train_acc == result.net.accuracy(x_train, t_train)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=[needs_jit,
+                                                                            pytest.mark.numba])])
+def test_numerical_and_backprop_trajectories_agree(blobs, backend):
+    runs = [quiet_train(small(grad=g, iters=12, backend=backend), blobs)
+            for g in ("numerical", "backprop")]
+    for k in PARAMS:
+        np.testing.assert_allclose(runs[0].params[k], runs[1].params[k], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], atol=1e-6)
+
+
+def test_same_seed_same_run_and_other_seed_differs(blobs):
+    a, b = (quiet_train(small(grad="numerical", iters=10), blobs) for _ in range(2))
+    assert_same_run(a, b)
+    c = quiet_train(small(grad="numerical", iters=10, seed=1), blobs)
+    assert not np.array_equal(a.params["W1"], c.params["W1"])
+
+
+def test_seed_gives_the_networks_own_initialisation(blobs):
+    from fastnum.network import TwoLayerNet
+
+    # One step so small that it cannot change a weight of size ~0.5 (biases start at 0).
+    result = quiet_train(small(iters=1, lr=1e-300), blobs)
+    net = TwoLayerNet(6, 5, 4, weight_init_std=0.5, seed=0, backend="numpy")
+    for k in ("W1", "W2"):
+        assert np.array_equal(result.params[k], net.params[k])
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grad", ["backprop", "numerical"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(blobs, tmp_path, grad):
+    config = small(grad=grad, iters=45, batch_size=20)  # 15 iterations per epoch
+    full = quiet_train(config, blobs, tmp_path / "full")
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path / "cut", callback=stop_at_epoch(2))
+    saved = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert saved["status"] == "running" and saved["iterations_done"] == 31
+    resumed = quiet_train(config, blobs, tmp_path / "cut", resume=True)
+    assert_same_run(full, resumed)
+    on_disk = [json.loads((tmp_path / d / "history.json").read_text()) for d in ("full", "cut")]
+    assert on_disk[0]["history"] == on_disk[1]["history"]
+    assert on_disk[0]["final"] == on_disk[1]["final"]
+    for d in ("full", "cut"):
+        with np.load(tmp_path / d / "params.npz") as z:
+            assert np.array_equal(z["W1"], full.params["W1"])
+
+
+def test_resume_can_extend_a_finished_run(blobs, tmp_path):
+    full = quiet_train(small(iters=40), blobs)
+    quiet_train(small(iters=25), blobs, tmp_path)
+    extended = quiet_train(small(iters=40), blobs, tmp_path, resume=True)
+    assert_same_run(full, extended)
+    again = quiet_train(small(iters=40), blobs, tmp_path, resume=True)  # nothing left to do
+    assert_same_run(full, again)
+
+
+@needs_jit
+@pytest.mark.numba
+def test_resume_is_bit_identical_with_numba(blobs, tmp_path):
+    config = small(grad="numerical", iters=25, backend="numba", strategy="delta")
+    full = quiet_train(config, blobs)
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path, callback=stop_at_epoch(1))
+    assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
+
+
+@pytest.mark.parametrize("change, word", [({"lr": 0.5}, "lr=1.0 there, 0.5 now"),
+                                          ({"seed": 3}, "seed"),
+                                          ({"grad": "numerical"}, "grad"),
+                                          ({"train_size": 200}, "train_size")])
+def test_resume_refuses_a_different_config(blobs, tmp_path, change, word):
+    quiet_train(small(), blobs, tmp_path)
+    with pytest.raises(ValueError, match="cannot resume") as info:
+        quiet_train(small(**change), blobs, tmp_path, resume=True)
+    assert word in str(info.value)
+
+
+def test_resume_refuses_other_data_and_a_shorter_run(blobs, tmp_path):
+    quiet_train(small(), blobs, tmp_path)
+    (x, t), test = blobs
+    with pytest.raises(ValueError, match="different training/test data"):
+        quiet_train(small(), ((x + 0.001, t), test), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="past iters=20"):
+        quiet_train(small(iters=20), blobs, tmp_path, resume=True)
+
+
+def test_resume_refuses_a_damaged_checkpoint(blobs, tmp_path):
+    quiet_train(small(), blobs, tmp_path)
+    (tmp_path / "checkpoint.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable fastnum checkpoint"):
+        quiet_train(small(), blobs, tmp_path, resume=True)
+
+
+def test_config_accepts_numpy_scalars_and_stays_json_friendly():
+    config = TrainConfig(iters=np.int64(5), lr=np.float32(0.5), h=1, seed=np.uint8(3))
+    assert json.loads(json.dumps(config.to_dict()))["iters"] == 5
+    assert type(config.lr) is float and type(config.h) is float and type(config.seed) is int
+
+
+def test_resume_needs_a_checkpoint(blobs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint.npz does not exist"):
+        quiet_train(small(), blobs, tmp_path, resume=True)
+    with pytest.raises(ValueError, match="needs out_dir"):
+        quiet_train(small(), blobs, None, resume=True)
+
+
+def test_existing_run_needs_resume_or_overwrite(blobs, tmp_path):
+    quiet_train(small(iters=10), blobs, tmp_path)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        quiet_train(small(), blobs, tmp_path)
+    result = quiet_train(small(), blobs, tmp_path, overwrite=True)
+    assert json.loads((tmp_path / "history.json").read_text())["iterations_done"] == 30
+    assert result.history["epoch_iter"] == [1, 11, 21]
+    with pytest.raises(ValueError, match="exclude each other"):
+        quiet_train(small(), blobs, tmp_path, resume=True, overwrite=True)
+
+
+# --- divergence -------------------------------------------------------------------------------
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_finite_history(blobs, tmp_path):
+    # The book's stable softmax and 1e-7 log guard keep the loss finite for any sane lr;
+    # only an lr that overflows float64 makes it NaN.
+    with pytest.raises(TrainingDivergedError) as info:
+        quiet_train(small(lr=1e308), blobs, tmp_path)
+    err = info.value
+    message = str(err)
+    assert f"iteration {err.iteration}" in message and "lr=1e+308" in message
+    assert "Lower the learning rate" in message and "history.json" in message
+    assert not math.isfinite(err.loss)
+    doc = json.loads((tmp_path / "history.json").read_text())  # strict JSON: no NaN inside
+    assert doc["status"] == "diverged"
+    assert doc["diverged_at"]["iteration"] == err.iteration
+    assert len(doc["history"]["loss"]) == err.iteration - 1
+    assert all(math.isfinite(v) for v in doc["history"]["loss"])
+    assert (tmp_path / "loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (tmp_path / "params.npz").exists()
+
+
+def test_divergence_without_out_dir(blobs):
+    with pytest.raises(TrainingDivergedError, match="start a new run"):
+        quiet_train(small(lr=1e308), blobs)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("lr", 0.0, ValueError), ("lr", -0.1, ValueError), ("lr", float("nan"), ValueError),
+    ("lr", "0.1", TypeError), ("h", 0.0, ValueError), ("h", -1e-4, ValueError),
+    ("h", float("inf"), ValueError), ("batch_size", 0, ValueError),
+    ("batch_size", 2.5, TypeError), ("iters", 0, ValueError), ("iters", 1e4, TypeError),
+    ("hidden_size", 0, ValueError), ("weight_init_std", 0.0, ValueError),
+    ("seed", -1, ValueError), ("threads", 0, ValueError), ("train_size", 0, ValueError),
+    ("test_size", -5, ValueError), ("grad", "adam", ValueError),
+    ("backend", "cuda", ValueError), ("strategy", "fast", ValueError),
+])
+def test_config_errors_name_the_value(field, value, error):
+    with pytest.raises(error) as info:
+        TrainConfig(**{field: value})
+    assert f"{field}={value!r}" in str(info.value) or f"{field}={value}" in str(info.value)
+
+
+def _replace(blobs, which, value):
+    (x, t), (xt, tt) = blobs
+    parts = {"x": x, "t": t, "xt": xt, "tt": tt, which: value}
+    return (parts["x"], parts["t"]), (parts["xt"], parts["tt"])
+
+
+@pytest.mark.parametrize("which, make, match", [
+    ("x", lambda x: np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x),
+     "x_train contains a non-finite value nan"),
+    ("xt", lambda x: np.full_like(x, np.inf), "x_test contains a non-finite value inf"),
+    ("xt", lambda x: x[:, :5], "x_test has 5 features per sample but the network expects 6"),
+    ("x", lambda x: x.reshape(len(x), 2, 3), r"x_train has shape \(300, 2, 3\)"),
+    ("t", lambda t: t[:-1], r"t_train has shape \(299,\)"),
+    ("t", lambda t: np.where(np.arange(t.size) == 3, -2, t.astype(np.int64)),
+     "t_train contains label -2"),
+    ("tt", lambda t: np.full(t.shape, 9), "t_test contains label 9, outside 0..3"),
+    ("t", lambda t: t + 0.5, "t_train holds non-integer values"),
+])
+def test_data_errors_name_the_problem(blobs, which, make, match):
+    (x, t), (xt, tt) = blobs
+    original = {"x": x, "t": t, "xt": xt, "tt": tt}[which]
+    with pytest.raises(ValueError, match=match):
+        quiet_train(small(), _replace(blobs, which, make(original)))
+
+
+def test_size_errors(blobs):
+    with pytest.raises(ValueError, match=r"batch_size=301 is larger than the training set \(300"):
+        quiet_train(small(batch_size=301), blobs)
+    with pytest.raises(ValueError, match="batch_size=31 .*or a larger train_size"):
+        quiet_train(small(batch_size=31, train_size=30), blobs)
+    with pytest.raises(ValueError, match="train_size=500 is larger than the 300 samples"):
+        quiet_train(small(train_size=500), blobs)
+    with pytest.raises(ValueError, match="must be \\(\\(x_train, t_train\\), \\(x_test"):
+        quiet_train(small(), blobs[0])
+    with pytest.raises(TypeError, match="TrainConfig"):
+        quiet_train({"lr": 0.1}, blobs)
+
+
+def test_subsets_and_one_hot_labels(blobs):
+    (x, t), (xt, tt) = blobs
+    onehot = ((x, np.eye(4)[t]), (xt, np.eye(4)[tt]))
+    a = quiet_train(small(train_size=120, test_size=50, batch_size=20), onehot)
+    b = quiet_train(small(train_size=120, test_size=50, batch_size=20), blobs)
+    assert_same_run(a, b)
+    assert a.history["epoch_iter"] == [1, 7, 13, 19, 25]  # 120 // 20 = 6 per epoch
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def test_outputs_are_complete_valid_and_atomic(blobs, tmp_path):
+    result = quiet_train(small(), blobs, tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["accuracy.png", "checkpoint.npz", "history.json", "loss.png", "params.npz"]
+    doc = json.loads((tmp_path / "history.json").read_text())
+    assert doc["status"] == "completed" and doc["backend"] == "numpy"
+    assert doc["config"] == small().to_dict()
+    assert doc["history"] == result.history
+    assert doc["final"] == {"iteration": 30, "train_acc": result.final_train_acc,
+                            "test_acc": result.final_test_acc}
+    assert doc["data"]["train_size"] == 300 and doc["data"]["n_classes"] == 4
+    assert len(doc["timings"]["epoch_seconds"]) == 3 and doc["timings"]["total_seconds"] > 0
+    with np.load(tmp_path / "params.npz") as z:
+        assert sorted(z.files) == sorted(PARAMS)
+        assert z["W1"].shape == (6, 5) and z["b2"].shape == (4,)
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as z:
+        assert {"meta", "loss", *PARAMS} == set(z.files)
+        assert json.loads(str(z["meta"]))["iteration"] == 30
+    for png in ("loss.png", "accuracy.png"):
+        assert (tmp_path / png).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_no_out_dir_writes_nothing(blobs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quiet_train(small(iters=5), blobs)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    stream = FakeTTY()
+    bar = _Progress(50, 0, stream)
+    for i in range(1, 51):
+        bar.update(i)
+    bar.clear()
+    bar.close()
+    text = stream.getvalue()
+    assert text.count("\n") == 0 and "\r50/50 [" in text and "it/s" in text
+
+
+def test_progress_in_a_log_prints_a_line_per_tenth(blobs, capsys):
+    train(small(iters=200), blobs, log=None)  # pytest's stderr is not a terminal
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and "\r" not in "".join(lines)
+    assert lines[0].startswith("20/200 [##") and "ETA" in lines[0]
+    assert lines[-1].startswith("200/200 [####################] 100%")
+
+
+def test_progress_after_resume_counts_from_the_checkpoint():
+    stream = io.StringIO()
+    bar = _Progress(100, 40, stream)
+    bar.update(45)
+    bar.update(50)
+    assert stream.getvalue().startswith("50/100")
+
+
+# --- real MNIST -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_source_dir):
+    from fastnum.data import load_mnist
+
+    return load_mnist(data_dir=mnist_source_dir)
+
+
+def test_backprop_on_mnist_subset_beats_chance(mnist):
+    config = TrainConfig(grad="backprop", iters=200, lr=1.0, hidden_size=20, train_size=1000,
+                         test_size=500, backend="numpy")
+    result = quiet_train(config, mnist)
+    assert result.history["test_acc"][0] < 0.3  # starts near chance (0.1)
+    assert result.final_test_acc > 0.6 and result.final_train_acc > 0.7
+
+
+def test_numerical_training_on_mnist_matches_backprop(mnist):
+    config = dict(iters=3, batch_size=10, hidden_size=3, train_size=100, test_size=100,
+                  backend="numpy")
+    num, bp = (quiet_train(TrainConfig(grad=g, **config), mnist) for g in ("numerical",
+                                                                          "backprop"))
+    for k in PARAMS:
+        np.testing.assert_allclose(num.params[k], bp.params[k], rtol=0, atol=1e-6)
+
+
+def test_train_loads_mnist_itself(mnist_source_dir, tmp_path):
+    config = TrainConfig(grad="backprop", iters=5, train_size=200, test_size=100, hidden_size=5,
+                         backend="numpy")
+    result = train(config, out_dir=tmp_path, data_dir=mnist_source_dir, progress=False, log=None)
+    doc = json.loads((tmp_path / "history.json").read_text())
+    assert doc["data"]["n_features"] == 784 and doc["data"]["n_classes"] == 10
+    assert result.params["W2"].shape == (5, 10)
