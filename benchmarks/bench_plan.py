@@ -1,0 +1,210 @@
+"""What the benchmarks time: sizes, implementations, thread counts, rounds and skips.
+
+Kept apart from the test module so that the plan can be read (and reported) without
+running anything.  Two profiles: ``default`` (the full report, ~20 min on 2 cores) and
+``quick`` (a few sizes, one round of the slow cases), chosen with the environment
+variable ``FASTNUM_BENCH_PROFILE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from fastnum._jit import get_num_threads
+from fastnum.registry import COMPARISONS
+
+#: numba's thread count at start-up: the "all threads" setting of the numba cases.
+ALL_THREADS = get_num_threads()
+
+PROFILE_ENV = "FASTNUM_BENCH_PROFILE"
+SLOW_ROUNDS_ENV = "FASTNUM_BENCH_SLOW_ROUNDS"
+
+BOOK_BATCH, BOOK_HIDDEN = 100, 50
+# The NumPy reference gradient costs ~11 s at the book's size and grows with
+# batch x hidden^2 once the per-call overhead is paid, so it gets few rounds.
+BOOK_NUMPY_SECONDS = 11.0
+
+# Operations whose cost is dominated by one loss evaluation per parameter.
+GRADIENT_OPS = ("numerical_gradient", "sgd_step")
+SLOW_IMPLS = ("numpy", "numba-full")
+# Column order of every table and plot: reference first, yardstick last.
+IMPL_ORDER = ("numpy", "numba", "numba-full", "numba-delta", "backprop")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and round counts of one benchmark run."""
+
+    name: str
+    sizes: tuple[tuple[int, int], ...]  # (batch, hidden)
+    slow_sizes: dict[str, frozenset]  # gradient op -> sizes where numpy / numba-full run
+    slow_rounds: int  # fixed rounds of the slow cases
+    target_seconds: float  # time budget of one calibrated (fast) case
+    min_rounds: int
+
+
+PROFILES = {
+    "default": Profile(
+        name="default",
+        sizes=((1, 50), (10, 50), (100, 50), (1000, 50),
+               (1, 100), (10, 100), (100, 100), (1000, 100)),
+        slow_sizes={
+            "numerical_gradient": frozenset({(1, 50), (10, 50), (100, 50), (1, 100), (10, 100)}),
+            "sgd_step": frozenset({(BOOK_BATCH, BOOK_HIDDEN)}),
+        },
+        slow_rounds=3,
+        target_seconds=1.0,
+        min_rounds=5,
+    ),
+    "quick": Profile(
+        name="quick",
+        sizes=((1, 50), (100, 50), (1000, 50), (10, 100), (1000, 100)),
+        slow_sizes={
+            "numerical_gradient": frozenset({(1, 50), (100, 50), (10, 100)}),
+            "sgd_step": frozenset({(BOOK_BATCH, BOOK_HIDDEN)}),
+        },
+        slow_rounds=1,
+        target_seconds=0.25,
+        min_rounds=3,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed cell: an implementation of an operation at one size and thread count."""
+
+    op: str
+    impl: str
+    batch: int
+    hidden: int
+    threads: str | None  # "1" or "all" for numba kernels, None for NumPy code
+
+    @property
+    def id(self):
+        """pytest id, e.g. ``numba-delta-b100-h50-t1``."""
+        suffix = f"-t{self.threads}" if self.threads else ""
+        return f"{self.impl}-b{self.batch}-h{self.hidden}{suffix}"
+
+    @property
+    def slow(self):
+        """True for the cases timed with a fixed, small number of rounds."""
+        return self.op in GRADIENT_OPS and self.impl in SLOW_IMPLS
+
+    @property
+    def is_book_case(self):
+        """True at the book's batch 100, hidden 50."""
+        return (self.batch, self.hidden) == (BOOK_BATCH, BOOK_HIDDEN)
+
+
+def active_profile():
+    """The :class:`Profile` named by ``$FASTNUM_BENCH_PROFILE`` (default ``default``).
+
+    Returns
+    -------
+    Profile
+        The selected profile, with ``slow_rounds`` overridden by
+        ``$FASTNUM_BENCH_SLOW_ROUNDS`` when set.
+
+    Raises
+    ------
+    ValueError
+        The profile name or the round count is invalid.
+    """
+    name = os.environ.get(PROFILE_ENV, "default") or "default"
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={name!r} is unknown; use one of {', '.join(PROFILES)}.")
+    profile = PROFILES[name]
+    rounds = os.environ.get(SLOW_ROUNDS_ENV)
+    if rounds:
+        if not rounds.isdigit() or int(rounds) < 1:
+            raise ValueError(f"{SLOW_ROUNDS_ENV}={rounds!r} must be a positive integer.")
+        profile = dataclasses.replace(profile, slow_rounds=int(rounds))
+    return profile
+
+
+def thread_settings(all_threads):
+    """Thread settings of the numba cases: 1 and all, or just all on a 1-core machine."""
+    return ("1", "all") if all_threads > 1 else ("all",)
+
+
+def _impls(op):
+    impls = COMPARISONS[op].implementations
+    return [name for name in IMPL_ORDER if name in impls]
+
+
+def cases(op, profile, all_threads):
+    """Every case of ``op`` in ``profile``, the skipped ones included.
+
+    Parameters
+    ----------
+    op : str
+        A key of ``fastnum.registry.COMPARISONS``.
+    profile : Profile
+        Sizes to run.
+    all_threads : int
+        numba's thread count; 1 drops the separate 1-thread cases.
+
+    Returns
+    -------
+    list of Case
+        Ordered size by size with the NumPy reference first, so that the other
+        implementations can be checked against its (already computed) result.
+    """
+    out = []
+    for batch, hidden in profile.sizes:
+        for impl in _impls(op):
+            threads = thread_settings(all_threads) if impl.startswith("numba") else (None,)
+            out.extend(Case(op, impl, batch, hidden, th) for th in threads)
+    return out
+
+
+def estimated_numpy_seconds(batch, hidden):
+    """Rough cost of one NumPy reference gradient, scaled from the book's case."""
+    params_ratio = hidden / BOOK_HIDDEN
+    # ~10 us of fixed overhead per loss evaluation plus work growing as batch x hidden.
+    per_eval = 10e-6 + 0.6e-6 * batch * params_ratio
+    per_eval_book = 10e-6 + 0.6e-6 * BOOK_BATCH
+    return BOOK_NUMPY_SECONDS * params_ratio * per_eval / per_eval_book
+
+
+def skip_reason(case, profile):
+    """Why ``case`` is not timed in ``profile``, or None when it is.
+
+    Returns
+    -------
+    str or None
+        The reason alone (the report and pytest add which case it is).
+    """
+    size = (case.batch, case.hidden)
+    if case.slow and size not in profile.slow_sizes[case.op]:
+        if size in profile.slow_sizes["numerical_gradient"]:
+            # An SGD step is that gradient plus an update of negligible cost.
+            return ("the step costs its numerical gradient plus a negligible update: see the "
+                    "numerical_gradient group (only the book's case is timed here)")
+        est = estimated_numpy_seconds(case.batch, case.hidden)
+        return (f"too slow for the {profile.name} profile: the NumPy reference needs about "
+                f"{est:.0f} s per gradient at this size, and numba full is of the same order")
+    if case.op == "sgd_step" and case.impl == "numba-full" and case.threads == "1":
+        return "its thread scaling is already shown in the numerical_gradient group"
+    return None
+
+
+def skipped_cases(profile, all_threads):
+    """All skipped cases of the profile, as dicts for the benchmark JSON.
+
+    Returns
+    -------
+    list of dict
+        ``op``, ``impl``, ``batch``, ``hidden``, ``threads`` and ``reason``.
+    """
+    out = []
+    for op in COMPARISONS:
+        for case in cases(op, profile, all_threads):
+            reason = skip_reason(case, profile)
+            if reason:
+                out.append({"op": op, "impl": case.impl, "batch": case.batch,
+                            "hidden": case.hidden, "threads": case.threads, "reason": reason})
+    return out
