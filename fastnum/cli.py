@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastnum.backend import BACKENDS, STRATEGIES, describe_backend, resolve_backend
 from fastnum.gradcheck import DEFAULT_TOL
-from fastnum.train import GRADS, TrainConfig, TrainingDivergedError
+from fastnum.train import ACTIVATIONS, GRADS, TrainConfig, TrainingDivergedError
 
 __all__ = ["build_parser", "main"]
 
@@ -28,7 +28,7 @@ _DEFAULTS = TrainConfig()
 
 _MAIN_EPILOG = """\
 examples:
-  fastnum train --grad backprop            the book's run with backprop (a few minutes)
+  fastnum train --grad backprop            the book's run with backprop (seconds)
   fastnum train --out runs/numerical       the book's run with numerical gradients: minutes
                                            with numba, days with --backend numpy
   fastnum train --iters 200 --train-size 1000 --test-size 1000 --out runs/try
@@ -54,6 +54,7 @@ examples:
   fastnum train --iters 1000 --threads 2 --out runs/num1000
   fastnum train --resume --out runs/num1000
   fastnum train --resume --iters 5000 --out runs/num1000     (extend a finished run)
+  fastnum train --hidden-sizes 40,30 --activation relu --weight-init-std 0.1 --out runs/deep
 """
 
 _GRADCHECK_EPILOG = """\
@@ -74,6 +75,7 @@ _OPTION_NAMES = {
     "train_size": "--train-size", "test_size": "--test-size", "out_dir": "--out",
     "data_dir": "--data-dir", "lr": "--lr", "h": "--h", "iters": "--iters", "seed": "--seed",
     "threads": "--threads", "grad": "--grad", "strategy": "--strategy", "tol": "--tol",
+    "hidden_sizes": "--hidden-sizes", "activation": "--activation",
 }
 # Whole words only, and never inside a path such as runs/seed/history.json.
 _OPTION_RE = re.compile(r"(?<![\w\-/.])(" + "|".join(_OPTION_NAMES) + r")(?![\w\-/])")
@@ -87,10 +89,21 @@ def _as_options(message):
     return _OPTION_RE.sub(lambda m: _OPTION_NAMES[m.group(1)], message)
 
 
+def _layer_widths(text):
+    """Parse ``--hidden-sizes 100,50`` into ``(100, 50)``."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of layer widths; write e.g. 100,50"
+        ) from None
+
+
 def _add_backend_options(p):
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="where the network runs: numba kernels, the NumPy reference, or auto "
-                        "(numba when it compiles) (default: %(default)s)")
+                        "(numba when it compiles); --grad backprop always runs in NumPy "
+                        "(default: %(default)s)")
     p.add_argument("--strategy", choices=STRATEGIES, default="delta",
                    help="numba numerical gradient: delta reuses cached activations, full reruns "
                         "the forward pass per perturbation (default: %(default)s)")
@@ -118,6 +131,12 @@ def _add_train_parser(sub):
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
     p.add_argument("--hidden", dest="hidden_size", type=int, default=d.hidden_size, metavar="N",
                    help="hidden units (default: %(default)s)")
+    p.add_argument("--hidden-sizes", type=_layer_widths, metavar="W1,W2,...",
+                   help="several hidden layers, e.g. 100,50: trains a MultiLayerNet instead of "
+                        "the book's TwoLayerNet (overrides --hidden)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation,
+                   help="activation of the hidden layers; relu needs --hidden-sizes "
+                        "(default: %(default)s)")
     p.add_argument("--weight-init-std", type=float, default=d.weight_init_std, metavar="STD",
                    help="std of the Gaussian initial weights (default: %(default)s)")
     p.add_argument("--h", type=float, default=d.h,
@@ -187,6 +206,9 @@ def build_parser():
 
 def _say_backend(args):
     backend = resolve_backend(args.backend)
+    if getattr(args, "grad", None) == "backprop":  # as fastnum.train.train decides
+        print("backend: numpy reference (--grad backprop always runs in NumPy)")
+        return
     print(describe_backend(backend))
     if backend == "numba":
         from fastnum._jit import get_num_threads

@@ -14,8 +14,7 @@ import numbers
 import numpy as np
 
 from fastnum import reference
-from fastnum._validate import as_float_batch, as_labels, check_step
-from fastnum.backend import check_strategy, resolve_backend
+from fastnum._frontend import NetworkFrontend
 
 
 def relu(x):
@@ -110,7 +109,7 @@ def _check_size(name, size):
     return int(size)
 
 
-class MultiLayerNet(ReferenceMultiLayerNet):
+class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     """A softmax classifier with any number of hidden layers and numba kernels behind it.
 
     Parameters
@@ -157,8 +156,7 @@ class MultiLayerNet(ReferenceMultiLayerNet):
         if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
             raise ValueError(f"weight_init_std={weight_init_std!r} must be finite and >= 0.")
         super().__init__(input_size, hidden_sizes, output_size, activation, weight_init_std, seed)
-        self.backend = resolve_backend(backend)
-        self.strategy = check_strategy(strategy)
+        self._init_backend(backend, strategy)
 
     @property
     def sizes(self):
@@ -167,77 +165,24 @@ class MultiLayerNet(ReferenceMultiLayerNet):
         return tuple(self.params[f"W{k}"].shape[0] for k in range(1, L + 1)) + (
             self.params[f"W{L}"].shape[1],)
 
-    def _inputs(self, x, t=None):
-        x = as_float_batch(x, self.sizes[0])
-        if t is None:
-            return x
-        return x, as_labels(t, x.shape[0], self.sizes[-1])
+    # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
+    # packed on every call: cheap next to any kernel, and it sees parameters the
+    # caller replaced or updated in place.
 
-    def _kernel_params(self):
+    def _packed(self):
         from fastnum.kernels import multilayer
 
-        # Re-packed on every call: cheap next to any kernel, and it sees
-        # parameters the caller replaced or updated in place.
         return multilayer, multilayer.as_params([self.params[k] for k in self.param_names])
 
-    def predict(self, x):
-        """Class probabilities, shape (batch, output_size)."""
-        x = self._inputs(x)
-        if self.backend == "numba":
-            kernels, packed = self._kernel_params()
-            return kernels.predict_trusted(packed, x, self.activation)
-        return super().predict(x)
+    def _numba_predict(self, x):
+        kernels, packed = self._packed()
+        return kernels.predict_trusted(packed, x, self.activation)
 
-    def loss(self, x, t):
-        """Batch-mean cross-entropy with the book's 1e-7 guard."""
-        x, t = self._inputs(x, t)
-        if self.backend == "numba":
-            kernels, packed = self._kernel_params()
-            return kernels.loss_trusted(packed, x, t, self.activation)
-        return super().loss(x, t)
+    def _numba_loss(self, x, t):
+        kernels, packed = self._packed()
+        return kernels.loss_trusted(packed, x, t, self.activation)
 
-    def accuracy(self, x, t):
-        """Fraction of samples classified correctly (integer or one-hot labels)."""
-        x, t = self._inputs(x, t)
-        return float(np.mean(self.predict(x).argmax(axis=1) == t))
-
-    def numerical_gradient(self, x, t, h=reference.H, strategy=None):
-        """Central-difference gradient of the loss for every parameter.
-
-        Parameters
-        ----------
-        x : array (batch, input_size)
-        t : array (batch,) of int labels, or (batch, output_size) one-hot
-        h : float, default 1e-4
-        strategy : {"delta", "full"} or None
-            Overrides the network's strategy for the numba backend.
-
-        Returns
-        -------
-        dict of str to ndarray
-            Gradients keyed and shaped like ``params``.
-        """
-        x, t = self._inputs(x, t)
-        h = check_step(h)
-        strategy = check_strategy(strategy or self.strategy)
-        if self.backend == "numba":
-            kernels, packed = self._kernel_params()
-            grads = kernels.numerical_gradient_trusted(packed, x, t, h, self.activation, strategy)
-            return dict(zip(self.param_names, grads, strict=True))
-        return super().numerical_gradient(x, t, h)
-
-    def gradient(self, x, t):
-        """Analytic backprop gradient (the oracle for gradient checks).
-
-        Parameters
-        ----------
-        x : array (batch, input_size)
-        t : array (batch,) of int labels, or (batch, output_size) one-hot
-
-        Returns
-        -------
-        dict of str to ndarray
-            Gradients keyed and shaped like ``params``.
-        """
-        x, t = self._inputs(x, t)
-        return super().gradient(x, t)
+    def _numba_numerical_gradient(self, x, t, h, strategy):
+        kernels, packed = self._packed()
+        grads = kernels.numerical_gradient_trusted(packed, x, t, h, self.activation, strategy)
+        return dict(zip(self.param_names, grads, strict=True))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from fastnum import reference
-from fastnum._validate import as_float_batch, as_labels, check_step
-from fastnum.backend import check_strategy, resolve_backend
+from fastnum._frontend import NetworkFrontend
 
 
-class TwoLayerNet(reference.TwoLayerNet):
+class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
     """The book's 784-50-10 style network, with numba kernels behind the same methods.
 
     Parameters
@@ -44,71 +41,28 @@ class TwoLayerNet(reference.TwoLayerNet):
         if output_size < 2:
             raise ValueError(f"output_size={output_size} must be at least 2 for a softmax.")
         super().__init__(int(input_size), int(hidden_size), int(output_size), weight_init_std, seed)
-        self.backend = resolve_backend(backend)
-        self.strategy = check_strategy(strategy)
+        self._init_backend(backend, strategy)
 
     @property
     def sizes(self):
         """(input_size, hidden_size, output_size)."""
         return self.params["W1"].shape + (self.params["W2"].shape[1],)
 
-    def _inputs(self, x, t=None):
-        x = as_float_batch(x, self.sizes[0])
-        if t is None:
-            return x
-        return x, as_labels(t, x.shape[0], self.sizes[2])
+    # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
+    # packed on every call so that in-place updates and replaced arrays are seen.
 
-    def _kernel_params(self):
+    def _numba_predict(self, x):
         from fastnum.kernels import two_layer
 
-        return two_layer, two_layer.as_params(self.params)
+        return two_layer.predict_trusted(two_layer.as_params(self.params), x)
 
-    def predict(self, x):
-        """Class probabilities, shape (batch, output_size)."""
-        x = self._inputs(x)
-        if self.backend == "numba":
-            kernels, params = self._kernel_params()
-            return kernels.predict_trusted(params, x)
-        return super().predict(x)
+    def _numba_loss(self, x, t):
+        from fastnum.kernels import two_layer
 
-    def loss(self, x, t):
-        """Batch-mean cross-entropy with the book's 1e-7 guard."""
-        x, t = self._inputs(x, t)
-        if self.backend == "numba":
-            kernels, params = self._kernel_params()
-            return kernels.loss_trusted(params, x, t)
-        return super().loss(x, t)
+        return two_layer.loss_trusted(two_layer.as_params(self.params), x, t)
 
-    def accuracy(self, x, t):
-        """Fraction of samples classified correctly (integer or one-hot labels)."""
-        x, t = self._inputs(x, t)
-        return float(np.mean(self.predict(x).argmax(axis=1) == t))
+    def _numba_numerical_gradient(self, x, t, h, strategy):
+        from fastnum.kernels import two_layer
 
-    def numerical_gradient(self, x, t, h=reference.H, strategy=None):
-        """Central-difference gradient of the loss for W1, b1, W2, b2.
-
-        Parameters
-        ----------
-        x : array (batch, input_size)
-        t : array (batch,) of int labels, or (batch, output_size) one-hot
-        h : float, default 1e-4
-        strategy : {"delta", "full"} or None
-            Overrides the network's strategy for the numba backend.
-
-        Returns
-        -------
-        dict of str to ndarray
-            Gradients with the shapes of ``params``.
-        """
-        x, t = self._inputs(x, t)
-        h = check_step(h)
-        if self.backend == "numba":
-            kernels, params = self._kernel_params()
-            strategy = check_strategy(strategy or self.strategy)
-            return kernels.numerical_gradient_trusted(params, x, t, h, strategy)
-        return super().numerical_gradient(x, t, h)
-
-    def gradient(self, x, t):
-        """Analytic backprop gradient (the oracle for gradient checks)."""
-        x, t = self._inputs(x, t)
-        return super().gradient(x, t)
+        return two_layer.numerical_gradient_trusted(two_layer.as_params(self.params), x, t, h,
+                                                    strategy)

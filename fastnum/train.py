@@ -128,7 +128,8 @@ class TrainConfig:
         and, through a child of ``np.random.SeedSequence(seed)``, the batch
         sampling, so that equal configs give bit-identical runs.
     backend : {"auto", "numba", "numpy"}, default "auto"
-        Where the network's heavy parts run.
+        Where the network's heavy parts run.  ``grad="backprop"`` always
+        runs in NumPy (see :func:`train`).
     strategy : {"delta", "full"}, default "delta"
         How the numba numerical gradient evaluates perturbed losses.
     threads : int or None
@@ -214,8 +215,9 @@ class TrainResult:
     config : TrainConfig
     backend : str
         The backend that ran ("numba" or "numpy").
-    net : fastnum.network.TwoLayerNet
-        The trained network; ``params`` is ``net.params``.
+    net : fastnum.network.TwoLayerNet or fastnum.multilayer.MultiLayerNet
+        The trained network (a MultiLayerNet when ``config.hidden_sizes`` is
+        given); ``params`` is ``net.params``.
     history : dict
         ``loss`` (one float per iteration), ``epoch_iter`` (1-based iteration
         of each evaluation), ``train_acc`` and ``test_acc`` (per evaluation).
@@ -663,6 +665,11 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
 
     Notes
     -----
+    With ``grad="backprop"`` the whole run uses the NumPy backend, whatever
+    ``config.backend`` says: backprop's matrix products run on BLAS threads,
+    and numba kernels between them would compete with those threads for the
+    cores (5x slower on 2 cores).  ``TrainResult.backend`` says what ran.
+
     The recorded loss of an iteration is, as in the book, the loss of that
     iteration's batch at the parameters *after* its update.  Accuracy is
     evaluated, as in the book, after iterations 1, 1 + iter_per_epoch, ...
@@ -677,7 +684,12 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: pick one.")
     data = _prepare_data(config, data, data_dir)
-    backend = resolve_backend(config.backend)
+    backend = resolve_backend(config.backend)  # validated even when backprop overrides it
+    if config.grad == "backprop":
+        # Backprop is NumPy matrix products on BLAS threads.  Interleaving them with
+        # numba's parallel loss and accuracy kernels makes the two thread pools spin
+        # against each other for the cores: on 2 cores that run took 5x as long.
+        backend = "numpy"
     out = _prepare_out_dir(out_dir, resume, overwrite)  # after the checks: it may delete files
     if config.threads is not None:
         from fastnum._jit import set_num_threads

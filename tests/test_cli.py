@@ -54,6 +54,8 @@ def test_no_command_is_a_usage_error(capsys):
     (["train", "--threads", "0"], ["--threads=0"]),
     (["train", "--resume"], ["--resume needs --out DIR"]),
     (["gradcheck", "--tol", "0"], ["fastnum gradcheck: error:", "--tol=0.0"]),
+    (["train", "--activation", "relu"], ["--activation='relu' needs --hidden-sizes"]),
+    (["train", "--hidden-sizes", "30,0"], ["--hidden-sizes[1]=0"]),
 ])
 def test_bad_values_fail_with_one_clear_line(capsys, argv, words):
     assert main(argv) == 2
@@ -64,6 +66,8 @@ def test_argparse_errors_return_2(capsys):
     assert main(["train", "--grad", "adam"]) == 2
     assert "invalid choice: 'adam'" in capsys.readouterr().err
     assert main(["train", "--iters", "many"]) == 2
+    assert main(["train", "--hidden-sizes", "30;20"]) == 2
+    assert "'30;20' is not a comma-separated list" in capsys.readouterr().err
 
 
 def test_option_names_replace_python_names():
@@ -125,7 +129,7 @@ def test_train_reads_mnist_and_writes_outputs(capsys, tmp_path, mnist_source_dir
     out = tmp_path / "run"
     assert main(["train", *QUICK, *data_dir, "--out", str(out), "-v"]) == 0
     stdout = capsys.readouterr().out
-    assert "backend: numpy reference" in stdout
+    assert "backend: numpy reference (--grad backprop always runs in NumPy)" in stdout
     assert "train acc, test acc |" in stdout and f"outputs in {out}" in stdout
     doc = json.loads((out / "history.json").read_text())
     assert doc["status"] == "completed" and doc["config"]["iters"] == 12
@@ -155,6 +159,18 @@ def test_train_resume_and_extend(capsys, tmp_path, data_dir):
         assert all(np.array_equal(a[k], b[k]) for k in ("W1", "b1", "W2", "b2"))
     assert main([*base, "--resume", "--lr", "0.5"]) == 2
     one_error_line(capsys, "cannot resume", "--lr=0.1 there, 0.5 now")
+
+
+def test_train_multilayer_relu(capsys, tmp_path, data_dir):
+    out = tmp_path / "deep"
+    argv = ["train", *QUICK, *data_dir, "--hidden-sizes", "6,4", "--activation", "relu",
+            "--weight-init-std", "0.1", "--out", str(out), "-q"]
+    assert main(argv) == 0
+    doc = json.loads((out / "history.json").read_text())
+    assert doc["config"]["hidden_sizes"] == [6, 4] and doc["config"]["activation"] == "relu"
+    with np.load(out / "params.npz") as params:
+        assert {k: params[k].shape for k in params} == {
+            "W1": (784, 6), "b1": (6,), "W2": (6, 4), "b2": (4,), "W3": (4, 10), "b3": (10,)}
 
 
 def test_train_divergence_exits_1(capsys, tmp_path, data_dir):

@@ -97,6 +97,15 @@ def test_numerical_and_backprop_trajectories_agree(blobs, backend):
     np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["auto", pytest.param("numba", marks=[needs_jit,
+                                                                           pytest.mark.numba])])
+def test_backprop_runs_in_numpy_whatever_the_backend(blobs, backend):
+    """numba kernels between BLAS calls would fight BLAS's threads for the cores."""
+    result = quiet_train(small(grad="backprop", iters=3, backend=backend), blobs)
+    assert result.backend == "numpy" and result.net.backend == "numpy"
+    assert result.config.backend == backend  # the config still says what was asked
+
+
 def test_same_seed_same_run_and_other_seed_differs(blobs):
     a, b = (quiet_train(small(grad="numerical", iters=10), blobs) for _ in range(2))
     assert_same_run(a, b)
