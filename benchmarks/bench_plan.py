@@ -1,7 +1,7 @@
 """What the benchmarks time: sizes, implementations, thread counts, rounds and skips.
 
 Kept apart from the test module so that the plan can be read (and reported) without
-running anything.  Two profiles: ``default`` (the full report, ~20 min on 2 cores) and
+running anything.  Two profiles: ``default`` (the full report, ~8 min on 2 cores) and
 ``quick`` (a few sizes, one round of the slow cases), chosen with the environment
 variable ``FASTNUM_BENCH_PROFILE``.
 """
@@ -27,7 +27,14 @@ BOOK_BATCH, BOOK_HIDDEN = 100, 50
 BOOK_NUMPY_SECONDS = 11.0
 
 # Operations whose cost is dominated by one loss evaluation per parameter.
-GRADIENT_OPS = ("numerical_gradient", "sgd_step")
+GRADIENT_OPS = ("numerical_gradient", "sgd_step", "multilayer_gradient")
+# Operations sized by architecture (a tuple of hidden widths) instead of one width.
+ARCH_OPS = ("multilayer_gradient",)
+# Depth and width grow from the book's 50 units, at batch 10 so that the NumPy
+# reference stays within seconds (~3 s for one hidden layer of 50, ~10 s for 100).
+ARCH_BATCH = 10
+WIDTH_SERIES = ((25,), (50,), (100,))
+DEPTH_SERIES = ((50, 50), (50, 50, 50))
 SLOW_IMPLS = ("numpy", "numba-full")
 # Column order of every table and plot: reference first, yardstick last.
 IMPL_ORDER = ("numpy", "numba", "numba-full", "numba-delta", "backprop")
@@ -39,6 +46,7 @@ class Profile:
 
     name: str
     sizes: tuple[tuple[int, int], ...]  # (batch, hidden)
+    arch_sizes: tuple[tuple[int, tuple], ...]  # (batch, hidden widths) of the ARCH_OPS
     slow_sizes: dict[str, frozenset]  # gradient op -> sizes where numpy / numba-full run
     slow_rounds: int  # fixed rounds of the slow cases
     target_seconds: float  # time budget of one calibrated (fast) case
@@ -50,9 +58,11 @@ PROFILES = {
         name="default",
         sizes=((1, 50), (10, 50), (100, 50), (1000, 50),
                (1, 100), (10, 100), (100, 100), (1000, 100)),
+        arch_sizes=tuple((ARCH_BATCH, a) for a in WIDTH_SERIES + DEPTH_SERIES),
         slow_sizes={
             "numerical_gradient": frozenset({(1, 50), (10, 50), (100, 50), (1, 100), (10, 100)}),
             "sgd_step": frozenset({(BOOK_BATCH, BOOK_HIDDEN)}),
+            "multilayer_gradient": frozenset((ARCH_BATCH, a) for a in WIDTH_SERIES + DEPTH_SERIES),
         },
         slow_rounds=3,
         target_seconds=1.0,
@@ -61,9 +71,11 @@ PROFILES = {
     "quick": Profile(
         name="quick",
         sizes=((1, 50), (100, 50), (1000, 50), (10, 100), (1000, 100)),
+        arch_sizes=((ARCH_BATCH, (50,)), (ARCH_BATCH, (50, 50))),
         slow_sizes={
             "numerical_gradient": frozenset({(1, 50), (100, 50), (10, 100)}),
             "sgd_step": frozenset({(BOOK_BATCH, BOOK_HIDDEN)}),
+            "multilayer_gradient": frozenset({(ARCH_BATCH, (50,)), (ARCH_BATCH, (50, 50))}),
         },
         slow_rounds=1,
         target_seconds=0.25,
@@ -79,14 +91,14 @@ class Case:
     op: str
     impl: str
     batch: int
-    hidden: int
+    hidden: int | tuple  # one width, or the hidden widths of an ARCH_OPS network
     threads: str | None  # "1" or "all" for numba kernels, None for NumPy code
 
     @property
     def id(self):
-        """pytest id, e.g. ``numba-delta-b100-h50-t1``."""
+        """pytest id, e.g. ``numba-delta-b100-h50-t1`` or ``numpy-b10-h50x50``."""
         suffix = f"-t{self.threads}" if self.threads else ""
-        return f"{self.impl}-b{self.batch}-h{self.hidden}{suffix}"
+        return f"{self.impl}-b{self.batch}-h{hidden_label(self.hidden)}{suffix}"
 
     @property
     def slow(self):
@@ -97,6 +109,11 @@ class Case:
     def is_book_case(self):
         """True at the book's batch 100, hidden 50."""
         return (self.batch, self.hidden) == (BOOK_BATCH, BOOK_HIDDEN)
+
+
+def hidden_label(hidden):
+    """``50`` for one width, ``50x50`` for a tuple of hidden widths."""
+    return "x".join(map(str, hidden)) if isinstance(hidden, tuple) else str(hidden)
 
 
 def active_profile():
@@ -154,7 +171,7 @@ def cases(op, profile, all_threads):
         implementations can be checked against its (already computed) result.
     """
     out = []
-    for batch, hidden in profile.sizes:
+    for batch, hidden in profile.arch_sizes if op in ARCH_OPS else profile.sizes:
         for impl in _impls(op):
             threads = thread_settings(all_threads) if impl.startswith("numba") else (None,)
             out.extend(Case(op, impl, batch, hidden, th) for th in threads)
@@ -179,6 +196,9 @@ def skip_reason(case, profile):
         The reason alone (the report and pytest add which case it is).
     """
     size = (case.batch, case.hidden)
+    if case.op in ARCH_OPS and case.impl == "numba-full":
+        return ("numba full is compared with NumPy in the numerical_gradient group; here it "
+                "would add minutes (its equivalence is tested at every depth)")
     if case.slow and size not in profile.slow_sizes[case.op]:
         if size in profile.slow_sizes["numerical_gradient"]:
             # An SGD step is that gradient plus an update of negligible cost.
@@ -205,6 +225,7 @@ def skipped_cases(profile, all_threads):
         for case in cases(op, profile, all_threads):
             reason = skip_reason(case, profile)
             if reason:
+                hidden = hidden_label(case.hidden) if op in ARCH_OPS else case.hidden
                 out.append({"op": op, "impl": case.impl, "batch": case.batch,
-                            "hidden": case.hidden, "threads": case.threads, "reason": reason})
+                            "hidden": hidden, "threads": case.threads, "reason": reason})
     return out

@@ -53,8 +53,15 @@ def mnist_train():
 
 
 def smoke_size(batch, hidden):
-    """The tiny (batch, hidden) that stands in for a real size in smoke mode."""
-    return (1 if batch == 1 else SMOKE_BATCH), (2 if hidden == bench_plan.BOOK_HIDDEN else 3)
+    """The tiny (batch, hidden) that stands in for a real size in smoke mode.
+
+    A tuple of hidden widths keeps its depth, each width shrunk to 2 or 3.
+    """
+    def tiny(width):
+        return 2 if width == bench_plan.BOOK_HIDDEN else 3
+
+    small = tuple(map(tiny, hidden)) if isinstance(hidden, tuple) else tiny(hidden)
+    return (1 if batch == 1 else SMOKE_BATCH), small
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +69,8 @@ def problems(mnist_train):
     """Factory ``problems(batch, hidden, smoke)`` of cached registry problems.
 
     The batch is the first ``batch`` training images, so every run times the same
-    data; the network is seeded with 0.
+    data; the network is seeded with 0.  ``hidden`` is one width (the book's
+    two-layer network) or a tuple of widths (a sigmoid MultiLayerNet).
     """
     x, t = mnist_train
     cache = {}

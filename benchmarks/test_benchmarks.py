@@ -110,7 +110,8 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
         rounds, iterations = _rounds(fn, args, case)
     benchmark.extra_info.update(
         op=op_name, impl=case.impl, batch=int(problem.x.shape[0]),
-        hidden=int(problem.params["W1"].shape[1]), pixels=int(problem.x.shape[1]),
+        hidden=int(problem.params["W1"].shape[1]),
+        arch=bench_plan.hidden_label(problem.hidden_sizes), pixels=int(problem.x.shape[1]),
         threads=threads, threads_setting=case.threads, slow=case.slow, smoke=smoke,
         book_case=case.is_book_case and not smoke)
     result = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=iterations,
@@ -156,3 +157,11 @@ def test_forward(benchmark, case_id, problems, reference_results, numba_threads)
 def test_sgd_step(benchmark, case_id, problems, reference_results, numba_threads):
     """One whole SGD iteration of the book's loop: gradient and parameter update."""
     run_case(benchmark, "sgd_step", case_id, problems, reference_results, numba_threads)
+
+
+@pytest.mark.benchmark(group="multilayer_gradient")
+@pytest.mark.parametrize("case_id", _ids("multilayer_gradient"))
+def test_multilayer_gradient(benchmark, case_id, problems, reference_results, numba_threads):
+    """The numerical gradient of a sigmoid MultiLayerNet as its width and depth grow."""
+    run_case(benchmark, "multilayer_gradient", case_id, problems, reference_results,
+             numba_threads)

@@ -1,5 +1,8 @@
 """One table of operations and their implementations, shared by tests and benchmarks.
 
+The two-layer operations (``numerical_gradient``, ``softmax_cross_entropy``,
+``forward``, ``sgd_step``) take the book's network; ``multilayer_gradient`` is
+the numerical gradient of a :class:`~fastnum.multilayer.MultiLayerNet` of any depth.
 Each :class:`Operation` has a ``setup`` that turns a :class:`Problem` into the
 arguments of its implementations (done once, outside any timed call), the
 name of the implementation every other must match, and the tolerance of that
@@ -19,31 +22,58 @@ import numpy as np
 from fastnum import reference
 from fastnum._validate import as_float_batch, as_labels
 from fastnum.kernels import losses, two_layer
+from fastnum.kernels import multilayer as multilayer_kernels
+from fastnum.multilayer import ReferenceMultiLayerNet
 
 LEARNING_RATE = 0.1  # the book's, for the SGD-step operation
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A network and a batch: the input of every operation."""
+    """A network and a batch: the input of every operation.
+
+    ``params`` holds ``W1, b1, ..., WL, bL``; the two-layer operations need L = 2,
+    ``multilayer_gradient`` takes any L.
+    """
 
     params: dict
     x: np.ndarray  # (N, D) float64, C-contiguous
     t: np.ndarray  # (N,) int64 labels
     h: float = reference.H
+    activation: str = "sigmoid"  # of the hidden layers; the two-layer operations are sigmoid
+
+    @property
+    def param_names(self):
+        """("W1", "b1", ..., "WL", "bL")."""
+        return tuple(f"{p}{k}" for k in range(1, len(self.params) // 2 + 1) for p in "Wb")
+
+    @property
+    def hidden_sizes(self):
+        """Widths of the hidden layers, e.g. ``(50,)`` for the book's network."""
+        return tuple(self.params[f"W{k}"].shape[1] for k in range(1, len(self.params) // 2))
 
     @property
     def label(self):
-        """Short id for test and benchmark names, e.g. ``b100-h50``."""
-        return f"b{self.x.shape[0]}-h{self.params['W1'].shape[1]}"
+        """Short id for test and benchmark names, e.g. ``b100-h50`` or ``b10-h50x50``."""
+        return f"b{self.x.shape[0]}-h{'x'.join(map(str, self.hidden_sizes))}"
 
 
-def make_problem(x, t, hidden_size=50, seed=0, weight_init_std=0.01, output_size=10):
-    """A :class:`Problem` for a batch, with a freshly seeded network of the book's shape."""
+def make_problem(x, t, hidden_size=50, seed=0, weight_init_std=0.01, output_size=10,
+                 activation="sigmoid"):
+    """A :class:`Problem` for a batch, with a freshly seeded network.
+
+    An int ``hidden_size`` gives the book's two-layer network; a tuple gives a
+    network with those hidden layers (a tuple of one width draws the same weights).
+    """
     x = as_float_batch(x)
     t = as_labels(t, x.shape[0], output_size)
-    net = reference.TwoLayerNet(x.shape[1], hidden_size, output_size, weight_init_std, seed)
-    return Problem(params=net.params, x=x, t=t)
+    if isinstance(hidden_size, tuple):
+        params = ReferenceMultiLayerNet(x.shape[1], hidden_size, output_size, activation,
+                                        weight_init_std, seed).params
+    else:
+        params = reference.TwoLayerNet(x.shape[1], hidden_size, output_size, weight_init_std,
+                                       seed).params
+    return Problem(params=params, x=x, t=t, activation=activation)
 
 
 def reference_net(params):
@@ -51,6 +81,15 @@ def reference_net(params):
     W1, W2 = params["W1"], params["W2"]
     net = reference.TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1])
     net.params = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    return net
+
+
+def reference_multilayer_net(problem):
+    """A ``ReferenceMultiLayerNet`` carrying copies of ``problem``'s parameters."""
+    p = problem.params
+    net = ReferenceMultiLayerNet(p["W1"].shape[0], problem.hidden_sizes,
+                                 p[problem.param_names[-2]].shape[1], problem.activation)
+    net.params = {k: np.array(v, dtype=np.float64) for k, v in p.items()}
     return net
 
 
@@ -77,6 +116,24 @@ def _numba_step(strategy):
         return _sgd(params, grads)
 
     return run
+
+
+def _multilayer_gradient(strategy):
+    def run(packed, x, t, h, activation, names):
+        grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, h, activation,
+                                                              strategy)
+        return dict(zip(names, grads, strict=True))
+
+    return run
+
+
+def _multilayer_kernel_args(pr):
+    packed = multilayer_kernels.as_params([pr.params[k] for k in pr.param_names])
+    return (packed, pr.x, pr.t, pr.h, pr.activation, pr.param_names)
+
+
+def _multilayer_np_args(pr):
+    return (reference_multilayer_net(pr), pr.x, pr.t, pr.h)
 
 
 @dataclass(frozen=True)
@@ -157,6 +214,20 @@ COMPARISONS = {
                 "backprop": lambda net, x, t, h: _sgd(net.params, net.gradient(x, t)),
             },
             atol=1e-9 * LEARNING_RATE,
+            rtol=0.0,
+            yardsticks={"backprop": 1e-5},
+        ),
+        Operation(
+            name="multilayer_gradient",
+            setup={"default": _multilayer_kernel_args, "numpy": _multilayer_np_args,
+                   "backprop": _multilayer_np_args},
+            implementations={
+                "numpy": lambda net, x, t, h: net.numerical_gradient(x, t, h),
+                "numba-full": _multilayer_gradient("full"),
+                "numba-delta": _multilayer_gradient("delta"),
+                "backprop": lambda net, x, t, h: net.gradient(x, t),
+            },
+            atol=1e-9,
             rtol=0.0,
             yardsticks={"backprop": 1e-5},
         ),

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/bench_report.py --out bench-results           # full report, ~20-25 min
-    python scripts/bench_report.py --out bench-results --quick   # fewer sizes, ~5 min
+    python scripts/bench_report.py --out bench-results           # full report, ~8 min
+    python scripts/bench_report.py --out bench-results --quick   # fewer sizes, ~2.5 min
     python scripts/bench_report.py --from-json bench-results/results.json --out elsewhere
 
 A run does three things, each in its own process or phase so that none disturbs
@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastnum._io import atomic_path, write_text
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_FORMAT = 1
 BOOK_ITERS = 10_000
@@ -49,6 +51,13 @@ IMPL_COLOR = {"numpy": "tab:gray", "numba": "tab:blue", "numba-full": "tab:orang
 STAT_KEYS = ("median", "min", "max", "iqr", "rounds", "iterations")
 GRADIENT_OPS = ("numerical_gradient", "sgd_step")
 PNG_NAME, MD_NAME, RESULTS_NAME = "speedups.png", "report.md", "results.json"
+# What each operation's table measures, where its name does not say it all.
+OP_NOTES = {
+    "multilayer_gradient": "The numerical gradient of a sigmoid `MultiLayerNet` on real MNIST "
+                           "as the network grows: one hidden layer of 25, 50 and 100 units, then "
+                           "two and three layers of 50 (column *hidden*: the widths). Batch 10, "
+                           "so that the NumPy reference stays within seconds.",
+}
 
 
 # ------------------------------------------------------------------ data model
@@ -61,17 +70,35 @@ class Row:
     op: str
     impl: str
     batch: int
-    hidden: int
+    hidden: int  # width of the first hidden layer
     threads: int | None
     median: float
     rounds: int
     iterations: int
     iqr: float
+    arch: str = ""  # all hidden widths, e.g. "50" or "50x50"
+
+    def __post_init__(self):
+        if not self.arch:
+            object.__setattr__(self, "arch", str(self.hidden))
 
     @property
     def size(self):
-        """(batch, hidden)."""
-        return self.batch, self.hidden
+        """(batch, arch), e.g. ``(100, "50")``."""
+        return self.batch, self.arch
+
+
+def arch_label(hidden):
+    """``"50"`` for a width, ``"50x50"`` for a tuple of widths; strings pass through."""
+    if isinstance(hidden, tuple | list):
+        return "x".join(map(str, hidden))
+    return str(hidden)
+
+
+def arch_key(arch):
+    """Sort key of an architecture label: by depth, then by the widths."""
+    widths = tuple(int(w) for w in str(arch).split("x"))
+    return len(widths), widths
 
 
 def rows_from(results):
@@ -94,13 +121,14 @@ def rows_from(results):
             continue
         rows.append(Row(info["op"], info["impl"], int(info["batch"]), int(info["hidden"]),
                         info.get("threads"), float(stats["median"]), int(stats["rounds"]),
-                        int(stats.get("iterations", 1)), float(stats.get("iqr", 0.0))))
+                        int(stats.get("iterations", 1)), float(stats.get("iqr", 0.0)),
+                        arch_label(info.get("arch", info["hidden"]))))
     return sorted(rows, key=_row_order)
 
 
 def _row_order(row):
     impl = IMPL_ORDER.index(row.impl) if row.impl in IMPL_ORDER else len(IMPL_ORDER)
-    return row.op, row.hidden, row.batch, impl, row.threads or 0
+    return row.op, arch_key(row.arch), row.batch, impl, row.threads or 0
 
 
 def max_threads(rows):
@@ -109,11 +137,15 @@ def max_threads(rows):
 
 
 def lookup(rows, op, impl, size, threads=None):
-    """The row of ``impl`` at ``size``; numba rows at ``threads`` (default: all threads)."""
+    """The row of ``impl`` at ``size``; numba rows at ``threads`` (default: all threads).
+
+    ``size`` is (batch, hidden) with hidden a width, a tuple of widths or a label.
+    """
     if threads is None:
         threads = max_threads(rows)
+    size = (size[0], arch_label(size[1]))
     for r in rows:
-        if r.op == op and r.impl == impl and r.size == tuple(size):
+        if r.op == op and r.impl == impl and r.size == size:
             if r.threads is None or r.threads == threads:
                 return r
     return None
@@ -257,7 +289,7 @@ def op_table(rows, op):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in op_rows:
         rounds = f"{r.rounds}" + (f" × {r.iterations}" if r.iterations > 1 else "")
-        cells = [str(r.batch), str(r.hidden), IMPL_LABEL.get(r.impl, r.impl),
+        cells = [str(r.batch), r.arch, IMPL_LABEL.get(r.impl, r.impl),
                  _threads_label(r), rounds, fmt_seconds(r.median),
                  fmt_ratio(speedup_vs_numpy(rows, r))]
         if has_backprop:
@@ -304,7 +336,7 @@ def thread_table(rows):
     lines = [f"| operation | batch | hidden | implementation | 1 thread | {n} threads | "
              f"speed-up from threads |", "|---|---|---|---|---|---|---|"]
     for one, many in pairs:
-        lines.append(f"| {one.op} | {one.batch} | {one.hidden} | "
+        lines.append(f"| {one.op} | {one.batch} | {one.arch} | "
                      f"{IMPL_LABEL.get(one.impl, one.impl)} | {fmt_seconds(one.median)} | "
                      f"{fmt_seconds(many.median)} | {fmt_ratio(one.median / many.median)} |")
     return lines
@@ -407,7 +439,8 @@ def markdown(results):
             "BLAS's threads, as in the legend.", ""]
     for op in ops:
         if any(r.op == op for r in rows):
-            out += [f"### {op}", ""] + op_table(rows, op) + [""]
+            note = [OP_NOTES[op], ""] if op in OP_NOTES else []
+            out += [f"### {op}", ""] + note + op_table(rows, op) + [""]
             skipped = skipped_lines(results, op)
             out += (skipped + [""]) if skipped else []
     threads = thread_table(rows)
@@ -436,7 +469,7 @@ def _bar_series(rows, op):
 
 def _speedup_axis(ax, rows, op):
     sizes = sorted({r.size for r in rows if r.op == op and r.impl == "numpy"},
-                   key=lambda s: (s[1], s[0]))
+                   key=lambda s: (arch_key(s[1]), s[0]))
     series = _bar_series(rows, op)
     width = 0.8 / max(len(series), 1)
     for k, (impl, threads) in enumerate(series):
@@ -459,16 +492,38 @@ def _speedup_axis(ax, rows, op):
     ax.legend(fontsize="x-small")
 
 
-def _time_axis(ax, rows, op):
-    hiddens = sorted({r.hidden for r in rows if r.op == op})
+def _arch_time_axis(ax, rows, op):
+    """Time per call against the network, for an operation timed at one batch size."""
+    archs = sorted({r.arch for r in rows if r.op == op}, key=arch_key)
     for impl in IMPL_ORDER:
-        for style, hidden in zip(("-", "--", ":", "-."), hiddens, strict=False):
+        pts = [(archs.index(r.arch), r.median) for r in rows if r.op == op and r.impl == impl
+               and r.threads in (None, max_threads(rows))]
+        if pts:
+            ax.plot(*zip(*sorted(pts), strict=True), "-", marker="o", color=IMPL_COLOR.get(impl),
+                    label=IMPL_LABEL.get(impl, impl))
+    ax.set_xticks(range(len(archs)), [f"h{a}" for a in archs])
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden layers (width per layer)")
+    ax.set_ylabel("median seconds per call")
+    batches = sorted({r.batch for r in rows if r.op == op})
+    ax.set_title(f"{op}: time vs network\n(batch {batches[0]}, numba on {max_threads(rows)} "
+                 "threads)")
+    ax.legend(fontsize="x-small")
+
+
+def _time_axis(ax, rows, op):
+    if len({r.batch for r in rows if r.op == op}) == 1:  # sized by network, not by batch
+        _arch_time_axis(ax, rows, op)
+        return
+    archs = sorted({r.arch for r in rows if r.op == op}, key=arch_key)
+    for impl in IMPL_ORDER:
+        for style, arch in zip(("-", "--", ":", "-."), archs, strict=False):
             pts = sorted((r.batch, r.median) for r in rows if r.op == op and r.impl == impl
-                         and r.hidden == hidden and r.threads in (None, max_threads(rows)))
+                         and r.arch == arch and r.threads in (None, max_threads(rows)))
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, marker="o",
                         color=IMPL_COLOR.get(impl),
-                        label=f"{IMPL_LABEL.get(impl, impl)}, hidden {hidden}")
+                        label=f"{IMPL_LABEL.get(impl, impl)}, hidden {arch}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
@@ -505,7 +560,8 @@ def plot(results, path):
                  f"numba threads, numpy {m.get('numpy', '?')}, numba {m.get('numba', '?')}, "
                  f"Python {m.get('python', '?')}, {m.get('date', '?')[:10]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 
@@ -541,7 +597,7 @@ def trim(raw, compile_info=None, train=None):
 
 
 def render(results, out_dir):
-    """Write ``report.md``, ``speedups.png`` and ``results.json`` into ``out_dir``.
+    """Write ``report.md``, ``speedups.png`` and ``results.json`` into ``out_dir`` (atomically).
 
     Returns
     -------
@@ -550,10 +606,10 @@ def render(results, out_dir):
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_NAME).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_text(out / RESULTS_NAME, json.dumps(results, indent=1) + "\n")
     plot(results, out / PNG_NAME)
     md = out / MD_NAME
-    md.write_text(markdown(results), encoding="utf-8")
+    write_text(md, markdown(results))
     return md
 
 

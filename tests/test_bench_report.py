@@ -62,12 +62,46 @@ def test_fixture_comes_from_the_suite(results):
 
 
 def test_rows_carry_the_stored_medians(results, rows):
-    stored = {(b["extra_info"]["op"], b["extra_info"]["impl"], b["extra_info"]["batch"],
-               b["extra_info"]["hidden"], b["extra_info"]["threads"]): b["stats"]["median"]
-              for b in results["benchmarks"]}
+    stored = {(i["op"], i["impl"], i["batch"], i["arch"], i["threads"]): b["stats"]["median"]
+              for b in results["benchmarks"] for i in [b["extra_info"]]}
     assert len(rows) == len(stored)
     for r in rows:
-        assert r.median == stored[(r.op, r.impl, r.batch, r.hidden, r.threads)]
+        assert r.median == stored[(r.op, r.impl, r.batch, r.arch, r.threads)]
+
+
+def test_rows_without_arch_fall_back_to_the_width(results):
+    """Results written before ``arch`` existed still render."""
+    for b in results["benchmarks"]:
+        b["extra_info"].pop("arch")
+    rows = [r for r in br.rows_from(results) if r.op == "numerical_gradient"]
+    assert rows and all(r.arch == str(r.hidden) for r in rows)
+
+
+def test_multilayer_table_rows_are_keyed_by_architecture(results, rows):
+    md = br.markdown(results)
+    assert br.OP_NOTES["multilayer_gradient"] in md
+    for arch in ("50", "50x50"):
+        numpy = br.lookup(rows, "multilayer_gradient", "numpy", (10, arch))
+        delta = br.lookup(rows, "multilayer_gradient", "numba-delta", (10, arch), threads=1)
+        cells = _table_row(md, "multilayer_gradient", 10, arch, "numba delta", "1")
+        assert cells[5] == br.fmt_seconds(delta.median)
+        assert cells[6] == br.fmt_ratio(numpy.median / delta.median)
+    # A tuple of widths finds the same row as its label.
+    assert br.lookup(rows, "multilayer_gradient", "numpy", (10, (50, 50))).arch == "50x50"
+    assert "not timed at batch 10, hidden 50x50: numba full; numba full is compared" in md
+
+
+def test_multilayer_time_is_plotted_against_the_architecture(rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    br._time_axis(ax, rows, "multilayer_gradient")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["h50", "h50x50"]
+    assert "batch 10" in ax.get_title()
+    plt.close(fig)
 
 
 def test_speedup_and_backprop_ratios(rows):

@@ -64,6 +64,22 @@ def test_registry_operations_match_reference_on_mnist(op_name, mnist_batch):
     check_operation(COMPARISONS[op_name], make_problem(x, t, hidden_size=hidden, seed=3))
 
 
+@pytest.mark.parametrize("hidden", [(3, 7), (7, 1, 3)], ids=lambda h: "h" + "x".join(map(str, h)))
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_registry_multilayer_gradient_on_deeper_networks(hidden, activation):
+    rng = np.random.default_rng(len(hidden))
+    x = sparse_batch(rng, 5, 9)
+    t = rng.integers(0, 4, 5)
+    problem = make_problem(x, t, hidden_size=hidden, seed=1, weight_init_std=0.7, output_size=4,
+                           activation=activation)
+    assert problem.label == "b5-h" + "x".join(map(str, hidden))
+    # Non-zero biases keep relu's pre-activations off its kink at exactly 0, where a
+    # central difference (slope 1/2) and backprop (slope 0) legitimately disagree.
+    for k in problem.param_names[1::2]:
+        problem.params[k][...] = rng.normal(0, 0.5, problem.params[k].shape)
+    check_operation(COMPARISONS["multilayer_gradient"], problem)
+
+
 @pytest.mark.slow
 def test_book_network_gradient_matches_reference(mnist_source_dir):
     """The book's 784-50-10 on a batch of 100: the reference alone takes ~10 s."""
