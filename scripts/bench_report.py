@@ -384,7 +384,7 @@ def training_lines(results, rows):
         numba_total = secs if it == BOOK_ITERS else extrapolate(train)
         how = ("measured" if it == BOOK_ITERS
                else f"**extrapolated** from {it:,} measured iterations ({fmt_duration(secs)}; "
-                    f"steps and accuracy passes scaled separately)")
+                    f"steps and accuracy passes scaled separately, data loading counted once)")
         lines.append(f"- numba ({train.get('backend', 'numba')}, strategy "
                      f"{train.get('strategy', 'delta')}, {train.get('threads', '?')} threads), "
                      f"`fastnum.train.train` with the book's settings: "
@@ -688,8 +688,9 @@ def measure_training(iters):
     -------
     dict
         ``iters``, ``seconds`` (wall time of the timed run, kernels already
-        compiled), ``eval_seconds`` (one accuracy pass on the full sets; the run
-        makes :func:`evaluations` of them), ``threads``, ``backend``,
+        compiled), ``loop_seconds`` (the part after loading and preparing the
+        data: the training loop), ``eval_seconds`` (one accuracy pass on the full
+        sets; the run makes :func:`evaluations` of them), ``threads``, ``backend``,
         ``strategy``, the final accuracies; or ``error`` if the run failed.
     """
     try:
@@ -707,7 +708,8 @@ def measure_training(iters):
     # Broad on purpose: a failed side measurement must not lose the benchmark run.
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
-    return {"iters": iters, "seconds": seconds, "eval_seconds": eval_seconds,
+    return {"iters": iters, "seconds": seconds,
+            "loop_seconds": result.timings["total_seconds"], "eval_seconds": eval_seconds,
             "threads": get_num_threads(), "backend": result.backend,
             "strategy": result.config.strategy, "final_train_acc": result.final_train_acc,
             "final_test_acc": result.final_test_acc}
@@ -717,12 +719,14 @@ def extrapolate(train, iters=BOOK_ITERS):
     """Seconds of an ``iters``-iteration run predicted from a shorter measured one.
 
     The gradient steps scale with the iteration count and the accuracy passes with
-    :func:`evaluations`, so each part is scaled by its own count.
+    :func:`evaluations`, so each part is scaled by its own count; loading the data
+    (``seconds - loop_seconds``) is paid once whatever the length.
     """
     n, evals = train["iters"], evaluations(train["iters"])
     eval_s = train.get("eval_seconds") or 0.0
-    step = max(train["seconds"] - evals * eval_s, 0.0) / n
-    return iters * step + evaluations(iters) * eval_s
+    loop = train.get("loop_seconds", train["seconds"])
+    step = max(loop - evals * eval_s, 0.0) / n
+    return (train["seconds"] - loop) + iters * step + evaluations(iters) * eval_s
 
 
 # ------------------------------------------------------------------------ CLI

@@ -186,6 +186,9 @@ def test_extrapolation_scales_steps_and_accuracy_passes_apart():
     assert (br.evaluations(600), br.evaluations(601), br.evaluations(10_000)) == (2, 2, 18)
     run = {"iters": 600, "seconds": 10.0, "eval_seconds": 1.0}
     assert br.extrapolate(run) == pytest.approx(10_000 * 8.0 / 600 + 18 * 1.0)
+    # Loading the data (seconds - loop_seconds) is paid once, not scaled.
+    run = {"iters": 600, "seconds": 13.0, "loop_seconds": 10.0, "eval_seconds": 1.0}
+    assert br.extrapolate(run) == pytest.approx(3.0 + 10_000 * 8.0 / 600 + 18 * 1.0)
 
 
 def test_compile_section_lists_cold_and_warm(results):
