@@ -1,7 +1,8 @@
 """Benchmarks of every operation in ``fastnum.registry.COMPARISONS``.
 
-One test function per operation (one pytest-benchmark group each), parametrised
-by implementation, size and thread count (see ``bench_plan``).  Every case
+One test parametrised by operation, implementation, size and thread count (see
+``bench_plan``), one pytest-benchmark group per operation, so that an operation
+added to the registry is benchmarked without a line here.  Every case
 
 * compiles its kernels first, on a tiny problem of the same types, so that
   compile time never enters the figures (``scripts/compile_time.py`` measures it);
@@ -126,42 +127,12 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
         _check(op_name, case, result, name, expected)
 
 
-def _ids(op_name):
-    return list(CASES[op_name])
+ALL_CASES = [(op, case_id) for op in COMPARISONS for case_id in CASES[op]]
 
 
-@pytest.mark.benchmark(group="numerical_gradient")
-@pytest.mark.parametrize("case_id", _ids("numerical_gradient"))
-def test_numerical_gradient(benchmark, case_id, problems, reference_results, numba_threads):
-    """The full numerical gradient of the two-layer net's loss."""
-    run_case(benchmark, "numerical_gradient", case_id, problems, reference_results, numba_threads)
-
-
-@pytest.mark.benchmark(group="softmax_cross_entropy")
-@pytest.mark.parametrize("case_id", _ids("softmax_cross_entropy"))
-def test_softmax_cross_entropy(benchmark, case_id, problems, reference_results, numba_threads):
-    """Batched softmax followed by the mean cross-entropy of the logits."""
-    run_case(benchmark, "softmax_cross_entropy", case_id, problems, reference_results,
-             numba_threads)
-
-
-@pytest.mark.benchmark(group="forward")
-@pytest.mark.parametrize("case_id", _ids("forward"))
-def test_forward(benchmark, case_id, problems, reference_results, numba_threads):
-    """The forward pass: class probabilities of a batch."""
-    run_case(benchmark, "forward", case_id, problems, reference_results, numba_threads)
-
-
-@pytest.mark.benchmark(group="sgd_step")
-@pytest.mark.parametrize("case_id", _ids("sgd_step"))
-def test_sgd_step(benchmark, case_id, problems, reference_results, numba_threads):
-    """One whole SGD iteration of the book's loop: gradient and parameter update."""
-    run_case(benchmark, "sgd_step", case_id, problems, reference_results, numba_threads)
-
-
-@pytest.mark.benchmark(group="multilayer_gradient")
-@pytest.mark.parametrize("case_id", _ids("multilayer_gradient"))
-def test_multilayer_gradient(benchmark, case_id, problems, reference_results, numba_threads):
-    """The numerical gradient of a sigmoid MultiLayerNet as its width and depth grow."""
-    run_case(benchmark, "multilayer_gradient", case_id, problems, reference_results,
-             numba_threads)
+@pytest.mark.parametrize(("op_name", "case_id"), ALL_CASES,
+                         ids=[f"{op}-{case_id}" for op, case_id in ALL_CASES])
+def test_operation(benchmark, op_name, case_id, problems, reference_results, numba_threads):
+    """Every case of every registry operation, one pytest-benchmark group per operation."""
+    benchmark.group = op_name
+    run_case(benchmark, op_name, case_id, problems, reference_results, numba_threads)

@@ -4,6 +4,11 @@
 reference class, so ``super().predict`` and friends reach the NumPy oracle.  A
 subclass supplies ``sizes`` and the three ``_numba_*`` hooks that call its
 trusted kernels.
+
+Each public method validates and then calls its ``_``-prefixed twin, which
+trusts its inputs (float64 C-contiguous ``x``, int64 labels ``t`` in range).
+The trainer validates its data once and calls the twins, so a step does not
+re-check the same batch for every call.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ class NetworkFrontend:
         -------
         ndarray (batch, output_size)
         """
-        x = self._inputs(x)
+        return self._predict(self._inputs(x))
+
+    def _predict(self, x):
         if self.backend == "numba":
             return self._numba_predict(x)
         return super().predict(x)
@@ -56,7 +63,9 @@ class NetworkFrontend:
         -------
         float
         """
-        x, t = self._inputs(x, t)
+        return self._loss(*self._inputs(x, t))
+
+    def _loss(self, x, t):
         if self.backend == "numba":
             return self._numba_loss(x, t)
         return super().loss(x, t)
@@ -73,8 +82,10 @@ class NetworkFrontend:
         -------
         float
         """
-        x, t = self._inputs(x, t)
-        return float(np.mean(self.predict(x).argmax(axis=1) == t))
+        return self._accuracy(*self._inputs(x, t))
+
+    def _accuracy(self, x, t):
+        return float(np.mean(self._predict(x).argmax(axis=1) == t))
 
     def numerical_gradient(self, x, t, h=reference.H, strategy=None):
         """Central-difference gradient of the loss for every parameter.
@@ -93,8 +104,10 @@ class NetworkFrontend:
             Gradients keyed and shaped like ``params``.
         """
         x, t = self._inputs(x, t)
-        h = check_step(h)
-        strategy = check_strategy(strategy or self.strategy)
+        return self._numerical_gradient(x, t, check_step(h),
+                                        check_strategy(strategy or self.strategy))
+
+    def _numerical_gradient(self, x, t, h, strategy):
         if self.backend == "numba":
             return self._numba_numerical_gradient(x, t, h, strategy)
         return super().numerical_gradient(x, t, h)
@@ -112,5 +125,7 @@ class NetworkFrontend:
         dict of str to ndarray
             Gradients keyed and shaped like ``params``.
         """
-        x, t = self._inputs(x, t)
+        return self._gradient(*self._inputs(x, t))
+
+    def _gradient(self, x, t):
         return super().gradient(x, t)

@@ -50,3 +50,11 @@ def write_text(path, text):
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def save_png(fig, path, dpi=100):
+    """Save a matplotlib figure to ``path`` as PNG, atomically; return ``path`` as a Path."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    return path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastnum.backend import BACKENDS, STRATEGIES, describe_backend, resolve_backend
 from fastnum.gradcheck import DEFAULT_TOL
-from fastnum.train import ACTIVATIONS, GRADS, TrainConfig, TrainingDivergedError
+from fastnum.train import ACTIVATIONS, GRADS, TrainConfig, TrainingDivergedError, run_backend
 
 __all__ = ["build_parser", "main"]
 
@@ -204,11 +204,8 @@ def build_parser():
     return parser
 
 
-def _say_backend(args):
-    backend = resolve_backend(args.backend)
-    if getattr(args, "grad", None) == "backprop":  # as fastnum.train.train decides
-        print("backend: numpy reference (--grad backprop always runs in NumPy)")
-        return
+def _say_backend(args, backend=None):
+    backend = backend or resolve_backend(args.backend)
     print(describe_backend(backend))
     if backend == "numba":
         from fastnum._jit import get_num_threads
@@ -227,7 +224,9 @@ def _cmd_train(args):
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.grad}"
     args.out = out  # so that the Ctrl-C hint can name it
     if args.verbose:
-        _say_backend(args)
+        _say_backend(args, run_backend(config))
+        if config.grad == "backprop":
+            print("(--grad backprop always runs in NumPy: see `fastnum train --help`)")
         print(f"config: {config.to_dict()}")
         print(f"output: {out}")
     result = train(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnum._io import atomic_open
+from fastnum._io import atomic_open, save_png  # save_png: for the experiment scripts
+from fastnum._validate import as_float_batch, as_labels
 
 __all__ = ["DETERMINISTIC_KEYS", "count_params", "default_out", "deterministic",
            "experiment_parser", "format_duration", "machine_info", "new_figure", "plain_ticks",
@@ -88,20 +89,6 @@ def count_params(hidden_sizes, input_size=784, output_size=10):
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
-def _make_net(config, n_features, n_classes):
-    # The network train() builds for this config (same classes, same seed).
-    if config.hidden_sizes is None:
-        from fastnum.network import TwoLayerNet
-
-        return TwoLayerNet(n_features, config.hidden_size, n_classes, config.weight_init_std,
-                           seed=config.seed, backend=config.backend, strategy=config.strategy)
-    from fastnum.multilayer import MultiLayerNet
-
-    return MultiLayerNet(n_features, config.hidden_sizes, n_classes,
-                         activation=config.activation, weight_init_std=config.weight_init_std,
-                         seed=config.seed, backend=config.backend, strategy=config.strategy)
-
-
 def time_per_iteration(config, x, t, min_seconds=0.5, min_iters=3):
     """Median wall time of one SGD iteration of ``config``'s network, as train() runs it.
 
@@ -126,21 +113,18 @@ def time_per_iteration(config, x, t, min_seconds=0.5, min_iters=3):
     float
         Seconds per iteration (median over the timed iterations).
     """
-    net = _make_net(config, x.shape[1], int(np.max(t)) + 1)
-    x, t = x[:config.train_size], np.asarray(t[:config.train_size], dtype=np.int64)
+    from fastnum.train import build_net, sgd_step
+
+    n_classes = int(np.max(t)) + 1
+    net = build_net(config, x.shape[1], n_classes)
+    x = x[:config.train_size]
+    t = as_labels(t[:config.train_size], len(x), n_classes)
     rng = np.random.default_rng(config.seed)
 
     def step():
         idx = rng.choice(len(x), config.batch_size)
         # train() converts the whole set to float64 once; a batch at a time saves memory.
-        xb, tb = np.ascontiguousarray(x[idx], dtype=np.float64), t[idx]
-        if config.grad == "backprop":
-            grads = net.gradient(xb, tb)
-        else:
-            grads = net.numerical_gradient(xb, tb, h=config.h)
-        for key in net.params:
-            net.params[key] -= config.lr * grads[key]
-        net.loss(xb, tb)
+        sgd_step(net, as_float_batch(x[idx], x.shape[1]), t[idx], config)
 
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         step()  # warm-up: compiles or loads the kernels
@@ -391,25 +375,6 @@ def plain_ticks(axis, ticks=None):
     axis.set_minor_formatter(NullFormatter())
     if ticks is not None:
         axis.set_major_locator(FixedLocator(list(ticks)))
-
-
-def save_png(fig, path, dpi=100):
-    """Save ``fig`` to ``path`` as PNG, atomically.
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure
-    path : str or Path
-    dpi : int, default 100
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
-    return path
 
 
 def format_duration(seconds):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._io import atomic_open
+from fastnum._io import save_png
 
 
 def _new_axes():
@@ -20,12 +20,6 @@ def _new_axes():
     fig = Figure(figsize=(6.4, 4.8))
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
-
-
-def _save(fig, path):
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    return path
 
 
 def plot_loss(history, path):
@@ -41,7 +35,7 @@ def plot_loss(history, path):
 
     Returns
     -------
-    path
+    pathlib.Path
         The ``path`` argument.
     """
     loss = np.asarray(history["loss"], dtype=np.float64)
@@ -52,7 +46,7 @@ def plot_loss(history, path):
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.set_ylim(bottom=0)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_accuracy(history, path):
@@ -67,7 +61,7 @@ def plot_accuracy(history, path):
 
     Returns
     -------
-    path
+    pathlib.Path
         The ``path`` argument.
     """
     epochs = np.arange(len(history["train_acc"]))
@@ -79,4 +73,4 @@ def plot_accuracy(history, path):
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.0)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_png(fig, path)

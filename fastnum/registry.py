@@ -161,23 +161,28 @@ def _kernel_args(pr):
     return (two_layer.as_params(pr.params), pr.x, pr.t, pr.h)
 
 
+def _gradient_operation(name, kernel_args, numpy_args, numba_gradient):
+    """A numerical gradient: the NumPy reference, both numba strategies, backprop beside them."""
+    return Operation(
+        name=name,
+        setup={"default": kernel_args, "numpy": numpy_args, "backprop": numpy_args},
+        implementations={
+            "numpy": lambda net, x, t, h: net.numerical_gradient(x, t, h),
+            "numba-full": numba_gradient("full"),
+            "numba-delta": numba_gradient("delta"),
+            "backprop": lambda net, x, t, h: net.gradient(x, t),
+        },
+        atol=1e-9,
+        rtol=0.0,
+        yardsticks={"backprop": 1e-5},
+    )
+
+
 COMPARISONS = {
     op.name: op
     for op in (
-        Operation(
-            name="numerical_gradient",
-            setup={"default": _kernel_args, "numpy": _np_gradient_args,
-                   "backprop": _np_gradient_args},
-            implementations={
-                "numpy": lambda net, x, t, h: net.numerical_gradient(x, t, h),
-                "numba-full": _numba_gradient("full"),
-                "numba-delta": _numba_gradient("delta"),
-                "backprop": lambda net, x, t, h: net.gradient(x, t),
-            },
-            atol=1e-9,
-            rtol=0.0,
-            yardsticks={"backprop": 1e-5},
-        ),
+        _gradient_operation("numerical_gradient", _kernel_args, _np_gradient_args,
+                            _numba_gradient),
         Operation(
             name="softmax_cross_entropy",
             setup={"default": lambda pr: (_logits(pr), pr.t)},
@@ -217,20 +222,8 @@ COMPARISONS = {
             rtol=0.0,
             yardsticks={"backprop": 1e-5},
         ),
-        Operation(
-            name="multilayer_gradient",
-            setup={"default": _multilayer_kernel_args, "numpy": _multilayer_np_args,
-                   "backprop": _multilayer_np_args},
-            implementations={
-                "numpy": lambda net, x, t, h: net.numerical_gradient(x, t, h),
-                "numba-full": _multilayer_gradient("full"),
-                "numba-delta": _multilayer_gradient("delta"),
-                "backprop": lambda net, x, t, h: net.gradient(x, t),
-            },
-            atol=1e-9,
-            rtol=0.0,
-            yardsticks={"backprop": 1e-5},
-        ),
+        _gradient_operation("multilayer_gradient", _multilayer_kernel_args,
+                            _multilayer_np_args, _multilayer_gradient),
     )
 }
 

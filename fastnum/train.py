@@ -33,7 +33,8 @@ from fastnum._io import atomic_open, write_text
 from fastnum._validate import as_float_batch, as_labels
 from fastnum.backend import BACKENDS, check_strategy, describe_backend, resolve_backend
 
-__all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "train"]
+__all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "build_net",
+           "run_backend", "sgd_step", "train"]
 
 GRADS = ("numerical", "backprop")
 ACTIVATIONS = ("sigmoid", "relu")  # those of fastnum.multilayer.MultiLayerNet
@@ -385,23 +386,60 @@ class _NoProgress:
         pass
 
 
+def run_backend(config):
+    """The backend a run of ``config`` uses: ``config.backend`` resolved, NumPy for backprop.
+
+    Backprop is NumPy matrix products on BLAS threads.  Interleaving them with
+    numba's parallel loss and accuracy kernels makes the two thread pools spin
+    against each other for the cores: on 2 cores the book's backprop run took
+    2 min that way instead of 15 s.
+    """
+    backend = resolve_backend(config.backend)  # validated even when backprop overrides it
+    return "numpy" if config.grad == "backprop" else backend
+
+
+def build_net(config, n_features, n_classes):
+    """The network a run of ``config`` trains, freshly initialised from ``config.seed``.
+
+    Returns
+    -------
+    fastnum.network.TwoLayerNet or fastnum.multilayer.MultiLayerNet
+        A MultiLayerNet when ``config.hidden_sizes`` is given.
+    """
+    from fastnum.multilayer import MultiLayerNet
+    from fastnum.network import TwoLayerNet
+
+    backend = run_backend(config)
+    if config.hidden_sizes is None:
+        return TwoLayerNet(n_features, config.hidden_size, n_classes, config.weight_init_std,
+                           seed=config.seed, backend=backend, strategy=config.strategy)
+    return MultiLayerNet(n_features, config.hidden_sizes, n_classes, activation=config.activation,
+                         weight_init_std=config.weight_init_std, seed=config.seed,
+                         backend=backend, strategy=config.strategy)
+
+
+def sgd_step(net, x, t, config):
+    """One SGD update of ``net`` on a batch; returns the batch loss at the updated parameters.
+
+    ``x`` and ``t`` must already be validated (float64 C-contiguous, int64 labels
+    in range): the step calls the network's trusted methods.
+    """
+    if config.grad == "backprop":
+        grads = net._gradient(x, t)
+    else:
+        grads = net._numerical_gradient(x, t, config.h, config.strategy)
+    for key, grad in grads.items():  # W1, b1, W2, b2 (and more for hidden_sizes)
+        net.params[key] -= config.lr * grad
+    return float(net._loss(x, t))
+
+
 class _Run:
     """The state of one training run and the steps that advance it."""
 
-    def __init__(self, config, data, backend, out_dir, log):
-        from fastnum.multilayer import MultiLayerNet
-        from fastnum.network import TwoLayerNet
-
-        self.cfg, self.data, self.backend, self.out, self.log = config, data, backend, out_dir, log
-        if config.hidden_sizes is None:
-            self.net = TwoLayerNet(data.x_train.shape[1], config.hidden_size, data.n_classes,
-                                   config.weight_init_std, seed=config.seed, backend=backend,
-                                   strategy=config.strategy)
-        else:
-            self.net = MultiLayerNet(data.x_train.shape[1], config.hidden_sizes, data.n_classes,
-                                     activation=config.activation,
-                                     weight_init_std=config.weight_init_std, seed=config.seed,
-                                     backend=backend, strategy=config.strategy)
+    def __init__(self, config, data, out_dir, log):
+        self.cfg, self.data, self.out, self.log = config, data, out_dir, log
+        self.net = build_net(config, data.x_train.shape[1], data.n_classes)
+        self.backend = self.net.backend
         # A child stream, so batch sampling does not replay the bits of the weight init.
         self.rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
         self.per_epoch = max(len(data.x_train) // config.batch_size, 1)
@@ -426,18 +464,12 @@ class _Run:
     def step(self):
         """One SGD update; returns the batch loss at the updated parameters."""
         idx = self.rng.choice(len(self.data.x_train), self.cfg.batch_size)
-        x, t = self.data.x_train[idx], self.data.t_train[idx]
-        if self.cfg.grad == "backprop":
-            grads = self.net.gradient(x, t)
-        else:
-            grads = self.net.numerical_gradient(x, t, h=self.cfg.h)
-        for key in self.net.params:  # W1, b1, W2, b2 (and more for hidden_sizes)
-            self.net.params[key] -= self.cfg.lr * grads[key]
-        return float(self.net.loss(x, t))
+        # Rows of data validated once in _prepare_data: the trusted methods apply.
+        return sgd_step(self.net, self.data.x_train[idx], self.data.t_train[idx], self.cfg)
 
     def accuracies(self):
         d = self.data
-        return self.net.accuracy(d.x_train, d.t_train), self.net.accuracy(d.x_test, d.t_test)
+        return self.net._accuracy(d.x_train, d.t_train), self.net._accuracy(d.x_test, d.t_test)
 
     def evaluate(self):
         """Record train/test accuracy at the current iteration and print the book's line."""
@@ -666,9 +698,8 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
     Notes
     -----
     With ``grad="backprop"`` the whole run uses the NumPy backend, whatever
-    ``config.backend`` says: backprop's matrix products run on BLAS threads,
-    and numba kernels between them would compete with those threads for the
-    cores (5x slower on 2 cores).  ``TrainResult.backend`` says what ran.
+    ``config.backend`` says (see :func:`run_backend`).  ``TrainResult.backend``
+    says what ran.
 
     The recorded loss of an iteration is, as in the book, the loss of that
     iteration's batch at the parameters *after* its update.  Accuracy is
@@ -684,18 +715,13 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: pick one.")
     data = _prepare_data(config, data, data_dir)
-    backend = resolve_backend(config.backend)  # validated even when backprop overrides it
-    if config.grad == "backprop":
-        # Backprop is NumPy matrix products on BLAS threads.  Interleaving them with
-        # numba's parallel loss and accuracy kernels makes the two thread pools spin
-        # against each other for the cores: on 2 cores that run took 5x as long.
-        backend = "numpy"
+    run_backend(config)  # raises on a backend that cannot run, before files are touched
     out = _prepare_out_dir(out_dir, resume, overwrite)  # after the checks: it may delete files
     if config.threads is not None:
         from fastnum._jit import set_num_threads
 
         set_num_threads(config.threads)
-    run = _Run(config, data, backend, out, log)
+    run = _Run(config, data, out, log)
     if resume:
         run.restore(out / CHECKPOINT)
     if progress and run.iteration < config.iters:

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastnum._io import atomic_path, write_text
+from fastnum._io import save_png, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_FORMAT = 1
@@ -560,8 +560,7 @@ def plot(results, path):
                  f"numba threads, numpy {m.get('numpy', '?')}, numba {m.get('numba', '?')}, "
                  f"Python {m.get('python', '?')}, {m.get('date', '?')[:10]}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+    save_png(fig, path, dpi=90)
     plt.close(fig)
 
 

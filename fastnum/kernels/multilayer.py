@@ -365,6 +365,19 @@ def _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, 
                     gw[w_off[layer] + r * n_out + j] = acc[j] * scale
 
 
+@njit
+def _perturbed_loss_difference(vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t,
+                               act_kind, buf1, buf2):
+    """L(theta + h e_q) - L(theta - h e_q) for element q of ``vec`` (``wc`` or ``bc``)."""
+    saved = vec[q]
+    vec[q] = saved + h
+    f_plus = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2)
+    vec[q] = saved - h
+    f_minus = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2)
+    vec[q] = saved
+    return f_plus - f_minus
+
+
 @njit(parallel=True)
 def _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind, width, n_tasks,
                    gw, gb):
@@ -378,27 +391,13 @@ def _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind,
         buf1 = np.empty(width)
         buf2 = np.empty(width)
         for p in range(task, n_params, n_tasks):
+            vec, q = (wc, p) if p < n_w else (bc, p - n_w)
+            diff = _perturbed_loss_difference(vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr,
+                                              nz_idx, t, act_kind, buf1, buf2)
             if p < n_w:
-                saved = wc[p]
-                wc[p] = saved + h
-                lp = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
-                                 buf1, buf2)
-                wc[p] = saved - h
-                lm = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
-                                 buf1, buf2)
-                wc[p] = saved
-                gw[p] = (lp - lm) / (2.0 * h)
+                gw[q] = diff / (2.0 * h)
             else:
-                q = p - n_w
-                saved = bc[q]
-                bc[q] = saved + h
-                lp = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
-                                 buf1, buf2)
-                bc[q] = saved - h
-                lm = _batch_loss(wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind,
-                                 buf1, buf2)
-                bc[q] = saved
-                gb[q] = (lp - lm) / (2.0 * h)
+                gb[q] = diff / (2.0 * h)
 
 
 # --------------------------------------------------------------------------- Python entry points
