@@ -5,10 +5,11 @@ reference class, so ``super().predict`` and friends reach the NumPy oracle.  A
 subclass supplies ``sizes`` and the three ``_numba_*`` hooks that call its
 trusted kernels.
 
-Each public method validates and then calls its ``_``-prefixed twin, which
-trusts its inputs (float64 C-contiguous ``x``, int64 labels ``t`` in range).
-The trainer validates its data once and calls the twins, so a step does not
-re-check the same batch for every call.
+Each public method validates and then calls its ``*_trusted`` twin, which
+trusts its inputs (float64 C-contiguous ``x``, int64 labels ``t`` in range; for
+the gradient also a positive ``h`` and a known ``strategy``).  The trainer
+validates its data once and calls the twins, so a step does not re-check the
+same batch for every call.  The kernels' entry points follow the same naming.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class NetworkFrontend:
         -------
         ndarray (batch, output_size)
         """
-        return self._predict(self._inputs(x))
+        return self.predict_trusted(self._inputs(x))
 
-    def _predict(self, x):
+    def predict_trusted(self, x):
+        """:meth:`predict` for an already validated ``x``."""
         if self.backend == "numba":
             return self._numba_predict(x)
         return super().predict(x)
@@ -63,9 +65,10 @@ class NetworkFrontend:
         -------
         float
         """
-        return self._loss(*self._inputs(x, t))
+        return self.loss_trusted(*self._inputs(x, t))
 
-    def _loss(self, x, t):
+    def loss_trusted(self, x, t):
+        """:meth:`loss` for already validated ``x`` and integer labels ``t``."""
         if self.backend == "numba":
             return self._numba_loss(x, t)
         return super().loss(x, t)
@@ -82,10 +85,11 @@ class NetworkFrontend:
         -------
         float
         """
-        return self._accuracy(*self._inputs(x, t))
+        return self.accuracy_trusted(*self._inputs(x, t))
 
-    def _accuracy(self, x, t):
-        return float(np.mean(self._predict(x).argmax(axis=1) == t))
+    def accuracy_trusted(self, x, t):
+        """:meth:`accuracy` for already validated ``x`` and integer labels ``t``."""
+        return float(np.mean(self.predict_trusted(x).argmax(axis=1) == t))
 
     def numerical_gradient(self, x, t, h=reference.H, strategy=None):
         """Central-difference gradient of the loss for every parameter.
@@ -104,10 +108,11 @@ class NetworkFrontend:
             Gradients keyed and shaped like ``params``.
         """
         x, t = self._inputs(x, t)
-        return self._numerical_gradient(x, t, check_step(h),
-                                        check_strategy(strategy or self.strategy))
+        return self.numerical_gradient_trusted(x, t, check_step(h),
+                                               check_strategy(strategy or self.strategy))
 
-    def _numerical_gradient(self, x, t, h, strategy):
+    def numerical_gradient_trusted(self, x, t, h, strategy):
+        """:meth:`numerical_gradient` for validated inputs, positive ``h``, known strategy."""
         if self.backend == "numba":
             return self._numba_numerical_gradient(x, t, h, strategy)
         return super().numerical_gradient(x, t, h)
@@ -125,7 +130,8 @@ class NetworkFrontend:
         dict of str to ndarray
             Gradients keyed and shaped like ``params``.
         """
-        return self._gradient(*self._inputs(x, t))
+        return self.gradient_trusted(*self._inputs(x, t))
 
-    def _gradient(self, x, t):
+    def gradient_trusted(self, x, t):
+        """:meth:`gradient` for already validated ``x`` and integer labels ``t``."""
         return super().gradient(x, t)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 
 from fastnum._jit import HAVE_NUMBA, JIT_ENABLED
+from fastnum.kernels import multilayer as multilayer_kernels
+from fastnum.kernels import two_layer as two_layer_kernels
 
 BACKENDS = ("auto", "numba", "numpy")
-STRATEGIES = ("delta", "full")
+#: Numerical-gradient strategies of the numba backend, simplest first (the CLI's
+#: choices): the names of the network kernel modules' STRATEGIES tables.
+STRATEGIES = tuple(dict.fromkeys([*two_layer_kernels.STRATEGIES, *multilayer_kernels.STRATEGIES]))
+DEFAULT_STRATEGY = "delta"
 #: Environment variable read when no backend is given explicitly.
 BACKEND_ENV = "FASTNUM_BACKEND"
 
@@ -37,11 +42,11 @@ def resolve_backend(backend: str | None = None) -> str:
 
 
 def check_strategy(strategy: str) -> str:
-    """Validate a numerical-gradient strategy name (``delta`` or ``full``)."""
+    """Validate a numerical-gradient strategy name (one of :data:`STRATEGIES`)."""
     if strategy not in STRATEGIES:
         raise ValueError(
-            f"strategy={strategy!r} is unknown; use 'delta' (cached activations, default) "
-            "or 'full' (re-run the whole forward pass per perturbation)."
+            f"strategy={strategy!r} is unknown; use one of {', '.join(map(repr, STRATEGIES))} "
+            f"(default {DEFAULT_STRATEGY!r}; the fastnum.kernels docstring describes each)."
         )
     return strategy
 

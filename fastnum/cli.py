@@ -104,7 +104,7 @@ def _add_backend_options(p):
                    help="where the network runs: numba kernels, the NumPy reference, or auto "
                         "(numba when it compiles); --grad backprop always runs in NumPy "
                         "(default: %(default)s)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="delta",
+    p.add_argument("--strategy", choices=STRATEGIES, default=_DEFAULTS.strategy,
                    help="numba numerical gradient: delta reuses cached activations, full reruns "
                         "the forward pass per perturbation (default: %(default)s)")
     p.add_argument("--data-dir", metavar="DIR",

@@ -6,10 +6,11 @@ import numpy as np
 
 from fastnum import reference
 from fastnum._validate import check_step
+from fastnum.constants import H
 from fastnum.kernels.generic import is_jitted, numerical_gradient_jitted
 
 
-def numerical_gradient(f, x, h=reference.H):
+def numerical_gradient(f, x, h=H):
     """Central-difference gradient of the scalar function ``f`` at the float array ``x``.
 
     Parameters

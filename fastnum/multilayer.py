@@ -10,11 +10,16 @@ backend.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from fastnum import reference
 from fastnum._frontend import NetworkFrontend
+from fastnum.backend import DEFAULT_STRATEGY
+from fastnum.constants import H
+from fastnum.kernels import multilayer as kernels
 
 
 def relu(x):
@@ -22,10 +27,20 @@ def relu(x):
     return np.maximum(0, x)
 
 
-ACTIVATIONS = {"sigmoid": reference.sigmoid, "relu": relu}
-# Backprop through the activation, given the upstream gradient g and the
-# output a = f(z); the sigmoid's product order is the book's TwoLayerNet.gradient.
-_BACKWARD = {"sigmoid": lambda g, a: g * a * (1 - a), "relu": lambda g, a: g * (a > 0)}
+class Activation(NamedTuple):
+    """One hidden-layer activation, as the reference and the kernels compute it."""
+
+    forward: Callable  # NumPy: pre-activation z -> a = f(z)
+    backward: Callable  # NumPy: (upstream gradient g, output a) -> g * f'(z)
+    kernel_code: int  # the act_kind that fastnum.kernels.multilayer._act computes
+
+
+#: The one table of activations: name -> NumPy forward and backward, and kernel code.
+#: The sigmoid's backward keeps the product order of the book's TwoLayerNet.gradient.
+ACTIVATIONS = {
+    "sigmoid": Activation(reference.sigmoid, lambda g, a: g * a * (1 - a), kernels.SIGMOID),
+    "relu": Activation(relu, lambda g, a: g * (a > 0), kernels.RELU),
+}
 
 
 class ReferenceMultiLayerNet:
@@ -58,7 +73,7 @@ class ReferenceMultiLayerNet:
 
     def _forward(self, x):
         # Activations of every layer, input first, then the logits last.
-        act, p = ACTIVATIONS[self.activation], self.params
+        act, p = ACTIVATIONS[self.activation].forward, self.params
         outs = [x]
         for k in range(1, self.n_layers):
             outs.append(act(np.dot(outs[-1], p[f"W{k}"]) + p[f"b{k}"]))
@@ -83,7 +98,7 @@ class ReferenceMultiLayerNet:
         t = t.argmax(axis=1) if t.ndim == 2 else t
         return float(np.mean(ReferenceMultiLayerNet.predict(self, x).argmax(axis=1) == t))
 
-    def numerical_gradient(self, x, t, h=reference.H):
+    def numerical_gradient(self, x, t, h=H):
         """Central-difference gradient of the loss for every parameter."""
         loss = lambda _: ReferenceMultiLayerNet.loss(self, x, t)  # noqa: E731 - the book's idiom
         return {k: reference.numerical_gradient(loss, self.params[k], h) for k in self.param_names}
@@ -94,7 +109,7 @@ class ReferenceMultiLayerNet:
         y = reference.softmax(outs[-1])
         onehot = t if t.ndim == 2 else np.eye(y.shape[1])[t]
         delta = (y - onehot) / x.shape[0]  # d loss / d logits
-        backward, grads = _BACKWARD[self.activation], {}
+        backward, grads = ACTIVATIONS[self.activation].backward, {}
         for k in range(self.n_layers, 0, -1):
             grads[f"W{k}"] = np.dot(outs[k - 1].T, delta)
             grads[f"b{k}"] = delta.sum(axis=0)
@@ -136,7 +151,7 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     """
 
     def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
-                 weight_init_std=0.01, seed=None, backend=None, strategy="delta"):
+                 weight_init_std=0.01, seed=None, backend=None, strategy=DEFAULT_STRATEGY):
         input_size = _check_size("input_size", input_size)
         output_size = _check_size("output_size", output_size)
         if output_size < 2:
@@ -170,19 +185,15 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     # caller replaced or updated in place.
 
     def _packed(self):
-        from fastnum.kernels import multilayer
-
-        return multilayer, multilayer.as_params([self.params[k] for k in self.param_names])
+        return kernels.as_params([self.params[k] for k in self.param_names])
 
     def _numba_predict(self, x):
-        kernels, packed = self._packed()
-        return kernels.predict_trusted(packed, x, self.activation)
+        return kernels.predict_trusted(self._packed(), x, ACTIVATIONS[self.activation].kernel_code)
 
     def _numba_loss(self, x, t):
-        kernels, packed = self._packed()
-        return kernels.loss_trusted(packed, x, t, self.activation)
+        return kernels.loss_trusted(self._packed(), x, t, ACTIVATIONS[self.activation].kernel_code)
 
     def _numba_numerical_gradient(self, x, t, h, strategy):
-        kernels, packed = self._packed()
-        grads = kernels.numerical_gradient_trusted(packed, x, t, h, self.activation, strategy)
+        grads = kernels.numerical_gradient_trusted(
+            self._packed(), x, t, h, ACTIVATIONS[self.activation].kernel_code, strategy)
         return dict(zip(self.param_names, grads, strict=True))

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-H = 1e-4  # the book's central-difference step
-LOG_GUARD = 1e-7  # the book's guard inside log() in cross_entropy_error
+from fastnum.constants import LOG_GUARD, H
 
 
 def sigmoid(x):

@@ -6,7 +6,9 @@ the numerical gradient of a :class:`~fastnum.multilayer.MultiLayerNet` of any de
 Each :class:`Operation` has a ``setup`` that turns a :class:`Problem` into the
 arguments of its implementations (done once, outside any timed call), the
 name of the implementation every other must match, and the tolerance of that
-match.  Yardsticks (the analytic backprop gradient) are timed beside the
+match.  The numba implementations are derived from the kernel modules'
+``STRATEGIES`` tables, one ``numba-<strategy>`` entry per strategy, in table order.
+Yardsticks (the analytic backprop gradient) are timed beside the
 others but compute a different function, so they are checked against their own,
 looser tolerance.
 """
@@ -19,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from fastnum import reference
+from fastnum import constants, reference
 from fastnum._validate import as_float_batch, as_labels
+from fastnum.backend import STRATEGIES
 from fastnum.kernels import losses, two_layer
 from fastnum.kernels import multilayer as multilayer_kernels
-from fastnum.multilayer import ReferenceMultiLayerNet
+from fastnum.multilayer import ACTIVATIONS, ReferenceMultiLayerNet
 
 LEARNING_RATE = 0.1  # the book's, for the SGD-step operation
 
@@ -39,7 +42,7 @@ class Problem:
     params: dict
     x: np.ndarray  # (N, D) float64, C-contiguous
     t: np.ndarray  # (N,) int64 labels
-    h: float = reference.H
+    h: float = constants.H
     activation: str = "sigmoid"  # of the hidden layers; the two-layer operations are sigmoid
 
     @property
@@ -103,6 +106,25 @@ def _sgd(params, grads):
     return {k: params[k] - LEARNING_RATE * grads[k] for k in params}
 
 
+def numba_impl(strategy):
+    """The registry's name of the numba implementation using ``strategy``: ``numba-<strategy>``."""
+    return f"numba-{strategy}"
+
+
+#: How reports name each implementation, in the order tables and plots list them.
+IMPLEMENTATION_LABELS = {
+    "numpy": "NumPy reference",
+    "numba": "numba",
+    **{numba_impl(s): f"numba {s}" for s in STRATEGIES},
+    "backprop": "backprop (yardstick)",
+}
+
+
+def _per_strategy(strategies, make_implementation):
+    """``{numba-<s>: make_implementation(s)}`` for each strategy of a kernel module's table."""
+    return {numba_impl(s): make_implementation(s) for s in strategies}
+
+
 def _numba_gradient(strategy):
     def run(params, x, t, h):
         return two_layer.numerical_gradient_trusted(params, x, t, h, strategy)
@@ -119,9 +141,8 @@ def _numba_step(strategy):
 
 
 def _multilayer_gradient(strategy):
-    def run(packed, x, t, h, activation, names):
-        grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, h, activation,
-                                                              strategy)
+    def run(packed, x, t, h, act_kind, names):
+        grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, h, act_kind, strategy)
         return dict(zip(names, grads, strict=True))
 
     return run
@@ -129,7 +150,7 @@ def _multilayer_gradient(strategy):
 
 def _multilayer_kernel_args(pr):
     packed = multilayer_kernels.as_params([pr.params[k] for k in pr.param_names])
-    return (packed, pr.x, pr.t, pr.h, pr.activation, pr.param_names)
+    return (packed, pr.x, pr.t, pr.h, ACTIVATIONS[pr.activation].kernel_code, pr.param_names)
 
 
 def _multilayer_np_args(pr):
@@ -161,15 +182,14 @@ def _kernel_args(pr):
     return (two_layer.as_params(pr.params), pr.x, pr.t, pr.h)
 
 
-def _gradient_operation(name, kernel_args, numpy_args, numba_gradient):
-    """A numerical gradient: the NumPy reference, both numba strategies, backprop beside them."""
+def _gradient_operation(name, kernel_args, numpy_args, numba_gradient, strategies):
+    """A numerical gradient: the NumPy reference, each numba strategy, backprop beside them."""
     return Operation(
         name=name,
         setup={"default": kernel_args, "numpy": numpy_args, "backprop": numpy_args},
         implementations={
             "numpy": lambda net, x, t, h: net.numerical_gradient(x, t, h),
-            "numba-full": numba_gradient("full"),
-            "numba-delta": numba_gradient("delta"),
+            **_per_strategy(strategies, numba_gradient),
             "backprop": lambda net, x, t, h: net.gradient(x, t),
         },
         atol=1e-9,
@@ -182,7 +202,7 @@ COMPARISONS = {
     op.name: op
     for op in (
         _gradient_operation("numerical_gradient", _kernel_args, _np_gradient_args,
-                            _numba_gradient),
+                            _numba_gradient, two_layer.STRATEGIES),
         Operation(
             name="softmax_cross_entropy",
             setup={"default": lambda pr: (_logits(pr), pr.t)},
@@ -214,8 +234,7 @@ COMPARISONS = {
             },
             implementations={
                 "numpy": lambda net, x, t, h: _sgd(net.params, net.numerical_gradient(x, t, h)),
-                "numba-full": _numba_step("full"),
-                "numba-delta": _numba_step("delta"),
+                **_per_strategy(two_layer.STRATEGIES, _numba_step),
                 "backprop": lambda net, x, t, h: _sgd(net.params, net.gradient(x, t)),
             },
             atol=1e-9 * LEARNING_RATE,
@@ -223,7 +242,8 @@ COMPARISONS = {
             yardsticks={"backprop": 1e-5},
         ),
         _gradient_operation("multilayer_gradient", _multilayer_kernel_args,
-                            _multilayer_np_args, _multilayer_gradient),
+                            _multilayer_np_args, _multilayer_gradient,
+                            multilayer_kernels.STRATEGIES),
     )
 }
 

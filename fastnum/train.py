@@ -31,13 +31,20 @@ import numpy as np
 from fastnum import reference
 from fastnum._io import atomic_open, write_text
 from fastnum._validate import as_float_batch, as_labels
-from fastnum.backend import BACKENDS, check_strategy, describe_backend, resolve_backend
+from fastnum.backend import (
+    BACKENDS,
+    DEFAULT_STRATEGY,
+    check_strategy,
+    describe_backend,
+    resolve_backend,
+)
+from fastnum.multilayer import ACTIVATIONS as _ACTIVATION_TABLE
 
 __all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "build_net",
            "run_backend", "sgd_step", "train"]
 
 GRADS = ("numerical", "backprop")
-ACTIVATIONS = ("sigmoid", "relu")  # those of fastnum.multilayer.MultiLayerNet
+ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # those of fastnum.multilayer.MultiLayerNet
 PARAM_NAMES = reference.TwoLayerNet.PARAM_NAMES
 MNIST_CLASSES = 10
 MAX_CLASSES = 65536  # a label beyond this is a data bug, not a class index
@@ -155,7 +162,7 @@ class TrainConfig:
     h: float = 1e-4
     seed: int = 0
     backend: str = "auto"
-    strategy: str = "delta"
+    strategy: str = DEFAULT_STRATEGY
     threads: int | None = None
     train_size: int | None = None
     test_size: int | None = None
@@ -425,12 +432,12 @@ def sgd_step(net, x, t, config):
     in range): the step calls the network's trusted methods.
     """
     if config.grad == "backprop":
-        grads = net._gradient(x, t)
+        grads = net.gradient_trusted(x, t)
     else:
-        grads = net._numerical_gradient(x, t, config.h, config.strategy)
+        grads = net.numerical_gradient_trusted(x, t, config.h, config.strategy)
     for key, grad in grads.items():  # W1, b1, W2, b2 (and more for hidden_sizes)
         net.params[key] -= config.lr * grad
-    return float(net._loss(x, t))
+    return float(net.loss_trusted(x, t))
 
 
 class _Run:
@@ -469,7 +476,8 @@ class _Run:
 
     def accuracies(self):
         d = self.data
-        return self.net._accuracy(d.x_train, d.t_train), self.net._accuracy(d.x_test, d.t_test)
+        return (self.net.accuracy_trusted(d.x_train, d.t_train),
+                self.net.accuracy_trusted(d.x_test, d.t_test))
 
     def evaluate(self):
         """Record train/test accuracy at the current iteration and print the book's line."""

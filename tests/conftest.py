@@ -1,4 +1,4 @@
-"""Shared test setup: point the MNIST loader at ../shared/mnist when it exists."""
+"""Shared test setup: the MNIST folder, and the ``numba`` marker (skip unless compiled)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,12 @@ def mnist_source_dir():
     if not d or not Path(d).is_dir():
         pytest.skip("MNIST not available: set FASTNUM_MNIST_DIR to the four .gz files' folder")
     return Path(d)
+
+
+def pytest_runtest_setup(item):
+    """Skip tests marked ``numba`` (with the reason) unless the kernels are really compiled."""
+    from fastnum._jit import HAVE_NUMBA, JIT_ENABLED  # after the environment set above
+
+    if item.get_closest_marker("numba") is not None and not JIT_ENABLED:
+        why = "NUMBA_DISABLE_JIT=1" if HAVE_NUMBA else "numba is not installed"
+        pytest.skip(f"needs numba-compiled kernels ({why})")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastnum import reference
-from fastnum._jit import HAVE_NUMBA, JIT_ENABLED, get_num_threads, set_num_threads
+from fastnum import backend, reference
+from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
 from fastnum.kernels import losses, two_layer
+from fastnum.kernels import multilayer as multilayer_kernels
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
 from fastnum.network import TwoLayerNet
-from fastnum.registry import COMPARISONS, make_problem, max_errors
+from fastnum.registry import COMPARISONS, make_problem, max_errors, numba_impl
+from tests._backends import on_kernels
 
 # Shapes chosen to be multiples of nothing, plus the degenerate ones (batch 1, hidden 1).
 ODD_SHAPES = [(1, 5, 1, 2), (3, 7, 2, 3), (5, 13, 3, 10), (9, 11, 7, 4)]  # batch, in, hidden, out
@@ -40,9 +42,20 @@ def mnist_batch(mnist_source_dir):
     return x[:batch], t[:batch]
 
 
+def kernel_net(params):
+    """A public TwoLayerNet on the numba kernels, carrying copies of ``params``."""
+    W1, W2 = params["W1"], params["W2"]
+    net = on_kernels(TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1], backend="numpy"))
+    net.params = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    return net
+
+
 def check_operation(op, problem):
+    """Every implementation of ``op`` against the reference result, computed once."""
     ref_ = op.implementations[op.reference](*op.args(op.reference, problem))
-    for name, impl in op.implementations.items():
+    others = {name: impl for name, impl in op.implementations.items() if name != op.reference}
+    assert others, f"{op.name} has nothing to compare with its reference"
+    for name, impl in others.items():
         comp_ = impl(*op.args(name, problem))
         abs_err, rel_err = max_errors(ref_, comp_)
         if name in op.yardsticks:
@@ -89,11 +102,11 @@ def test_book_network_gradient_matches_reference(mnist_source_dir):
     problem = make_problem(x[:100], t[:100], hidden_size=50, seed=0)
     net = reference.TwoLayerNet(784, 50, 10, seed=0)
     ref_ = net.numerical_gradient(problem.x, problem.t)
-    comp_ = two_layer.numerical_gradient(net.params, problem.x, problem.t, strategy="delta")
+    comp_ = kernel_net(net.params).numerical_gradient(problem.x, problem.t, strategy="delta")
     assert max_errors(ref_, comp_)[0] <= 1e-9
 
 
-@pytest.mark.parametrize("strategy", ["delta", "full"])
+@pytest.mark.parametrize("strategy", backend.STRATEGIES)
 def test_public_gradient_accepts_float32_noncontiguous_and_one_hot(strategy):
     rng = np.random.default_rng(7)
     wide = sparse_batch(rng, 4, 22).astype(np.float32)
@@ -104,16 +117,16 @@ def test_public_gradient_accepts_float32_noncontiguous_and_one_hot(strategy):
     net = reference.TwoLayerNet(11, 3, 3, weight_init_std=0.5, seed=1)
     ref_ = net.numerical_gradient(x.astype(np.float64), labels)
     for t in (labels, one_hot):
-        comp_ = two_layer.numerical_gradient(net.params, x, t, strategy=strategy)
+        comp_ = kernel_net(net.params).numerical_gradient(x, t, strategy=strategy)
         assert max_errors(ref_, comp_)[0] <= 1e-9
         assert {k: v.shape for k, v in comp_.items()} == {k: v.shape for k, v in ref_.items()}
 
 
-@pytest.mark.parametrize("strategy", ["delta", "full"])
+@pytest.mark.parametrize("strategy", backend.STRATEGIES)
 def test_numerical_gradient_agrees_with_backprop(strategy, mnist_batch):
     x, t = mnist_batch
-    net = TwoLayerNet(784, 4, 10, seed=5, backend="numpy")
-    comp_ = two_layer.numerical_gradient(net.params, x[:20], t[:20], strategy=strategy)
+    net = on_kernels(TwoLayerNet(784, 4, 10, seed=5, backend="numpy"))
+    comp_ = net.numerical_gradient(x[:20], t[:20], strategy=strategy)
     ref_ = net.gradient(x[:20], t[:20])
     for k in ref_:
         rel = np.abs(comp_[k] - ref_[k]).max() / np.abs(ref_[k]).max()
@@ -129,7 +142,7 @@ def test_delta_kernel_handles_inputs_beyond_the_small_exp_range():
     net = reference.TwoLayerNet(6, 3, 3, weight_init_std=1.0, seed=4)
     with np.errstate(over="ignore"):  # the book's sigmoid overflows exp to inf, giving 0: fine
         ref_ = net.numerical_gradient(x, t)
-    comp_ = two_layer.numerical_gradient(net.params, x, t, strategy="delta")
+    comp_ = kernel_net(net.params).numerical_gradient(x, t, strategy="delta")
     assert max_errors(ref_, comp_)[0] <= 1e-9
 
 
@@ -139,29 +152,29 @@ def test_numerical_sgd_trajectory_matches_reference():
     x_all = sparse_batch(rng, 40, 12)
     t_all = rng.integers(0, 4, 40)
     ref_net = reference.TwoLayerNet(12, 5, 4, weight_init_std=0.3, seed=9)
-    comp_params = {k: v.copy() for k, v in ref_net.params.items()}
+    comp_net = kernel_net(ref_net.params)
     for _ in range(5):
         batch = rng.choice(40, 8)
         ref_grads = ref_net.numerical_gradient(x_all[batch], t_all[batch])
-        comp_grads = two_layer.numerical_gradient(comp_params, x_all[batch], t_all[batch])
-        for k in comp_params:
+        comp_grads = comp_net.numerical_gradient(x_all[batch], t_all[batch])
+        for k in comp_net.params:
             ref_net.params[k] -= 0.5 * ref_grads[k]
-            comp_params[k] -= 0.5 * comp_grads[k]
-    assert max_errors(ref_net.params, comp_params)[0] <= 1e-9
+            comp_net.params[k] -= 0.5 * comp_grads[k]
+    assert max_errors(ref_net.params, comp_net.params)[0] <= 1e-9
 
 
-@pytest.mark.skipif(not (HAVE_NUMBA and JIT_ENABLED), reason="thread count only exists compiled")
-@pytest.mark.parametrize("strategy", ["delta", "full"])
+@pytest.mark.numba  # the thread count only exists compiled
+@pytest.mark.parametrize("strategy", backend.STRATEGIES)
 def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
     x, t = mnist_batch
     x, t = (x, t) if strategy == "delta" else (x[:10], t[:10])
-    params = reference.TwoLayerNet(784, 6, 10, seed=1).params
+    net = kernel_net(reference.TwoLayerNet(784, 6, 10, seed=1).params)
     all_threads = get_num_threads()
     try:
         set_num_threads(1)
-        one = two_layer.numerical_gradient(params, x, t, strategy=strategy)
+        one = net.numerical_gradient(x, t, strategy=strategy)
         set_num_threads(all_threads)
-        many = two_layer.numerical_gradient(params, x, t, strategy=strategy)
+        many = net.numerical_gradient(x, t, strategy=strategy)
     finally:
         set_num_threads(all_threads)
     assert all(np.array_equal(one[k], many[k]) for k in one)
@@ -195,29 +208,15 @@ def test_fast_exp_and_log_are_within_two_ulp_of_libm():
     assert np.all(np.abs([fexp_small(v) for v in small] - np.exp(small)) <= np.spacing(1.0))
 
 
-@pytest.mark.parametrize(
-    ("x", "t", "message"),
-    [
-        (np.zeros((2, 4)), [0, 1], "features"),
-        (np.zeros((2, 5)), [0, 9], "label 9"),
-        (np.full((2, 5), np.nan), [0, 1], "non-finite"),
-        (np.zeros((2, 5)), [0, 1, 2], "shape"),
-        (np.zeros((2, 5), dtype=object), [0, 1], "dtype"),
-    ],
-)
-def test_kernel_entry_points_reject_bad_input_with_named_values(x, t, message):
-    net = reference.TwoLayerNet(5, 2, 3, seed=0)
-    with pytest.raises((ValueError, TypeError), match=message):
-        two_layer.numerical_gradient(net.params, x, t)
-
-
-def test_kernel_entry_points_reject_bad_step_and_strategy():
-    net = reference.TwoLayerNet(5, 2, 3, seed=0)
-    x, t = np.ones((2, 5)), [0, 1]
-    with pytest.raises(ValueError, match="h=0"):
-        two_layer.numerical_gradient(net.params, x, t, h=0)
-    with pytest.raises(ValueError, match="strategy='fast'"):
-        two_layer.numerical_gradient(net.params, x, t, strategy="fast")
-    bad = dict(net.params, W2=np.ones((4, 3)))
-    with pytest.raises(ValueError, match="do not chain"):
-        two_layer.numerical_gradient(bad, x, t)
+def test_strategy_tables_drive_the_backend_and_the_registry():
+    """The kernel modules' STRATEGIES tables are the one list of strategies."""
+    assert tuple(two_layer.STRATEGIES) == tuple(multilayer_kernels.STRATEGIES) == backend.STRATEGIES
+    assert backend.DEFAULT_STRATEGY in backend.STRATEGIES
+    tables = {"numerical_gradient": two_layer.STRATEGIES, "sgd_step": two_layer.STRATEGIES,
+              "multilayer_gradient": multilayer_kernels.STRATEGIES}
+    for op_name, table in tables.items():
+        impls = list(COMPARISONS[op_name].implementations)
+        assert [i for i in impls if i.startswith("numba-")] == [numba_impl(s) for s in table]
+    with pytest.raises(ValueError, match="strategy='fast'") as refused:
+        backend.check_strategy("fast")
+    assert all(repr(s) in str(refused.value) for s in backend.STRATEGIES)

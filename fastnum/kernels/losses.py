@@ -6,8 +6,7 @@ import numpy as np
 
 from fastnum._jit import njit, prange
 from fastnum._validate import as_float_batch, as_labels
-
-LOG_GUARD = 1e-7  # the book's guard inside log()
+from fastnum.constants import LOG_GUARD
 
 
 @njit

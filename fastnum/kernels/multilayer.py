@@ -27,6 +27,9 @@ Both are parallel over parameters: each gradient cell is written by exactly one
 task, and every sum runs over samples in ascending order inside that task, so
 the result does not depend on the thread count.  This module never imports
 :mod:`fastnum.reference`, so the oracle stays an independent check.
+
+Every function here trusts its inputs; :class:`fastnum.multilayer.MultiLayerNet`
+validates them once (see :mod:`fastnum.kernels`).
 """
 
 from __future__ import annotations
@@ -36,20 +39,16 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import get_num_threads, njit, prange
-from fastnum._validate import as_float_batch, as_labels, check_step
-from fastnum.backend import check_strategy
+from fastnum.constants import LOG_GUARD
 
 # Vectorizable exp/log, full double precision (within 2 ulp of libm): the
 # perturbed-loss loops are dominated by exp, which libm would keep scalar.
 from fastnum.kernels._vmath import fexp, flog
 
+# Activation codes, the ``act_kind`` argument of the kernels: :func:`_act` computes
+# each one.  Names map to codes in fastnum.multilayer.ACTIVATIONS, the one table.
 SIGMOID = 0
 RELU = 1
-#: Activation names accepted by the kernels and their integer codes.
-ACTIVATIONS = {"sigmoid": SIGMOID, "relu": RELU}
-# The book's guard inside log(); repeated here rather than imported so the
-# kernels share no code with the reference they are checked against.
-LOG_GUARD = 1e-7
 # Tasks per thread for the parallel loops: a few per thread evens out uneven
 # rows (border pixels are almost always zero) under numba's static schedule.
 TASKS_PER_THREAD = 4
@@ -70,6 +69,7 @@ class Packed(NamedTuple):
 
 @njit
 def _act(v, kind):
+    # The activation with code `kind` (SIGMOID, RELU) at the pre-activation v.
     if kind == RELU:
         return v if v > 0.0 else 0.0
     # The reference's 1 / (1 + exp(-v)), branch-free so loops over it vectorize
@@ -464,14 +464,6 @@ def as_params(params_list):
     )
 
 
-def _act_code(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}."
-        )
-    return ACTIVATIONS[activation]
-
-
 def _nonzeros(x):
     # CSR of the non-zero inputs: row s's column indices, ascending, are
     # nz_idx[nz_ptr[s]:nz_ptr[s + 1]].
@@ -496,15 +488,7 @@ def _unpack(packed, gw, gb):
     return out
 
 
-def _validated(params_list, x, t=None):
-    packed = params_list if isinstance(params_list, Packed) else as_params(params_list)
-    x = as_float_batch(x, int(packed.sizes[0]))
-    if t is None:
-        return packed, x
-    return packed, x, as_labels(t, x.shape[0], int(packed.sizes[-1]))
-
-
-def logits_trusted(packed, x, activation):
+def logits_trusted(packed, x, act_kind):
     """Output-layer pre-activations (logits) of a batch, inputs not checked.
 
     Parameters
@@ -513,7 +497,8 @@ def logits_trusted(packed, x, activation):
         From :func:`as_params`.
     x : ndarray, shape (batch, d0)
         C-contiguous float64, finite.
-    activation : {"sigmoid", "relu"}
+    act_kind : int
+        Activation code of the hidden layers (``SIGMOID``, ``RELU``).
 
     Returns
     -------
@@ -522,25 +507,25 @@ def logits_trusted(packed, x, activation):
     out = np.empty((x.shape[0], int(packed.sizes[-1])))
     nz_ptr, nz_idx = _nonzeros(x)
     _logits(packed.w, packed.b, packed.w_off, packed.b_off, packed.sizes, x, nz_ptr, nz_idx,
-            _act_code(activation), int(packed.sizes[1:].max()), _n_tasks(x.shape[0]), out)
+            act_kind, int(packed.sizes[1:].max()), _n_tasks(x.shape[0]), out)
     return out
 
 
-def predict_trusted(packed, x, activation):
+def predict_trusted(packed, x, act_kind):
     """Softmax probabilities, inputs not checked (see :func:`logits_trusted`).
 
     Returns
     -------
     ndarray, shape (batch, dL)
     """
-    z = logits_trusted(packed, x, activation)
+    z = logits_trusted(packed, x, act_kind)
     z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
 
 
-def loss_trusted(packed, x, t, activation):
+def loss_trusted(packed, x, t, act_kind):
     """Batch-mean cross-entropy, inputs not checked (see :func:`logits_trusted`).
 
     ``t`` must be int64 labels of shape (batch,) in range.
@@ -549,12 +534,41 @@ def loss_trusted(packed, x, t, activation):
     -------
     float
     """
-    z = logits_trusted(packed, x, activation)
+    z = logits_trusted(packed, x, act_kind)
     return float(_mean_loss(z, np.ascontiguousarray(t, dtype=np.int64)))
 
 
-def numerical_gradient_trusted(packed, x, t, h, activation, strategy):
-    """Central-difference gradient, inputs not checked (see :func:`numerical_gradient`).
+def _full_strategy(packed, x, t, h, act_kind, gw, gb):
+    """The full strategy: every parameter's batch loss at theta +- h, from scratch."""
+    sizes, w, b, w_off, b_off = packed
+    nz_ptr, nz_idx = _nonzeros(x)
+    _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind,
+                   int(sizes[1:].max()), _n_tasks(w.shape[0] + b.shape[0]), gw, gb)
+
+
+def _delta_strategy(packed, x, t, h, act_kind, gw, gb):
+    """The delta strategy: cache the forward pass, re-evaluate only what a step moves."""
+    sizes, w, b, w_off, b_off = packed
+    n, n_layers = x.shape[0], len(sizes) - 1
+    z_off = np.concatenate(([0], np.cumsum(n * sizes[1:])[:-1])).astype(np.int64)
+    Z = np.empty(n * int(sizes[1:].sum()))
+    A = np.empty_like(Z)
+    loss_n = np.empty(n)
+    _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_n)
+    width = int(sizes[1:].max())  # widest layer output: the size of every scratch row
+    for layer in range(n_layers):
+        _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, A, loss_n,
+                     width, _n_tasks(sizes[layer] + 1), gw, gb)
+
+
+#: The numerical-gradient strategies, simplest first (the order of the registry's
+#: implementations, the benchmarks and the CLI choices): name -> function
+#: ``(packed, x, t, h, act_kind, gw, gb)`` that fills the flat gradients ``gw``, ``gb``.
+STRATEGIES = {"full": _full_strategy, "delta": _delta_strategy}
+
+
+def numerical_gradient_trusted(packed, x, t, h, act_kind, strategy):
+    """Central-difference gradient of the batch-mean loss, inputs not checked.
 
     Parameters
     ----------
@@ -566,99 +580,18 @@ def numerical_gradient_trusted(packed, x, t, h, activation, strategy):
         Integer labels in range.
     h : float
         Positive step.
-    activation : {"sigmoid", "relu"}
-    strategy : {"delta", "full"}
+    act_kind : int
+        Activation code of the hidden layers (``SIGMOID``, ``RELU``).
+    strategy : str
+        A key of :data:`STRATEGIES`.
 
     Returns
     -------
     list of ndarray
         ``[gW1, gb1, ..., gWL, gbL]``, views into two freshly allocated vectors.
     """
-    act = _act_code(activation)
-    sizes, w, b, w_off, b_off = packed
-    t = np.ascontiguousarray(t, dtype=np.int64)
-    width = int(sizes[1:].max())  # widest layer output: the size of every scratch row
-    gw = np.empty_like(w)
-    gb = np.empty_like(b)
-    if strategy == "full":
-        nz_ptr, nz_idx = _nonzeros(x)
-        _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, float(h), act, width,
-                       _n_tasks(w.shape[0] + b.shape[0]), gw, gb)
-        return _unpack(packed, gw, gb)
-    n, n_layers = x.shape[0], len(sizes) - 1
-    z_off = np.concatenate(([0], np.cumsum(n * sizes[1:])[:-1])).astype(np.int64)
-    Z = np.empty(n * int(sizes[1:].sum()))
-    A = np.empty_like(Z)
-    loss_n = np.empty(n)
-    _forward_cache(w, b, w_off, b_off, sizes, x, t, act, z_off, Z, A, loss_n)
-    for layer in range(n_layers):
-        _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, float(h), act, z_off, Z, A, loss_n,
-                     width, _n_tasks(sizes[layer] + 1), gw, gb)
+    gw = np.empty_like(packed.w)
+    gb = np.empty_like(packed.b)
+    STRATEGIES[strategy](packed, x, np.ascontiguousarray(t, dtype=np.int64), float(h), act_kind,
+                         gw, gb)
     return _unpack(packed, gw, gb)
-
-
-def predict(params_list, x, activation="sigmoid"):
-    """Class probabilities of a multilayer net.
-
-    Parameters
-    ----------
-    params_list : sequence of ndarray
-        ``[W1, b1, ..., WL, bL]``.
-    x : array_like, shape (batch, d0)
-    activation : {"sigmoid", "relu"}
-        Hidden-layer activation.
-
-    Returns
-    -------
-    ndarray, shape (batch, dL)
-    """
-    packed, x = _validated(params_list, x)
-    return predict_trusted(packed, x, activation)
-
-
-def loss(params_list, x, t, activation="sigmoid"):
-    """Batch-mean softmax cross-entropy, with the book's 1e-7 inside the log.
-
-    Parameters
-    ----------
-    params_list : sequence of ndarray
-        ``[W1, b1, ..., WL, bL]``.
-    x : array_like, shape (batch, d0)
-    t : array_like
-        Integer labels ``(batch,)`` or one-hot rows ``(batch, dL)``.
-    activation : {"sigmoid", "relu"}
-
-    Returns
-    -------
-    float
-    """
-    packed, x, t = _validated(params_list, x, t)
-    return loss_trusted(packed, x, t, activation)
-
-
-def numerical_gradient(params_list, x, t, h=1e-4, activation="sigmoid", strategy="delta"):
-    """Central-difference gradient of the loss for every parameter, in parallel.
-
-    Parameters
-    ----------
-    params_list : sequence of ndarray
-        ``[W1, b1, ..., WL, bL]``; float32 or strided arrays are copied to
-        contiguous float64.
-    x : array_like, shape (batch, d0)
-    t : array_like
-        Integer labels ``(batch,)`` or one-hot rows ``(batch, dL)``.
-    h : float, default 1e-4
-        Step of the central difference.
-    activation : {"sigmoid", "relu"}
-    strategy : {"delta", "full"}
-        ``delta`` re-evaluates only what a perturbation changes, from cached
-        activations; ``full`` re-runs the whole forward pass per perturbation.
-
-    Returns
-    -------
-    list of ndarray
-        ``[gW1, gb1, ..., gWL, gbL]`` with the parameters' shapes.
-    """
-    packed, x, t = _validated(params_list, x, t)
-    return numerical_gradient_trusted(packed, x, t, check_step(h), activation,
-                                      check_strategy(strategy))

@@ -1,10 +1,13 @@
 """Numba kernels for the book's two-layer network (affine, sigmoid, affine, softmax + CE).
 
-Public functions validate once and allocate; the ``_private`` kernels trust
-their inputs: float64 C-contiguous arrays, int64 labels in range, finite values.
+Every function here trusts its inputs (float64 C-contiguous arrays, int64
+labels in range, finite values): the public ``*_trusted`` entry points allocate,
+the ``_private`` kernels fill preallocated arrays.  Validation happens once, in
+:class:`fastnum.network.TwoLayerNet` (see :mod:`fastnum.kernels`).
 
-The numerical gradient comes in two strategies, both honest central
-differences that evaluate the loss at theta +- h * e_i for every parameter:
+The numerical gradient comes in the strategies of :data:`STRATEGIES`, both
+honest central differences that evaluate the loss at theta +- h * e_i for
+every parameter:
 
 ``full``
     The book's algorithm compiled: per parameter, perturb a thread-private copy
@@ -23,12 +26,11 @@ from __future__ import annotations
 import numpy as np
 
 from fastnum._jit import njit, prange
-from fastnum._validate import as_float_batch, as_labels, check_step
+from fastnum.constants import LOG_GUARD
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
 from fastnum.kernels.losses import _row_cross_entropy, _softmax_cross_entropy_rows
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
-LOG_GUARD = 1e-7  # the book's guard inside log(); kept in step with the reference by tests
 # The full strategy splits the parameters into this many chunks, each with its own
 # copy of the weights.  A constant (not the thread count) so the work done per
 # parameter, and hence every result, is independent of the number of threads.
@@ -324,7 +326,9 @@ def _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, gW1
     gb2 *= scale
 
 
-def _numerical_gradient_delta(x, t, W1, b1, W2, b2, h):
+def _delta_strategy(params, x, t, h):
+    """The delta strategy: cached activations, one evaluation per distinct pixel value."""
+    W1, b1, W2, b2 = params
     n_batch, n_pixels = x.shape
     n_hidden, n_out = W2.shape
     values = np.empty((n_batch, n_pixels + 1))
@@ -344,6 +348,23 @@ def _numerical_gradient_delta(x, t, W1, b1, W2, b2, h):
     return grads
 
 
+def _full_strategy(params, x, t, h):
+    """The full strategy: the book's perturb / re-run / restore loop, parallel over parameters."""
+    flat = np.empty(sum(p.size for p in params))
+    _numerical_gradient_full(x, t, *params, h, flat)
+    grads, start = {}, 0
+    for name, p in zip(PARAM_NAMES, params, strict=True):
+        grads[name] = flat[start : start + p.size].reshape(p.shape)
+        start += p.size
+    return grads
+
+
+#: The numerical-gradient strategies, simplest first (the order of the registry's
+#: implementations, the benchmarks and the CLI choices): name -> function
+#: ``(params, x, t, h) -> {name: gradient}`` with ``params`` from :func:`as_params`.
+STRATEGIES = {"full": _full_strategy, "delta": _delta_strategy}
+
+
 # ------------------------------------------------------------------ public API
 
 
@@ -352,100 +373,25 @@ def as_params(params):
     return tuple(np.ascontiguousarray(params[k], dtype=np.float64) for k in PARAM_NAMES)
 
 
-def numerical_gradient_trusted(params, x, t, h, strategy="delta"):
-    """Numerical gradient for validated inputs; returns a dict like ``params``."""
-    W1, b1, W2, b2 = params
-    if strategy == "delta":
-        return _numerical_gradient_delta(x, t, W1, b1, W2, b2, h)
-    flat = np.empty(sum(p.size for p in params))
-    _numerical_gradient_full(x, t, W1, b1, W2, b2, h, flat)
-    grads, start = {}, 0
-    for name, p in zip(PARAM_NAMES, params, strict=True):
-        grads[name] = flat[start : start + p.size].reshape(p.shape)
-        start += p.size
-    return grads
-
-
-def _validated(params, x, t=None):
-    missing = [k for k in PARAM_NAMES if k not in params]
-    if missing:
-        raise KeyError(f"params is missing {missing}; expected keys {PARAM_NAMES}.")
-    W1, b1, W2, b2 = (np.asarray(params[k]) for k in PARAM_NAMES)
-    if W1.ndim != 2 or W2.ndim != 2 or b1.shape != (W1.shape[1],) or b2.shape != (W2.shape[1],) \
-            or W2.shape[0] != W1.shape[1]:
-        raise ValueError(
-            "params shapes do not chain: got "
-            f"W1 {W1.shape}, b1 {b1.shape}, W2 {W2.shape}, b2 {b2.shape}; expected "
-            "W1 (D, H), b1 (H,), W2 (H, K), b2 (K,)."
-        )
-    ps = as_params(params)
-    for name, p in zip(PARAM_NAMES, ps, strict=True):
-        if not np.isfinite(p).all():
-            raise ValueError(f"params[{name!r}] contains NaN or inf; re-initialise the network.")
-    x = as_float_batch(x, W1.shape[0])
-    if t is None:
-        return ps, x
-    return ps, x, as_labels(t, x.shape[0], W2.shape[1])
-
-
-def predict(params, x):
-    """Softmax probabilities of the two-layer network.
+def numerical_gradient_trusted(params, x, t, h, strategy):
+    """Central-difference gradient for validated inputs; returns a dict keyed like ``params``.
 
     Parameters
     ----------
-    params : dict
-        ``W1`` (D, H), ``b1`` (H,), ``W2`` (H, K), ``b2`` (K,).
-    x : array_like, shape (N, D)
-
-    Returns
-    -------
-    ndarray, shape (N, K)
-    """
-    ps, x = _validated(params, x)
-    return predict_trusted(ps, x)
-
-
-def loss(params, x, t):
-    """Batch-mean cross-entropy (book's 1e-7 guard) of the two-layer network.
-
-    Parameters
-    ----------
-    params : dict
-        ``W1``, ``b1``, ``W2``, ``b2``.
-    x : array_like, shape (N, D)
-    t : array_like
-        Integer labels (N,) or one-hot (N, K).
-
-    Returns
-    -------
-    float
-    """
-    ps, x, t = _validated(params, x, t)
-    return loss_trusted(ps, x, t)
-
-
-def numerical_gradient(params, x, t, h=1e-4, strategy="delta"):
-    """Central-difference gradient of the loss over every parameter, in parallel.
-
-    Parameters
-    ----------
-    params : dict
-        ``W1``, ``b1``, ``W2``, ``b2``.
-    x : array_like, shape (N, D)
-    t : array_like
-        Integer labels (N,) or one-hot (N, K).
-    h : float, default 1e-4
-        The central-difference step.
-    strategy : {"delta", "full"}
-        ``delta`` recomputes only what each perturbation changes; ``full``
-        re-runs the whole forward pass per perturbation.
+    params : tuple of ndarray
+        From :func:`as_params`.
+    x : ndarray, shape (N, D)
+        C-contiguous float64, finite.
+    t : ndarray, shape (N,)
+        int64 labels in range.
+    h : float
+        Positive step.
+    strategy : str
+        A key of :data:`STRATEGIES`.
 
     Returns
     -------
     dict of str to ndarray
         One gradient per parameter, with its shape.
     """
-    from fastnum.backend import check_strategy
-
-    ps, x, t = _validated(params, x, t)
-    return numerical_gradient_trusted(ps, x, t, check_step(h), check_strategy(strategy))
+    return STRATEGIES[strategy](params, x, t, h)

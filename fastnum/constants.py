@@ -1,0 +1,14 @@
+"""The problem's constants, in one place that the reference and the kernels both import.
+
+"Kernels never import the reference" keeps the algorithms independent; the numbers
+that define the problem (the book's step and log guard) are shared, so they cannot
+drift apart.  numba freezes them into compiled code, so a change here needs a fresh
+compile (``FASTNUM_JIT_CACHE=0`` or clearing ``__pycache__``).
+"""
+
+from __future__ import annotations
+
+#: The book's central-difference step h.
+H = 1e-4
+#: The book's guard inside log() in the cross-entropy: -log(y + LOG_GUARD).
+LOG_GUARD = 1e-7
