@@ -7,7 +7,10 @@ import pytest
 
 from fastnum import backend
 from fastnum._jit import JIT_ENABLED
+from fastnum._validate import as_float_batch, as_labels
+from fastnum.multilayer import MultiLayerNet
 from fastnum.network import TwoLayerNet
+from fastnum.train import TrainConfig
 from tests._backends import NUMBA_BACKEND
 
 
@@ -88,3 +91,25 @@ def test_bad_step_is_refused(batch):
     x, t = batch
     with pytest.raises(ValueError, match="h=-0.1"):
         TwoLayerNet(6, 3, 3).numerical_gradient(x, t, h=-0.1)
+
+
+def test_trusted_twins_compute_what_the_validating_methods_do(batch):
+    x, t = batch
+    net = TwoLayerNet(6, 3, 3, seed=2, weight_init_std=0.5, backend="numpy")
+    # The public methods accept lists and one-hot labels; the twins take what they convert to.
+    xv, tv = as_float_batch(x, 6), as_labels(t, len(t), 3)
+    x_list, one_hot = x.tolist(), np.eye(3)[t]
+    assert np.array_equal(net.predict_trusted(xv), net.predict(x_list))
+    assert net.loss_trusted(xv, tv) == net.loss(x_list, one_hot)
+    assert net.accuracy_trusted(xv, tv) == net.accuracy(x_list, one_hot)
+    grads = net.numerical_gradient(x_list, one_hot)
+    twin = net.numerical_gradient_trusted(xv, tv, 1e-4, net.strategy)
+    assert all(np.array_equal(grads[k], twin[k]) for k in grads)
+    back, back_twin = net.gradient(x_list, one_hot), net.gradient_trusted(xv, tv)
+    assert all(np.array_equal(back[k], back_twin[k]) for k in back)
+
+
+def test_strategy_defaults_are_the_backends():
+    assert TwoLayerNet(4, 2, 2).strategy == backend.DEFAULT_STRATEGY
+    assert MultiLayerNet(4, [2], 2).strategy == backend.DEFAULT_STRATEGY
+    assert TrainConfig().strategy == backend.DEFAULT_STRATEGY
