@@ -5,8 +5,8 @@ labels in range, finite values): the public ``*_trusted`` entry points allocate,
 the ``_private`` kernels fill preallocated arrays.  Validation happens once, in
 :class:`fastnum.network.TwoLayerNet` (see :mod:`fastnum.kernels`).
 
-The numerical gradient comes in the strategies of :data:`STRATEGIES`, both
-honest central differences that evaluate the loss at theta +- h * e_i for
+The numerical gradient comes in the strategies of :data:`STRATEGIES`, each an
+honest central difference that evaluates the loss at theta +- h * e_i for
 every parameter:
 
 ``full``
