@@ -1,9 +1,11 @@
 """Fixtures and pytest-benchmark hooks of the benchmark suite.
 
 Real MNIST batches are loaded once per session.  The machine legend (CPU, cores,
-threads, versions) and the list of skipped cases are written into the
-``--benchmark-json`` file, so that ``scripts/bench_report.py`` can render a report
-from that file alone.
+threads, BLAS, versions), the implementations and the list of skipped cases are
+written into the ``--benchmark-json`` file, so that :mod:`benchmarks.report` can
+render a report from that file alone.  ``$FASTNUM_BENCH_BLAS_THREADS`` limits
+NumPy's BLAS threads for the whole session (threadpoolctl), and the legend records
+the thread count threadpoolctl reports, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import bench_plan
 import numpy as np
 import pytest
-from bench_plan import ALL_THREADS
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from benchmarks import bench_plan
+from benchmarks.bench_plan import ALL_THREADS
 from fastnum._jit import JIT_ENABLED, set_num_threads
 from fastnum.registry import COMPARISONS, make_problem
 
@@ -32,6 +35,11 @@ SHARED_MNIST = REPO.parent / "shared" / "mnist"
 if "FASTNUM_MNIST_DIR" not in os.environ and SHARED_MNIST.is_dir():
     os.environ["FASTNUM_MNIST_DIR"] = str(SHARED_MNIST)
     os.environ.setdefault("FASTNUM_CACHE_DIR", tempfile.mkdtemp(prefix="fastnum-bench-cache-"))
+
+# For the whole process: this conftest is imported once, before any benchmark runs.
+BLAS_LIMIT = bench_plan.blas_threads_limit()
+if BLAS_LIMIT is not None:
+    threadpool_limits(limits=BLAS_LIMIT, user_api="blas")
 
 SMOKE_BATCH = 2
 # Smoke problems use a 4x4 block from the centre of the 28x28 images: real pixel
@@ -116,17 +124,14 @@ def _cpu_model():
     return platform.processor() or platform.machine() or "unknown"
 
 
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
-
-
 def _blas():
-    """Name and version of numpy's BLAS, and the thread variables that steer it."""
-    try:
-        deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        name = f"{deps.get('name', '?')} {deps.get('version', '')}".strip()
-    except Exception:  # the layout of show_config differs across numpy versions
-        name = "unknown"
-    return name, {v: os.environ[v] for v in BLAS_THREAD_VARS if v in os.environ}
+    """(name and version, thread count) of the BLAS libraries NumPy loaded, per threadpoolctl."""
+    libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    if not libs:
+        return "unknown", None
+    name = ", ".join(f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip()
+                     for lib in libs)
+    return name, max(lib.get("num_threads", 1) for lib in libs)
 
 
 def fastnum_machine_info():
@@ -143,7 +148,7 @@ def fastnum_machine_info():
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
-    blas, blas_env = _blas()
+    blas, blas_threads = _blas()
     return {
         "cpu_model": _cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -154,7 +159,8 @@ def fastnum_machine_info():
         "numpy": np.__version__,
         "numba": numba.__version__,
         "blas": blas,
-        "blas_threads_env": blas_env,
+        "blas_threads": blas_threads,  # what the library runs with, the limit applied
+        "blas_threads_limit": BLAS_LIMIT,  # --blas-threads, or None for the library's default
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
@@ -179,5 +185,6 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "min_rounds": profile.min_rounds,
         "book_case": {"batch": bench_plan.BOOK_BATCH, "hidden": bench_plan.BOOK_HIDDEN},
         "operations": list(COMPARISONS),
+        "implementations": {op: bench_plan.implementations(op) for op in COMPARISONS},
         "skipped": bench_plan.skipped_cases(profile, ALL_THREADS),
     }
