@@ -5,7 +5,7 @@ One test parametrised by operation, implementation, size and thread count (see
 added to the registry is benchmarked without a line here.  Every case
 
 * compiles its kernels first, on a tiny problem of the same types, so that
-  compile time never enters the figures (``scripts/compile_time.py`` measures it);
+  compile time never enters the figures (``benchmarks/compile_time.py`` measures it);
 * prepares its arguments outside the timed call (``Operation.args``);
 * checks its result against the NumPy reference with the registry's tolerance
   (against the backprop yardstick where the reference is too slow to run); the
