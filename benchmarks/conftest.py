@@ -10,20 +10,18 @@ the thread count threadpoolctl reports, so the two cannot disagree.
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from benchmarks import bench_plan
 from benchmarks.bench_plan import ALL_THREADS
-from fastnum._jit import JIT_ENABLED, set_num_threads
+from benchmarks.machine import fastnum_machine_info
+from fastnum._jit import set_num_threads
 from fastnum.registry import COMPARISONS, make_problem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,63 +109,6 @@ def numba_threads():
     """Setter of numba's thread count that restores the start-up count afterwards."""
     yield set_num_threads
     set_num_threads(ALL_THREADS)
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _blas():
-    """(name and version, thread count) of the BLAS libraries NumPy loaded, per threadpoolctl."""
-    libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    if not libs:
-        return "unknown", None
-    name = ", ".join(f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip()
-                     for lib in libs)
-    return name, max(lib.get("num_threads", 1) for lib in libs)
-
-
-def fastnum_machine_info():
-    """The report's legend: CPU, cores, threads, library versions and the date.
-
-    Returns
-    -------
-    dict
-        JSON-serialisable facts about this machine and process.
-    """
-    import numba
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    blas, blas_threads = _blas()
-    return {
-        "cpu_model": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "numba_threads": ALL_THREADS,
-        "jit_enabled": JIT_ENABLED,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "blas": blas,
-        "blas_threads": blas_threads,  # what the library runs with, the limit applied
-        "blas_threads_limit": BLAS_LIMIT,  # --blas-threads, or None for the library's default
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:],
-        # Written at the end of the session: a load above the CPU count means other
-        # processes competed with the timed code, which the report then says.
-        "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
