@@ -3,7 +3,11 @@
 Kept apart from the test module so that the plan can be read (and reported) without
 running anything.  Two profiles: ``default`` (the full report, ~8 min on 2 cores) and
 ``quick`` (a few sizes, one round of the slow cases), chosen with the environment
-variable ``FASTNUM_BENCH_PROFILE``.
+variable ``FASTNUM_BENCH_PROFILE``.  ``FASTNUM_BENCH_BLAS_THREADS`` limits NumPy's
+BLAS threads (through threadpoolctl) for the whole run.
+
+The implementations, their order and their labels come from the registry
+(:data:`fastnum.registry.COMPARISONS`): :func:`implementations`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import os
 from dataclasses import dataclass
 
 from fastnum._jit import get_num_threads
-from fastnum.registry import COMPARISONS
+from fastnum.registry import COMPARISONS, hidden_label
 
 #: numba's thread count at start-up: the "all threads" setting of the numba cases.
 ALL_THREADS = get_num_threads()
 
 PROFILE_ENV = "FASTNUM_BENCH_PROFILE"
 SLOW_ROUNDS_ENV = "FASTNUM_BENCH_SLOW_ROUNDS"
+BLAS_THREADS_ENV = "FASTNUM_BENCH_BLAS_THREADS"
 
 BOOK_BATCH, BOOK_HIDDEN = 100, 50
 # The NumPy reference gradient costs ~11 s at the book's size and grows with
@@ -35,9 +40,12 @@ ARCH_OPS = ("multilayer_gradient",)
 ARCH_BATCH = 10
 WIDTH_SERIES = ((25,), (50,), (100,))
 DEPTH_SERIES = ((50, 50), (50, 50, 50))
-SLOW_IMPLS = ("numpy", "numba-full")
-# Column order of every table and plot: reference first, yardstick last.
-IMPL_ORDER = ("numpy", "numba", "numba-full", "numba-delta", "backprop")
+# The implementations that cost seconds per gradient at the book's size, timed with a
+# few fixed rounds: the NumPy reference, the book's algorithm compiled ("full") and
+# the book's code as published.  The last is timed at the book's size only.
+FULL_IMPL = "numba-full"
+BOOK_AS_PUBLISHED = "book-float32"
+SLOW_IMPLS = ("numpy", FULL_IMPL, BOOK_AS_PUBLISHED)
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,6 @@ class Case:
         return (self.batch, self.hidden) == (BOOK_BATCH, BOOK_HIDDEN)
 
 
-def hidden_label(hidden):
-    """``50`` for one width, ``50x50`` for a tuple of hidden widths."""
-    return "x".join(map(str, hidden)) if isinstance(hidden, tuple) else str(hidden)
-
-
 def active_profile():
     """The :class:`Profile` named by ``$FASTNUM_BENCH_PROFILE`` (default ``default``).
 
@@ -142,14 +145,53 @@ def active_profile():
     return profile
 
 
+def blas_threads_limit():
+    """The BLAS thread limit of the run from ``$FASTNUM_BENCH_BLAS_THREADS``, or None.
+
+    Raises
+    ------
+    ValueError
+        The value is not a positive integer.
+    """
+    value = os.environ.get(BLAS_THREADS_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{BLAS_THREADS_ENV}={value!r} must be a positive integer.")
+    return int(value)
+
+
+def implementations(op_name):
+    """The implementations of ``op_name`` in display order, from the registry.
+
+    Returns
+    -------
+    list of dict
+        ``name``, ``label`` and ``role`` ("reference", "compared" or "yardstick"):
+        the reference first, the implementations that must match it in registry
+        order, the yardsticks last.
+    """
+    op = COMPARISONS[op_name]
+
+    def role(name):
+        if name == op.reference:
+            return "reference"
+        return "yardstick" if name in op.yardsticks else "compared"
+
+    def label(name):
+        if name == op.reference:
+            return op.labels.get(name, "NumPy reference")
+        text = op.labels.get(name, name.replace("-", " "))
+        return text + (" (yardstick)" if name in op.yardsticks else "")
+
+    rank = {"reference": 0, "compared": 1, "yardstick": 2}
+    names = sorted(op.implementations, key=lambda name: rank[role(name)])  # stable
+    return [{"name": n, "label": label(n), "role": role(n)} for n in names]
+
+
 def thread_settings(all_threads):
     """Thread settings of the numba cases: 1 and all, or just all on a 1-core machine."""
     return ("1", "all") if all_threads > 1 else ("all",)
-
-
-def _impls(op):
-    impls = COMPARISONS[op].implementations
-    return [name for name in IMPL_ORDER if name in impls]
 
 
 def cases(op, profile, all_threads):
@@ -172,7 +214,9 @@ def cases(op, profile, all_threads):
     """
     out = []
     for batch, hidden in profile.arch_sizes if op in ARCH_OPS else profile.sizes:
-        for impl in _impls(op):
+        for impl in (i["name"] for i in implementations(op)):
+            if impl == BOOK_AS_PUBLISHED and (batch, hidden) != (BOOK_BATCH, BOOK_HIDDEN):
+                continue  # a yardstick of the book's case only: it costs more than NumPy
             threads = thread_settings(all_threads) if impl.startswith("numba") else (None,)
             out.extend(Case(op, impl, batch, hidden, th) for th in threads)
     return out
@@ -196,7 +240,7 @@ def skip_reason(case, profile):
         The reason alone (the report and pytest add which case it is).
     """
     size = (case.batch, case.hidden)
-    if case.op in ARCH_OPS and case.impl == "numba-full":
+    if case.op in ARCH_OPS and case.impl == FULL_IMPL:
         return ("numba full is compared with NumPy in the numerical_gradient group; here it "
                 "would add minutes (its equivalence is tested at every depth)")
     if case.slow and size not in profile.slow_sizes[case.op]:
@@ -207,7 +251,7 @@ def skip_reason(case, profile):
         est = estimated_numpy_seconds(case.batch, case.hidden)
         return (f"too slow for the {profile.name} profile: the NumPy reference needs about "
                 f"{est:.0f} s per gradient at this size, and numba full is of the same order")
-    if case.op == "sgd_step" and case.impl == "numba-full" and case.threads == "1":
+    if case.op == "sgd_step" and case.impl == FULL_IMPL and case.threads == "1":
         return "its thread scaling is already shown in the numerical_gradient group"
     return None
 

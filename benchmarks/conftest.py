@@ -1,26 +1,27 @@
 """Fixtures and pytest-benchmark hooks of the benchmark suite.
 
 Real MNIST batches are loaded once per session.  The machine legend (CPU, cores,
-threads, versions) and the list of skipped cases are written into the
-``--benchmark-json`` file, so that ``scripts/bench_report.py`` can render a report
-from that file alone.
+threads, BLAS, versions), the implementations and the list of skipped cases are
+written into the ``--benchmark-json`` file, so that :mod:`benchmarks.report` can
+render a report from that file alone.  ``$FASTNUM_BENCH_BLAS_THREADS`` limits
+NumPy's BLAS threads for the whole session (threadpoolctl), and the legend records
+the thread count threadpoolctl reports, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
 
-import bench_plan
 import numpy as np
 import pytest
-from bench_plan import ALL_THREADS
+from threadpoolctl import threadpool_limits
 
-from fastnum._jit import JIT_ENABLED, set_num_threads
+from benchmarks import bench_plan
+from benchmarks.bench_plan import ALL_THREADS
+from benchmarks.machine import fastnum_machine_info
+from fastnum._jit import set_num_threads
 from fastnum.registry import COMPARISONS, make_problem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +33,11 @@ SHARED_MNIST = REPO.parent / "shared" / "mnist"
 if "FASTNUM_MNIST_DIR" not in os.environ and SHARED_MNIST.is_dir():
     os.environ["FASTNUM_MNIST_DIR"] = str(SHARED_MNIST)
     os.environ.setdefault("FASTNUM_CACHE_DIR", tempfile.mkdtemp(prefix="fastnum-bench-cache-"))
+
+# For the whole process: this conftest is imported once, before any benchmark runs.
+BLAS_LIMIT = bench_plan.blas_threads_limit()
+if BLAS_LIMIT is not None:
+    threadpool_limits(limits=BLAS_LIMIT, user_api="blas")
 
 SMOKE_BATCH = 2
 # Smoke problems use a 4x4 block from the centre of the 28x28 images: real pixel
@@ -105,65 +111,6 @@ def numba_threads():
     set_num_threads(ALL_THREADS)
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
-
-
-def _blas():
-    """Name and version of numpy's BLAS, and the thread variables that steer it."""
-    try:
-        deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        name = f"{deps.get('name', '?')} {deps.get('version', '')}".strip()
-    except Exception:  # the layout of show_config differs across numpy versions
-        name = "unknown"
-    return name, {v: os.environ[v] for v in BLAS_THREAD_VARS if v in os.environ}
-
-
-def fastnum_machine_info():
-    """The report's legend: CPU, cores, threads, library versions and the date.
-
-    Returns
-    -------
-    dict
-        JSON-serialisable facts about this machine and process.
-    """
-    import numba
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    blas, blas_env = _blas()
-    return {
-        "cpu_model": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "numba_threads": ALL_THREADS,
-        "jit_enabled": JIT_ENABLED,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "blas": blas,
-        "blas_threads_env": blas_env,
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:],
-        # Written at the end of the session: a load above the CPU count means other
-        # processes competed with the timed code, which the report then says.
-        "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Add the fastnum legend under ``machine_info["fastnum"]``."""
     machine_info["fastnum"] = fastnum_machine_info()
@@ -179,5 +126,6 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "min_rounds": profile.min_rounds,
         "book_case": {"batch": bench_plan.BOOK_BATCH, "hidden": bench_plan.BOOK_HIDDEN},
         "operations": list(COMPARISONS),
+        "implementations": {op: bench_plan.implementations(op) for op in COMPARISONS},
         "skipped": bench_plan.skipped_cases(profile, ALL_THREADS),
     }

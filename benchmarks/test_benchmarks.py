@@ -5,13 +5,15 @@ One test parametrised by operation, implementation, size and thread count (see
 added to the registry is benchmarked without a line here.  Every case
 
 * compiles its kernels first, on a tiny problem of the same types, so that
-  compile time never enters the figures (``scripts/compile_time.py`` measures it);
+  compile time never enters the figures (``benchmarks/compile_time.py`` measures it);
 * prepares its arguments outside the timed call (``Operation.args``);
 * checks its result against the NumPy reference with the registry's tolerance
-  (against the backprop yardstick where the reference is too slow to run).
+  (against the backprop yardstick where the reference is too slow to run); the
+  reference's own result is checked against the backprop yardstick.
 
 With ``--benchmark-disable`` (the default test suite) every case runs once on a
-tiny problem instead: a smoke test that keeps broken benchmarks out of CI.
+tiny problem instead, with the same checks: a smoke test that keeps broken (or
+wrong) benchmarks out of CI.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from __future__ import annotations
 import math
 import time
 
-import bench_plan
 import pytest
-from bench_plan import ALL_THREADS
 
-from fastnum.registry import COMPARISONS, max_errors
+from benchmarks import bench_plan
+from benchmarks.bench_plan import ALL_THREADS
+from fastnum.registry import COMPARISONS, hidden_label, max_errors
 
 PROFILE = bench_plan.active_profile()
 CASES = {op: {c.id: c for c in bench_plan.cases(op, PROFILE, ALL_THREADS)} for op in COMPARISONS}
@@ -75,8 +77,19 @@ def _expected(op_name, case, problem_key, problems, reference_results):
         return op.reference, ref
     if case.impl in op.yardsticks:
         return None, None  # the yardstick itself, where the reference is out of reach
-    yardstick = next(iter(op.yardsticks))
-    return yardstick, op.implementations[yardstick](*op.args(yardstick, problem))
+    return _yardstick(op, problem)
+
+
+def _yardstick(op, problem):
+    """(name, result) of the operation's first yardstick on ``problem``, or (None, None).
+
+    What the reference's own result is checked against: an independent way to
+    compute the same quantity (the analytic gradient), cheap at every size.
+    """
+    if not op.yardsticks:
+        return None, None
+    name = next(iter(op.yardsticks))
+    return name, op.implementations[name](*op.args(name, problem))
 
 
 def _check(op_name, case, result, expected_name, expected):
@@ -112,7 +125,7 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
     benchmark.extra_info.update(
         op=op_name, impl=case.impl, batch=int(problem.x.shape[0]),
         hidden=int(problem.params["W1"].shape[1]),
-        arch=bench_plan.hidden_label(problem.hidden_sizes), pixels=int(problem.x.shape[1]),
+        arch=hidden_label(problem.hidden_sizes), pixels=int(problem.x.shape[1]),
         threads=threads, threads_setting=case.threads, slow=case.slow, smoke=smoke,
         book_case=case.is_book_case and not smoke)
     result = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=iterations,
@@ -120,11 +133,16 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
     key = (op_name, case.batch, case.hidden, smoke)
     if case.impl == op.reference:
         reference_results[key] = result
-        return
-    name, expected = _expected(op_name, case, key, problems, reference_results)
+        name, expected = _yardstick(op, problem)
+    else:
+        name, expected = _expected(op_name, case, key, problems, reference_results)
     benchmark.extra_info["checked_against"] = name
     if name is not None:
         _check(op_name, case, result, name, expected)
+    else:
+        # Only a yardstick where the reference is out of reach, and the reference of an
+        # operation without a yardstick (the other implementations are checked against it).
+        assert case.impl in op.yardsticks or (case.impl == op.reference and not op.yardsticks)
 
 
 ALL_CASES = [(op, case_id) for op in COMPARISONS for case_id in CASES[op]]

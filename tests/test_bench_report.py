@@ -1,48 +1,105 @@
-"""The benchmark report's rendering, on a stored result of a real (small) benchmark run.
+"""The benchmark report (``benchmarks/report.py``) and the plan it reads (``bench_plan``).
 
-``tests/fixtures/bench_results.json`` is the ``results.json`` that
-``scripts/bench_report.py --quick`` wrote for a subset of the suite (see the
-fixture's ``fastnum.note``); these tests only render it, they time nothing.
+The results are built here, case by case with round medians, so that every
+expected figure in the rendered report can be worked out by hand.  The committed
+``docs/benchmarks/results.json`` is only rendered, to keep older results readable.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
+
+from benchmarks import bench_plan, report
+from benchmarks.machine import fastnum_machine_info
+from fastnum.plots import new_figure
+from fastnum.registry import COMPARISONS
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "tests" / "fixtures" / "bench_results.json"
+COMMITTED = REPO / "docs" / "benchmarks" / "results.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+# (op, impl, batch, hidden, threads, median seconds, rounds)
+CASES = [
+    ("numerical_gradient", "numpy", 1, 50, None, 2.0, 3),
+    ("numerical_gradient", "numba-delta", 1, 50, 2, 0.0001, 5000),
+    ("numerical_gradient", "backprop", 1, 50, None, 0.00004, 5000),
+    ("numerical_gradient", "numpy", 100, 50, None, 10.0, 3),
+    ("numerical_gradient", "numba-full", 100, 50, 1, 20.0, 3),
+    ("numerical_gradient", "numba-full", 100, 50, 2, 8.0, 3),
+    ("numerical_gradient", "numba-delta", 100, 50, 1, 0.01, 100),
+    ("numerical_gradient", "numba-delta", 100, 50, 2, 0.005, 200),
+    ("numerical_gradient", "backprop", 100, 50, None, 0.0005, 2000),
+    ("numerical_gradient", "book-float32", 100, 50, None, 30.0, 3),
+    ("numerical_gradient", "numba-delta", 1000, 50, 1, 0.08, 10),
+    ("numerical_gradient", "numba-delta", 1000, 50, 2, 0.04, 20),
+    ("sgd_step", "numpy", 100, 50, None, 11.0, 3),
+    ("sgd_step", "numba-delta", 100, 50, 2, 0.0055, 200),
+    ("forward", "numpy", 100, 50, None, 0.0002, 5000),
+    ("forward", "numba", 100, 50, 2, 0.0001, 9000),
+    ("multilayer_gradient", "numpy", 10, (50,), None, 3.0, 3),
+    ("multilayer_gradient", "numba-delta", 10, (50,), 2, 0.004, 300),
+    ("multilayer_gradient", "backprop", 10, (50,), None, 0.0001, 9000),
+    ("multilayer_gradient", "numpy", 10, (50, 50), None, 4.0, 3),
+    ("multilayer_gradient", "numba-delta", 10, (50, 50), 2, 0.02, 60),
+]
+OPS = ["numerical_gradient", "sgd_step", "forward", "multilayer_gradient"]
 
-def _load_script():
-    # scripts/ is not a package: import the file under a name no other module uses.
-    name = "fastnum_scripts_bench_report"
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "bench_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look the module up while building Row
-    spec.loader.exec_module(module)
-    return module
+
+def _bench(op, impl, batch, hidden, threads, median, rounds):
+    widths = hidden if isinstance(hidden, tuple) else (hidden,)
+    return {"name": f"test_operation[{op}-{impl}]", "group": op,
+            "extra_info": {"op": op, "impl": impl, "batch": batch, "hidden": widths[0],
+                           "arch": "x".join(map(str, widths)), "threads": threads,
+                           "slow": impl in bench_plan.SLOW_IMPLS, "smoke": False},
+            "stats": {"median": median, "rounds": rounds, "iterations": 1, "iqr": 0.0}}
 
 
-br = _load_script()
+def make_results():
+    """Results as a real run writes them, with the medians of :data:`CASES`."""
+    return {
+        "datetime": "2026-01-01T00:00:00",
+        "machine": {"cpu_model": "Test CPU", "logical_cpus": 2, "usable_cpus": 2,
+                    "numba_threads": 2, "jit_enabled": True, "python": "3.11.7",
+                    "numpy": "2.4.6", "numba": "0.68.1", "blas": "openblas 0.3.31",
+                    "blas_threads": 1, "blas_threads_limit": 1, "platform": "Linux",
+                    "date": "2026-01-01T00:00:00+00:00", "loadavg_end": [0.5, 0.5, 0.5]},
+        "fastnum": {"profile": "quick", "slow_rounds": 3, "target_seconds": 0.25,
+                    "min_rounds": 3, "operations": OPS,
+                    "implementations": {op: bench_plan.implementations(op) for op in OPS},
+                    "skipped": [{"op": "numerical_gradient", "impl": "numpy", "batch": 1000,
+                                 "hidden": 50, "threads": None, "reason": "too slow"},
+                                {"op": "numerical_gradient", "impl": "numba-full", "batch": 1000,
+                                 "hidden": 50, "threads": "1", "reason": "too slow"},
+                                {"op": "numerical_gradient", "impl": "numba-full", "batch": 1000,
+                                 "hidden": 50, "threads": "all", "reason": "too slow"}]},
+        "benchmarks": [_bench(*case) for case in CASES],
+        "compile": {"cache_files": 7,
+                    "cold": {"import_seconds": 0.5, "total_seconds": 25.0,
+                             "calls": [{"op": "forward", "impl": "numba", "first_call": 3.0}]},
+                    "warm": {"import_seconds": 0.4, "total_seconds": 0.9,
+                             "calls": [{"op": "forward", "impl": "numba", "first_call": 0.02}]}},
+        # 30 iterations: 2 accuracy passes of 0.2 s, 0.5 s of data preparation.
+        "train": {"iters": 30, "seconds": 3.0, "loop_seconds": 2.5, "eval_seconds": 0.2,
+                  "threads": 2, "backend": "numba", "strategy": "delta",
+                  "final_train_acc": 0.5, "final_test_acc": 0.25},
+    }
 
 
 @pytest.fixture
 def results():
-    """A fresh copy of the stored results (tests may modify it)."""
-    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+    return make_results()
 
 
 @pytest.fixture
 def rows(results):
-    return br.rows_from(results)
+    return report.rows_from(results)
 
 
 def _table_row(markdown, op, batch, hidden, label, threads):
@@ -55,185 +112,265 @@ def _table_row(markdown, op, batch, hidden, label, threads):
     raise AssertionError(f"no row {batch}/{hidden}/{label}/{threads} in the {op} table")
 
 
-def test_fixture_comes_from_the_suite(results):
-    infos = [b["extra_info"] for b in results["benchmarks"]]
-    assert infos and all({"op", "impl", "batch", "hidden", "threads"} <= set(i) for i in infos)
-    assert {i["op"] for i in infos} == set(results["fastnum"]["operations"])
+def _section(markdown, title):
+    return markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_rows_carry_the_stored_medians(results, rows):
-    stored = {(i["op"], i["impl"], i["batch"], i["arch"], i["threads"]): b["stats"]["median"]
-              for b in results["benchmarks"] for i in [b["extra_info"]]}
-    assert len(rows) == len(stored)
-    for r in rows:
-        assert r.median == stored[(r.op, r.impl, r.batch, r.arch, r.threads)]
+# ------------------------------------------------------------------- the plan
 
 
-def test_rows_without_arch_fall_back_to_the_width(results):
-    """Results written before ``arch`` existed still render."""
+def test_implementations_follow_the_registry_reference_first_yardsticks_last():
+    for op_name, op in COMPARISONS.items():
+        impls = bench_plan.implementations(op_name)
+        assert sorted(i["name"] for i in impls) == sorted(op.implementations)
+        roles = [i["role"] for i in impls]
+        assert roles == sorted(roles, key=["reference", "compared", "yardstick"].index)
+        assert impls[0]["name"] == op.reference
+        assert {i["name"] for i in impls if i["role"] == "yardstick"} == set(op.yardsticks)
+    labels = {i["name"]: i["label"] for i in bench_plan.implementations("numerical_gradient")}
+    assert labels["numpy"] == "NumPy reference" and labels["numba-delta"] == "numba delta"
+    assert labels["backprop"] == "backprop (yardstick)"
+    assert labels["book-float32"] == ("the book's code as published, float32 images "
+                                      "(yardstick)")
+
+
+def test_the_book_as_published_is_timed_at_the_books_size_only():
+    for profile in bench_plan.PROFILES.values():
+        book = [c for c in bench_plan.cases("numerical_gradient", profile, 2)
+                if c.impl == bench_plan.BOOK_AS_PUBLISHED]
+        assert [(c.batch, c.hidden, c.threads) for c in book] == [(100, 50, None)]
+        assert book[0].slow and bench_plan.skip_reason(book[0], profile) is None
+
+
+def test_blas_threads_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(bench_plan.BLAS_THREADS_ENV, raising=False)
+    assert bench_plan.blas_threads_limit() is None
+    monkeypatch.setenv(bench_plan.BLAS_THREADS_ENV, "3")
+    assert bench_plan.blas_threads_limit() == 3
+    monkeypatch.setenv(bench_plan.BLAS_THREADS_ENV, "0")
+    with pytest.raises(ValueError, match="FASTNUM_BENCH_BLAS_THREADS='0'"):
+        bench_plan.blas_threads_limit()
+
+
+def test_the_legend_records_the_blas_threads_threadpoolctl_reports(monkeypatch):
+    monkeypatch.setenv(bench_plan.BLAS_THREADS_ENV, "1")
+    with threadpool_limits(limits=1, user_api="blas"):
+        info = fastnum_machine_info()
+    assert info["blas_threads"] == 1 and info["blas_threads_limit"] == 1
+    assert info["blas"] != "unknown" and "blas_threads_env" not in info
+
+
+# ------------------------------------------------------------------- the rows
+
+
+def test_rows_are_sorted_reference_first_and_yardsticks_last(rows):
+    book = [r.impl for r in rows if r.op == "numerical_gradient" and r.size == (100, "50")]
+    assert book == ["numpy", "numba-full", "numba-full", "numba-delta", "numba-delta",
+                    "backprop", "book-float32"]
+    assert [r.arch for r in rows if r.op == "multilayer_gradient" and r.impl == "numpy"] == \
+        ["50", "50x50"]
+
+
+def test_smoke_entries_and_entries_without_arch(results):
+    results["benchmarks"][0]["extra_info"]["smoke"] = True
     for b in results["benchmarks"]:
         b["extra_info"].pop("arch")
-    rows = [r for r in br.rows_from(results) if r.op == "numerical_gradient"]
-    assert rows and all(r.arch == str(r.hidden) for r in rows)
+    rows = report.rows_from(results)
+    assert len(rows) == len(CASES) - 1
+    assert {r.arch for r in rows if r.op == "multilayer_gradient"} == {"50"}  # the first width
 
 
-def test_multilayer_table_rows_are_keyed_by_architecture(results, rows):
-    md = br.markdown(results)
-    assert br.OP_NOTES["multilayer_gradient"] in md
-    for arch in ("50", "50x50"):
-        numpy = br.lookup(rows, "multilayer_gradient", "numpy", (10, arch))
-        delta = br.lookup(rows, "multilayer_gradient", "numba-delta", (10, arch), threads=1)
-        cells = _table_row(md, "multilayer_gradient", 10, arch, "numba delta", "1")
-        assert cells[5] == br.fmt_seconds(delta.median)
-        assert cells[6] == br.fmt_ratio(numpy.median / delta.median)
-    # A tuple of widths finds the same row as its label.
-    assert br.lookup(rows, "multilayer_gradient", "numpy", (10, (50, 50))).arch == "50x50"
-    assert "not timed at batch 10, hidden 50x50: numba full; numba full is compared" in md
+def test_lookup_takes_all_threads_unless_told(rows):
+    assert report.lookup(rows, "numerical_gradient", "numba-delta", (100, 50)).median == 0.005
+    assert report.lookup(rows, "numerical_gradient", "numba-delta", (100, 50),
+                         threads=1).median == 0.01
+    assert report.lookup(rows, "multilayer_gradient", "numpy", (10, (50, 50))).median == 4.0
+    assert report.lookup(rows, "numerical_gradient", "numpy", (1000, 50)) is None
 
 
-def test_multilayer_time_is_plotted_against_the_architecture(rows):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    br._time_axis(ax, rows, "multilayer_gradient")
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["h50", "h50x50"]
-    assert "batch 10" in ax.get_title()
-    plt.close(fig)
+# ------------------------------------------------------------------- the markdown
 
 
-def test_speedup_and_backprop_ratios(rows):
-    numpy = br.lookup(rows, "numerical_gradient", "numpy", (1, 50))
-    delta = br.lookup(rows, "numerical_gradient", "numba-delta", (1, 50))
-    back = br.lookup(rows, "numerical_gradient", "backprop", (1, 50))
-    assert br.speedup_vs_numpy(rows, delta) == pytest.approx(numpy.median / delta.median)
-    assert br.cost_vs_backprop(rows, delta) == pytest.approx(delta.median / back.median)
-    assert br.speedup_vs_numpy(rows, numpy) == pytest.approx(1.0)
+def test_table_shows_medians_and_both_ratios(results):
+    md = report.markdown(results)
+    assert _table_row(md, "numerical_gradient", 100, 50, "numba delta", "2")[5:] == \
+        ["5 ms", "2,000×", "10×"]
+    assert _table_row(md, "numerical_gradient", 100, 50, "NumPy reference", "—")[4:] == \
+        ["3", "10 s", "1×", "20,000×"]
+    book = "the book's code as published, float32 images (yardstick)"
+    assert _table_row(md, "numerical_gradient", 100, 50, book, "—")[5:] == \
+        ["30 s", "0.333×", "60,000×"]
+    # No reference at batch 1000: a dash, and the reason it was not timed.
+    assert _table_row(md, "numerical_gradient", 1000, 50, "numba delta", "1")[6] == "—"
+    assert ("- not timed at batch 1000, hidden 50: NumPy reference, numba full; too slow"
+            in md)
 
 
-def test_table_shows_medians_and_ratios(results, rows):
-    md = br.markdown(results)
-    n = br.max_threads(rows)
-    delta = br.lookup(rows, "numerical_gradient", "numba-delta", (1, 50))
-    numpy = br.lookup(rows, "numerical_gradient", "numpy", (1, 50))
-    back = br.lookup(rows, "numerical_gradient", "backprop", (1, 50))
-    cells = _table_row(md, "numerical_gradient", 1, 50, "numba delta", str(n))
-    assert cells[5] == br.fmt_seconds(delta.median)
-    assert cells[6] == br.fmt_ratio(numpy.median / delta.median)
-    assert cells[7] == br.fmt_ratio(delta.median / back.median)
-    assert _table_row(md, "numerical_gradient", 1, 50, "NumPy reference", "—")[6] == "1×"
+def test_an_operation_without_yardstick_has_no_yardstick_column(results):
+    md = report.markdown(results)
+    section = md.split("### forward\n", 1)[1].split("\n### ", 1)[0]
+    assert "time / backprop" not in section
+    assert _table_row(md, "forward", 100, 50, "numba", "2")[5:] == ["100 µs", "2×"]
 
 
 def test_every_timed_case_has_a_table_row(results, rows):
-    md = br.markdown(results)
-    for op in results["fastnum"]["operations"]:
+    md = report.markdown(results)
+    for op in OPS:
         section = md.split(f"### {op}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
         table = [line for line in section.splitlines() if re.match(r"\| \d", line)]
         assert len(table) == sum(r.op == op for r in rows)
 
 
-def test_missing_reference_shows_a_dash_and_the_skip_reason(results):
-    md = br.markdown(results)
-    cells = _table_row(md, "numerical_gradient", 1000, 50, "numba delta", "1")
-    assert cells[6] == "—"
-    assert "not timed at batch 1000, hidden 50: NumPy reference, numba full; too slow" in md
-    assert "batch 100, hidden 50: numba full (1 thread); its thread scaling" in md
+def test_multilayer_rows_are_keyed_by_architecture(results):
+    md = report.markdown(results)
+    assert report.OP_NOTES["multilayer_gradient"] in md
+    assert _table_row(md, "multilayer_gradient", 10, "50x50", "numba delta", "2")[5:7] == \
+        ["20 ms", "200×"]
 
 
-def test_headline_is_the_book_case(results, rows):
-    numpy = br.lookup(rows, "numerical_gradient", "numpy", (100, 50))
-    delta = br.lookup(rows, "numerical_gradient", "numba-delta", (100, 50))
-    text = "\n".join(br.headline(rows))
-    assert br.fmt_ratio(numpy.median / delta.median) in text
-    assert f"median of {numpy.rounds} round" in text
+def test_headline_quotes_the_reference_the_fastest_kernel_and_both_yardsticks(results):
+    headline = _section(report.markdown(results), "Headline")
+    assert ("`numerical_gradient` at the book's batch 100, hidden 50: NumPy reference 10 s "
+            "(median of 3 round(s)), numba delta 5 ms on 2 thread(s): **2,000× faster**"
+            in headline)
+    assert "On 1 thread numba delta takes 10 ms: 1,000× faster." in headline
+    assert "numba full 8 s (1.25× faster than NumPy)." in headline
+    assert ("backprop (yardstick): 500 µs; numba delta is 10× slower and the NumPy reference "
+            "20,000× slower." in headline)
+    assert ("the book's code as published, float32 images (yardstick): 30 s; numba delta is "
+            "6,000× faster and the NumPy reference 3× faster." in headline)
+    assert "`sgd_step` at the book's batch 100" in headline and "**2,000× faster**" in headline
 
 
-def test_legend_names_machine_versions_and_date(results):
-    md = br.markdown(results)
-    m = results["machine"]
-    for value in (m["cpu_model"], f"Python {m['python']}", f"numpy {m['numpy']}",
-                  f"numba {m['numba']}", f"{m['logical_cpus']} logical CPUs",
-                  f"numba threads** (the \"all\" setting): {m['numba_threads']}", m["date"]):
-        assert value in md
-
-
-def test_rounds_of_the_slow_cases_are_stated(results):
-    md = br.markdown(results)
-    assert f"timed with {results['fastnum']['slow_rounds']} round(s)" in md
-
-
-def _training_section(results):
-    md = br.markdown(results)
-    return md.split("## The book's 10,000-iteration training run", 1)[1].split("\n## ", 1)[0]
-
-
-def test_training_figures_are_labelled(results):
-    section = _training_section(results)
-    numba_line, numpy_line = (line for line in section.splitlines()
-                              if line.startswith(("- numba", "- NumPy")))
-    assert "**extrapolated** from 30 measured iterations" in numba_line
-    assert "**extrapolated** from one iteration" in numpy_line
-    results["train"]["iters"] = br.BOOK_ITERS
-    full = _training_section(results)
-    assert "iterations, measured." in full and "from 30 measured" not in full
+def test_training_section_extrapolates_numba_and_both_numpy_loops(results):
+    section = _section(report.markdown(results), "The book's 10,000-iteration training run")
+    # (3.0 - 2.5) s of data + 10,000 x (2.5 - 2 x 0.2) / 30 s + 18 passes x 0.2 s = 704.1 s
+    assert "**11.7 min** for 10,000 iterations, **extrapolated** from 30 measured" in section
+    # 10,000 x the sgd_step's 11 s; 10,000 x the book-as-published gradient's 30 s.
+    assert "- NumPy reference: **30.6 h** for 10,000 iterations" in section
+    assert "- the book's code as published, float32 images (yardstick): **83.3 h**" in section
+    assert "numba is **156× faster**" in section and "numba is **426× faster**" in section
+    assert "backprop" not in section
+    results["train"].update(iters=report.BOOK_ITERS, seconds=50.0)
+    measured = _section(report.markdown(results), "The book's 10,000-iteration training run")
+    assert "**50.0 s** for 10,000 iterations, measured." in measured
 
 
 def test_extrapolation_scales_steps_and_accuracy_passes_apart():
     # 600 iterations make 2 accuracy passes (iterations 1 and the final one);
     # 10,000 make 18 (1, 601, ..., 9601 and the final one).
-    assert (br.evaluations(600), br.evaluations(601), br.evaluations(10_000)) == (2, 2, 18)
+    assert (report.evaluations(600), report.evaluations(601),
+            report.evaluations(10_000)) == (2, 2, 18)
     run = {"iters": 600, "seconds": 10.0, "eval_seconds": 1.0}
-    assert br.extrapolate(run) == pytest.approx(10_000 * 8.0 / 600 + 18 * 1.0)
-    # Loading the data (seconds - loop_seconds) is paid once, not scaled.
+    assert report.extrapolate(run) == pytest.approx(10_000 * 8.0 / 600 + 18 * 1.0)
     run = {"iters": 600, "seconds": 13.0, "loop_seconds": 10.0, "eval_seconds": 1.0}
-    assert br.extrapolate(run) == pytest.approx(3.0 + 10_000 * 8.0 / 600 + 18 * 1.0)
+    assert report.extrapolate(run) == pytest.approx(3.0 + 10_000 * 8.0 / 600 + 18 * 1.0)
+
+
+def test_legend_names_machine_blas_threads_and_the_slow_cases(results):
+    machine = _section(report.markdown(results), "Machine")
+    assert "- **CPU**: Test CPU, 2 logical CPUs (2 usable by this process)" in machine
+    assert ("- **NumPy's BLAS**: openblas 0.3.31, threads: 1 (limited to 1 by --blas-threads)"
+            in machine)
+    assert ("slow cases (NumPy reference, numba full, the book's code as published, float32 "
+            "images (yardstick)) timed with 3 round(s)" in machine)
+    results["machine"].update(blas_threads=2, blas_threads_limit=None)
+    assert "threads: 2 (the library's default)" in report.markdown(results)
+    # Results written before threadpoolctl named the environment variables instead.
+    for key in ("blas_threads", "blas_threads_limit"):
+        del results["machine"][key]
+    results["machine"]["blas_threads_env"] = {"OPENBLAS_NUM_THREADS": "1"}
+    assert "threads: OPENBLAS_NUM_THREADS=1" in report.markdown(results)
+
+
+def test_thread_scaling_pairs_one_and_all_threads(results):
+    scaling = _section(report.markdown(results), "Thread scaling")
+    assert "| numerical_gradient | 100 | 50 | numba full | 20 s | 8 s | 2.5× |" in scaling
+    assert "| numerical_gradient | 1000 | 50 | numba delta | 80 ms | 40 ms | 2× |" in scaling
 
 
 def test_compile_section_lists_cold_and_warm(results):
-    lines = "\n".join(br.compile_lines(results["compile"]))
-    assert "cold cache" in lines and "warm cache" in lines
-    assert br.fmt_seconds(results["compile"]["cold"]["total_seconds"]) in lines
-
-
-def test_smoke_entries_are_ignored(results):
-    fake = copy.deepcopy(results["benchmarks"][0])
-    fake["extra_info"]["smoke"] = True
-    results["benchmarks"].append(fake)
-    assert len(br.rows_from(results)) == len(results["benchmarks"]) - 1
+    lines = report.compile_lines(results["compile"])
+    assert "| forward / numba | 3 s | 20 ms |" in lines
+    assert "| **whole process** | 25 s | 900 ms |" in lines
+    assert report.compile_lines(None) == ["Not measured in this run."]
 
 
 def test_busy_warning_follows_the_load(results):
     results["machine"]["loadavg_end"] = [9.0, 9.0, 9.0]
-    assert "Busy machine" in br.markdown(results)
+    assert "Busy machine" in report.markdown(results)
     results["machine"]["loadavg_end"] = [0.1, 0.1, 0.1]
-    assert "Busy machine" not in br.markdown(results)
-
-
-def test_render_writes_png_markdown_and_reloadable_json(results, tmp_path):
-    md = br.render(results, tmp_path)
-    png = tmp_path / br.PNG_NAME
-    assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
-    assert md.read_text(encoding="utf-8").startswith("# fastnum benchmark report")
-    reloaded = json.loads((tmp_path / br.RESULTS_NAME).read_text(encoding="utf-8"))
-    assert br.trim(reloaded) == br.trim(results)
-
-
-def test_command_line_renders_from_json(tmp_path, capsys):
-    assert br.main(["--from-json", str(FIXTURE), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / br.MD_NAME).is_file()
-    assert (tmp_path / "out" / br.PNG_NAME).is_file()
-    assert "wrote" in capsys.readouterr().out
+    assert "Busy machine" not in report.markdown(results)
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(4.213e-3, "4.21 ms"), (12.5, "12.5 s"),
                                                (3.2e-6, "3.2 µs"), (None, "—")])
 def test_fmt_seconds(seconds, text):
-    assert br.fmt_seconds(seconds) == text
+    assert report.fmt_seconds(seconds) == text
 
 
 @pytest.mark.parametrize(("ratio", "text"), [(12655.2, "12,655×"), (1.0, "1×"),
                                              (0.52, "0.52×"), (None, "—")])
 def test_fmt_ratio(ratio, text):
-    assert br.fmt_ratio(ratio) == text
+    assert report.fmt_ratio(ratio) == text
+
+
+# ------------------------------------------------------------------- the plot and files
+
+
+def test_multilayer_time_is_plotted_against_the_architecture(results, rows):
+    cat = report.catalog(results)
+    fig, (ax,) = new_figure()
+    report.time_axis(ax, rows, cat["multilayer_gradient"], "multilayer_gradient",
+                     report.colors(cat))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["h50", "h50x50"]
+    assert "batch 10" in ax.get_title()
+
+
+def test_speedup_bars_have_one_series_per_implementation_and_thread_count(results, rows):
+    cat = report.catalog(results)
+    fig, (ax,) = new_figure()
+    report.speedup_axis(ax, rows, cat["numerical_gradient"], "numerical_gradient",
+                        report.colors(cat))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["numba full, 1 thr", "numba full, 2 thr", "numba delta, 1 thr",
+                      "numba delta, 2 thr", "backprop (yardstick)",
+                      "the book's code as published, float32 images (yardstick)"]
+
+
+def test_colours_are_per_implementation_and_stable_across_operations(results):
+    color = report.colors(report.catalog(results))
+    assert color["numpy"] == "tab:gray"
+    assert len({color[n] for n in ("numba-full", "numba-delta", "numba", "backprop",
+                                   "book-float32")}) == 5
+
+
+def test_render_writes_png_markdown_and_reloadable_json(results, tmp_path):
+    md = report.render(report.trim(results), tmp_path)
+    png = tmp_path / report.PNG_NAME
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
+    assert md.read_text(encoding="utf-8") == report.markdown(report.trim(results))
+    assert report.load(tmp_path / report.RESULTS_NAME) == report.trim(results)
+
+
+def test_the_committed_results_still_render(tmp_path):
+    results = report.load(COMMITTED)
+    rows = report.rows_from(results)
+    md = report.markdown(results)
+    assert rows and "The book's case was not timed." not in md
+    for op in {r.op for r in rows}:
+        section = md.split(f"### {op}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+        assert len([line for line in section.splitlines() if re.match(r"\| \d", line)]) == \
+            sum(r.op == op for r in rows)
+
+
+def test_command_line_renders_from_json(tmp_path, results):
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_report.py"),
+                           "--from-json", str(source), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    assert (tmp_path / "out" / report.MD_NAME).read_text(encoding="utf-8") == \
+        report.markdown(report.trim(results))

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastnum import experiments as ex
+from fastnum._format import format_duration
+from fastnum.experiments import batch_size, depth_width, grid, learning_rate, output
 from fastnum.train import TrainConfig, TrainingDivergedError, train
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _script(name):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_spec(mnist_source_dir, **config):
@@ -37,7 +27,7 @@ def tiny_spec(mnist_source_dir, **config):
 def same(results_a, results_b):
     # Through JSON, so that a NaN compares equal to a NaN.
     def dump(results):
-        return json.dumps([ex.deterministic(r) for r in results], sort_keys=True)
+        return json.dumps([grid.deterministic(r) for r in results], sort_keys=True)
 
     return dump(results_a) == dump(results_b)
 
@@ -82,43 +72,66 @@ def test_train_a_multilayer_net_and_resume_it(tmp_path, grad):
 
 
 def test_count_params_matches_the_networks():
-    assert ex.count_params([50]) == 784 * 50 + 50 + 50 * 10 + 10
-    assert ex.count_params([100, 50], 784, 10) == 784 * 100 + 100 + 100 * 50 + 50 + 510
-    assert ex.count_params([], 4, 3) == 15
+    assert depth_width.count_params([50]) == 784 * 50 + 50 + 50 * 10 + 10
+    assert depth_width.count_params([100, 50], 784, 10) == 784 * 100 + 100 + 100 * 50 + 50 + 510
+    assert depth_width.count_params([], 4, 3) == 15
 
 
 def test_equal_param_widths_stay_near_the_budget():
-    widths = _script("exp_depth_width").equal_param_widths([1, 2, 3, 4, 5], 20)
+    widths = depth_width.equal_param_widths([1, 2, 3, 4, 5], 20)
     assert widths[0] == (20,) and [len(w) for w in widths] == [1, 2, 3, 4, 5]
-    target = ex.count_params([20])
-    assert all(abs(ex.count_params(w) - target) < 0.05 * target for w in widths)
+    target = depth_width.count_params([20])
+    assert all(abs(depth_width.count_params(w) - target) < 0.05 * target for w in widths)
+
+
+def _result(status, iterations, evaluated_at):
+    return {"status": status, "iterations": iterations, "final_test_acc": 0.9,
+            "epochs": {"iteration": evaluated_at, "test_acc": [0.1 * k for k in
+                                                                range(len(evaluated_at))]}}
+
+
+def test_accuracy_curve_ends_with_the_final_parameters_of_a_completed_run():
+    assert grid.accuracy_curve(_result("completed", 20, [1, 11])) == ([1, 11, 20],
+                                                                      [0.0, 0.1, 0.9])
+    # A run whose last evaluation is its last iteration gets no duplicate point.
+    assert grid.accuracy_curve(_result("completed", 11, [1, 11])) == ([1, 11], [0.0, 0.1])
+    # A stopped run's final accuracy is that of its last evaluation: nothing is added.
+    assert grid.accuracy_curve(_result("stopped", 1, [1])) == ([1], [0.0])
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(42.04, "42.0 s"), (119.9, "119.9 s"),
+                                               (210, "3.5 min"), (131_040, "36.4 h"),
+                                               (None, "—"), (math.nan, "—")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
 
 
 def test_run_grid_runs_here_in_order():
     lines = []
-    assert ex.run_grid([{"x": 3}, {"x": 1}, {"x": 2}], func=_square, log=lines.append) == [9, 1, 4]
+    results = grid.run_grid([{"x": 3}, {"x": 1}, {"x": 2}], func=_square, log=lines.append)
+    assert results == [9, 1, 4]
     assert len(lines) == 3 and "3/3" in lines[-1]
 
 
 def test_scheduler_without_dask_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # makes `import distributed` fail
     with pytest.raises(ImportError, match="fastnum\\[distributed\\]"):
-        ex.run_grid([{"x": 1}], scheduler="tcp://127.0.0.1:1", func=_square)
+        grid.run_grid([{"x": 1}], scheduler="tcp://127.0.0.1:1", func=_square)
 
 
 def test_run_one_is_seeded_and_reports_metrics(mnist_source_dir):
     spec = {**tiny_spec(mnist_source_dir, lr=1.0), "timing_seconds": 0.01, "tags": {"k": 1}}
-    a, b = ex.run_one(spec), ex.run_one(spec)
+    a, b = grid.run_one(spec), grid.run_one(spec)
     assert same([a], [b])
     assert a["status"] == "completed" and a["iterations"] == 3 and a["tags"] == {"k": 1}
     assert 0 <= a["final_test_acc"] <= 1 and math.isfinite(a["final_loss"])
     assert a["epochs"]["iteration"] == [1] and a["sec_per_iter"] > 0 and a["train_seconds"] > 0
-    other = ex.run_one(tiny_spec(mnist_source_dir, lr=1.0, seed=1))
+    other = grid.run_one(tiny_spec(mnist_source_dir, lr=1.0, seed=1))
     assert not same([a], [other])
 
 
 def test_a_blowing_up_run_is_stopped_at_its_first_evaluation(mnist_source_dir):
-    result = ex.run_one({**tiny_spec(mnist_source_dir, lr=100.0), "stop_loss": 2 * math.log(10)})
+    result = grid.run_one({**tiny_spec(mnist_source_dir, lr=100.0), "stop_loss": 2 * math.log(10)})
     assert result["status"] == "stopped" and result["stopped_at"] == 1
     assert result["iterations"] == 1 and result["final_loss"] > 2 * math.log(10)
 
@@ -129,7 +142,7 @@ def test_a_non_finite_loss_is_recorded_as_diverged(mnist_source_dir, monkeypatch
         raise TrainingDivergedError("boom", 7, math.nan, config.lr)
 
     monkeypatch.setattr("fastnum.train.train", diverging_train)
-    result = ex.run_one(tiny_spec(mnist_source_dir))
+    result = grid.run_one(tiny_spec(mnist_source_dir))
     assert result["status"] == "diverged" and result["stopped_at"] == 7
     assert result["iterations"] == 6 and result["final_test_acc"] == 0.1
 
@@ -139,23 +152,23 @@ def test_dask_cluster_gives_the_same_results_as_a_local_run(mnist_source_dir):
                                       "pip install 'fastnum[distributed]'")
     specs = [tiny_spec(mnist_source_dir, lr=lr, seed=seed) for lr, seed in
              ((0.1, 0), (1.0, 1))]
-    local = ex.run_grid(specs, log=None)
+    local = grid.run_grid(specs, log=None)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
-        remote = ex.run_grid(specs, scheduler=cluster, log=None)
+        remote = grid.run_grid(specs, scheduler=cluster, log=None)
     assert same(local, remote)
     assert [r["config"]["lr"] for r in remote] == [0.1, 1.0]
 
 
 def test_write_csv_formats_cells(tmp_path):
     rows = [{"a": 1 / 3, "b": [100, 50], "c": None}, {"a": math.nan, "b": "x", "extra": 1}]
-    path = ex.write_csv(tmp_path / "sub" / "r.csv", rows, ["a", "b", "c"])
+    path = output.write_csv(tmp_path / "sub" / "r.csv", rows, ["a", "b", "c"])
     assert path.read_text().splitlines() == ["a,b,c", "0.333333,100-50,", ",x,"]
     assert [p.name for p in path.parent.iterdir()] == ["r.csv"]  # no temporary file left
 
 
 def test_budget_runs_follow_the_measured_time():
-    bs = _script("exp_batch_size")
+    bs = batch_size
     settings = {**bs.QUICK, "budget_seconds": 1.0}
     specs = bs.budget_specs(settings, {1: 0.001, 10: 0.004, 100: 3.0})
     assert [s["config"]["iters"] for s in specs] == [1000, 250, 1]
@@ -168,20 +181,22 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def _run_quick(name, tmp_path, mnist_source_dir, capsys):
-    out = tmp_path / name
-    assert _script(name).main(["--quick", "--out", str(out),
-                               "--data-dir", str(mnist_source_dir)]) == 0
-    assert "wrote" in capsys.readouterr().out
+def _run_quick(experiment, tmp_path, mnist_source_dir, capsys):
+    out = tmp_path / experiment.__name__.rsplit(".", 1)[1]
+    assert experiment.main(["--quick", "--out", str(out),
+                            "--data-dir", str(mnist_source_dir)]) == 0
+    assert f"\nwrote {out}/" in capsys.readouterr().out
     summary = (out / "summary.md").read_text()
-    assert "--quick" in summary and "What the numbers show" in summary
+    assert summary.startswith(f"# {experiment.EXPERIMENT.title}\n")
+    assert f"`python -m {experiment.__name__} --quick`" in summary
+    assert "What the numbers show" in summary
     for png in out.glob("*.png"):
         assert png.read_bytes().startswith(PNG_MAGIC)
     return out
 
 
 def test_quick_batch_size(tmp_path, mnist_source_dir, capsys):
-    out = _run_quick("exp_batch_size", tmp_path, mnist_source_dir, capsys)
+    out = _run_quick(batch_size, tmp_path, mnist_source_dir, capsys)
     rows = _read_csv(out / "results.csv")
     assert [int(r["batch_size"]) for r in rows] == [1, 10, 100]
     assert [int(r["epoch_iters"]) for r in rows] == [100, 10, 1]
@@ -190,7 +205,7 @@ def test_quick_batch_size(tmp_path, mnist_source_dir, capsys):
 
 
 def test_quick_depth_width(tmp_path, mnist_source_dir, capsys):
-    out = _run_quick("exp_depth_width", tmp_path, mnist_source_dir, capsys)
+    out = _run_quick(depth_width, tmp_path, mnist_source_dir, capsys)
     runs = _read_csv(out / "runs.csv")
     assert [r["hidden_sizes"] for r in runs] == ["2", "2-2", "2-2-2"] * 2
     assert {r["activation"] for r in runs} == {"sigmoid", "relu"}
@@ -199,7 +214,7 @@ def test_quick_depth_width(tmp_path, mnist_source_dir, capsys):
 
 
 def test_quick_learning_rate(tmp_path, mnist_source_dir, capsys):
-    out = _run_quick("exp_learning_rate", tmp_path, mnist_source_dir, capsys)
+    out = _run_quick(learning_rate, tmp_path, mnist_source_dir, capsys)
     last = {}
     for row in _read_csv(out / "gd_paths.csv"):
         last[float(row["lr"])] = float(row["distance"])
@@ -210,7 +225,18 @@ def test_quick_learning_rate(tmp_path, mnist_source_dir, capsys):
 
 
 def test_missing_mnist_is_one_line_and_exit_2(tmp_path, capsys):
-    code = _script("exp_depth_width").main(["--quick", "--out", str(tmp_path),
-                                            "--data-dir", str(tmp_path / "nowhere")])
+    code = depth_width.main(["--quick", "--out", str(tmp_path),
+                             "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("exp_depth_width.py: error: ") and "Traceback" not in err
+    assert code == 2 and err.startswith("fastnum.experiments.depth_width: error: ")
+    assert "Traceback" not in err and str(tmp_path / "nowhere") in err
+
+
+def test_experiments_run_as_modules():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "fastnum.experiments.batch_size", "--help"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m fastnum.experiments.batch_size")
+    assert "--scheduler" in proc.stdout and "RuntimeWarning" not in proc.stderr

@@ -50,10 +50,11 @@ def kernel_net(params):
     return net
 
 
-def check_operation(op, problem):
-    """Every implementation of ``op`` against the reference result, computed once."""
+def check_operation(op, problem, skip=()):
+    """Every implementation of ``op`` (but ``skip``) against the reference result, computed once."""
     ref_ = op.implementations[op.reference](*op.args(op.reference, problem))
-    others = {name: impl for name, impl in op.implementations.items() if name != op.reference}
+    others = {name: impl for name, impl in op.implementations.items()
+              if name != op.reference and name not in skip}
     assert others, f"{op.name} has nothing to compare with its reference"
     for name, impl in others.items():
         comp_ = impl(*op.args(name, problem))
@@ -74,7 +75,10 @@ def test_registry_operations_match_reference_on_odd_shapes(op_name, shape):
 def test_registry_operations_match_reference_on_mnist(op_name, mnist_batch):
     x, t = mnist_batch
     hidden = 10 if JIT_ENABLED else 2
-    check_operation(COMPARISONS[op_name], make_problem(x, t, hidden_size=hidden, seed=3))
+    # "book-float32" is the reference's own loop on float32 images: the odd shapes check
+    # it, and at this size it would repeat the slowest call of the suite (~20 s).
+    check_operation(COMPARISONS[op_name], make_problem(x, t, hidden_size=hidden, seed=3),
+                    skip=("book-float32",))
 
 
 @pytest.mark.parametrize("hidden", [(3, 7), (7, 1, 3)], ids=lambda h: "h" + "x".join(map(str, h)))

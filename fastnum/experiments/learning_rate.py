@@ -15,26 +15,22 @@ zero, so too large a learning rate leaves the loss high but finite.
 
 Usage::
 
-    python scripts/exp_learning_rate.py          # full mode -> docs/experiments/learning_rate/
-    python scripts/exp_learning_rate.py --quick  # seconds -> runs/experiments/learning_rate-quick/
-    python scripts/exp_learning_rate.py --scheduler tcp://host:8786
+    python -m fastnum.experiments.learning_rate          # full -> docs/experiments/learning_rate/
+    python -m fastnum.experiments.learning_rate --quick  # seconds -> runs/experiments/...-quick/
+    python -m fastnum.experiments.learning_rate --scheduler tcp://host:8786
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from fastnum import experiments as ex
 from fastnum import reference
-from fastnum._io import write_text
+from fastnum.experiments import command, grid, output
+from fastnum.plots import plain_ticks
 
-NAME = "learning_rate"
-REPO = Path(__file__).resolve().parents[1]
 GD = {"init": [-3.0, 4.0], "step_num": 100, "lrs": [10.0, 1e-10, 0.1]}  # the book's 4.4.1
 STOP_LOSS = 2 * math.log(10)
 
@@ -86,7 +82,7 @@ def rows_of(results):
 
 def plot_paths(rows, path):
     """The paths in the plane (left) and the distance to the minimum per step (right)."""
-    fig, (a, b) = ex.new_figure(2, panel_size=(5.0, 4.4))
+    fig, (a, b) = output.figure(2, panel_size=(5.0, 4.4))
     grid = np.linspace(-4.5, 4.5, 181)
     gx, gy = np.meshgrid(grid, grid)
     a.contour(gx, gy, gx**2 + gy**2, levels=[0.25, 1, 2, 4, 8, 12, 16, 20], colors="0.8")
@@ -109,29 +105,19 @@ def plot_paths(rows, path):
           title="Diverges, stalls, converges")
     b.legend(fontsize="small")
     fig.suptitle("Gradient descent on function_2 = x0² + x1² (the book's 4.4.1)")
-    return ex.save_png(fig, path)
-
-
-def _accuracy_curve(result):
-    # Evaluations run every epoch; the final parameters are evaluated after the loop too.
-    e = result["epochs"]
-    its, acc = list(e["iteration"]), list(e["test_acc"])
-    if result["status"] == "completed" and its[-1] != result["iterations"]:
-        its.append(result["iterations"])
-        acc.append(result["final_test_acc"])
-    return its, acc
+    return output.save_png(fig, path)
 
 
 def plot_mnist(results, settings, path):
     """Loss and test accuracy per evaluation for each learning rate, final accuracy vs lr."""
-    fig, (a, b, c) = ex.new_figure(3)
+    fig, (a, b, c) = output.figure(3)
     for i, r in enumerate(results):
         e, kw = r["epochs"], {"color": f"C{i}", "label": r["name"]}
         if r["status"] != "completed":
             kw["label"] += f" ({r['status']} at {r['stopped_at']})"
         style = "o-" if len(e["iteration"]) < 3 else "-"
         a.plot(e["iteration"], e["loss"], style, **kw)
-        b.plot(*_accuracy_curve(r), style, **kw)
+        b.plot(*grid.accuracy_curve(r), style, **kw)
         if r["status"] != "completed":
             a.plot(e["iteration"][-1:], e["loss"][-1:], "x", color="red", markersize=10,
                    markeredgewidth=2)
@@ -139,7 +125,7 @@ def plot_mnist(results, settings, path):
               label="stop_loss")
     a.set(xlabel="iteration", ylabel="batch loss (at each evaluation)", yscale="log",
           title="Loss (x: run stopped)")
-    ex.plain_ticks(a.yaxis)
+    plain_ticks(a.yaxis)
     a.legend(fontsize="x-small")
     b.set(xlabel="iteration", ylabel="test accuracy", ylim=(0, 1), title="Test accuracy")
     lrs = [r["config"]["lr"] for r in results]
@@ -150,10 +136,10 @@ def plot_mnist(results, settings, path):
                        markeredgewidth=2)
     c.set(xlabel="learning rate", ylabel="final test accuracy", ylim=(0, 1),
           title="Final test accuracy (x: stopped)")
-    ex.plain_ticks(c.xaxis, lrs)
+    plain_ticks(c.xaxis, lrs)
     fig.suptitle(f"MNIST 784-{settings['hidden_size']}-10, numerical gradients, batch "
                  f"{settings['batch_size']}, {settings['iters']} iterations")
-    return ex.save_png(fig, path)
+    return output.save_png(fig, path)
 
 
 def _table(runs):
@@ -193,13 +179,9 @@ def _mnist_findings(runs, settings):
     return "\n".join(lines)
 
 
-def write_summary(gd_rows, runs, settings, path, seconds, command):
-    """Write summary.md: settings, measured runtime, the table and what it shows."""
-    text = f"""# Learning rate
-
-Command: `{command}` — took {ex.format_duration(seconds)} on {ex.machine_info()}.
-
-Gradient descent: `{GD}`.  MNIST: `{settings}`; book's sigmoid network, numerical
+def summary(gd_rows, runs, settings):
+    """The body of summary.md: settings, the table and what it shows."""
+    return f"""Gradient descent: `{GD}`.  MNIST: `{settings}`; book's sigmoid network, numerical
 gradients, accuracies of the final parameters on the first {settings['train_size']}
 training and {settings['test_size']} test images (of the last evaluation for a
 stopped run).  A run stops at the first evaluation whose batch loss exceeds
@@ -216,33 +198,31 @@ stop_loss = 2 ln 10 = {STOP_LOSS:.2f}; the trainer's NaN/inf check would report
 Files: `gd_paths.csv`, `gd_paths.png`, `mnist_runs.csv`, `mnist_curves.csv`,
 `mnist_lr.png`.
 """
-    write_text(path, text)
+
+
+def run(settings, out, scheduler=None, data_dir=None):
+    """Run both parts; write their CSVs and figures; return (files, summary)."""
+    gd_rows = gradient_descent_paths()
+    output.write_csv(out / "gd_paths.csv", gd_rows, GD_COLUMNS)
+    plot_paths(gd_rows, out / "gd_paths.png")
+    results = grid.run_grid(specs(settings, data_dir), scheduler)
+    runs, curves = rows_of(results)
+    output.write_csv(out / "mnist_runs.csv", runs, RUN_COLUMNS)
+    output.write_csv(out / "mnist_curves.csv", curves, CURVE_COLUMNS)
+    plot_mnist(results, settings, out / "mnist_lr.png")
+    files = ["gd_paths.csv", "gd_paths.png", "mnist_runs.csv", "mnist_curves.csv", "mnist_lr.png"]
+    return files, summary(gd_rows, runs, settings)
+
+
+EXPERIMENT = command.Experiment(
+    name="learning_rate", title="Learning rate",
+    description="Learning rate: function_2 paths and MNIST runs.",
+    full=FULL, quick=QUICK, run=run)
 
 
 def main(argv=None):
     """Run the experiment from the command line; return the exit code (2: bad input)."""
-    parser = ex.experiment_parser("Learning rate: function_2 paths and MNIST runs.", NAME)
-    args = parser.parse_args(argv)
-    return ex.run_script(_run, args, Path(__file__).name)
-
-
-def _run(args):
-    settings, out = (QUICK if args.quick else FULL), ex.default_out(args, NAME, REPO)
-    start = time.perf_counter()
-    gd_rows = gradient_descent_paths()
-    ex.write_csv(out / "gd_paths.csv", gd_rows, GD_COLUMNS)
-    plot_paths(gd_rows, out / "gd_paths.png")
-    results = ex.run_grid(specs(settings, args.data_dir), args.scheduler)
-    runs, curves = rows_of(results)
-    ex.write_csv(out / "mnist_runs.csv", runs, RUN_COLUMNS)
-    ex.write_csv(out / "mnist_curves.csv", curves, CURVE_COLUMNS)
-    plot_mnist(results, settings, out / "mnist_lr.png")
-    command = "python scripts/exp_learning_rate.py" + (" --quick" if args.quick else "")
-    write_summary(gd_rows, runs, settings, out / "summary.md", time.perf_counter() - start,
-                  command)
-    print(f"wrote {out}/gd_paths.csv, gd_paths.png, mnist_runs.csv, mnist_curves.csv, "
-          "mnist_lr.png, summary.md")
-    return 0
+    return command.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

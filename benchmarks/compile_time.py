@@ -1,8 +1,8 @@
 """Measure the numba kernels' compile time: the first call in a fresh process.
 
-Usage::
+Usage (from the repository's root)::
 
-    python scripts/compile_time.py            # cold and warm cache, prints JSON
+    python -m benchmarks.compile_time         # cold and warm cache, prints JSON
 
 Two fresh Python processes share a new, empty ``NUMBA_CACHE_DIR``.  In the first
 (``cold``) every kernel is compiled and written to that cache; in the second
@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 WORKER_FLAG = "--worker"
 TIMEOUT_SECONDS = 900  # a cold compile on a loaded 2-core machine can take minutes
 
@@ -58,9 +59,10 @@ def _worker():
 
 def _run_worker(cache_dir):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "FASTNUM_JIT_CACHE": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), WORKER_FLAG],
-                          env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
-                          check=False)
+    # Run from the checkout's root, so that ``-m benchmarks.compile_time`` imports this file.
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_time", WORKER_FLAG],
+                          cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_SECONDS, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"compile-time worker failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,26 +6,20 @@ one-hidden-layer network of ``base_width``.  Each is trained with numerical
 gradients (numba, one thread) twice: with the book's sigmoid and
 ``weight_init_std=0.01``, and with relu and ``weight_init_std=0.1``.  The
 outputs are accuracy curves (per epoch of ``train_size`` images) and the time
-per iteration (median of timed SGD iterations, as in ``exp_batch_size.py``).
+per iteration (median of timed SGD iterations, as in :mod:`~fastnum.experiments.batch_size`).
 
 Usage::
 
-    python scripts/exp_depth_width.py            # full mode -> docs/experiments/depth_width/
-    python scripts/exp_depth_width.py --quick    # seconds   -> runs/experiments/depth_width-quick/
-    python scripts/exp_depth_width.py --scheduler tcp://host:8786
+    python -m fastnum.experiments.depth_width          # full -> docs/experiments/depth_width/
+    python -m fastnum.experiments.depth_width --quick  # seconds -> runs/experiments/...-quick/
+    python -m fastnum.experiments.depth_width --scheduler tcp://host:8786
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
-from fastnum import experiments as ex
-from fastnum._io import write_text
-
-NAME = "depth_width"
-REPO = Path(__file__).resolve().parents[1]
+from fastnum.experiments import command, grid, output
 
 FULL = {"depths": [1, 2, 3, 4, 5], "base_width": 20,
         "activations": [["sigmoid", 0.01], ["relu", 0.1]], "iters": 2000, "batch_size": 20,
@@ -41,6 +35,24 @@ RUN_COLUMNS = ["network", "activation", "weight_init_std", "depth", "hidden_size
                "train_seconds", "backend", "host"]
 CURVE_COLUMNS = ["network", "activation", "depth", "iteration", "est_train_seconds", "loss",
                  "train_acc", "test_acc"]
+
+
+def count_params(hidden_sizes, input_size=784, output_size=10):
+    """Number of weights and biases of a fully connected network.
+
+    Parameters
+    ----------
+    hidden_sizes : sequence of int
+        Widths of the hidden layers.
+    input_size, output_size : int
+        Widths of the input and the output layer.
+
+    Returns
+    -------
+    int
+    """
+    sizes = [input_size, *hidden_sizes, output_size]
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
 def equal_param_widths(depths, base_width, input_size=784, output_size=10):
@@ -59,10 +71,10 @@ def equal_param_widths(depths, base_width, input_size=784, output_size=10):
     list of tuple of int
         Hidden sizes, one tuple per depth.
     """
-    target = ex.count_params([base_width], input_size, output_size)
+    target = count_params([base_width], input_size, output_size)
 
     def miss(depth, width):
-        return abs(ex.count_params([width] * depth, input_size, output_size) - target)
+        return abs(count_params([width] * depth, input_size, output_size) - target)
 
     return [(min(range(1, 2 * base_width + 1), key=lambda w: miss(d, w)),) * d for d in depths]
 
@@ -92,7 +104,7 @@ def rows_of(results):
                 "depth": len(c["hidden_sizes"])}
         runs.append({**base, **r, "weight_init_std": c["weight_init_std"],
                      "hidden_sizes": c["hidden_sizes"],
-                     "n_params": ex.count_params(c["hidden_sizes"])})
+                     "n_params": count_params(c["hidden_sizes"])})
         e = r["epochs"]
         for i, it in enumerate(e["iteration"]):
             curves.append({**base, "iteration": it, "est_train_seconds": it * r["sec_per_iter"],
@@ -101,22 +113,13 @@ def rows_of(results):
     return runs, curves
 
 
-def _curve(result):
-    e = result["epochs"]
-    its, acc = list(e["iteration"]), list(e["test_acc"])
-    if its[-1] != result["iterations"]:  # the final parameters, evaluated after the loop
-        its.append(result["iterations"])
-        acc.append(result["final_test_acc"])
-    return its, acc
-
-
 def plot(results, settings, path):
     """Test accuracy per iteration and per (estimated) second, and time per iteration."""
-    fig, (a, b, c) = ex.new_figure(3)
+    fig, (a, b, c) = output.figure(3)
     styles = {"sigmoid": "-", "relu": "--"}
     for r in results:
         depth, act = r["tags"]["depth"], r["tags"]["activation"]
-        its, acc = _curve(r)
+        its, acc = grid.accuracy_curve(r)
         kw = {"color": f"C{depth - 1}", "linestyle": styles.get(act, ":"), "label": r["name"]}
         a.plot(its, acc, **kw)
         b.plot([i * r["sec_per_iter"] for i in its], acc, **kw)
@@ -132,10 +135,10 @@ def plot(results, settings, path):
           title=f"Time per iteration (batch {settings['batch_size']})")
     c.xaxis.get_major_locator().set_params(integer=True)
     c.legend()
-    n = ex.count_params([settings["base_width"]])
+    n = count_params([settings["base_width"]])
     fig.suptitle(f"Depth vs width at about {n} parameters, numerical gradients "
                  f"(lr {settings['lr']:g}, 1 numba thread)")
-    return ex.save_png(fig, path)
+    return output.save_png(fig, path)
 
 
 def _table(runs):
@@ -181,13 +184,9 @@ def _findings(runs, settings):
     return "\n".join(lines)
 
 
-def write_summary(runs, settings, path, seconds, command):
-    """Write summary.md: settings, measured runtime, the table and what it shows."""
-    text = f"""# Depth versus width with numerical gradients
-
-Command: `{command}` — took {ex.format_duration(seconds)} on {ex.machine_info()}.
-
-Settings: `{settings}`.  Widths are chosen per depth so that the parameter count
+def summary(runs, settings):
+    """The body of summary.md: settings, the table and what it shows."""
+    return f"""Settings: `{settings}`.  Widths are chosen per depth so that the parameter count
 is nearest to that of 784-{settings['base_width']}-10.  Time per iteration is the
 median of timed SGD iterations (numerical gradient, update, batch loss).
 Accuracies are of the final parameters, on the first {settings['train_size']}
@@ -203,28 +202,27 @@ of the last tenth of the iterations.
 Files: `runs.csv` (one row per network), `curves.csv` (one row per evaluation),
 `depth_width.png`.
 """
-    write_text(path, text)
+
+
+def run(settings, out, scheduler=None, data_dir=None):
+    """Run the experiment; write its CSVs and figure; return (files, summary)."""
+    results = grid.run_grid(specs(settings, data_dir), scheduler)
+    runs, curves = rows_of(results)
+    output.write_csv(out / "runs.csv", runs, RUN_COLUMNS)
+    output.write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
+    plot(results, settings, out / "depth_width.png")
+    return ["runs.csv", "curves.csv", "depth_width.png"], summary(runs, settings)
+
+
+EXPERIMENT = command.Experiment(
+    name="depth_width", title="Depth versus width with numerical gradients",
+    description="Depth versus width at equal parameter count.",
+    full=FULL, quick=QUICK, run=run)
 
 
 def main(argv=None):
     """Run the experiment from the command line; return the exit code (2: bad input)."""
-    parser = ex.experiment_parser("Depth versus width at equal parameter count.", NAME)
-    args = parser.parse_args(argv)
-    return ex.run_script(_run, args, Path(__file__).name)
-
-
-def _run(args):
-    settings, out = (QUICK if args.quick else FULL), ex.default_out(args, NAME, REPO)
-    start = time.perf_counter()
-    results = ex.run_grid(specs(settings, args.data_dir), args.scheduler)
-    runs, curves = rows_of(results)
-    ex.write_csv(out / "runs.csv", runs, RUN_COLUMNS)
-    ex.write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
-    plot(results, settings, out / "depth_width.png")
-    command = "python scripts/exp_depth_width.py" + (" --quick" if args.quick else "")
-    write_summary(runs, settings, out / "summary.md", time.perf_counter() - start, command)
-    print(f"wrote {out}/runs.csv, curves.csv, depth_width.png, summary.md")
-    return 0
+    return command.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

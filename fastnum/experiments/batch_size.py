@@ -18,22 +18,17 @@ workers on one machine) do not fight over cores.
 
 Usage::
 
-    python scripts/exp_batch_size.py             # full mode -> docs/experiments/batch_size/
-    python scripts/exp_batch_size.py --quick     # seconds   -> runs/experiments/batch_size-quick/
-    python scripts/exp_batch_size.py --scheduler tcp://host:8786   # grid on a Dask cluster
+    python -m fastnum.experiments.batch_size           # full -> docs/experiments/batch_size/
+    python -m fastnum.experiments.batch_size --quick   # seconds -> runs/experiments/...-quick/
+    python -m fastnum.experiments.batch_size --scheduler tcp://host:8786   # on a Dask cluster
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
-from fastnum import experiments as ex
-from fastnum._io import write_text
-
-NAME = "batch_size"
-REPO = Path(__file__).resolve().parents[1]
+from fastnum.experiments import command, grid, output
+from fastnum.plots import plain_ticks
 
 FULL = {"batch_sizes": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], "train_size": 60000,
         "test_size": 10000, "hidden_size": 50, "lr": 0.1, "epochs": 1, "budget_seconds": 20.0,
@@ -74,11 +69,11 @@ def budget_specs(settings, sec_per_iter, data_dir=None):
                   "budget", data_dir, timing=False) for b in settings["batch_sizes"]]
 
 
-def run(settings, scheduler=None, data_dir=None, log=print):
+def measure(settings, scheduler=None, data_dir=None, log=print):
     """Run both grids; return one row (dict of COLUMNS) per batch size."""
-    epoch_runs = ex.run_grid(epoch_specs(settings, data_dir), scheduler, log=log)
+    epoch_runs = grid.run_grid(epoch_specs(settings, data_dir), scheduler, log=log)
     sec = {r["tags"]["batch_size"]: r["sec_per_iter"] for r in epoch_runs}
-    budget_runs = ex.run_grid(budget_specs(settings, sec, data_dir), scheduler, log=log)
+    budget_runs = grid.run_grid(budget_specs(settings, sec, data_dir), scheduler, log=log)
     rows = []
     for e, b in zip(epoch_runs, budget_runs, strict=True):
         size = e["tags"]["batch_size"]
@@ -101,7 +96,7 @@ def _prefixed(prefix, result):
 def plot(rows, settings, path):
     """Three panels: time per iteration, time per epoch, accuracy for both budgets."""
     sizes = [r["batch_size"] for r in rows]
-    fig, (a, b, c) = ex.new_figure(3)
+    fig, (a, b, c) = output.figure(3)
     a.loglog(sizes, [1000 * r["sec_per_iter"] for r in rows], "o-")
     a.set(xlabel="batch size", ylabel="ms per iteration", title="Time per iteration")
     b.semilogx(sizes, [r["sec_per_epoch"] for r in rows], "o-")
@@ -116,11 +111,11 @@ def plot(rows, settings, path):
     c.set(xlabel="batch size", ylabel="accuracy", ylim=(0, 1), title="Accuracy after the budget")
     c.legend(fontsize="small")
     for ax in (a, b, c):
-        ex.plain_ticks(ax.xaxis, sizes)
-    ex.plain_ticks(a.yaxis)
+        plain_ticks(ax.xaxis, sizes)
+    plain_ticks(a.yaxis)
     fig.suptitle("Batch size, numerical gradients (784-"
                  f"{settings['hidden_size']}-10, lr {settings['lr']:g}, 1 numba thread)")
-    return ex.save_png(fig, path)
+    return output.save_png(fig, path)
 
 
 def _epochs(n):
@@ -167,13 +162,9 @@ def _findings(rows, settings):
     )
 
 
-def write_summary(rows, settings, path, seconds, command):
-    """Write summary.md: settings, measured runtime, the table and what it shows."""
-    text = f"""# Batch size with numerical gradients
-
-Command: `{command}` — took {ex.format_duration(seconds)} on {ex.machine_info()}.
-
-Settings: `{settings}`.  Time per iteration is the median of timed SGD iterations
+def summary(rows, settings):
+    """The body of summary.md: settings, the table and what it shows."""
+    return f"""Settings: `{settings}`.  Time per iteration is the median of timed SGD iterations
 (numerical gradient, update, batch loss; no accuracy evaluation); time per epoch
 is that times the iterations per epoch.  The wall-time budget is run as
 `budget / (time per iteration)` iterations, so it is reproducible given the
@@ -188,27 +179,25 @@ measured times in `results.csv`.  Accuracies are on the first
 
 Files: `results.csv` (one row per batch size), `batch_size.png`.
 """
-    write_text(path, text)
+
+
+def run(settings, out, scheduler=None, data_dir=None):
+    """Run the experiment; write results.csv and batch_size.png; return (files, summary)."""
+    rows = measure(settings, scheduler, data_dir)
+    output.write_csv(out / "results.csv", rows, COLUMNS)
+    plot(rows, settings, out / "batch_size.png")
+    return ["results.csv", "batch_size.png"], summary(rows, settings)
+
+
+EXPERIMENT = command.Experiment(
+    name="batch_size", title="Batch size with numerical gradients",
+    description="Batch size vs time and accuracy with numerical gradients.",
+    full=FULL, quick=QUICK, run=run)
 
 
 def main(argv=None):
     """Run the experiment from the command line; return the exit code (2: bad input)."""
-    parser = ex.experiment_parser("Batch size vs time and accuracy with numerical gradients.",
-                                  NAME)
-    args = parser.parse_args(argv)
-    return ex.run_script(_run, args, Path(__file__).name)
-
-
-def _run(args):
-    settings, out = (QUICK if args.quick else FULL), ex.default_out(args, NAME, REPO)
-    start = time.perf_counter()
-    rows = run(settings, args.scheduler, args.data_dir)
-    ex.write_csv(out / "results.csv", rows, COLUMNS)
-    plot(rows, settings, out / "batch_size.png")
-    command = "python scripts/exp_batch_size.py" + (" --quick" if args.quick else "")
-    write_summary(rows, settings, out / "summary.md", time.perf_counter() - start, command)
-    print(f"wrote {out}/results.csv, batch_size.png, summary.md")
-    return 0
+    return command.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

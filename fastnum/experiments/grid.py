@@ -1,4 +1,4 @@
-"""Shared machinery of the experiments in ``scripts/``: seeded runs, grids, CSV, PNG, CLI.
+"""The grid runner of the experiments: seeded training runs, here or on a Dask cluster.
 
 An experiment is a grid of independent training runs.  Each run is a plain
 dict (a *spec*) handed to :func:`run_one`, which trains with
@@ -29,33 +29,28 @@ A spec has the keys:
 
 from __future__ import annotations
 
-import argparse
-import csv
 import functools
 import math
-import os
 import platform
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-from fastnum._io import atomic_open, save_png  # save_png: for the experiment scripts
 from fastnum._validate import as_float_batch, as_labels
 
-__all__ = ["DETERMINISTIC_KEYS", "count_params", "default_out", "deterministic",
-           "experiment_parser", "format_duration", "machine_info", "new_figure", "plain_ticks",
-           "run_grid", "run_one", "run_script", "save_png", "time_per_iteration", "write_csv"]
+__all__ = ["DETERMINISTIC_KEYS", "accuracy_curve", "deterministic", "run_grid", "run_one",
+           "time_per_iteration"]
 
 #: Result keys that are equal for equal specs, wherever and whenever they run.
 DETERMINISTIC_KEYS = ("name", "tags", "config", "status", "stopped_at", "iterations",
                       "final_loss", "final_train_acc", "final_test_acc", "epochs")
 
-# Runs in one process take turns: each uses every core numba gives it, and numba's
+# The one special case of the grid: runs in one process take turns, because numba's
 # fallback "workqueue" threading layer aborts when two threads launch kernels at once
-# (a Dask worker with several threads would do that).
+# (a Dask worker with several threads would do that).  Another branch makes the
+# kernels safe to launch from several threads; drop this lock (and its one use in
+# run_one) when that is merged.
 _RUN_LOCK = threading.Lock()
 
 
@@ -69,24 +64,6 @@ def _mnist(data_dir):
     from fastnum.data import load_mnist
 
     return load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=data_dir)
-
-
-def count_params(hidden_sizes, input_size=784, output_size=10):
-    """Number of weights and biases of a fully connected network.
-
-    Parameters
-    ----------
-    hidden_sizes : sequence of int
-        Widths of the hidden layers.
-    input_size, output_size : int
-        Widths of the input and the output layer.
-
-    Returns
-    -------
-    int
-    """
-    sizes = [input_size, *hidden_sizes, output_size]
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
 def time_per_iteration(config, x, t, min_seconds=0.5, min_iters=3):
@@ -232,6 +209,21 @@ def deterministic(result):
     return {key: result[key] for key in DETERMINISTIC_KEYS}
 
 
+def accuracy_curve(result):
+    """(iterations, test accuracies) of a :func:`run_one` result, final parameters included.
+
+    The trainer evaluates at the first iteration of every epoch; a completed run
+    also evaluates its final parameters after the loop, which is added as the
+    last point when it falls after the last epoch's evaluation.
+    """
+    e = result["epochs"]
+    its, acc = list(e["iteration"]), list(e["test_acc"])
+    if result["status"] == "completed" and (not its or its[-1] != result["iterations"]):
+        its.append(result["iterations"])
+        acc.append(result["final_test_acc"])
+    return its, acc
+
+
 def _dask_client(scheduler):
     """Return (client, owned): a Client for ``scheduler`` and whether we must close it."""
     try:
@@ -299,181 +291,3 @@ def run_grid(specs, scheduler=None, func=run_one, log=print):
 def _log_done(log, i, n, spec):
     if log is not None:
         log(f"  run {i}/{n} done: {spec.get('name') or spec.get('tags') or ''}")
-
-
-def _cell(value):
-    if isinstance(value, float):
-        return "" if math.isnan(value) else format(value, ".6g")
-    if isinstance(value, list | tuple):
-        return "-".join(str(v) for v in value)
-    return "" if value is None else value
-
-
-def write_csv(path, rows, columns):
-    """Write ``rows`` (dicts) to ``path`` as CSV, atomically.
-
-    Parameters
-    ----------
-    path : str or Path
-    rows : iterable of dict
-        Keys not in ``columns`` are ignored; missing ones are left empty.
-    columns : sequence of str
-        Header, in order.
-
-    Returns
-    -------
-    Path
-        ``path``.  Floats are written with 6 significant digits, NaN and None
-        as empty cells, sequences joined with ``-`` (hidden sizes ``100-50``).
-    """
-    path = Path(path)
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
-    return path
-
-
-def new_figure(ncols=1, nrows=1, panel_size=(5.0, 3.8)):
-    """A matplotlib figure on an Agg canvas (no pyplot, no window) and its axes.
-
-    Parameters
-    ----------
-    ncols, nrows : int
-        Grid of panels.
-    panel_size : (float, float)
-        Width and height of one panel in inches.
-
-    Returns
-    -------
-    (Figure, list of Axes)
-        Axes in row-major order.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, [ax for row in axes for ax in row]
-
-
-def plain_ticks(axis, ticks=None):
-    """Label a log axis 0.1, 1, 10 instead of 10^-1, 10^0, 10^1.
-
-    Parameters
-    ----------
-    axis : matplotlib.axis.Axis
-        ``ax.xaxis`` or ``ax.yaxis``.
-    ticks : sequence of float, optional
-        Put the major ticks exactly here (e.g. the batch sizes of a sweep).
-    """
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
-    if ticks is not None:
-        axis.set_major_locator(FixedLocator(list(ticks)))
-
-
-def format_duration(seconds):
-    """``"42 s"`` below two minutes, else ``"3.5 min"``.
-
-    Parameters
-    ----------
-    seconds : float
-
-    Returns
-    -------
-    str
-    """
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def machine_info():
-    """One line describing where the experiment ran: CPUs, backend, numba threads.
-
-    Returns
-    -------
-    str
-    """
-    from fastnum.backend import describe_backend, resolve_backend
-
-    return (f"{platform.machine()} with {os.cpu_count()} logical CPUs, "
-            f"Python {platform.python_version()}, {describe_backend(resolve_backend(None))}")
-
-
-def experiment_parser(description, name):
-    """The command-line options every experiment script shares.
-
-    Parameters
-    ----------
-    description : str
-        First line of ``--help``.
-    name : str
-        The experiment's name, used in the default output folders.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        With ``--quick``, ``--out``, ``--scheduler``, ``--data-dir``.
-    """
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true",
-                   help="small settings that finish in seconds (what CI runs)")
-    p.add_argument("--out", metavar="DIR", type=Path,
-                   help=f"output folder (default: docs/experiments/{name} of the repository, "
-                        f"or runs/experiments/{name}-quick with --quick)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run the grid on this Dask scheduler (tcp://host:8786), or 'local' for "
-                        "an in-process one; needs pip install 'fastnum[distributed]' "
-                        "(default: run here, one run after the other)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder with the four MNIST .gz files on every machine that runs "
-                        "(default: $FASTNUM_MNIST_DIR, else fastnum's cache)")
-    return p
-
-
-def run_script(body, args, prog):
-    """Call ``body(args)``; report a user's error as one line on stderr instead of a traceback.
-
-    Parameters
-    ----------
-    body : callable
-        Runs the experiment for the parsed ``args`` and returns an exit code.
-    args : argparse.Namespace
-    prog : str
-        Prefix of the error line.
-
-    Returns
-    -------
-    int
-        ``body``'s exit code, or 2 after a ValueError (bad settings, missing
-        MNIST), ImportError (no Dask) or OSError (files, the Dask connection).
-    """
-    try:
-        return body(args)
-    except (ValueError, ImportError, OSError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-
-
-def default_out(args, name, repo):
-    """The output folder for ``args`` of :func:`experiment_parser`.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-    name : str
-    repo : Path
-        Repository root: full runs go to ``repo/docs/experiments/name``.
-
-    Returns
-    -------
-    Path
-    """
-    if args.out is not None:
-        return args.out
-    return Path("runs/experiments") / f"{name}-quick" if args.quick else \
-        Path(repo) / "docs" / "experiments" / name
