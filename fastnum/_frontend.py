@@ -1,22 +1,32 @@
-"""What the public networks share: input validation, then NumPy or numba per call.
+"""What the public networks share: validation, then NumPy or numba per call.
 
 :class:`NetworkFrontend` goes first in a public network's bases, before its
-reference class, so ``super().predict`` and friends reach the NumPy oracle.  A
-subclass supplies ``sizes`` and the three ``_numba_*`` hooks that call its
-trusted kernels.
+reference class, so that ``super()`` reaches the NumPy oracle.  A subclass
+supplies ``param_names`` and the three ``_numba_*`` hooks that call its trusted
+kernels.
 
-Each public method validates and then calls its ``_``-prefixed twin, which
-trusts its inputs (float64 C-contiguous ``x``, int64 labels ``t`` in range).
-The trainer validates its data once and calls the twins, so a step does not
-re-check the same batch for every call.
+Each public method validates, then calls its ``_``-prefixed twin, which trusts
+its inputs (float64 C-contiguous ``x``, int64 labels ``t`` in range, and
+parameters as :func:`~fastnum._validate.as_network_params` returns them).  The
+public methods check the parameters on every call (shapes chain, float dtype,
+finite): they may have been replaced or edited since the last call, and a
+wrong shape must never reach a kernel that indexes with the sizes it is given.
+The check is one pass over the parameters, negligible next to a gradient.
+float16 and float32 parameters are computed in float64 on every backend and
+the results are float64; the network's own arrays are left as they are.
+
+The trainer validates its data once and calls the twins without ``params``,
+which then use ``self.params`` as they are (float64, built by the network).
 """
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from fastnum import reference
-from fastnum._validate import as_float_batch, as_labels, check_step
+from fastnum._validate import as_float_batch, as_labels, as_network_params, check_step
 from fastnum.backend import check_strategy, resolve_backend
 
 
@@ -27,11 +37,27 @@ class NetworkFrontend:
         self.backend = resolve_backend(backend)
         self.strategy = check_strategy(strategy)
 
-    def _inputs(self, x, t=None):
-        x = as_float_batch(x, self.sizes[0])
+    def _checked(self, x, t=None):
+        """(params, x) or (params, x, t), all validated; the parameters first, since
+        the expected input and output widths come from them."""
+        names = self.param_names
+        params = as_network_params(self.params, names)
+        x = as_float_batch(x, params[names[0]].shape[0])
         if t is None:
-            return x
-        return x, as_labels(t, x.shape[0], self.sizes[-1])
+            return params, x
+        return params, x, as_labels(t, x.shape[0], params[names[-1]].shape[0])
+
+    def _oracle(self, params):
+        """``super()`` of this network (the NumPy reference) seeing ``params``.
+
+        A shallow copy carries converted parameters, so the reference never
+        writes into the caller's dict and concurrent calls do not interfere.
+        """
+        if params is None or params is self.params:
+            return super()
+        shadow = copy.copy(self)
+        shadow.params = params
+        return super(NetworkFrontend, shadow)
 
     def predict(self, x):
         """Class probabilities for a batch.
@@ -44,12 +70,13 @@ class NetworkFrontend:
         -------
         ndarray (batch, output_size)
         """
-        return self._predict(self._inputs(x))
+        params, x = self._checked(x)
+        return self._predict(x, params)
 
-    def _predict(self, x):
+    def _predict(self, x, params=None):
         if self.backend == "numba":
-            return self._numba_predict(x)
-        return super().predict(x)
+            return self._numba_predict(x, self.params if params is None else params)
+        return self._oracle(params).predict(x)
 
     def loss(self, x, t):
         """Batch-mean cross-entropy with the book's 1e-7 guard.
@@ -63,12 +90,13 @@ class NetworkFrontend:
         -------
         float
         """
-        return self._loss(*self._inputs(x, t))
+        params, x, t = self._checked(x, t)
+        return self._loss(x, t, params)
 
-    def _loss(self, x, t):
+    def _loss(self, x, t, params=None):
         if self.backend == "numba":
-            return self._numba_loss(x, t)
-        return super().loss(x, t)
+            return self._numba_loss(x, t, self.params if params is None else params)
+        return self._oracle(params).loss(x, t)
 
     def accuracy(self, x, t):
         """Fraction of samples classified correctly.
@@ -82,10 +110,11 @@ class NetworkFrontend:
         -------
         float
         """
-        return self._accuracy(*self._inputs(x, t))
+        params, x, t = self._checked(x, t)
+        return self._accuracy(x, t, params)
 
-    def _accuracy(self, x, t):
-        return float(np.mean(self._predict(x).argmax(axis=1) == t))
+    def _accuracy(self, x, t, params=None):
+        return float(np.mean(self._predict(x, params).argmax(axis=1) == t))
 
     def numerical_gradient(self, x, t, h=reference.H, strategy=None):
         """Central-difference gradient of the loss for every parameter.
@@ -95,22 +124,26 @@ class NetworkFrontend:
         x : array (batch, input_size)
         t : array (batch,) of int labels, or (batch, output_size) one-hot
         h : float, default 1e-4
+            At least :data:`fastnum._validate.MIN_STEP` (1e-12): below that the
+            float64 rounding of the loss swamps the difference.
         strategy : {"delta", "full"} or None
             Overrides the network's strategy for the numba backend.
 
         Returns
         -------
         dict of str to ndarray
-            Gradients keyed and shaped like ``params``.
+            float64 gradients keyed and shaped like ``params`` (float16/float32
+            parameters are perturbed and evaluated in float64).
         """
-        x, t = self._inputs(x, t)
+        params, x, t = self._checked(x, t)
         return self._numerical_gradient(x, t, check_step(h),
-                                        check_strategy(strategy or self.strategy))
+                                        check_strategy(strategy or self.strategy), params)
 
-    def _numerical_gradient(self, x, t, h, strategy):
+    def _numerical_gradient(self, x, t, h, strategy, params=None):
         if self.backend == "numba":
-            return self._numba_numerical_gradient(x, t, h, strategy)
-        return super().numerical_gradient(x, t, h)
+            params = self.params if params is None else params
+            return self._numba_numerical_gradient(x, t, h, strategy, params)
+        return self._oracle(params).numerical_gradient(x, t, h)
 
     def gradient(self, x, t):
         """Analytic backprop gradient (ignores the log guard), the oracle for gradient checks.
@@ -125,7 +158,8 @@ class NetworkFrontend:
         dict of str to ndarray
             Gradients keyed and shaped like ``params``.
         """
-        return self._gradient(*self._inputs(x, t))
+        params, x, t = self._checked(x, t)
+        return self._gradient(x, t, params)
 
-    def _gradient(self, x, t):
-        return super().gradient(x, t)
+    def _gradient(self, x, t, params=None):
+        return self._oracle(params).gradient(x, t)
