@@ -73,8 +73,8 @@ def _act(v, kind):
     if kind == RELU:
         return v if v > 0.0 else 0.0
     # The reference's 1 / (1 + exp(-v)), branch-free so loops over it vectorize
-    # (fexp caps its argument, so no overflow, and a sign branch would cost 2x
-    # in mispredictions on mixed-sign pre-activations).
+    # (fexp(-v) overflows to inf for v < -709.8, giving 0 as the reference does,
+    # and a sign branch would cost 2x in mispredictions on mixed-sign inputs).
     return 1.0 / (1.0 + fexp(-v))
 
 
