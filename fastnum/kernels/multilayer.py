@@ -591,6 +591,12 @@ def numerical_gradient_trusted(packed, x, t, h, activation, strategy):
     A = np.empty_like(Z)
     loss_n = np.empty(n)
     _forward_cache(w, b, w_off, b_off, sizes, x, t, act, z_off, Z, A, loss_n)
+    if np.isnan(loss_n).any():
+        # A NaN loss (a NaN parameter) makes every perturbed batch loss of the reference
+        # NaN; delta would leave exact zeros where a sample's input is 0.
+        gw.fill(np.nan)
+        gb.fill(np.nan)
+        return _unpack(packed, gw, gb)
     for layer in range(n_layers):
         _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, float(h), act, z_off, Z, A, loss_n,
                      width, _n_tasks(sizes[layer] + 1), gw, gb)

@@ -358,6 +358,12 @@ def _numerical_gradient_delta(x, t, W1, b1, W2, b2, h):
     # (L(+) - L(-)) / 2h with L the batch mean, as a sum of per-sample differences.
     scale = 1.0 / (2.0 * h * n_batch)
     _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, *grads.values())
+    if np.isnan(d_out).all(axis=(1, 2)).any():
+        # A sample's loss is NaN (a NaN parameter): so is every perturbed batch loss of
+        # the reference, where delta would leave exact zeros for parameters that do not
+        # reach that sample.  Never a finite number where the reference has NaN.
+        for g in grads.values():
+            g.fill(np.nan)
     return grads
 
 
