@@ -143,6 +143,9 @@ class NetworkFrontend:
         if self.backend == "numba":
             params = self.params if params is None else params
             return self._numba_numerical_gradient(x, t, h, strategy, params)
+        # The reference perturbs the arrays it is given in place: give it copies, so
+        # that another thread using this network never sees a perturbed parameter.
+        params = {k: np.array(v) for k, v in (self.params if params is None else params).items()}
         return self._oracle(params).numerical_gradient(x, t, h)
 
     def gradient(self, x, t):

@@ -40,21 +40,21 @@ def check_int(name, value, minimum=1, hint="", optional=False):
     """
     if optional and value is None:
         return None
-    hint = f" {hint}" if hint else ""
+    hint = f"; {hint}" if hint else "."
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an integer.{hint}")
+        raise TypeError(f"{name}={value!r} must be an integer{hint}")
     if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}.{hint}")
+        raise ValueError(f"{name}={value} must be at least {minimum}{hint}")
     return int(value)
 
 
 def check_positive(name, value, hint=""):
     """Return ``value`` as a float, or raise unless it is a finite real number > 0."""
-    hint = f" {hint}" if hint else ""
+    hint = f"; {hint}" if hint else "."
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}={value!r} must be a number.{hint}")
+        raise TypeError(f"{name}={value!r} must be a number{hint}")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0.{hint}")
+        raise ValueError(f"{name}={value!r} must be a finite number > 0{hint}")
     return float(value)
 
 
@@ -71,6 +71,8 @@ def check_step(h, name="h"):
     ``h`` must be a real number (not a string) from :data:`MIN_STEP` up, and finite.
     """
     hint = "the book uses 1e-4."
+    if isinstance(h, np.ndarray) and h.ndim == 0 and h.dtype.kind in "iuf":
+        h = h.item()  # a 0-d array, e.g. from np.float64 arithmetic on arrays
     if isinstance(h, bool) or not isinstance(h, numbers.Real):
         raise TypeError(f"{name}={h!r} must be a number (a {type(h).__name__} was given); {hint}")
     if not (math.isfinite(h) and h > 0):

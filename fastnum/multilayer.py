@@ -140,20 +140,20 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
 
     def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
                  weight_init_std=0.01, seed=None, backend=None, strategy="delta"):
-        input_size = check_int("input_size", input_size, 1, "MNIST images flattened have 784.")
+        input_size = check_int("input_size", input_size, 1, "flattened MNIST images have 784.")
         output_size = check_int("output_size", output_size, 2,
-                                "A softmax needs at least 2 classes; MNIST has 10.")
+                                "a softmax needs at least 2 classes; MNIST has 10.")
         if isinstance(hidden_sizes, numbers.Integral) and not isinstance(hidden_sizes, bool):
             hidden_sizes = (hidden_sizes,)
         if isinstance(hidden_sizes, str) or not hasattr(hidden_sizes, "__iter__"):
             raise TypeError(
                 f"hidden_sizes={hidden_sizes!r} must be a sequence of layer widths, e.g. [50, 50]."
             )
-        hidden_sizes = tuple(check_int(f"hidden_sizes[{i}]", s, 1, "Layer widths are positive.")
+        hidden_sizes = tuple(check_int(f"hidden_sizes[{i}]", s, 1, "layer widths are positive.")
                              for i, s in enumerate(hidden_sizes))
         check_choice("activation", activation, tuple(ACTIVATIONS))
         weight_init_std = check_positive("weight_init_std", weight_init_std,
-                                         "The book uses 0.01.")
+                                         "the book uses 0.01.")
         super().__init__(input_size, hidden_sizes, output_size, activation, weight_init_std, seed)
         self._init_backend(backend, strategy)
 

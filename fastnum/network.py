@@ -44,12 +44,12 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
         backend=None,
         strategy="delta",
     ):
-        input_size = check_int("input_size", input_size, 1, "The book uses 784.")
-        hidden_size = check_int("hidden_size", hidden_size, 1, "The book uses 50.")
+        input_size = check_int("input_size", input_size, 1, "the book uses 784.")
+        hidden_size = check_int("hidden_size", hidden_size, 1, "the book uses 50.")
         output_size = check_int("output_size", output_size, 2,
-                                "A softmax needs at least 2 classes; the book uses 10.")
+                                "a softmax needs at least 2 classes; the book uses 10.")
         weight_init_std = check_positive("weight_init_std", weight_init_std,
-                                         "The book uses 0.01.")
+                                         "the book uses 0.01.")
         super().__init__(input_size, hidden_size, output_size, weight_init_std, seed)
         self._init_backend(backend, strategy)
 

@@ -37,7 +37,8 @@ THREADS_CHILD = textwrap.dedent("""
     t = rng.integers(0, 10, 20)
     nets = [TwoLayerNet(30, 8, 10, seed=1, backend="numba", strategy="delta"),
             TwoLayerNet(30, 8, 10, seed=2, backend="numba", strategy="full"),
-            MultiLayerNet(30, (6, 5), 10, seed=3, backend="numba")]
+            MultiLayerNet(30, (6, 5), 10, seed=3, backend="numba"),
+            TwoLayerNet(30, 4, 10, seed=4, backend="numpy")]  # perturbs params in place
     calls = [lambda net=net: (net.numerical_gradient(x, t), net.loss(x, t), net.predict(x))
              for net in nets]
     expected = [call() for call in calls]
