@@ -265,8 +265,23 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
                 for v in range(width):
                     change[v] = 1.0 / (1.0 + fexp(-(a1[j] + step[v]))) - z1[j]
                     biggest = max(biggest, abs(change[v]))
-            total[:] = 0.0
+            w_max = 0.0
             for k in range(n_out):
+                w_max = max(w_max, abs(W2[j, k]))
+            if biggest * w_max > _PRODUCT_SAFE:
+                # Huge weights: exp(a2[k] - m) * exp(d * W2[j, k]) could overflow where the
+                # reference, shifting by the perturbed row's own max, does not; do as it does.
+                for v in range(width):
+                    top = -np.inf
+                    for k in range(n_out):
+                        top = max(top, shifted[k] + change[v] * W2[j, k])
+                    total[v] = 0.0
+                    for k in range(n_out):
+                        total[v] += fexp(shifted[k] + change[v] * W2[j, k] - top)
+                    y_label[v] = fexp(shifted[label] + change[v] * W2[j, label] - top)
+            else:
+                total[:] = 0.0
+            for k in range(n_out if biggest * w_max <= _PRODUCT_SAFE else 0):
                 # exp(a2'[k] - m) = exp(a2[k] - m) * exp(d * W2[j, k]), d = z1'[j] - z1[j]
                 w = W2[j, k]
                 ek = e_row[k]
