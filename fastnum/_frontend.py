@@ -31,7 +31,7 @@ from fastnum.backend import check_strategy, resolve_backend
 
 
 class NetworkFrontend:
-    """Validates inputs once, then runs the NumPy reference or the numba kernels."""
+    """Validates parameters and inputs on each public call, then runs NumPy or numba."""
 
     def _init_backend(self, backend, strategy):
         self.backend = resolve_backend(backend)
