@@ -1,38 +1,64 @@
-"""What the public networks share: input validation, then NumPy or numba per call.
+"""What the public networks share: validation, then NumPy or numba per call.
 
 :class:`NetworkFrontend` goes first in a public network's bases, before its
-reference class, so ``super().predict`` and friends reach the NumPy oracle.  A
-subclass supplies ``sizes`` and the three ``_numba_*`` hooks that call its
-trusted kernels.
+reference class, so that ``super()`` reaches the NumPy oracle.  A subclass
+supplies ``param_names`` and the three ``_numba_*`` hooks that call its trusted
+kernels.
 
-Each public method validates and then calls its ``*_trusted`` twin, which
-trusts its inputs (float64 C-contiguous ``x``, int64 labels ``t`` in range; for
-the gradient also a positive ``h`` and a known ``strategy``).  The trainer
-validates its data once and calls the twins, so a step does not re-check the
-same batch for every call.  The kernels' entry points follow the same naming.
+Each public method validates, then calls its ``*_trusted`` twin (the naming the
+kernels' entry points share), which trusts its inputs (float64 C-contiguous
+``x``, int64 labels ``t`` in range, and parameters as
+:func:`~fastnum._validate.as_network_params` returns them).  The public methods
+check the parameters on every call (shapes chain, float dtype, finite): they may
+have been replaced or edited since the last call, and a wrong shape must never
+reach a kernel that indexes with the sizes it is given.
+The check is one pass over the parameters, negligible next to a gradient.
+float16 and float32 parameters are computed in float64 on every backend and
+the results are float64; the network's own arrays are left as they are.
+
+The trainer validates its data once and calls the twins without ``params``,
+which then use ``self.params`` as they are (float64, built by the network).
 """
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from fastnum import reference
-from fastnum._validate import as_float_batch, as_labels, check_step
+from fastnum._validate import as_float_batch, as_labels, as_network_params, check_step
 from fastnum.backend import check_strategy, resolve_backend
 
 
 class NetworkFrontend:
-    """Validates inputs once, then runs the NumPy reference or the numba kernels."""
+    """Validates parameters and inputs on each public call, then runs NumPy or numba."""
 
     def _init_backend(self, backend, strategy):
         self.backend = resolve_backend(backend)
         self.strategy = check_strategy(strategy)
 
-    def _inputs(self, x, t=None):
-        x = as_float_batch(x, self.sizes[0])
+    def _checked(self, x, t=None):
+        """(params, x) or (params, x, t), all validated; the parameters first, since
+        the expected input and output widths come from them."""
+        names = self.param_names
+        params = as_network_params(self.params, names)
+        x = as_float_batch(x, params[names[0]].shape[0])
         if t is None:
-            return x
-        return x, as_labels(t, x.shape[0], self.sizes[-1])
+            return params, x
+        return params, x, as_labels(t, x.shape[0], params[names[-1]].shape[0])
+
+    def _oracle(self, params):
+        """``super()`` of this network (the NumPy reference) seeing ``params``.
+
+        A shallow copy carries converted parameters, so the reference never
+        writes into the caller's dict and concurrent calls do not interfere.
+        """
+        if params is None or params is self.params:
+            return super()
+        shadow = copy.copy(self)
+        shadow.params = params
+        return super(NetworkFrontend, shadow)
 
     def predict(self, x):
         """Class probabilities for a batch.
@@ -45,13 +71,14 @@ class NetworkFrontend:
         -------
         ndarray (batch, output_size)
         """
-        return self.predict_trusted(self._inputs(x))
+        params, x = self._checked(x)
+        return self.predict_trusted(x, params)
 
-    def predict_trusted(self, x):
-        """:meth:`predict` for an already validated ``x``."""
+    def predict_trusted(self, x, params=None):
+        """:meth:`predict` for a validated ``x`` (and ``params``, default ``self.params``)."""
         if self.backend == "numba":
-            return self._numba_predict(x)
-        return super().predict(x)
+            return self._numba_predict(x, self.params if params is None else params)
+        return self._oracle(params).predict(x)
 
     def loss(self, x, t):
         """Batch-mean cross-entropy with the book's 1e-7 guard.
@@ -65,13 +92,14 @@ class NetworkFrontend:
         -------
         float
         """
-        return self.loss_trusted(*self._inputs(x, t))
+        params, x, t = self._checked(x, t)
+        return self.loss_trusted(x, t, params)
 
-    def loss_trusted(self, x, t):
-        """:meth:`loss` for already validated ``x`` and integer labels ``t``."""
+    def loss_trusted(self, x, t, params=None):
+        """:meth:`loss` for validated ``x``, integer labels ``t`` and ``params``."""
         if self.backend == "numba":
-            return self._numba_loss(x, t)
-        return super().loss(x, t)
+            return self._numba_loss(x, t, self.params if params is None else params)
+        return self._oracle(params).loss(x, t)
 
     def accuracy(self, x, t):
         """Fraction of samples classified correctly.
@@ -85,11 +113,12 @@ class NetworkFrontend:
         -------
         float
         """
-        return self.accuracy_trusted(*self._inputs(x, t))
+        params, x, t = self._checked(x, t)
+        return self.accuracy_trusted(x, t, params)
 
-    def accuracy_trusted(self, x, t):
-        """:meth:`accuracy` for already validated ``x`` and integer labels ``t``."""
-        return float(np.mean(self.predict_trusted(x).argmax(axis=1) == t))
+    def accuracy_trusted(self, x, t, params=None):
+        """:meth:`accuracy` for validated ``x``, integer labels ``t`` and ``params``."""
+        return float(np.mean(self.predict_trusted(x, params).argmax(axis=1) == t))
 
     def numerical_gradient(self, x, t, h=reference.H, strategy=None):
         """Central-difference gradient of the loss for every parameter.
@@ -99,23 +128,30 @@ class NetworkFrontend:
         x : array (batch, input_size)
         t : array (batch,) of int labels, or (batch, output_size) one-hot
         h : float, default 1e-4
+            At least :data:`fastnum._validate.MIN_STEP` (1e-12): below that the
+            float64 rounding of the loss swamps the difference.
         strategy : {"delta", "full"} or None
             Overrides the network's strategy for the numba backend.
 
         Returns
         -------
         dict of str to ndarray
-            Gradients keyed and shaped like ``params``.
+            float64 gradients keyed and shaped like ``params`` (float16/float32
+            parameters are perturbed and evaluated in float64).
         """
-        x, t = self._inputs(x, t)
+        params, x, t = self._checked(x, t)
         return self.numerical_gradient_trusted(x, t, check_step(h),
-                                               check_strategy(strategy or self.strategy))
+                                        check_strategy(strategy or self.strategy), params)
 
-    def numerical_gradient_trusted(self, x, t, h, strategy):
+    def numerical_gradient_trusted(self, x, t, h, strategy, params=None):
         """:meth:`numerical_gradient` for validated inputs, positive ``h``, known strategy."""
         if self.backend == "numba":
-            return self._numba_numerical_gradient(x, t, h, strategy)
-        return super().numerical_gradient(x, t, h)
+            params = self.params if params is None else params
+            return self._numba_numerical_gradient(x, t, h, strategy, params)
+        # The reference perturbs the arrays it is given in place: give it copies, so
+        # that another thread using this network never sees a perturbed parameter.
+        params = {k: np.array(v) for k, v in (self.params if params is None else params).items()}
+        return self._oracle(params).numerical_gradient(x, t, h)
 
     def gradient(self, x, t):
         """Analytic backprop gradient (ignores the log guard), the oracle for gradient checks.
@@ -130,8 +166,9 @@ class NetworkFrontend:
         dict of str to ndarray
             Gradients keyed and shaped like ``params``.
         """
-        return self.gradient_trusted(*self._inputs(x, t))
+        params, x, t = self._checked(x, t)
+        return self.gradient_trusted(x, t, params)
 
-    def gradient_trusted(self, x, t):
-        """:meth:`gradient` for already validated ``x`` and integer labels ``t``."""
-        return super().gradient(x, t)
+    def gradient_trusted(self, x, t, params=None):
+        """:meth:`gradient` for validated ``x``, integer labels ``t`` and ``params``."""
+        return self._oracle(params).gradient(x, t)

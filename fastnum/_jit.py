@@ -7,7 +7,9 @@ installed, ``njit`` returns the plain Python function and ``prange`` is
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 
 try:  # numba is a hard dependency, but the library must still work without it
     import numba
@@ -38,18 +40,43 @@ else:  # pragma: no cover
     prange = range
 
 
+#: Held by every launch of a parallel kernel from Python.  numba's "workqueue"
+#: threading layer (the one left where neither TBB nor OpenMP is installed) aborts
+#: the process when two threads launch parallel kernels at once, and nothing can
+#: catch that.  Every launch already uses all of numba's threads, so running them
+#: one after another costs no throughput, and one lock here covers every kernel on
+#: every threading layer.  Parallel kernels are launched from Python only (never
+#: from other jitted code), so every launch goes through the wrapper below.
+PARALLEL_LAUNCH_LOCK = threading.Lock()
+
+
+def _serialized(dispatcher):
+    """A Python function that launches ``dispatcher`` while holding the launch lock."""
+
+    @functools.wraps(dispatcher.py_func)
+    def launch(*args):
+        with PARALLEL_LAUNCH_LOCK:
+            return dispatcher(*args)
+
+    launch.dispatcher = dispatcher  # the numba dispatcher, for inspection
+    return launch
+
+
 def njit(func=None, *, parallel: bool = False, cache: bool = True):
     """Compile ``func`` with the project's numba options (identity without numba).
 
     ``cache=False`` is for kernels that take other jitted functions as arguments,
-    which numba cannot cache on disk.
+    which numba cannot cache on disk.  A ``parallel=True`` kernel is returned
+    wrapped so that launches from several Python threads take turns
+    (:data:`PARALLEL_LAUNCH_LOCK`); call it from Python, not from jitted code.
     """
 
     def wrap(f):
         if not HAVE_NUMBA:
             return f
         options = {**JIT_OPTIONS, "cache": cache and JIT_OPTIONS["cache"]}
-        return numba.njit(parallel=parallel, **options)(f)
+        dispatcher = numba.njit(parallel=parallel, **options)(f)
+        return _serialized(dispatcher) if parallel and JIT_ENABLED else dispatcher
 
     return wrap(func) if func is not None else wrap
 

@@ -1,12 +1,97 @@
-"""Input checks shared by the public API: each error names the value and the fix."""
+"""Input checks shared by the public API: each error names the value and the fix.
+
+One rule per argument, used by every caller (the networks, ``TrainConfig`` and
+the CLI through it):
+
+* sizes and counts (``input_size``, ``hidden_size``, ``iters``, ...) are Python or
+  NumPy integers, never ``bool`` and never floats such as ``50.0``
+  (:func:`check_int`);
+* positive reals (``lr``, ``weight_init_std``) are finite and > 0: a standard
+  deviation of 0 gives every hidden unit the same weights, which gradient
+  descent can never tell apart (:func:`check_positive`);
+* the step ``h`` is a real number from :data:`MIN_STEP` up (:func:`check_step`);
+* names from a fixed vocabulary are checked against it (:func:`check_choice`);
+* network parameters are finite floating-point arrays whose shapes chain
+  (:func:`as_network_params`); float16 and float32 are computed in float64.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
+
+#: Smallest central-difference step fastnum accepts.  Each loss evaluation carries a
+#: float64 rounding error of about eps * |L| (2.2e-16 * 2.3 = 5e-16 for the book's
+#: untrained loss), so (L(+h) - L(-h)) / 2h carries about eps * |L| / h: 5e-4 at
+#: h = 1e-12, already the size of the small gradients of a trained network, and
+#: the whole gradient below that.  At h = 1e-300 no loss moves at all and training
+#: returns its initial parameters.  The book's 1e-4 keeps that error near 1e-12.
+MIN_STEP = 1e-12
+
+
+def check_int(name, value, minimum=1, hint="", optional=False):
+    """Return ``value`` as an int, or raise unless it is an integer >= ``minimum``.
+
+    ``bool`` and integral floats (``50.0``) are refused: they are almost always a
+    mistake, and a float width would silently be truncated elsewhere.
+    ``optional=True`` lets ``None`` through (returned as is).
+    """
+    if optional and value is None:
+        return None
+    hint = f"; {hint}" if hint else "."
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an integer{hint}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}{hint}")
+    return int(value)
+
+
+def check_positive(name, value, hint=""):
+    """Return ``value`` as a float, or raise unless it is a finite real number > 0."""
+    hint = f"; {hint}" if hint else "."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a number{hint}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r} must be a finite number > 0{hint}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    """Return ``value`` unless it is not one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}={value!r} is unknown; use one of: {', '.join(choices)}.")
+    return value
+
+
+def check_step(h, name="h"):
+    """Return the central-difference step ``h`` as a float, or raise.
+
+    ``h`` must be a real number (not a string) from :data:`MIN_STEP` up, and finite.
+    """
+    hint = "the book uses 1e-4."
+    if isinstance(h, np.ndarray) and h.ndim == 0 and h.dtype.kind in "iuf":
+        h = h.item()  # a 0-d array, e.g. from np.float64 arithmetic on arrays
+    if isinstance(h, bool) or not isinstance(h, numbers.Real):
+        raise TypeError(f"{name}={h!r} must be a number (a {type(h).__name__} was given); {hint}")
+    if not (math.isfinite(h) and h > 0):
+        raise ValueError(f"{name}={h!r} must be a finite positive number; {hint}")
+    if h < MIN_STEP:
+        raise ValueError(
+            f"{name}={h!r} is too small to move the loss: below {MIN_STEP:g} the float64 "
+            f"rounding of the loss (about 5e-16 / h) swamps the gradient. Use {name} >= "
+            f"{MIN_STEP:g}; {hint}"
+        )
+    return float(h)
 
 
 def as_float_batch(x, n_features=None, name="x"):
-    """Return ``x`` as a C-contiguous float64 2-D array, or raise a clear error."""
+    """Return ``x`` as a C-contiguous float64 2-D array, or raise a clear error.
+
+    Integer, float16 and float32 inputs are converted to float64: every backend
+    computes in float64.
+    """
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise TypeError(f"{name} has dtype {x.dtype}; pass a numeric array (float32 or float64).")
@@ -26,21 +111,29 @@ def as_float_batch(x, n_features=None, name="x"):
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one sample.")
     x = np.ascontiguousarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(
-            f"{name} contains a non-finite value {x[tuple(bad)]} at index {tuple(bad.tolist())}; "
-            "clean the data (np.nan_to_num) before training."
-        )
+    _check_finite(x, name, "clean the data (np.nan_to_num) before training.")
     return x
 
 
+def _check_finite(a, name, fix):
+    if not np.isfinite(a).all():
+        bad = tuple(np.argwhere(~np.isfinite(a))[0].tolist())
+        raise ValueError(f"{name} contains a non-finite value {a[bad]} at index {bad}; {fix}")
+
+
 def as_labels(t, batch, n_classes, name="t"):
-    """Return integer labels of shape (batch,) from integer or one-hot ``t``, or raise."""
+    """Return int64 labels of shape (batch,) from integer or one-hot ``t``, or raise.
+
+    The range is checked on the labels as given, before any conversion, so that a
+    huge unsigned or float label is reported as it is rather than wrapped around.
+    """
     t = np.asarray(t)
+    if t.dtype.kind not in "iufb":
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; pass integer class labels (0..{n_classes - 1})."
+        )
     if t.ndim == 2 and t.shape == (batch, n_classes):
-        if not np.isfinite(t).all():
-            raise ValueError(f"{name} (one-hot) contains NaN or inf; labels must be finite.")
+        _check_finite(t, f"{name} (one-hot)", "one-hot rows must hold finite numbers.")
         return np.ascontiguousarray(t.argmax(axis=1), dtype=np.int64)
     if t.ndim == 2 and t.shape[0] == batch and t.shape[1] == 1:
         t = t.ravel()
@@ -49,23 +142,83 @@ def as_labels(t, batch, n_classes, name="t"):
             f"{name} has shape {t.shape}; expected ({batch},) integer labels or "
             f"({batch}, {n_classes}) one-hot rows to match a batch of {batch} samples."
         )
+    if t.dtype.kind == "b":
+        raise TypeError(f"{name} has dtype bool; pass integer class labels (0..{n_classes - 1}).")
     if t.dtype.kind == "f":
-        if not np.isfinite(t).all() or not np.all(t == np.round(t)):
-            raise ValueError(f"{name} holds non-integer values; pass integer class labels.")
-    elif t.dtype.kind not in "iu":
-        raise TypeError(f"{name} has dtype {t.dtype}; pass integer class labels.")
-    t = t.astype(np.int64)
-    if t.size and (t.min() < 0 or t.max() >= n_classes):
-        bad = t[(t < 0) | (t >= n_classes)][0]
+        whole = np.isfinite(t) & (t == np.round(t))
+        if not whole.all():
+            bad = t[~whole][0].item()
+            raise ValueError(
+                f"{name} holds non-integer values such as {bad!r}; pass integer class labels "
+                f"(0..{n_classes - 1}), e.g. t.astype(int)."
+            )
+    outside = (t < 0) | (t >= n_classes)
+    if outside.any():
+        bad = t[outside][0].item()  # a Python number: uint64 2**63 prints as itself
         raise ValueError(
             f"{name} contains label {bad}, outside 0..{n_classes - 1}; "
             f"labels must index one of the network's {n_classes} outputs."
         )
-    return np.ascontiguousarray(t)
+    return np.ascontiguousarray(t, dtype=np.int64)
 
 
-def check_step(h, name="h"):
-    """Raise unless ``h`` is a finite positive float."""
-    if not (np.isfinite(h) and h > 0):
-        raise ValueError(f"{name}={h!r} must be a finite positive number (the book uses 1e-4).")
-    return float(h)
+def as_network_params(params, names):
+    """Check a network's parameters and return them as C-contiguous float64 arrays.
+
+    Parameters
+    ----------
+    params : mapping
+        ``W1, b1, ..., WL, bL``: weights ``(d_{k-1}, d_k)``, biases ``(d_k,)``,
+        consecutive widths matching, at least 2 outputs.
+    names : sequence of str
+        The expected keys, in order.
+
+    Returns
+    -------
+    dict of str to ndarray
+        float64, C-contiguous; an array that already is one is returned as is
+        (not copied), so a caller's in-place update stays visible.
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        A missing key, a non-float dtype, a shape that does not chain, or a
+        non-finite value; the message names the parameter and the fix.
+    """
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise KeyError(f"params is missing {missing}; expected the keys {list(names)}.")
+    out, width = {}, None
+    for k in range(len(names) // 2):
+        w_name, b_name = names[2 * k], names[2 * k + 1]
+        W, b = np.asarray(params[w_name]), np.asarray(params[b_name])
+        for name, a in ((w_name, W), (b_name, b)):
+            if a.dtype.kind != "f":
+                raise TypeError(
+                    f"params[{name!r}] has dtype {a.dtype}; parameters must be floating point "
+                    f"(float64, or float16/float32, which are computed in float64): "
+                    f"convert with .astype(np.float64)."
+                )
+        expected = f"({'n_in' if width is None else width}, n_out)"
+        if W.ndim != 2 or (width is not None and W.shape[0] != width) or 0 in W.shape:
+            raise ValueError(
+                f"params[{w_name!r}] has shape {W.shape}; expected {expected} with positive "
+                f"widths, matching the layer before it. Assign an array of the network's shape."
+            )
+        if b.shape != (W.shape[1],):
+            raise ValueError(
+                f"params[{b_name!r}] has shape {b.shape}; expected ({W.shape[1]},) to match "
+                f"{w_name} {W.shape}. Assign an array of the network's shape."
+            )
+        width = W.shape[1]
+        for name, a in ((w_name, W), (b_name, b)):
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            _check_finite(a, f"params[{name!r}]",
+                          "re-initialise the network or load finite parameters "
+                          "(training diverged? lower the learning rate).")
+            out[name] = a
+    if width < 2:
+        raise ValueError(
+            f"params[{names[-1]!r}] gives {width} output(s); a softmax needs at least 2."
+        )
+    return out

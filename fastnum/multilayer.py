@@ -17,6 +17,7 @@ import numpy as np
 
 from fastnum import reference
 from fastnum._frontend import NetworkFrontend
+from fastnum._validate import check_choice, check_int, check_positive
 from fastnum.backend import DEFAULT_STRATEGY
 from fastnum.constants import H
 from fastnum.kernels import multilayer as kernels
@@ -118,12 +119,6 @@ class ReferenceMultiLayerNet:
         return {k: grads[k] for k in self.param_names}
 
 
-def _check_size(name, size):
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"{name}={size!r} must be a positive integer.")
-    return int(size)
-
-
 class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     """A softmax classifier with any number of hidden layers and numba kernels behind it.
 
@@ -139,7 +134,9 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     activation : {"sigmoid", "relu"}, default "sigmoid"
         Activation of every hidden layer.
     weight_init_std : float, default 0.01
-        Standard deviation of the Gaussian initial weights; biases start at zero.
+        Standard deviation of the Gaussian initial weights, finite and > 0 (0
+        would give identical hidden units that training cannot separate);
+        biases start at zero.
     seed : int or None
         Seed of ``np.random.default_rng``; weights are drawn W1, W2, ... in order,
         so one hidden layer reproduces :class:`fastnum.network.TwoLayerNet`.
@@ -148,28 +145,30 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
         reads ``$FASTNUM_BACKEND``; ``auto`` uses numba when it compiles.
     strategy : {"delta", "full"}, default "delta"
         How the numba numerical gradient evaluates perturbed losses.
+
+    Notes
+    -----
+    Every public method checks ``params`` first (keys, shapes chaining, float
+    dtype, finite values).  float16 and float32 parameters and inputs are
+    computed in float64 on both backends, and results are float64.
     """
 
     def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
                  weight_init_std=0.01, seed=None, backend=None, strategy=DEFAULT_STRATEGY):
-        input_size = _check_size("input_size", input_size)
-        output_size = _check_size("output_size", output_size)
-        if output_size < 2:
-            raise ValueError(f"output_size={output_size} must be at least 2 for a softmax.")
+        input_size = check_int("input_size", input_size, 1, "flattened MNIST images have 784.")
+        output_size = check_int("output_size", output_size, 2,
+                                "a softmax needs at least 2 classes; MNIST has 10.")
         if isinstance(hidden_sizes, numbers.Integral) and not isinstance(hidden_sizes, bool):
             hidden_sizes = (hidden_sizes,)
         if isinstance(hidden_sizes, str) or not hasattr(hidden_sizes, "__iter__"):
             raise TypeError(
                 f"hidden_sizes={hidden_sizes!r} must be a sequence of layer widths, e.g. [50, 50]."
             )
-        hidden_sizes = tuple(_check_size(f"hidden_sizes[{i}]", s)
+        hidden_sizes = tuple(check_int(f"hidden_sizes[{i}]", s, 1, "layer widths are positive.")
                              for i, s in enumerate(hidden_sizes))
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation={activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}."
-            )
-        if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
-            raise ValueError(f"weight_init_std={weight_init_std!r} must be finite and >= 0.")
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        weight_init_std = check_positive("weight_init_std", weight_init_std,
+                                         "the book uses 0.01.")
         super().__init__(input_size, hidden_sizes, output_size, activation, weight_init_std, seed)
         self._init_backend(backend, strategy)
 
@@ -184,16 +183,18 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     # packed on every call: cheap next to any kernel, and it sees parameters the
     # caller replaced or updated in place.
 
-    def _packed(self):
-        return kernels.as_params([self.params[k] for k in self.param_names])
+    def _packed(self, params):
+        return kernels.as_params([params[k] for k in self.param_names])
 
-    def _numba_predict(self, x):
-        return kernels.predict_trusted(self._packed(), x, ACTIVATIONS[self.activation].kernel_code)
+    def _numba_predict(self, x, params):
+        return kernels.predict_trusted(self._packed(params), x,
+                                       ACTIVATIONS[self.activation].kernel_code)
 
-    def _numba_loss(self, x, t):
-        return kernels.loss_trusted(self._packed(), x, t, ACTIVATIONS[self.activation].kernel_code)
+    def _numba_loss(self, x, t, params):
+        return kernels.loss_trusted(self._packed(params), x, t,
+                                    ACTIVATIONS[self.activation].kernel_code)
 
-    def _numba_numerical_gradient(self, x, t, h, strategy):
+    def _numba_numerical_gradient(self, x, t, h, strategy, params):
         grads = kernels.numerical_gradient_trusted(
-            self._packed(), x, t, h, ACTIVATIONS[self.activation].kernel_code, strategy)
+            self._packed(params), x, t, h, ACTIVATIONS[self.activation].kernel_code, strategy)
         return dict(zip(self.param_names, grads, strict=True))

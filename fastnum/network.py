@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastnum import reference
 from fastnum._frontend import NetworkFrontend
+from fastnum._validate import check_int, check_positive
+from fastnum.backend import DEFAULT_STRATEGY
 
 
 class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
@@ -12,9 +14,11 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
     Parameters
     ----------
     input_size, hidden_size, output_size : int
-        Layer widths (the book uses 784, 50, 10).
+        Layer widths (the book uses 784, 50, 10); integers (not bool or float),
+        ``output_size`` at least 2.
     weight_init_std : float, default 0.01
-        Standard deviation of the Gaussian initial weights; biases start at zero.
+        Standard deviation of the Gaussian initial weights, finite and > 0;
+        biases start at zero.
     seed : int or None
         Seed for the initial weights, so that a run is reproducible.
     backend : {"auto", "numba", "numpy"} or None
@@ -22,6 +26,13 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
         reads ``$FASTNUM_BACKEND``; ``auto`` uses numba when it compiles.
     strategy : {"delta", "full"}, default "delta"
         How the numba numerical gradient evaluates perturbed losses.
+
+    Notes
+    -----
+    Every public method checks ``params`` first (keys, shapes chaining, float
+    dtype, finite values), so arrays replaced after construction are checked
+    too.  float16 and float32 parameters and inputs are computed in float64 on
+    both backends, and results are float64.
     """
 
     def __init__(
@@ -32,16 +43,21 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
         weight_init_std=0.01,
         seed=None,
         backend=None,
-        strategy="delta",
+        strategy=DEFAULT_STRATEGY,
     ):
-        for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
-                           ("output_size", output_size)):
-            if int(size) != size or size < 1:
-                raise ValueError(f"{name}={size!r} must be a positive integer.")
-        if output_size < 2:
-            raise ValueError(f"output_size={output_size} must be at least 2 for a softmax.")
-        super().__init__(int(input_size), int(hidden_size), int(output_size), weight_init_std, seed)
+        input_size = check_int("input_size", input_size, 1, "the book uses 784.")
+        hidden_size = check_int("hidden_size", hidden_size, 1, "the book uses 50.")
+        output_size = check_int("output_size", output_size, 2,
+                                "a softmax needs at least 2 classes; the book uses 10.")
+        weight_init_std = check_positive("weight_init_std", weight_init_std,
+                                         "the book uses 0.01.")
+        super().__init__(input_size, hidden_size, output_size, weight_init_std, seed)
         self._init_backend(backend, strategy)
+
+    @property
+    def param_names(self):
+        """("W1", "b1", "W2", "b2")."""
+        return self.PARAM_NAMES
 
     @property
     def sizes(self):
@@ -51,18 +67,18 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
     # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
     # packed on every call so that in-place updates and replaced arrays are seen.
 
-    def _numba_predict(self, x):
+    def _numba_predict(self, x, params):
         from fastnum.kernels import two_layer
 
-        return two_layer.predict_trusted(two_layer.as_params(self.params), x)
+        return two_layer.predict_trusted(two_layer.as_params(params), x)
 
-    def _numba_loss(self, x, t):
+    def _numba_loss(self, x, t, params):
         from fastnum.kernels import two_layer
 
-        return two_layer.loss_trusted(two_layer.as_params(self.params), x, t)
+        return two_layer.loss_trusted(two_layer.as_params(params), x, t)
 
-    def _numba_numerical_gradient(self, x, t, h, strategy):
+    def _numba_numerical_gradient(self, x, t, h, strategy, params):
         from fastnum.kernels import two_layer
 
-        return two_layer.numerical_gradient_trusted(two_layer.as_params(self.params), x, t, h,
+        return two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, h,
                                                     strategy)

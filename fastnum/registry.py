@@ -24,7 +24,6 @@ import numpy as np
 
 from fastnum import constants, reference
 from fastnum._validate import as_float_batch, as_labels
-from fastnum.backend import STRATEGIES
 from fastnum.kernels import losses, two_layer
 from fastnum.kernels import multilayer as multilayer_kernels
 from fastnum.multilayer import ACTIVATIONS, ReferenceMultiLayerNet
@@ -180,6 +179,18 @@ def _kernel_args(pr):
     return (two_layer.as_params(pr.params), pr.x, pr.t, pr.h)
 
 
+def _public_net_args(pr):
+    from fastnum._jit import HAVE_NUMBA
+    from fastnum.network import TwoLayerNet
+
+    W1, W2 = pr.params["W1"], pr.params["W2"]
+    # Without numba installed the public network falls back to the NumPy reference.
+    net = TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1],
+                      backend="numba" if HAVE_NUMBA else "numpy")
+    net.params = {k: np.array(v, dtype=np.float64) for k, v in pr.params.items()}
+    return (net, pr.x, pr.t, pr.h)
+
+
 def _gradient_operation(name, kernel_args, numpy_args, numba_gradient, strategies):
     """A numerical gradient: the NumPy reference, each numba strategy, backprop beside them."""
     return Operation(
@@ -266,6 +277,21 @@ COMPARISONS = {
         _gradient_operation("multilayer_gradient", _multilayer_kernel_args,
                             _multilayer_np_args, _multilayer_gradient,
                             multilayer_kernels.STRATEGIES),
+        # The price of the public API's checks (parameters' shapes, dtypes and
+        # finiteness, inputs, labels, step) on the book's gradient: "numba" is the
+        # validated TwoLayerNet.numerical_gradient, "numba-delta" the trusted kernel
+        # it ends in, timed side by side in one run.
+        Operation(
+            name="validated_gradient",
+            setup={"default": _kernel_args, "numba": _public_net_args},
+            implementations={
+                "numba": lambda net, x, t, h: net.numerical_gradient(x, t, h, strategy="delta"),
+                "numba-delta": _numba_gradient("delta"),
+            },
+            atol=1e-9,  # identical with numba; the NumPy fallback without numba is within 1e-9
+            rtol=0.0,
+            reference="numba-delta",
+        ),
     )
 }
 

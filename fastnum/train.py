@@ -30,7 +30,7 @@ import numpy as np
 
 from fastnum import reference
 from fastnum._io import atomic_open, write_text
-from fastnum._validate import as_float_batch, as_labels
+from fastnum._validate import as_float_batch, as_labels, check_choice, check_int, check_positive
 from fastnum.backend import (
     BACKENDS,
     DEFAULT_STRATEGY,
@@ -76,25 +76,8 @@ class TrainingDivergedError(RuntimeError):
         self.iteration, self.loss, self.lr = iteration, loss, lr
 
 
-def _check_int(name, value, minimum, hint, optional=False):
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name}={value!r} must be an integer; {hint}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}; {hint}")
-
-
-def _check_positive(name, value, hint):
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name}={value!r} must be a number; {hint}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0; {hint}")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is unknown; use one of: {', '.join(choices)}.")
+# The one validator set lives in fastnum._validate; these names are kept for the callers here.
+_check_int, _check_positive, _check_choice = check_int, check_positive, check_choice
 
 
 def _as_hidden_sizes(value):

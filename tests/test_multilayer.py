@@ -177,7 +177,7 @@ def test_one_hidden_layer_is_the_two_layer_net():
     [
         ({"activation": "tanh"}, ValueError, "activation='tanh'.*sigmoid, relu"),
         ({"hidden_sizes": [3, 0]}, ValueError, r"hidden_sizes\[1\]=0"),
-        ({"hidden_sizes": [3, 2.5]}, ValueError, r"hidden_sizes\[1\]=2.5"),
+        ({"hidden_sizes": [3, 2.5]}, TypeError, r"hidden_sizes\[1\]=2.5"),
         ({"hidden_sizes": "50"}, TypeError, "sequence of layer widths"),
         ({"hidden_sizes": None}, TypeError, "sequence of layer widths"),
         ({"output_size": 1}, ValueError, "at least 2"),

@@ -5,6 +5,13 @@ a loop from vectorizing.  These are written as straight-line arithmetic plus an
 integer/float bit cast, so a loop that calls them compiles to SIMD code.  Both
 are full double-precision evaluations (tests hold them within 2 ulp of libm);
 they are how the kernels evaluate exp and log, not an approximation of the loss.
+
+Special values follow IEEE and libm: NaN in gives NaN out, exp overflows to inf
+and underflows through the subnormals to 0, log(0) is -inf, log of a negative
+number is NaN, log(inf) is inf and subnormal arguments are exact.  The edge cases
+are selects at the end, not branches, so vectorized loops stay vectorized; a
+kernel fed a NaN therefore returns NaN, as the reference does, never a finite
+number.
 """
 
 from __future__ import annotations
@@ -51,21 +58,27 @@ _LN2_LO = 1.90821492927058770002e-10
 _SQRT2 = 1.4142135623730951
 _MANTISSA = 0x000FFFFFFFFFFFFF
 _ONE_BITS = 0x3FF0000000000000
+# exp(x) is inf above ~709.78 and rounds to 0 below ~-745.13; clamping the argument
+# just outside that range keeps the integer exponent k small without changing a
+# result.
+_EXP_LOW, _EXP_HIGH = -746.0, 710.0
+_TINY = 2.2250738585072014e-308  # smallest normal float64
+_TWO_52 = 4503599627370496.0  # 2**52: lifts a subnormal into the normal range
 
 
 @njit
 def fexp(x):
-    """exp(x) for float64 x; arguments below -708 give exp(-708) (~3e-308) instead of underflow.
+    """exp(x) for float64 x, with libm's overflow, underflow, subnormals and NaN.
 
     Cody-Waite reduction x = k ln2 + r with |r| <= ln2/2, a degree-13 Taylor
-    polynomial for exp(r) (truncation < 1e-17 relative) and 2**k from its bits.
-    The clamp keeps 2**k a normal number; where the kernels use it, such a value
-    is an addend to a sum >= 1 or sits beside the 1e-7 log guard, so it changes
-    nothing.
+    polynomial for exp(r) (truncation < 1e-17 relative) and 2**k applied as two
+    halves 2**(k - k//2) * 2**(k//2), each a normal number for every k in
+    [-1076, 1024], so the last product overflows or goes subnormal exactly as
+    IEEE rounding says.
     """
-    x = min(max(x, -708.0), 709.0)
-    k = np.floor(x * _LOG2E + 0.5)
-    r = (x - k * _LN2_HI) - k * _LN2_LO
+    xc = min(max(x, _EXP_LOW), _EXP_HIGH) if x == x else 0.0  # NaN: see the last line
+    k = np.floor(xc * _LOG2E + 0.5)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -80,18 +93,24 @@ def fexp(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    return p * _as_f64((np.int64(k) + 1023) << 52)
+    ki = np.int64(k)
+    half = ki >> 1
+    y = (p * _as_f64((ki - half + 1023) << 52)) * _as_f64((half + 1023) << 52)
+    return y if x == x else x
 
 
 @njit
 def flog(x):
-    """log(x) for positive, normal float64 x (no zero, subnormal, inf or NaN handling).
+    """log(x) for float64 x, with libm's special values (0, negative, inf, NaN, subnormal).
 
     x = 2**e * m with m in [sqrt(1/2), sqrt(2)); log(m) = 2 atanh(s) with
     s = (m - 1) / (m + 1), |s| <= 0.172, summed to s**21 (truncation < 1e-17).
+    A subnormal x is first multiplied by 2**52 (exact), and e corrected.
     """
-    bits = _as_i64(x)
-    e = (bits >> 52) - 1023
+    subnormal = x < _TINY
+    xs = x * _TWO_52 if subnormal else x
+    bits = _as_i64(xs)
+    e = (bits >> 52) - (1023 + 52 if subnormal else 1023)
     m = _as_f64((bits & _MANTISSA) | _ONE_BITS)
     if m > _SQRT2:  # a select, not a branch, once vectorized
         m *= 0.5
@@ -109,7 +128,10 @@ def flog(x):
     q = q * s2 + 1.0 / 5.0
     q = q * s2 + 1.0 / 3.0
     ef = np.float64(e)
-    return ef * _LN2_HI + (2.0 * s + (2.0 * s * s2 * q + ef * _LN2_LO))
+    y = ef * _LN2_HI + (2.0 * s + (2.0 * s * s2 * q + ef * _LN2_LO))
+    y = x if x == np.inf else y
+    # x > 0 is false for 0, negatives and NaN: log(+-0) = -inf, the others NaN.
+    return y if x > 0.0 else (-np.inf if x == 0.0 else np.nan)
 
 
 #: Largest |x| for which :func:`fexp_small` is exact to double precision.

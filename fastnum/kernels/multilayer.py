@@ -73,8 +73,8 @@ def _act(v, kind):
     if kind == RELU:
         return v if v > 0.0 else 0.0
     # The reference's 1 / (1 + exp(-v)), branch-free so loops over it vectorize
-    # (fexp caps its argument, so no overflow, and a sign branch would cost 2x
-    # in mispredictions on mixed-sign pre-activations).
+    # (fexp(-v) overflows to inf for v < -709.8, giving 0 as the reference does,
+    # and a sign branch would cost 2x in mispredictions on mixed-sign inputs).
     return 1.0 / (1.0 + fexp(-v))
 
 
@@ -555,6 +555,12 @@ def _delta_strategy(packed, x, t, h, act_kind, gw, gb):
     A = np.empty_like(Z)
     loss_n = np.empty(n)
     _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_n)
+    if np.isnan(loss_n).any():
+        # A NaN loss (a NaN parameter) makes every perturbed batch loss of the reference
+        # NaN; delta would leave exact zeros where a sample's input is 0.
+        gw.fill(np.nan)
+        gb.fill(np.nan)
+        return
     width = int(sizes[1:].max())  # widest layer output: the size of every scratch row
     for layer in range(n_layers):
         _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, A, loss_n,

@@ -35,6 +35,9 @@ PARAM_NAMES = ("W1", "b1", "W2", "b2")
 # copy of the weights.  A constant (not the thread count) so the work done per
 # parameter, and hence every result, is independent of the number of threads.
 _FULL_CHUNKS = 256
+# |exponent| up to which exp(-a) * exp(-s) equals exp(-(a + s)) to rounding: every
+# factor and the product stay normal numbers (exp overflows past ~709.8).
+_PRODUCT_SAFE = 700.0
 # Perturbation buffers are padded to a multiple of this many doubles (one AVX-512
 # register) so that the vectorized loops have no scalar remainder.
 _SIMD_WIDTH = 8
@@ -236,22 +239,51 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
         # Padded to whole SIMD vectors; the padding (step 0) is computed and ignored,
         # which is cheaper than the scalar remainder loop it replaces.
         width = -(-2 * nv // _SIMD_WIDTH) * _SIMD_WIDTH
-        exp_neg_step = np.ones(width)  # exp(-(+-h v)): with exp(-a1) it gives exp(-a1')
+        step = np.zeros(width)  # the move of the hidden input, +h v then -h v
+        exp_neg_step = np.ones(width)  # exp(-step): with exp(-a1) it gives exp(-a1')
         for v in range(nv):
-            exp_neg_step[v] = fexp(-h * values[n, v])
-            exp_neg_step[nv + v] = fexp(h * values[n, v])
+            step[v] = h * values[n, v]
+            step[nv + v] = -step[v]
+            exp_neg_step[v] = fexp(-step[v])
+            exp_neg_step[nv + v] = fexp(step[v])
+        # values are sorted, so the largest |step| is at one end.
+        reach = max(abs(step[0]), abs(step[nv - 1]))
         change = np.empty(width)
         total = np.empty(width)
         y_label = np.empty(width)
         diff = np.empty(nv)
         for j in range(n_hidden):
-            # z1'[j] - z1[j], with exp(-(a1 + s)) = exp(-a1) * exp(-s)
+            # z1'[j] - z1[j].  exp(-(a1 + s)) = exp(-a1) * exp(-s) saves an exp per
+            # perturbation, but only while neither factor nor the product can overflow
+            # or underflow (|a1| + |s| <= _PRODUCT_SAFE); beyond that (huge inputs or
+            # steps) a factor saturates to 0 or inf where the true exp does not, so
+            # the sum a1 + s is exponentiated as the reference does.
             biggest = 0.0
-            for v in range(width):
-                change[v] = 1.0 / (1.0 + exp_neg_a1[j] * exp_neg_step[v]) - z1[j]
-                biggest = max(biggest, abs(change[v]))
-            total[:] = 0.0
+            if abs(a1[j]) + reach <= _PRODUCT_SAFE:
+                for v in range(width):
+                    change[v] = 1.0 / (1.0 + exp_neg_a1[j] * exp_neg_step[v]) - z1[j]
+                    biggest = max(biggest, abs(change[v]))
+            else:
+                for v in range(width):
+                    change[v] = 1.0 / (1.0 + fexp(-(a1[j] + step[v]))) - z1[j]
+                    biggest = max(biggest, abs(change[v]))
+            w_max = 0.0
             for k in range(n_out):
+                w_max = max(w_max, abs(W2[j, k]))
+            if biggest * w_max > _PRODUCT_SAFE:
+                # Huge weights: exp(a2[k] - m) * exp(d * W2[j, k]) could overflow where the
+                # reference, shifting by the perturbed row's own max, does not; do as it does.
+                for v in range(width):
+                    top = -np.inf
+                    for k in range(n_out):
+                        top = max(top, shifted[k] + change[v] * W2[j, k])
+                    total[v] = 0.0
+                    for k in range(n_out):
+                        total[v] += fexp(shifted[k] + change[v] * W2[j, k] - top)
+                    y_label[v] = fexp(shifted[label] + change[v] * W2[j, label] - top)
+            else:
+                total[:] = 0.0
+            for k in range(n_out if biggest * w_max <= _PRODUCT_SAFE else 0):
                 # exp(a2'[k] - m) = exp(a2[k] - m) * exp(d * W2[j, k]), d = z1'[j] - z1[j]
                 w = W2[j, k]
                 ek = e_row[k]
@@ -345,6 +377,12 @@ def _delta_strategy(params, x, t, h):
     # (L(+) - L(-)) / 2h with L the batch mean, as a sum of per-sample differences.
     scale = 1.0 / (2.0 * h * n_batch)
     _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, *grads.values())
+    if np.isnan(d_out).all(axis=(1, 2)).any():
+        # A sample's loss is NaN (a NaN parameter): so is every perturbed batch loss of
+        # the reference, where delta would leave exact zeros for parameters that do not
+        # reach that sample.  Never a finite number where the reference has NaN.
+        for g in grads.values():
+            g.fill(np.nan)
     return grads
 
 
