@@ -18,7 +18,8 @@ from fastnum._jit import JIT_ENABLED
 from fastnum.kernels import multilayer as multilayer_kernels
 from fastnum.kernels import two_layer
 from fastnum.kernels._vmath import fexp, flog
-from fastnum.multilayer import ReferenceMultiLayerNet
+from fastnum.kernels.multilayer import SIGMOID
+from fastnum.multilayer import ACTIVATIONS, ReferenceMultiLayerNet
 
 EPS = np.finfo(np.float64).eps
 TINY = np.finfo(np.float64).tiny
@@ -128,7 +129,8 @@ def test_multilayer_delta_equals_the_reference_for_any_input_scale(scale, h, see
                                  seed=seed)
     ref_ = net.numerical_gradient(x, t, h)
     packed = multilayer_kernels.as_params([net.params[k] for k in net.param_names])
-    comp_ = multilayer_kernels.numerical_gradient_trusted(packed, x, t, h, activation, "delta")
+    comp_ = multilayer_kernels.numerical_gradient_trusted(
+        packed, x, t, h, ACTIVATIONS[activation].kernel_code, "delta")
     weights = [net.params[f"W{k}"] for k in (1, 2, 3)]
     tol = _tolerance(ref_.values(), net.loss(x, t), _reach(x, weights), h)
     for k, comp in zip(net.param_names, comp_, strict=True):
@@ -151,6 +153,7 @@ def test_kernels_given_a_nan_parameter_return_nan_like_the_reference(strategy):
     ml = ReferenceMultiLayerNet(8, (4,), 3, seed=0)
     ml.params["b2"][1] = np.nan
     packed = multilayer_kernels.as_params([ml.params[k] for k in ml.param_names])
-    assert np.isnan(multilayer_kernels.loss_trusted(packed, x, t, "sigmoid"))
-    grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, 1e-4, "sigmoid", strategy)
+    assert np.isnan(multilayer_kernels.loss_trusted(packed, x, t, SIGMOID))
+    grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, 1e-4, SIGMOID,
+                                                           strategy)
     assert all(np.isnan(g).all() for g in grads)
