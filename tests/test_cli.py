@@ -107,7 +107,8 @@ def test_out_on_a_file_names_it(capsys, tmp_path):
 
 def test_unknown_backend_environment_variable_is_refused(capsys, monkeypatch):
     monkeypatch.setenv("FASTNUM_BACKEND", "cuda")
-    for command in (["train"], ["gradcheck", "--data-dir", "/nowhere"]):
+    # Each command would also fail on its other options: the backend must be refused first.
+    for command in (["train", "--lr", "-1"], ["gradcheck", "--tol", "0"]):
         assert main(command) == 2
         one_error_line(capsys, "backend='cuda' (from $FASTNUM_BACKEND) is unknown",
                        "unset FASTNUM_BACKEND")
