@@ -62,8 +62,9 @@ class Progress:
         if self.bar is None:
             log(message)
             return
-        with self.bar.external_write_mode():
-            log(message)
+        self.bar.clear()  # the log may go to another stream (stdout) on the same screen
+        log(message)
+        self.bar.refresh()
 
     def close(self):
         """End the bar's line."""

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,8 +401,10 @@ def test_progress_on_a_terminal_redraws_one_line():
     for i in range(1, 51):
         bar.update(i)
     lines = []
-    bar.write(lines.append, "epoch line")
-    assert lines == ["epoch line"]
+    bar.write(lambda m: lines.append((m, stream.getvalue())), "epoch line")
+    (message, screen), = lines
+    assert message == "epoch line" and screen.endswith("\r")  # the bar was cleared first
+    assert stream.getvalue()[len(screen):].startswith("\r100%")  # and redrawn after
     before_close = stream.getvalue()
     bar.close()
     assert "\n" not in before_close and "\r" in before_close
@@ -415,6 +418,27 @@ def test_progress_in_jupyter_uses_tqdm_even_without_a_terminal(monkeypatch):
     bar.update(10)
     bar.close()
     assert bar.bar is not None and "10/10" in stream.getvalue()
+
+
+def test_progress_in_a_real_jupyter_kernel():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    repo = str(Path(__file__).resolve().parents[1])
+    code = (f"import sys; sys.path.insert(0, {repo!r})\n"
+            "import numpy as np\n"
+            "from fastnum.train import TrainConfig, train\n"
+            "x = np.random.default_rng(0).random((60, 4)); t = (x[:, 0] > 0.5).astype(int)\n"
+            "config = TrainConfig(grad='backprop', iters=30, batch_size=6, backend='numpy')\n"
+            "result = train(config, ((x, t), (x, t)))\n")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(notebook, timeout=300).execute()  # raises if the cell fails
+    outputs = notebook.cells[0].outputs
+    err = "".join(o["text"] for o in outputs if o.get("name") == "stderr")
+    out = "".join(o["text"] for o in outputs if o.get("name") == "stdout")
+    widget = any(o["output_type"] == "display_data" for o in outputs)  # with ipywidgets
+    assert widget or ("30/30" in err and "\r" in err)  # else a text bar redrawn in place
+    assert "|#" not in err  # not the line-per-tenth form of log files
+    assert out.count("train acc, test acc |") == 3
 
 
 def test_progress_in_a_log_prints_a_line_per_tenth(blobs, capsys):
