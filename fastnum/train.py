@@ -163,9 +163,7 @@ class TrainConfig:
         _check_positive("h", self.h, "the book uses 1e-4.")
         check_step(self.h)  # also refuses a step too small to move the loss
         _check_int("seed", self.seed, 0, "pass a non-negative integer such as 0.")
-        if self.backend is None:
-            resolve_backend(None)  # refuses an unknown $FASTNUM_BACKEND now, not mid-run
-        else:
+        if self.backend is not None:  # None: $FASTNUM_BACKEND, checked when a run starts
             _check_choice("backend", self.backend, BACKENDS)
         check_strategy(self.strategy)
         _check_int("threads", self.threads, 1, "pass a positive count or None.", optional=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,16 @@ def test_keyboard_interrupt_returns_130_with_a_resume_hint(capsys, monkeypatch, 
     monkeypatch.setattr(fastnum.train, "train", interrupted)
     assert main(["train", "--out", str(tmp_path)]) == 130
     assert f"--resume --out {tmp_path}" in capsys.readouterr().err
+
+
+def test_unknown_backend_variable_from_the_shell():
+    env = {**os.environ, "FASTNUM_BACKEND": "cuda"}
+    proc = subprocess.run([sys.executable, "-m", "fastnum.cli", "train", "--iters", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("fastnum train: error: backend='cuda' (from $FASTNUM_BACKEND) "
+                                   "is unknown; use one of auto, numba, numpy, or unset "
+                                   "FASTNUM_BACKEND.")
 
 
 def test_runs_as_a_module():
