@@ -49,6 +49,7 @@ iterations) prints `train acc, test acc | ...` and writes, atomically, into --ou
   history.json    config, backend, loss per iteration, accuracy and time per epoch
   checkpoint.npz  everything needed by --resume (which gives bit-identical results)
 At the end it also writes params.npz (W1, b1, W2, b2), loss.png and accuracy.png.
+While it runs, run.lock (PID, host, start time) keeps a second run out of the folder.
 
 examples:
   fastnum train --grad backprop --out runs/bp
