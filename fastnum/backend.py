@@ -27,9 +27,10 @@ def resolve_backend(backend: str | None = None) -> str:
     requested = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
     requested = str(requested).strip().lower()
     if requested not in BACKENDS:
+        where = "argument or --backend" if backend is not None else f"from ${BACKEND_ENV}"
         raise ValueError(
-            f"backend={requested!r} is unknown; use one of {', '.join(BACKENDS)} "
-            f"(argument, --backend, or ${BACKEND_ENV})."
+            f"backend={requested!r} ({where}) is unknown; use one of {', '.join(BACKENDS)}"
+            + ("." if backend is not None else f", or unset {BACKEND_ENV}.")
         )
     if requested == "auto":
         return "numba" if JIT_ENABLED else "numpy"

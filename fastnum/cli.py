@@ -16,8 +16,9 @@ import time
 import traceback
 from pathlib import Path
 
-from fastnum.backend import BACKENDS, STRATEGIES, describe_backend, resolve_backend
+from fastnum.backend import BACKEND_ENV, BACKENDS, STRATEGIES, describe_backend, resolve_backend
 from fastnum.gradcheck import DEFAULT_TOL
+from fastnum.rundir import CHECKPOINT
 from fastnum.train import ACTIVATIONS, GRADS, TrainConfig, TrainingDivergedError, run_backend
 
 __all__ = ["build_parser", "main"]
@@ -48,6 +49,7 @@ iterations) prints `train acc, test acc | ...` and writes, atomically, into --ou
   history.json    config, backend, loss per iteration, accuracy and time per epoch
   checkpoint.npz  everything needed by --resume (which gives bit-identical results)
 At the end it also writes params.npz (W1, b1, W2, b2), loss.png and accuracy.png.
+While it runs, run.lock (PID, host, start time) keeps a second run out of the folder.
 
 examples:
   fastnum train --grad backprop --out runs/bp
@@ -79,13 +81,17 @@ _OPTION_NAMES = {
 }
 # Whole words only, and never inside a path such as runs/seed/history.json.
 _OPTION_RE = re.compile(r"(?<![\w\-/.])(" + "|".join(_OPTION_NAMES) + r")(?![\w\-/])")
+# A Python tuple of layer widths, ``hidden_sizes=(100, 50)``: the CLI spells it ``100,50``.
+_WIDTHS_RE = re.compile(r"(?<![\w\-/.])hidden_sizes=\(\s*(\d+(?:\s*,\s*\d+)*)\s*,?\s*\)")
 
 
 def _as_options(message):
     """Rewrite ``lr=0`` / ``batch_size 100`` in a message as ``--lr=0`` / ``--batch-size 100``.
 
-    Library errors name the Python argument; a CLI user needs the option to change.
+    Library errors name the Python argument; a CLI user needs the option to change,
+    written as the parser accepts it (``hidden_sizes=(50,)`` becomes ``--hidden-sizes 50``).
     """
+    message = _WIDTHS_RE.sub(lambda m: "hidden_sizes " + re.sub(r"\s", "", m.group(1)), message)
     return _OPTION_RE.sub(lambda m: _OPTION_NAMES[m.group(1)], message)
 
 
@@ -100,10 +106,9 @@ def _layer_widths(text):
 
 
 def _add_backend_options(p):
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=BACKENDS,
                    help="where the network runs: numba kernels, the NumPy reference, or auto "
-                        "(numba when it compiles); --grad backprop always runs in NumPy "
-                        "(default: %(default)s)")
+                        f"(numba when it compiles) (default: ${BACKEND_ENV}, else auto)")
     p.add_argument("--strategy", choices=STRATEGIES, default=_DEFAULTS.strategy,
                    help="numba numerical gradient: delta reuses cached activations, full reruns "
                         "the forward pass per perturbation (default: %(default)s)")
@@ -219,14 +224,14 @@ def _cmd_train(args):
     # Fields without an option keep TrainConfig's defaults.
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                             if hasattr(args, f.name)})
-    if args.resume and not args.out:
+    if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR: the folder of the run to continue.")
-    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.grad}"
+    # An empty --out is not "no --out": train() refuses it.
+    out = args.out if args.out is not None else \
+        f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.grad}"
     args.out = out  # so that the Ctrl-C hint can name it
     if args.verbose:
         _say_backend(args, run_backend(config))
-        if config.grad == "backprop":
-            print("(--grad backprop always runs in NumPy: see `fastnum train --help`)")
         print(f"config: {config.to_dict()}")
         print(f"output: {out}")
     result = train(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
@@ -250,6 +255,8 @@ def _cmd_gradcheck(args):
     if not (math.isfinite(args.tol) and args.tol > 0):  # before the slow MNIST load
         raise ValueError(f"--tol={args.tol!r} must be a finite number > 0 "
                          f"(default {DEFAULT_TOL:g}).")
+    if args.seed < 0:
+        raise ValueError(f"--seed={args.seed} must be a non-negative integer such as 0.")
     if args.verbose:
         _say_backend(args)
     (x_train, t_train), _ = load_mnist(data_dir=args.data_dir)
@@ -264,8 +271,6 @@ def _cmd_gradcheck(args):
 
 
 def _resume_hint(args):
-    from fastnum.train import CHECKPOINT
-
     out = getattr(args, "out", None)
     if out and (Path(out) / CHECKPOINT).is_file():
         return f"; continue with the same options plus --resume --out {out}"
@@ -298,6 +303,8 @@ def main(argv=None):
     except SystemExit as exc:  # --help and usage errors: return the code instead of exiting
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        if hasattr(args, "backend"):  # --backend, else $FASTNUM_BACKEND: refused before any work
+            resolve_backend(args.backend)
         return args.func(args)
     except TrainingDivergedError as exc:
         _fail(args, exc, "diverged")

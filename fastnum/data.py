@@ -1,4 +1,4 @@
-"""MNIST for the book's chapter 4: ``load_mnist`` with verified files, safe downloads, fast reloads.
+"""MNIST for the book's chapter 4: ``load_mnist`` with verified files and safe downloads.
 
 Where the four ``.gz`` files come from, first match wins:
 
@@ -10,9 +10,8 @@ Where the four ``.gz`` files come from, first match wins:
 
 Every file is checked before use: gzip integrity, IDX header, size and the MD5 of the
 decompressed content. A file that fails is never used; the error names the file and the fix.
-After the first successful parse the raw uint8 arrays are kept as ``mnist-parsed.npz`` in the
-cache folder, so later loads skip decompression; that cache is re-checked against the same MD5s
-on every load and rebuilt when it is damaged or its source files changed.
+Every load reads and checks the four files again: a cache of the parsed arrays saved too little
+time to be worth its code path (see the README).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import json
 import os
 import sys
 import urllib.request
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnum._io import atomic_open, atomic_path
+from fastnum._io import atomic_path
 
 __all__ = [
     "DEFAULT_MIRRORS",
@@ -55,9 +53,6 @@ ENV_DATA_DIR = "FASTNUM_MNIST_DIR"
 ENV_CACHE_DIR = "FASTNUM_CACHE_DIR"
 ENV_MIRRORS = "FASTNUM_MNIST_MIRRORS"
 
-_PARSED_NAME = "mnist-parsed.npz"
-# Bump when the layout of the parsed cache changes, so old caches are rebuilt rather than misread.
-_PARSED_VERSION = 1
 _CHUNK = 1 << 20
 
 
@@ -67,7 +62,7 @@ class MnistError(ValueError):
 
 @dataclass(frozen=True)
 class _IdxSpec:
-    key: str  # the book's dataset key, also the array name in the parsed cache
+    key: str  # the book's dataset key
     filename: str
     magic: int  # 2051: unsigned-byte 3-D (images), 2049: unsigned-byte 1-D (labels)
     shape: tuple[int, ...]
@@ -107,16 +102,8 @@ def _say(verbose, msg):
         print(f"fastnum.data: {msg}", file=sys.stderr, flush=True)
 
 
-def _md5(spec, array=None, raw=None):
-    # Hash the header we expect plus the array payload: equal to the MD5 of the decompressed file,
-    # so the parsed cache is checked against the very same published numbers as the .gz files.
-    h = hashlib.md5(usedforsecurity=False)
-    if raw is not None:
-        h.update(raw)
-    else:
-        h.update(spec.header)
-        h.update(np.ascontiguousarray(array))
-    return h.hexdigest()
+def _md5(raw):
+    return hashlib.md5(raw, usedforsecurity=False).hexdigest()
 
 
 def _read_idx(path, spec):
@@ -162,7 +149,7 @@ def _read_idx(path, spec):
         raise _BadFileError(
             f"decompresses to {size} bytes but its header implies exactly {spec.nbytes}"
         )
-    digest = _md5(spec, raw=data)
+    digest = _md5(data)
     if digest != spec.md5:
         raise _BadFileError(
             f"has the right header and size but wrong content: MD5 of the decompressed data is "
@@ -185,7 +172,7 @@ def _bad_source(path, problem, in_cache):
 
 
 def mnist_cache_dir(cache_dir=None):
-    """Return the per-user folder where MNIST is downloaded and the parsed cache is kept.
+    """Return the per-user folder where MNIST is downloaded.
 
     Parameters
     ----------
@@ -294,7 +281,10 @@ def _source(data_dir, cache_dir, mirrors, verbose):
     if origin is not None:
         # A folder the user named may be shared or read-only (e.g. a course's data share), so
         # it is never downloaded into: say exactly what to put where instead.
-        state = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
+        if folder.is_dir():
+            state = f"lacks {', '.join(missing)}"
+        else:
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
         raise MnistError(
             f"MNIST folder {folder} (from {origin}) {state}. Put the four files "
             f"{', '.join(MNIST_FILES)} there (e.g. from {DEFAULT_MIRRORS[0]}), or fix {origin} / "
@@ -346,59 +336,8 @@ def mnist_files(data_dir=None, *, mirrors=None, cache_dir=None, verbose=False):
     return _source(data_dir, cache_dir, mirrors, verbose)[2]
 
 
-def _source_key(paths):
-    # Path, size and mtime of every source: cheap to get, and a replaced or edited source changes
-    # it, so the next load re-reads (and re-verifies) the file instead of hiding its damage.
-    parts = [_PARSED_VERSION]
-    for spec in _SPECS:
-        p = paths[spec.filename]
-        st = p.stat()
-        parts.append([str(p.resolve()), st.st_size, st.st_mtime_ns, spec.md5])
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-def _load_parsed(npz, key, verbose):
-    """Return the cached arrays if ``npz`` is intact and matches ``key``, else None."""
-    if not npz.is_file():
-        return None
-    try:
-        with np.load(npz, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                _say(verbose, f"{npz} was built from other source files; rebuilding")
-                return None
-            arrays = {s.key: z[s.key] for s in _SPECS}
-    # The cache is disposable: whatever breaks while reading it (bad zip, missing member,
-    # truncated array, I/O error) only means "rebuild from the verified sources".
-    except Exception as e:
-        _say(verbose, f"ignoring unreadable cache {npz} ({type(e).__name__}: {e})")
-        return None
-    for s in _SPECS:
-        a = arrays[s.key]
-        if a.dtype != np.uint8 or a.shape != s.shape or _md5(s, array=a) != s.md5:
-            _say(verbose, f"ignoring cache {npz}: {s.key} does not match the MNIST checksum")
-            return None
-    return arrays
-
-
-def _save_parsed(npz, key, arrays, verbose):
-    try:
-        with atomic_open(npz, "wb") as f:
-            np.savez(f, key=np.array(key), **arrays)
-    except OSError as e:
-        # Loading already succeeded; a read-only cache only costs speed next time.
-        _say(verbose, f"could not write the parse cache {npz} ({e}); continuing without it")
-    else:
-        _say(verbose, f"wrote parse cache {npz}")
-
-
 def _raw_arrays(data_dir, cache_dir, mirrors, verbose):
     folder, in_cache, paths = _source(data_dir, cache_dir, mirrors, verbose)
-    npz = mnist_cache_dir(cache_dir) / _PARSED_NAME
-    key = _source_key(paths)
-    arrays = _load_parsed(npz, key, verbose)
-    if arrays is not None:
-        _say(verbose, f"loaded {npz}")
-        return arrays
     arrays = {}
     for spec in _SPECS:
         path = paths[spec.filename]
@@ -407,7 +346,6 @@ def _raw_arrays(data_dir, cache_dir, mirrors, verbose):
         except _BadFileError as e:
             raise _bad_source(path, e, in_cache) from None
     _say(verbose, f"read and verified the four files in {folder}")
-    _save_parsed(npz, key, arrays, verbose)
     return arrays
 
 
@@ -477,10 +415,9 @@ def load_mnist(
         Base URLs for downloads. Default: ``$FASTNUM_MNIST_MIRRORS`` (comma-separated), else
         ``DEFAULT_MIRRORS``.
     cache_dir : str or os.PathLike, optional
-        Folder for downloads and the parsed-array cache ``mnist-parsed.npz``; see
-        `mnist_cache_dir`.
+        Folder for downloads; see `mnist_cache_dir`.
     verbose : bool, optional
-        Print what is read, downloaded and cached to stderr.
+        Print what is read and downloaded to stderr.
 
     Returns
     -------

@@ -16,21 +16,25 @@ checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import json
 import math
-import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from fastnum import reference
-from fastnum._io import atomic_open, write_text
-from fastnum._validate import as_float_batch, as_labels, check_choice, check_int, check_positive
+from fastnum._validate import (
+    as_float_batch,
+    as_labels,
+    check_choice,
+    check_int,
+    check_positive,
+    check_step,
+)
 from fastnum.backend import (
     BACKENDS,
     DEFAULT_STRATEGY,
@@ -39,6 +43,8 @@ from fastnum.backend import (
     resolve_backend,
 )
 from fastnum.multilayer import ACTIVATIONS as _ACTIVATION_TABLE
+from fastnum.progress import NoProgress, Progress
+from fastnum.rundir import FORMAT, HISTORY, RunFolder, check_out_dir, check_resumable
 
 __all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "build_net",
            "run_backend", "sgd_step", "train"]
@@ -48,14 +54,6 @@ ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # those of fastnum.multilayer.MultiLayer
 PARAM_NAMES = reference.TwoLayerNet.PARAM_NAMES
 MNIST_CLASSES = 10
 MAX_CLASSES = 65536  # a label beyond this is a data bug, not a class index
-FORMAT = 1  # version of history.json / checkpoint.npz
-
-HISTORY, PARAMS, CHECKPOINT = "history.json", "params.npz", "checkpoint.npz"
-LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
-OUTPUTS = (HISTORY, PARAMS, CHECKPOINT, LOSS_PNG, ACCURACY_PNG)
-# Config fields a resumed run may change: they do not alter any number computed.
-# ``backend`` is compared after resolution ("auto" -> "numba"), not literally.
-_MAY_CHANGE_ON_RESUME = ("iters", "threads", "backend")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -76,10 +74,6 @@ class TrainingDivergedError(RuntimeError):
         self.iteration, self.loss, self.lr = iteration, loss, lr
 
 
-# The one validator set lives in fastnum._validate; these names are kept for the callers here.
-_check_int, _check_positive, _check_choice = check_int, check_positive, check_choice
-
-
 def _as_hidden_sizes(value):
     # A tuple, whatever sequence came in (a list from JSON), so that configs compare equal.
     if value is None:
@@ -89,7 +83,7 @@ def _as_hidden_sizes(value):
                         "(100, 50), or None for one hidden layer of hidden_size.")
     sizes = tuple(value)
     for i, size in enumerate(sizes):
-        _check_int(f"hidden_sizes[{i}]", size, 1, "layer widths are positive integers.")
+        check_int(f"hidden_sizes[{i}]", size, 1, "layer widths are positive integers.")
     return tuple(int(size) for size in sizes)
 
 
@@ -118,9 +112,9 @@ class TrainConfig:
         Seeds the initial weights (exactly as ``TwoLayerNet(..., seed=seed)``)
         and, through a child of ``np.random.SeedSequence(seed)``, the batch
         sampling, so that equal configs give bit-identical runs.
-    backend : {"auto", "numba", "numpy"}, default "auto"
-        Where the network's heavy parts run.  ``grad="backprop"`` always
-        runs in NumPy (see :func:`train`).
+    backend : {"auto", "numba", "numpy"} or None, default None
+        Where the network's heavy parts run.  None reads ``$FASTNUM_BACKEND``
+        (``auto`` when unset); ``auto`` picks numba when it compiles.
     strategy : {"delta", "full"}, default "delta"
         How the numba numerical gradient evaluates perturbed losses.
     threads : int or None
@@ -144,7 +138,7 @@ class TrainConfig:
     weight_init_std: float = 0.01
     h: float = 1e-4
     seed: int = 0
-    backend: str = "auto"
+    backend: str | None = None
     strategy: str = DEFAULT_STRATEGY
     threads: int | None = None
     train_size: int | None = None
@@ -153,22 +147,23 @@ class TrainConfig:
     activation: str = "sigmoid"
 
     def __post_init__(self):
-        _check_choice("grad", self.grad, GRADS)
-        _check_int("iters", self.iters, 1, "the book uses 10000.")
-        _check_int("batch_size", self.batch_size, 1, "the book uses 100.")
-        _check_positive("lr", self.lr, "the book uses 0.1.")
-        _check_int("hidden_size", self.hidden_size, 1, "the book uses 50.")
-        _check_positive("weight_init_std", self.weight_init_std, "the book uses 0.01.")
-        _check_positive("h", self.h, "the book uses 1e-4.")
-        _check_int("seed", self.seed, 0, "pass a non-negative integer such as 0.")
-        _check_choice("backend", self.backend, BACKENDS)
+        check_choice("grad", self.grad, GRADS)
+        check_int("iters", self.iters, 1, "the book uses 10000.")
+        check_int("batch_size", self.batch_size, 1, "the book uses 100.")
+        check_positive("lr", self.lr, "the book uses 0.1.")
+        check_int("hidden_size", self.hidden_size, 1, "the book uses 50.")
+        check_positive("weight_init_std", self.weight_init_std, "the book uses 0.01.")
+        check_step(self.h)  # also refuses a step too small to move the loss
+        check_int("seed", self.seed, 0, "pass a non-negative integer such as 0.")
+        if self.backend is not None:  # None: $FASTNUM_BACKEND, checked when a run starts
+            check_choice("backend", self.backend, BACKENDS)
         check_strategy(self.strategy)
-        _check_int("threads", self.threads, 1, "pass a positive count or None.", optional=True)
+        check_int("threads", self.threads, 1, "pass a positive count or None.", optional=True)
         for name in ("train_size", "test_size"):
-            _check_int(name, getattr(self, name), 1, "pass a sample count or None for all.",
+            check_int(name, getattr(self, name), 1, "pass a sample count or None for all.",
                        optional=True)
         object.__setattr__(self, "hidden_sizes", _as_hidden_sizes(self.hidden_sizes))
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if self.activation != "sigmoid" and self.hidden_sizes is None:
             raise ValueError(f"activation={self.activation!r} needs hidden_sizes (the book's "
                              "TwoLayerNet is sigmoid only); pass e.g. hidden_sizes=(50,).")
@@ -312,80 +307,32 @@ def _prepare_data(config, data, data_dir):
     return _Data(x_train, t_train, x_test, t_test, n_classes, info)
 
 
-def _fmt_seconds(s):
-    if not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-class _Progress:
-    """A redrawn one-line bar on a terminal; elsewhere one line per 10 % (no spam in logs)."""
-
-    def __init__(self, total, done, stream=None):
-        self.stream = sys.stderr if stream is None else stream
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.total, self.first = total, done
-        self.t0 = self.last = time.perf_counter()
-        self.next_decile = done * 10 // total + 1
-        self.width = 0
-
-    def _line(self, done, now):
-        rate = (done - self.first) / max(now - self.t0, 1e-9)
-        speed = f"{rate:.1f} it/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s/it"
-        eta = (self.total - done) / rate if rate > 0 else math.inf
-        bar = "#" * (20 * done // self.total)
-        return (f"{done}/{self.total} [{bar:<20}] {100 * done / self.total:3.0f}% "
-                f"{speed} ETA {_fmt_seconds(eta)}")
-
-    def update(self, done):
-        """Report that ``done`` iterations are finished."""
-        now = time.perf_counter()
-        if self.tty and (now - self.last >= 0.1 or done == self.total):
-            line = self._line(done, now)
-            self.stream.write("\r" + line.ljust(self.width))
-            self.width, self.last = len(line), now
-            self.stream.flush()
-        elif not self.tty and done * 10 >= self.next_decile * self.total:
-            self.stream.write(self._line(done, now) + "\n")
-            self.next_decile = done * 10 // self.total + 1
-            self.stream.flush()
-
-    def clear(self):
-        """Erase the bar so that a log line can be printed in its place."""
-        if self.tty and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.width = 0
-            self.stream.flush()
-
-    def close(self):
-        """End the bar's line."""
-        if self.tty and self.width:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-class _NoProgress:
-    def update(self, done):
-        pass
-
-    def clear(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def run_backend(config):
-    """The backend a run of ``config`` uses: ``config.backend`` resolved, NumPy for backprop.
+    """The backend a run of ``config`` uses: ``config.backend`` resolved (None reads the env).
 
-    Backprop is NumPy matrix products on BLAS threads.  Interleaving them with
-    numba's parallel loss and accuracy kernels makes the two thread pools spin
-    against each other for the cores: on 2 cores the book's backprop run took
-    2 min that way instead of 15 s.
+    ``grad="backprop"`` runs where asked, like the numerical gradient: the
+    batch loss and the accuracy passes in numba kernels, the backprop matrix
+    products in BLAS.  :func:`sgd_step` gives BLAS one thread while numba
+    kernels run, so that the two thread pools do not spin against each other
+    for the cores (without that limit, the book's backprop run on 2 cores took
+    about 10 times longer on the numba backend than on NumPy).
     """
-    backend = resolve_backend(config.backend)  # validated even when backprop overrides it
-    return "numpy" if config.grad == "backprop" else backend
+    return resolve_backend(config.backend)
+
+
+_blas = None  # threadpoolctl's controller, found once: looking up the libraries costs ~0.2 ms
+
+
+def _blas_threads(backend):
+    """A context giving BLAS one thread where numba kernels run between BLAS calls."""
+    global _blas
+    if backend != "numba":
+        return contextlib.nullcontext()  # NumPy alone: BLAS keeps all its threads
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")  # ~6 us a step
 
 
 def build_net(config, n_features, n_classes):
@@ -414,20 +361,21 @@ def sgd_step(net, x, t, config):
     ``x`` and ``t`` must already be validated (float64 C-contiguous, int64 labels
     in range): the step calls the network's trusted methods.
     """
-    if config.grad == "backprop":
-        grads = net.gradient_trusted(x, t)
-    else:
-        grads = net.numerical_gradient_trusted(x, t, config.h, config.strategy)
-    for key, grad in grads.items():  # W1, b1, W2, b2 (and more for hidden_sizes)
-        net.params[key] -= config.lr * grad
-    return float(net.loss_trusted(x, t))
+    with _blas_threads(net.backend):
+        if config.grad == "backprop":
+            grads = net.gradient_trusted(x, t)
+        else:
+            grads = net.numerical_gradient_trusted(x, t, config.h, config.strategy)
+        for key, grad in grads.items():  # W1, b1, W2, b2 (and more for hidden_sizes)
+            net.params[key] -= config.lr * grad
+        return float(net.loss_trusted(x, t))
 
 
 class _Run:
     """The state of one training run and the steps that advance it."""
 
-    def __init__(self, config, data, out_dir, log):
-        self.cfg, self.data, self.out, self.log = config, data, out_dir, log
+    def __init__(self, config, data, folder, log):
+        self.cfg, self.data, self.folder, self.log = config, data, folder, log
         self.net = build_net(config, data.x_train.shape[1], data.n_classes)
         self.backend = self.net.backend
         # A child stream, so batch sampling does not replay the bits of the weight init.
@@ -437,12 +385,11 @@ class _Run:
         self.history = {"loss": [], "epoch_iter": [], "train_acc": [], "test_acc": []}
         self.epoch_seconds, self.seconds_before = [], 0.0
         self.t_start = self.t_epoch = time.perf_counter()
-        self.progress = _NoProgress()
+        self.progress = NoProgress()
 
     def say(self, message):
         if self.log is not None:
-            self.progress.clear()
-            self.log(message)
+            self.progress.write(self.log, message)
 
     def seconds(self):
         return self.seconds_before + time.perf_counter() - self.t_start
@@ -491,48 +438,40 @@ class _Run:
                 "timings": self.timings(), **extra}
 
     def write_history(self, status, **extra):
-        if self.out is not None:
-            text = json.dumps(self.document(status, **extra), indent=1, allow_nan=False)
-            write_text(self.out / HISTORY, text + "\n")
+        if self.folder is not None:
+            self.folder.write_history(self.document(status, **extra))
 
     def write_checkpoint(self):
-        meta = {"format": FORMAT, "config": self.cfg.to_dict(), "backend": self.backend,
-                "data": self.data.info, "iteration": self.iteration,
-                "rng": self.rng.bit_generator.state,
+        meta = {"config": self.cfg.to_dict(), "backend": self.backend, "data": self.data.info,
+                "iteration": self.iteration, "rng": self.rng.bit_generator.state,
                 "history": {k: v for k, v in self.history.items() if k != "loss"},
                 "epoch_seconds": self.epoch_seconds, "seconds": self.seconds()}
-        with atomic_open(self.out / CHECKPOINT, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)),
-                     loss=np.asarray(self.history["loss"], dtype=np.float64), **self.net.params)
+        self.folder.write_checkpoint(meta, self.history["loss"], self.net.params)
 
-    def write_plots(self):
-        from fastnum.plots import plot_accuracy, plot_loss
-
-        plot_loss(self.history, self.out / LOSS_PNG)
-        plot_accuracy(self.history, self.out / ACCURACY_PNG)
-
-    def restore(self, path):
-        """Continue from ``path``: params, sampler state, iteration and history."""
-        meta, arrays = _read_checkpoint(path, tuple(self.net.params))
-        _check_resumable(meta, self, path)
+    def restore(self):
+        """Continue from the folder's checkpoint: params, sampler state, iteration and history."""
+        meta, arrays = self.folder.read_checkpoint(tuple(self.net.params))
+        check_resumable(meta, self.cfg.to_dict(), self.backend, self.data.info, self.per_epoch,
+                        self.folder.checkpoint)
         for key in self.net.params:
             self.net.params[key][...] = arrays[key]
-        loss = arrays["loss"].tolist()
         self.rng.bit_generator.state = meta["rng"]
         self.iteration = meta["iteration"]
-        self.history = {"loss": loss, **meta["history"]}
+        self.history = {"loss": arrays["loss"].tolist(), **meta["history"]}
         self.epoch_seconds, self.seconds_before = meta["epoch_seconds"], meta["seconds"]
-        self.say(f"resuming from {path} at iteration {self.iteration}/{self.cfg.iters}")
+        self.say(f"resuming from {self.folder.checkpoint} at iteration "
+                 f"{self.iteration}/{self.cfg.iters}")
 
     def diverged(self, loss):
         """Save what is finite, then raise :class:`TrainingDivergedError`."""
         lr, it = self.cfg.lr, self.iteration + 1
         where = ""
-        if self.out is not None:
+        if self.folder is not None:
             self.write_history("diverged", diverged_at={"iteration": it, "loss": repr(loss)})
-            self.write_plots()
+            self.folder.write_plots(self.history)
             where = (f" The history of the {self.iteration} finite iterations is in "
-                     f"{self.out / HISTORY} (plots show only those; no params.npz written).")
+                     f"{self.folder.path / HISTORY} (plots show only those; no params.npz "
+                     "written).")
         raise TrainingDivergedError(
             f"training diverged at iteration {it}: the loss became {loss} (or the parameters "
             f"non-finite) with lr={lr:g}. Lower the learning rate (e.g. lr={lr / 10:g}) and "
@@ -555,7 +494,7 @@ class _Run:
 
     def end_epoch(self, callback):
         self.evaluate()
-        if self.out is not None:
+        if self.folder is not None:
             self.write_checkpoint()
             self.write_history("running")
         if callback is not None:
@@ -571,70 +510,14 @@ class _Run:
             final = h["train_acc"][-1], h["test_acc"][-1]
         else:
             final = self.accuracies()
-        if self.out is not None:
-            with atomic_open(self.out / PARAMS, "wb") as f:
-                np.savez(f, **self.net.params)
+        if self.folder is not None:
+            self.folder.write_params(self.net.params)
             self.write_checkpoint()  # lets a later resume extend the run with more iters
             self.write_history("completed", final={"iteration": self.iteration,
                                                    "train_acc": final[0], "test_acc": final[1]})
-            self.write_plots()
+            self.folder.write_plots(h)
         return TrainResult(self.cfg, self.backend, self.net, h, self.timings(), final[0],
-                           final[1], self.out)
-
-
-def _read_checkpoint(path, param_names=PARAM_NAMES):
-    """Return (meta dict, arrays dict) of a checkpoint, or raise a ValueError that says why."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in ("loss", *param_names)}
-            return json.loads(str(z["meta"])), arrays
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable fastnum checkpoint ({exc}); start a new run "
-                         "(overwrite=True, --overwrite) or use another out_dir.") from exc
-
-
-def _check_resumable(meta, run, path):
-    """Raise unless the checkpoint in ``meta`` belongs to the same run as ``run``."""
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has checkpoint format {meta.get('format')!r}, expected "
-                         f"{FORMAT}; start a new run in another out_dir.")
-    saved, now = meta["config"], run.cfg.to_dict()
-    diffs = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in now.items()
-             if k not in _MAY_CHANGE_ON_RESUME and saved.get(k) != v]
-    if meta["backend"] != run.backend:
-        diffs.append(f"backend {meta['backend']!r} there, {run.backend!r} now")
-    if meta["data"] != run.data.info:
-        diffs.append("different training/test data")
-    if diffs:
-        raise ValueError(f"cannot resume from {path}: it was made with other settings "
-                         f"({'; '.join(diffs)}). Resume with the original settings, or start "
-                         "a new run in another out_dir.")
-    if meta["iteration"] > run.cfg.iters:
-        raise ValueError(f"cannot resume from {path}: it is at iteration {meta['iteration']}, "
-                         f"past iters={run.cfg.iters}; pass iters >= {meta['iteration']}.")
-
-
-def _prepare_out_dir(out_dir, resume, overwrite):
-    if out_dir is None:
-        if resume:
-            raise ValueError("resume=True needs out_dir: the run directory holding checkpoint.npz.")
-        return None
-    out = Path(out_dir)
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"cannot resume: {out / CHECKPOINT} does not exist. Point "
-                                    "out_dir at an earlier run's directory, or start without "
-                                    "resume.")
-        return out
-    existing = [name for name in OUTPUTS if (out / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a run ({', '.join(existing)}); continue it "
-                              "(resume=True, --resume), use another out_dir, or start afresh "
-                              "(overwrite=True, --overwrite).")
-    for name in existing:  # only our own outputs, so a fresh run never mixes with stale files
-        (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+                           final[1], None if self.folder is None else self.folder.path)
 
 
 def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False,
@@ -652,19 +535,22 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
     out_dir : str or Path, optional
         Where to write ``history.json``, ``params.npz``, ``loss.png``,
         ``accuracy.png`` and ``checkpoint.npz`` (all atomically).  ``None``
-        writes nothing.
+        writes nothing.  The folder is locked (``run.lock``) while the run
+        lasts: a second run in it is refused.
     resume : bool, default False
         Continue from ``out_dir/checkpoint.npz``.  The result is bit-identical
         to an uninterrupted run; only ``iters``, ``threads`` and an
         equivalent ``backend`` spelling may differ from the checkpoint's config.
+        A checkpoint that is damaged, edited (it carries a checksum) or
+        inconsistent with its own history is refused.
     overwrite : bool, default False
         Allow a fresh run in an ``out_dir`` that already holds one (its outputs
         are deleted first).
     data_dir : str or Path, optional
         MNIST folder passed to ``load_mnist`` when ``data`` is None.
     progress : bool, default True
-        Show a progress bar with iterations/s and ETA on stderr (redrawn on a
-        terminal, one line per 10 % otherwise).
+        Show a progress bar with iterations/s and ETA on stderr (tqdm on a
+        terminal and in Jupyter, one line per 10 % in a log file).
     log : callable or None, default print
         Receives the per-epoch lines (``... train acc, test acc | 0.90, 0.91``).
     callback : callable, optional
@@ -679,18 +565,23 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
     Raises
     ------
     ValueError, TypeError
-        Bad settings or data; the message names the value and the fix.
+        Bad settings or data; the message names the value and the fix.  All
+        of them are checked before anything is created on disk.
     FileExistsError, FileNotFoundError
         ``out_dir`` holds a run but neither resume nor overwrite was asked;
         or resume was asked but there is no checkpoint.
+    fastnum.rundir.CheckpointError
+        (a ValueError) The checkpoint cannot be resumed from; the message says why.
+    fastnum.rundir.RunFolderError
+        (an OSError) ``out_dir`` is locked by another run (or a stale lock),
+        is a file, or cannot be written (disk full); the message says what to do.
     TrainingDivergedError
         The loss or the parameters became NaN/inf (history so far is saved).
 
     Notes
     -----
-    With ``grad="backprop"`` the whole run uses the NumPy backend, whatever
-    ``config.backend`` says (see :func:`run_backend`).  ``TrainResult.backend``
-    says what ran.
+    With the numba backend BLAS runs on one thread during the SGD steps
+    (see :func:`run_backend`).
 
     The recorded loss of an iteration is, as in the book, the loss of that
     iteration's batch at the parameters *after* its update.  Accuracy is
@@ -705,23 +596,30 @@ def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: pick one.")
+    out = check_out_dir(out_dir)
+    if resume and out is None:
+        raise ValueError("resume=True needs out_dir: the run directory holding checkpoint.npz.")
     data = _prepare_data(config, data, data_dir)
     run_backend(config)  # raises on a backend that cannot run, before files are touched
-    out = _prepare_out_dir(out_dir, resume, overwrite)  # after the checks: it may delete files
-    if config.threads is not None:
+    if config.threads is not None:  # raises on a count numba cannot give, before files too
         from fastnum._jit import set_num_threads
 
         set_num_threads(config.threads)
-    run = _Run(config, data, out, log)
-    if resume:
-        run.restore(out / CHECKPOINT)
-    if progress and run.iteration < config.iters:
-        run.progress = _Progress(config.iters, run.iteration)
-    # exp() overflowing in a saturated sigmoid is harmless (it gives 0); real trouble
-    # shows up as a non-finite loss or parameter, which the loop checks explicitly.
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        try:
-            run.loop(callback)
-        finally:
-            run.progress.close()
-        return run.finish()
+    folder = None if out is None else RunFolder(out).open(resume, overwrite)
+    try:
+        run = _Run(config, data, folder, log)
+        if resume:
+            run.restore()
+        if progress and run.iteration < config.iters:
+            run.progress = Progress(config.iters, run.iteration)
+        # exp() overflowing in a saturated sigmoid is harmless (it gives 0); real trouble
+        # shows up as a non-finite loss or parameter, which the loop checks explicitly.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            try:
+                run.loop(callback)
+            finally:
+                run.progress.close()
+            return run.finish()
+    finally:
+        if folder is not None:
+            folder.close()

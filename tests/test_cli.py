@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,61 @@ def test_bad_values_fail_with_one_clear_line(capsys, argv, words):
     one_error_line(capsys, *words)
 
 
+def test_relu_hint_is_an_option_the_parser_accepts(capsys):
+    assert main(["train", "--activation", "relu"]) == 2
+    line = one_error_line(capsys, "--hidden-sizes 50")
+    assert "(50,)" not in line
+    args = cli.build_parser().parse_args(["train", "--activation", "relu", "--hidden-sizes", "50"])
+    assert args.hidden_sizes == (50,)
+
+
+def test_tuple_widths_in_messages_become_the_cli_spelling():
+    message = cli._as_options("pass e.g. hidden_sizes=(100, 50).")
+    assert message == "pass e.g. --hidden-sizes 100,50."
+
+
+def test_gradcheck_negative_seed_names_the_option(capsys, monkeypatch):
+    import fastnum.data
+
+    monkeypatch.setattr(fastnum.data, "load_mnist", lambda **kw: pytest.fail("loaded MNIST"))
+    assert main(["gradcheck", "--seed", "-3"]) == 2
+    one_error_line(capsys, "--seed=-3", "non-negative")
+
+
+def test_empty_out_is_refused_and_creates_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *QUICK, "--out", ""]) == 2
+    one_error_line(capsys, "--out='' is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_threads_leave_no_out_folder(capsys, tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, *data_dir, "--threads", "100000", "--out", str(out)]) == 2
+    one_error_line(capsys, "--threads=100000")
+    assert not out.exists()
+
+
+def test_out_on_a_file_names_it(capsys, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["train", *QUICK, "--out", str(a_file)]) == 2
+    line = one_error_line(capsys, f"--out {a_file} is a file, not a folder", "--resume")
+    assert "Errno" not in line and a_file.read_text() == "mine"
+
+
+def test_unknown_backend_environment_variable_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("FASTNUM_BACKEND", "cuda")
+    # Each command would also fail on its other options: the backend must be refused first.
+    for command in (["train", "--lr", "-1"], ["gradcheck", "--tol", "0"]):
+        assert main(command) == 2
+        one_error_line(capsys, "backend='cuda' (from $FASTNUM_BACKEND) is unknown",
+                       "unset FASTNUM_BACKEND")
+    # An explicit --backend wins: the error is now the next one, about --lr.
+    assert main(["train", "--backend", "numpy", "--lr", "-1"]) == 2
+    one_error_line(capsys, "--lr=-1.0")
+
+
 def test_argparse_errors_return_2(capsys):
     assert main(["train", "--grad", "adam"]) == 2
     assert "invalid choice: 'adam'" in capsys.readouterr().err
@@ -91,6 +147,16 @@ def test_keyboard_interrupt_returns_130_with_a_resume_hint(capsys, monkeypatch, 
     monkeypatch.setattr(fastnum.train, "train", interrupted)
     assert main(["train", "--out", str(tmp_path)]) == 130
     assert f"--resume --out {tmp_path}" in capsys.readouterr().err
+
+
+def test_unknown_backend_variable_from_the_shell():
+    env = {**os.environ, "FASTNUM_BACKEND": "cuda"}
+    proc = subprocess.run([sys.executable, "-m", "fastnum.cli", "train", "--iters", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("fastnum train: error: backend='cuda' (from $FASTNUM_BACKEND) "
+                                   "is unknown; use one of auto, numba, numpy, or unset "
+                                   "FASTNUM_BACKEND.")
 
 
 def test_runs_as_a_module():
@@ -130,7 +196,6 @@ def test_train_reads_mnist_and_writes_outputs(capsys, tmp_path, mnist_source_dir
     assert main(["train", *QUICK, *data_dir, "--out", str(out), "-v"]) == 0
     stdout = capsys.readouterr().out
     assert "backend: numpy reference" in stdout
-    assert "--grad backprop always runs in NumPy" in stdout
     assert "train acc, test acc |" in stdout and f"outputs in {out}" in stdout
     doc = json.loads((out / "history.json").read_text())
     assert doc["status"] == "completed" and doc["config"]["iters"] == 12
@@ -172,6 +237,35 @@ def test_train_multilayer_relu(capsys, tmp_path, data_dir):
     with np.load(out / "params.npz") as params:
         assert {k: params[k].shape for k in params} == {
             "W1": (784, 6), "b1": (6,), "W2": (6, 4), "b2": (4,), "W3": (4, 10), "b3": (10,)}
+
+
+def test_train_follows_fastnum_backend(capsys, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("FASTNUM_BACKEND", "numpy")
+    quick = [a for a in QUICK if a not in ("--backend", "numpy")]
+    assert main(["train", *quick, "--grad", "numerical", "--iters", "2", *data_dir,
+                 "--out", str(tmp_path), "-q"]) == 0
+    assert json.loads((tmp_path / "history.json").read_text())["backend"] == "numpy"
+
+
+def test_full_disk_is_one_line_with_the_resume_hint(capsys, tmp_path, data_dir, monkeypatch):
+    import errno
+    import os
+
+    import fastnum.rundir
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    real_write_text = fastnum.rundir.write_text
+    monkeypatch.setattr(fastnum.rundir, "write_text", disk_full)  # history.json's writer
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, *data_dir, "--out", str(out), "-q"]) == 2
+    line = one_error_line(capsys, f"could not write {out / 'history.json'}: the disk is full",
+                          f"--resume --out {out}")
+    assert "Errno" not in line and (out / "checkpoint.npz").is_file()
+    assert not (out / "run.lock").exists()
+    monkeypatch.setattr(fastnum.rundir, "write_text", real_write_text)  # space freed
+    assert main(["train", *QUICK, *data_dir, "--out", str(out), "-q", "--resume"]) == 0
 
 
 def test_train_divergence_exits_1(capsys, tmp_path, data_dir):

@@ -1,4 +1,4 @@
-"""Tests for fastnum.data: the book's load_mnist contract, file verification, downloads, cache."""
+"""Tests for fastnum.data: the book's load_mnist contract, file verification, downloads."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from fastnum.data import (
 from tests._mnist_server import CUT, CUT_NO_LENGTH, NOT_FOUND, MirrorServer
 
 TRAIN_IMG, TRAIN_LBL, TEST_IMG, TEST_LBL = MNIST_FILES
-NPZ = "mnist-parsed.npz"
 # Nothing listens on the discard port: a test that forgets to pass mirrors fails fast, offline.
 DEAD_MIRROR = "http://127.0.0.1:9/nothing-here/"
 
@@ -43,17 +42,9 @@ def source_bytes(mnist_source_dir):
 
 
 @pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory):
-    """One parse cache for the read-only contract tests, so each load takes ~0.1 s."""
-    return tmp_path_factory.mktemp("shared-cache")
-
-
-@pytest.fixture(scope="module")
-def reference(mnist_source_dir, shared_cache):
+def reference(mnist_source_dir):
     """Raw uint8 arrays loaded straight from the source folder."""
-    (x, t), (xt, tt) = load_mnist(
-        normalize=False, data_dir=mnist_source_dir, cache_dir=shared_cache
-    )
+    (x, t), (xt, tt) = load_mnist(normalize=False, data_dir=mnist_source_dir)
     return x, t, xt, tt
 
 
@@ -93,8 +84,8 @@ def _flat(loaded):
 # --------------------------------------------------------------------------- the book's contract
 
 
-def test_default_load_matches_the_book(mnist_source_dir, shared_cache):
-    (x, t), (xt, tt) = load_mnist(data_dir=mnist_source_dir, cache_dir=shared_cache)
+def test_default_load_matches_the_book(mnist_source_dir):
+    (x, t), (xt, tt) = load_mnist(data_dir=mnist_source_dir)
     assert x.shape == (60000, 784) and xt.shape == (10000, 784)
     assert x.dtype == np.float32 and xt.dtype == np.float32
     assert t.shape == (60000,) and tt.shape == (10000,)
@@ -114,26 +105,22 @@ def test_normalize_false_gives_raw_uint8(reference):
     assert x.flags.writeable
 
 
-def test_normalize_divides_by_255_exactly(mnist_source_dir, shared_cache, reference):
-    (x, _), _ = load_mnist(data_dir=mnist_source_dir, cache_dir=shared_cache)
+def test_normalize_divides_by_255_exactly(mnist_source_dir, reference):
+    (x, _), _ = load_mnist(data_dir=mnist_source_dir)
     expected = reference[0].astype(np.float32)
     expected /= 255.0
     assert np.array_equal(x, expected)
 
 
-def test_flatten_false_shape_and_values(mnist_source_dir, shared_cache, reference):
-    (x, t), (xt, tt) = load_mnist(
-        normalize=False, flatten=False, data_dir=mnist_source_dir, cache_dir=shared_cache
-    )
+def test_flatten_false_shape_and_values(mnist_source_dir, reference):
+    (x, t), (xt, tt) = load_mnist(normalize=False, flatten=False, data_dir=mnist_source_dir)
     assert x.shape == (60000, 1, 28, 28) and xt.shape == (10000, 1, 28, 28)
     assert np.array_equal(x.reshape(60000, 784), reference[0])
     assert np.array_equal(xt.reshape(10000, 784), reference[2])
 
 
-def test_one_hot_labels(mnist_source_dir, shared_cache, reference):
-    (_, t), (_, tt) = load_mnist(
-        one_hot_label=True, data_dir=mnist_source_dir, cache_dir=shared_cache
-    )
+def test_one_hot_labels(mnist_source_dir, reference):
+    (_, t), (_, tt) = load_mnist(one_hot_label=True, data_dir=mnist_source_dir)
     assert t.shape == (60000, 10) and tt.shape == (10000, 10)
     assert t.dtype == np.float32
     assert np.array_equal(t.sum(axis=1), np.ones(60000, np.float32))
@@ -156,83 +143,19 @@ def test_arrays_equal_an_independent_parse(mnist_source_dir, reference):
     assert np.array_equal(tt, raw(TEST_LBL, 8))
 
 
-def test_env_var_is_used_when_no_data_dir(monkeypatch, mnist_source_dir, shared_cache, reference):
+def test_env_var_is_used_when_no_data_dir(monkeypatch, mnist_source_dir, reference):
     monkeypatch.setenv("FASTNUM_MNIST_DIR", str(mnist_source_dir))
-    _assert_same(_flat(load_mnist(normalize=False, cache_dir=shared_cache)), reference)
+    _assert_same(_flat(load_mnist(normalize=False)), reference)
 
 
-# --------------------------------------------------------------------------- parsed-array cache
-
-
-def test_second_load_comes_from_the_parsed_cache(src_copy, tmp_path, monkeypatch, reference):
-    cache = tmp_path / "cache"
-    assert not (cache / NPZ).exists()
-    first = _flat(load_mnist(normalize=False, data_dir=src_copy, cache_dir=cache))
-    assert (cache / NPZ).is_file()
-
-    # With the .gz reader disabled, only the cache can satisfy the second load.
-    def no_gz(*args):
-        raise AssertionError("the .gz files were parsed again despite a valid cache")
-
-    monkeypatch.setattr(fd, "_read_idx", no_gz)
-    second = _flat(load_mnist(normalize=False, data_dir=src_copy, cache_dir=cache))
-    _assert_same(second, first)
-    _assert_same(second, reference)
+# --------------------------------------------------------------------------- what is written
 
 
 def test_explicit_source_dir_is_never_written(src_copy, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in src_copy.iterdir()}
     load_mnist(data_dir=src_copy, cache_dir=tmp_path / "cache")
     assert {p.name: p.stat().st_mtime_ns for p in src_copy.iterdir()} == before
-    assert _listing(tmp_path / "cache") == [NPZ]
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "tampered", "wrong-shape"])
-def test_damaged_cache_is_ignored_and_rebuilt(src_copy, tmp_path, monkeypatch, reference, damage):
-    cache = tmp_path / "cache"
-    load_mnist(normalize=False, data_dir=src_copy, cache_dir=cache)
-    npz = cache / NPZ
-    if damage == "garbage":
-        npz.write_bytes(b"this is not a zip file")
-    elif damage == "truncated":
-        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
-    else:
-        with np.load(npz) as z:
-            arrays = {k: z[k] for k in z.files}
-        if damage == "tampered":
-            arrays["train_img"][123, 14, 14] ^= 0xFF  # one pixel: only the checksum can tell
-        else:
-            arrays["test_label"] = arrays["test_label"][:-1]
-        np.savez(npz, **arrays)
-
-    parsed = []
-    real_read = fd._read_idx
-    monkeypatch.setattr(fd, "_read_idx", lambda p, s: parsed.append(s.filename) or real_read(p, s))
-    _assert_same(_flat(load_mnist(normalize=False, data_dir=src_copy, cache_dir=cache)), reference)
-    assert parsed == list(MNIST_FILES), "a damaged cache must not be trusted"
-    # ...and it was rewritten, so the next load is fast again.
-    parsed.clear()
-    load_mnist(normalize=False, data_dir=src_copy, cache_dir=cache)
-    assert parsed == []
-
-
-def test_changed_source_invalidates_the_cache(src_copy, tmp_path, source_bytes):
-    cache = tmp_path / "cache"
-    load_mnist(data_dir=src_copy, cache_dir=cache)
-    content = _idx_gunzip(source_bytes[TEST_LBL])
-    content[100] = (content[100] + 1) % 10
-    (src_copy / TEST_LBL).write_bytes(_regzip(content))
-    # The cache still holds good arrays, but the damaged source must be reported, not hidden.
-    with pytest.raises(MnistError, match="MD5") as e:
-        load_mnist(data_dir=src_copy, cache_dir=cache)
-    assert str(src_copy / TEST_LBL) in str(e.value)
-
-
-def test_unwritable_cache_dir_still_loads(mnist_source_dir, tmp_path, reference):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    loaded = load_mnist(normalize=False, data_dir=mnist_source_dir, cache_dir=blocker / "cache")
-    _assert_same(_flat(loaded), reference)
+    assert not (tmp_path / "cache").exists()  # nothing is cached from a named folder
 
 
 # --------------------------------------------------------------------------- damaged source files
@@ -285,7 +208,6 @@ def test_damaged_source_file_is_refused(src_copy, tmp_path, source_bytes, name, 
     msg = str(e.value)
     assert str(src_copy / name) in msg
     assert "Replace it with a good copy" in msg and "FASTNUM_MNIST_DIR" in msg
-    assert not (cache / NPZ).exists(), "nothing may be cached from a bad file"
 
 
 def test_damaged_file_in_cache_dir_says_delete_it(tmp_path, monkeypatch, source_bytes):
@@ -325,6 +247,14 @@ def test_missing_env_dir_names_the_env_var(tmp_path, monkeypatch):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    a_file = tmp_path / "mnist.gz"
+    a_file.write_bytes(b"not a folder")
+    with pytest.raises(MnistError, match="is a file, not a folder") as e:
+        load_mnist(data_dir=a_file)
+    assert str(a_file) in str(e.value) and "does not exist" not in str(e.value)
+
+
 def test_mnist_files_returns_paths_in_order(mnist_source_dir):
     files = mnist_files(mnist_source_dir)
     assert list(files) == list(MNIST_FILES)
@@ -346,7 +276,7 @@ def test_clean_download(no_data_dir, tmp_path, source_bytes, reference):
         loaded = load_mnist(normalize=False, cache_dir=cache, mirrors=[server.url])
         assert server.requests == list(MNIST_FILES)
     _assert_same(_flat(loaded), reference)
-    assert _listing(cache) == sorted([*MNIST_FILES, NPZ])  # no temporary files left
+    assert _listing(cache) == sorted(MNIST_FILES)  # no temporary files left
     for name in MNIST_FILES:
         assert (cache / name).read_bytes() == source_bytes[name]
     # Everything is local now: the next load needs no mirror at all.
@@ -425,7 +355,7 @@ def test_mirror_fallback_after_404(no_data_dir, tmp_path, source_bytes, referenc
         assert first.requests == list(MNIST_FILES)
         assert second.requests == list(MNIST_FILES)
     _assert_same(_flat(loaded), reference)
-    assert _listing(cache) == sorted([*MNIST_FILES, NPZ])
+    assert _listing(cache) == sorted(MNIST_FILES)
 
 
 def test_all_mirrors_failing_lists_each_one(no_data_dir, tmp_path, source_bytes):
@@ -496,9 +426,12 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert mnist_cache_dir() == tmp_path / "home" / ".cache" / "fastnum" / "mnist"
 
 
-def test_default_mirrors_are_https_first():
-    assert DEFAULT_MIRRORS[0].startswith("https://")
-    assert all(m.endswith("/") for m in DEFAULT_MIRRORS)
+def test_default_mirrors_apply_when_none_are_given(monkeypatch):
+    for unset in ("", " , "):  # an empty or blank variable means "not set"
+        monkeypatch.setenv("FASTNUM_MNIST_MIRRORS", unset)
+        assert fd._mirror_list(None) == list(DEFAULT_MIRRORS)
+    monkeypatch.setenv("FASTNUM_MNIST_MIRRORS", "http://a/x, http://b/y/")
+    assert fd._mirror_list(None) == ["http://a/x/", "http://b/y/"]
 
 
 def test_mirrors_argument_validation():

@@ -5,12 +5,17 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
+from fastnum import backend as fb
 from fastnum._jit import JIT_ENABLED
-from fastnum.train import TrainConfig, TrainingDivergedError, _Progress, train
+from fastnum.progress import Progress
+from fastnum.train import TrainConfig, TrainingDivergedError, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PARAMS = ("W1", "b1", "W2", "b2")
@@ -97,13 +102,34 @@ def test_numerical_and_backprop_trajectories_agree(blobs, backend):
     np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["auto", pytest.param("numba", marks=[needs_jit,
-                                                                           pytest.mark.numba])])
-def test_backprop_runs_in_numpy_whatever_the_backend(blobs, backend):
+def _blas_threads():
+    return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=[needs_jit,
+                                                                            pytest.mark.numba])])
+def test_backprop_runs_where_asked_with_one_blas_thread_beside_numba(blobs, backend,
+                                                                     monkeypatch):
     """numba kernels between BLAS calls would fight BLAS's threads for the cores."""
+    from fastnum.network import TwoLayerNet
+
+    seen, real = [], TwoLayerNet._gradient
+    monkeypatch.setattr(TwoLayerNet, "_gradient",
+                        lambda self, x, t: seen.append(_blas_threads()) or real(self, x, t))
+    before = _blas_threads()
     result = quiet_train(small(grad="backprop", iters=3, backend=backend), blobs)
-    assert result.backend == "numpy" and result.net.backend == "numpy"
-    assert result.config.backend == backend  # the config still says what was asked
+    assert result.backend == backend and result.net.backend == backend
+    assert seen == [1 if backend == "numba" else before] * 3
+    assert _blas_threads() == before  # restored after each step
+
+
+def test_backend_comes_from_the_environment_unless_given(blobs, monkeypatch):
+    monkeypatch.setenv(fb.BACKEND_ENV, "numpy")
+    assert quiet_train(small(backend=None, iters=2), blobs).backend == "numpy"
+    monkeypatch.setenv(fb.BACKEND_ENV, "cuda")
+    assert quiet_train(small(backend="numpy", iters=2), blobs).backend == "numpy"  # explicit wins
+    with pytest.raises(ValueError, match=r"backend='cuda' \(from \$FASTNUM_BACKEND\)"):
+        quiet_train(small(backend=None), blobs)
 
 
 def test_same_seed_same_run_and_other_seed_differs(blobs):
@@ -111,6 +137,11 @@ def test_same_seed_same_run_and_other_seed_differs(blobs):
     assert_same_run(a, b)
     c = quiet_train(small(grad="numerical", iters=10, seed=1), blobs)
     assert not np.array_equal(a.params["W1"], c.params["W1"])
+
+
+def test_relu_without_hidden_sizes_suggests_them():
+    with pytest.raises(ValueError, match=r"needs hidden_sizes.*hidden_sizes=\(50,\)"):
+        TrainConfig(activation="relu")
 
 
 def test_seed_gives_the_networks_own_initialisation(blobs):
@@ -260,6 +291,11 @@ def test_config_errors_name_the_value(field, value, error):
     assert f"{field}={value!r}" in str(info.value) or f"{field}={value}" in str(info.value)
 
 
+def test_a_step_too_small_to_move_the_loss_is_refused():
+    with pytest.raises(ValueError, match=r"\bh=1e-300"):
+        TrainConfig(h=1e-300)
+
+
 def _replace(blobs, which, value):
     (x, t), (xt, tt) = blobs
     parts = {"x": x, "t": t, "xt": xt, "tt": tt, which: value}
@@ -348,29 +384,65 @@ class FakeTTY(io.StringIO):
 
 def test_progress_on_a_terminal_redraws_one_line():
     stream = FakeTTY()
-    bar = _Progress(50, 0, stream)
+    bar = Progress(50, 0, stream)
+    assert bar.bar is not None  # tqdm's
     for i in range(1, 51):
         bar.update(i)
-    bar.clear()
+    lines = []
+    bar.write(lambda m: lines.append((m, stream.getvalue())), "epoch line")
+    (message, screen), = lines
+    assert message == "epoch line" and screen.endswith("\r")  # the bar was cleared first
+    assert stream.getvalue()[len(screen):].startswith("\r100%")  # and redrawn after
+    before_close = stream.getvalue()
     bar.close()
-    text = stream.getvalue()
-    assert text.count("\n") == 0 and "\r50/50 [" in text and "it/s" in text
+    assert "\n" not in before_close and "\r" in before_close
+    assert "50/50" in stream.getvalue() and "it/s" in stream.getvalue()
+
+
+def test_progress_in_jupyter_uses_tqdm_even_without_a_terminal(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", sys)  # what tqdm.auto looks for
+    stream = io.StringIO()
+    bar = Progress(10, 0, stream)
+    bar.update(10)
+    bar.close()
+    assert bar.bar is not None and "10/10" in stream.getvalue()
+
+
+def test_progress_in_a_real_jupyter_kernel():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    repo = str(Path(__file__).resolve().parents[1])
+    code = (f"import sys; sys.path.insert(0, {repo!r})\n"
+            "import numpy as np\n"
+            "from fastnum.train import TrainConfig, train\n"
+            "x = np.random.default_rng(0).random((60, 4)); t = (x[:, 0] > 0.5).astype(int)\n"
+            "config = TrainConfig(grad='backprop', iters=30, batch_size=6, backend='numpy')\n"
+            "result = train(config, ((x, t), (x, t)))\n")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(notebook, timeout=300).execute()  # raises if the cell fails
+    outputs = notebook.cells[0].outputs
+    err = "".join(o["text"] for o in outputs if o.get("name") == "stderr")
+    out = "".join(o["text"] for o in outputs if o.get("name") == "stdout")
+    widget = any(o["output_type"] == "display_data" for o in outputs)  # with ipywidgets
+    assert widget or ("30/30" in err and "\r" in err)  # else a text bar redrawn in place
+    assert "|#" not in err  # not the line-per-tenth form of log files
+    assert out.count("train acc, test acc |") == 3
 
 
 def test_progress_in_a_log_prints_a_line_per_tenth(blobs, capsys):
     train(small(iters=200), blobs, log=None)  # pytest's stderr is not a terminal
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 10 and "\r" not in "".join(lines)
-    assert lines[0].startswith("20/200 [##") and "ETA" in lines[0]
-    assert lines[-1].startswith("200/200 [####################] 100%")
+    assert lines[0].startswith(" 10%|#") and "20/200 [" in lines[0] and "it/s]" in lines[0]
+    assert lines[-1].startswith("100%|##########| 200/200 [")
 
 
 def test_progress_after_resume_counts_from_the_checkpoint():
     stream = io.StringIO()
-    bar = _Progress(100, 40, stream)
+    bar = Progress(100, 40, stream)
     bar.update(45)
     bar.update(50)
-    assert stream.getvalue().startswith("50/100")
+    assert stream.getvalue().startswith(" 50%|") and "50/100" in stream.getvalue()
 
 
 # --- real MNIST -------------------------------------------------------------------------------

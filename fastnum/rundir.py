@@ -1,0 +1,335 @@
+"""The run folder of :func:`fastnum.train.train`: one run per folder, atomic outputs, exact resume.
+
+A run folder holds ``history.json``, ``checkpoint.npz``, ``params.npz``, ``loss.png`` and
+``accuracy.png``, all written atomically (fastnum/_io.py), and, while a run is active,
+``run.lock``.  The lock records the owner's PID, host and start time; a second run in the same
+folder is refused, and a lock whose process is gone (kill -9, power loss) is reported with how to
+clear it, never taken over silently.
+
+A checkpoint carries a SHA-256 over its arrays and its metadata, and its iteration must agree
+with the lengths of the history it records, so a damaged or hand-edited checkpoint is refused
+instead of resuming into results no uninterrupted run would give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import os
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from fastnum._io import atomic_open, write_text
+
+__all__ = ["CHECKPOINT", "FORMAT", "HISTORY", "LOCK", "OUTPUTS", "PARAMS", "CheckpointError",
+           "RunFolder", "RunFolderError", "check_out_dir", "check_resumable"]
+
+FORMAT = 2  # version of history.json / checkpoint.npz; 2 added the checkpoint's checksum
+HISTORY, PARAMS, CHECKPOINT = "history.json", "params.npz", "checkpoint.npz"
+LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
+OUTPUTS = (HISTORY, PARAMS, CHECKPOINT, LOSS_PNG, ACCURACY_PNG)
+LOCK = "run.lock"
+# Config fields a resumed run may change: they do not alter any number computed.
+# ``backend`` is compared after resolution ("auto" -> "numba"), not literally.
+MAY_CHANGE_ON_RESUME = ("iters", "threads", "backend")
+_META_KEYS = ("format", "config", "backend", "data", "iteration", "rng", "history",
+              "epoch_seconds", "seconds", "checksum")
+_EPOCH_KEYS = ("epoch_iter", "train_acc", "test_acc")
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class RunFolderError(OSError):
+    """The run folder cannot be used: taken by another run, not a folder, or not writable."""
+
+
+class CheckpointError(ValueError):
+    """``checkpoint.npz`` is unreadable, damaged, edited, or from another run."""
+
+
+def check_out_dir(out_dir):
+    """Return ``out_dir`` as a Path (None stays None), refusing an empty or non-path value."""
+    if out_dir is None:
+        return None
+    if not isinstance(out_dir, str | os.PathLike):
+        raise TypeError(f"out_dir={out_dir!r} must be a folder path (str or Path) or None.")
+    if not str(out_dir).strip():
+        raise ValueError(f"out_dir={str(out_dir)!r} is empty; pass the folder for the run's "
+                         "outputs, or None to write nothing.")
+    return Path(out_dir)
+
+
+def _now():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by another user
+        return True
+    return True
+
+
+def _checksum(meta, arrays):
+    """SHA-256 over the metadata (without its checksum) and every array's name, type and bytes."""
+    digest = hashlib.sha256()
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    digest.update(json.dumps(body, sort_keys=True).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+class RunFolder:
+    """One run's output folder, locked for the lifetime of the run.
+
+    Use :meth:`open` to check and lock it and :meth:`close` (or ``with``) to release it.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.lock = self.path / LOCK
+        self.checkpoint = self.path / CHECKPOINT
+        self._locked = False
+
+    # --- opening: state checks, lock, leftovers ---------------------------------------------
+
+    def _check_state(self, resume, overwrite):
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise RunFolderError(f"out_dir {out} is a file, not a folder; pass a folder: a new "
+                                 "one for a new run, or an earlier run's folder with resume=True "
+                                 "(--resume).")
+        if resume:
+            if not self.checkpoint.is_file():
+                raise FileNotFoundError(f"cannot resume: {self.checkpoint} does not exist. Point "
+                                        "out_dir at an earlier run's directory, or start without "
+                                        "resume.")
+            return []
+        existing = [name for name in OUTPUTS if (out / name).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{out} already holds a run ({', '.join(existing)}); continue "
+                                  "it (resume=True, --resume), use another out_dir, or start "
+                                  "afresh (overwrite=True, --overwrite).")
+        return existing
+
+    def open(self, resume=False, overwrite=False):
+        """Check the folder's state, create and lock it, and remove leftovers of killed writes.
+
+        With ``overwrite`` the earlier run's outputs are deleted (only those, never other
+        files).  Returns ``self``.
+        """
+        self._check_state(resume, overwrite)  # before creating anything
+        with self._writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            existing = self._check_state(resume, overwrite)  # again: now under the lock
+            self._remove_partial_writes()
+            for name in existing:  # a fresh run must never mix with the old one's files
+                (self.path / name).unlink()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _acquire_lock(self):
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+        try:
+            fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise RunFolderError(self._lock_held_message()) from None
+        except OSError as exc:
+            raise RunFolderError(self._write_failure(self.lock, exc)) from exc
+        self._locked = True
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(owner) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            self.close()
+            raise RunFolderError(self._write_failure(self.lock, exc)) from exc
+
+    def _lock_held_message(self):
+        lock, out = self.lock, self.path
+        try:
+            owner = json.loads(lock.read_text(encoding="utf-8"))
+            pid, host, started = int(owner["pid"]), str(owner["host"]), str(owner["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return (f"{out} is locked by {lock}, which cannot be read (a run killed while "
+                    f"starting?). If no fastnum run is using {out}, delete {lock} and try again.")
+        then = "continue with resume=True (--resume)" if self.checkpoint.is_file() else \
+            "start the run again"
+        if host == socket.gethostname() and not _pid_alive(pid):
+            return (f"{out} has a stale lock: {lock} was left by process {pid} (started "
+                    f"{started}), which no longer runs; it was stopped before it could clean "
+                    f"up (kill -9, crash, power loss). No run is using {out} now: delete {lock}, "
+                    f"then {then}.")
+        return (f"{out} is in use by another fastnum run: process {pid} on {host}, started "
+                f"{started} ({lock}). Wait for it to finish or use another out_dir; if that "
+                f"process is not a fastnum run (its PID reused after a reboot), delete {lock}.")
+
+    def _remove_partial_writes(self):
+        # Temporary files of atomic writes interrupted by kill -9 (see fastnum/_io.py): only
+        # ever half-written copies, safe to delete once the lock says no run is writing here.
+        for name in OUTPUTS:
+            for part in self.path.glob(f".{name}.*.part{Path(name).suffix}"):
+                part.unlink(missing_ok=True)
+
+    def close(self):
+        """Release the lock (if held)."""
+        if self._locked:
+            self._locked = False
+            with contextlib.suppress(FileNotFoundError):
+                self.lock.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _write_failure(self, path, exc):
+        if exc.errno in _DISK_FULL:
+            reason, fix = "the disk is full", "free some space"
+        else:
+            reason = f"{exc.strerror or type(exc).__name__}".lower()
+            fix = "fix the folder's permissions or space"
+        if self.checkpoint.is_file():
+            then = (f"The last checkpoint {self.checkpoint} is intact: {fix}, then continue "
+                    f"with resume=True (--resume --out {self.path}).")
+        else:
+            then = f"Nothing was saved yet: {fix}, then start the run again."
+        return f"could not write {path}: {reason}. {then}"
+
+    @contextlib.contextmanager
+    def _writing(self, path):
+        try:
+            yield
+        except RunFolderError:
+            raise
+        except OSError as exc:
+            raise RunFolderError(self._write_failure(path, exc)) from exc
+
+    def write_history(self, document):
+        """Write ``history.json`` (strict JSON: a NaN inside is a bug and raises)."""
+        path = self.path / HISTORY
+        with self._writing(path):
+            write_text(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+    def write_params(self, params):
+        """Write ``params.npz``."""
+        path = self.path / PARAMS
+        with self._writing(path), atomic_open(path, "wb") as f:
+            np.savez(f, **params)
+
+    def write_plots(self, history):
+        """Write ``loss.png`` and ``accuracy.png``."""
+        from fastnum.plots import plot_accuracy, plot_loss
+
+        for plot, name in ((plot_loss, LOSS_PNG), (plot_accuracy, ACCURACY_PNG)):
+            with self._writing(self.path / name):
+                plot(history, self.path / name)
+
+    def write_checkpoint(self, meta, loss, params):
+        """Write ``checkpoint.npz``: ``meta`` (JSON), the loss list and the parameters, signed."""
+        arrays = {"loss": np.asarray(loss, dtype=np.float64), **params}
+        meta = {**meta, "format": FORMAT}
+        meta["checksum"] = _checksum(meta, arrays)
+        with self._writing(self.checkpoint), atomic_open(self.checkpoint, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def read_checkpoint(self, param_names):
+        """Return ``(meta, arrays)`` of the checkpoint, or raise :class:`CheckpointError`."""
+        path = self.checkpoint
+        fresh = "start a new run (overwrite=True, --overwrite) or use another out_dir."
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {key: z[key] for key in ("loss", *param_names)}
+                meta = json.loads(str(z["meta"]))
+        # Whatever a damaged file makes np.load raise (EOFError for zero bytes, BadZipFile,
+        # KeyError for a missing array, ValueError for bad JSON) means one thing to the user.
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"{path} is not a readable fastnum checkpoint ({exc}); "
+                                  f"{fresh}") from exc
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path} is not a readable fastnum checkpoint (its metadata is "
+                                  f"not a mapping); {fresh}")
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}, "
+                                  f"expected {FORMAT}; {fresh}")
+        missing = [key for key in _META_KEYS if key not in meta]
+        if missing:
+            raise CheckpointError(f"{path} is not a readable fastnum checkpoint (its metadata "
+                                  f"lacks {', '.join(missing)}); {fresh}")
+        for name in param_names:
+            if not np.isfinite(arrays[name]).all():
+                raise CheckpointError(
+                    f"{path} holds non-finite parameters ({name} contains NaN or inf): no "
+                    f"fastnum run writes such a checkpoint, so the file was damaged or edited; "
+                    f"{fresh}")
+        if meta["checksum"] != _checksum(meta, arrays):
+            raise CheckpointError(
+                f"{path} does not match its checksum: it was damaged or edited after it was "
+                f"written (parameters, loss list or metadata), and resuming from it would not "
+                f"give the uninterrupted run's numbers; {fresh}")
+        _check_lengths(meta, arrays, path, fresh)
+        return meta, arrays
+
+
+def _check_lengths(meta, arrays, path, fresh):
+    it, h = meta["iteration"], meta["history"]
+    problems = []
+    if not isinstance(it, int) or it < 0:
+        problems.append(f"iteration {it!r} is not a count")
+    elif len(arrays["loss"]) != it:
+        problems.append(f"iteration {it} but {len(arrays['loss'])} recorded losses")
+    if not isinstance(h, dict) or any(not isinstance(h.get(k), list) for k in _EPOCH_KEYS):
+        problems.append("the epoch history is incomplete")
+    elif len({len(h[k]) for k in _EPOCH_KEYS} | {len(meta["epoch_seconds"])}) != 1:
+        problems.append("the epoch records have different lengths")
+    if problems:
+        raise CheckpointError(f"{path} is inconsistent ({'; '.join(problems)}); {fresh}")
+
+
+def check_resumable(meta, config, backend, data_info, per_epoch, path):
+    """Raise :class:`CheckpointError` unless ``meta`` is a checkpoint of the same run.
+
+    ``config`` is the new run's config as a dict, ``backend`` its resolved backend,
+    ``data_info`` its data description and ``per_epoch`` its iterations per epoch.
+    """
+    saved = meta["config"]
+    diffs = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in config.items()
+             if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != v]
+    if meta["backend"] != backend:
+        diffs.append(f"backend {meta['backend']!r} there, {backend!r} now")
+    if meta["data"] != data_info:
+        diffs.append("different training/test data")
+    if diffs:
+        raise CheckpointError(f"cannot resume from {path}: it was made with other settings "
+                              f"({'; '.join(diffs)}). Resume with the original settings, or "
+                              "start a new run in another out_dir.")
+    it = meta["iteration"]
+    # The book evaluates after iterations 1, 1 + per_epoch, ...: the records must say so.
+    if meta["history"]["epoch_iter"] != list(range(1, it + 1, per_epoch)):
+        raise CheckpointError(f"{path} is inconsistent (its epoch records do not follow the "
+                              f"schedule of {it} iterations, {per_epoch} per epoch); start a "
+                              "new run (overwrite=True, --overwrite) or use another out_dir.")
+    if it > config["iters"]:
+        raise CheckpointError(f"cannot resume from {path}: it is at iteration {it}, past "
+                              f"iters={config['iters']}; pass iters >= {it}.")

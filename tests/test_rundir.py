@@ -1,0 +1,289 @@
+"""The run folder: one run per folder, leftovers of killed writes, checked checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnum import rundir
+from fastnum.cli import main
+from fastnum.rundir import CheckpointError, RunFolderError
+from fastnum.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """Four Gaussian blobs in 6-D: 300 training and 100 test samples."""
+    rng = np.random.default_rng(7)
+    centers = rng.random((4, 6)) * 2
+
+    def sample(n):
+        labels = rng.integers(0, 4, n)
+        return centers[labels] + 0.15 * rng.standard_normal((n, 6)), labels
+
+    return sample(300), sample(100)
+
+
+def small(**kw):
+    """30 iterations of 30 samples, 10 per epoch, on NumPy."""
+    base = dict(grad="backprop", iters=30, batch_size=30, lr=1.0, hidden_size=5,
+                weight_init_std=0.5, backend="numpy")
+    return TrainConfig(**{**base, **kw})
+
+
+def quiet_train(config, data, out_dir=None, **kw):
+    return train(config, data, out_dir, progress=False, log=None, **kw)
+
+
+def read_checkpoint(path):
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        return json.loads(str(z["meta"])), arrays
+
+
+def write_checkpoint(path, meta, arrays, sign=False):
+    if sign:  # as a forger who knows the checksum would
+        meta = {**meta, "checksum": rundir._checksum(meta, arrays)}
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+@pytest.fixture
+def finished(blobs, tmp_path):
+    """A completed run's folder (30 iterations, checkpoint at iteration 30)."""
+    quiet_train(small(), blobs, tmp_path)
+    return tmp_path
+
+
+# --- one run per folder -----------------------------------------------------------------------
+
+
+def _wait_for(path, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
+        tmp_path, mnist_source_dir, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--grad", "numerical", "--backend", "numpy", "--iters", "100000",
+            "--batch-size", "10", "--train-size", "100", "--test-size", "100", "--hidden", "3",
+            "--data-dir", str(mnist_source_dir), "--out", str(out), "-q"]
+    first = subprocess.Popen([sys.executable, "-m", "fastnum.cli", *argv], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(out / "checkpoint.npz")
+        owner = json.loads((out / "run.lock").read_text())
+        assert owner["pid"] == first.pid and owner["host"] == socket.gethostname()
+        before = sorted(p.name for p in out.iterdir())
+        for extra in (["--overwrite"], ["--resume"]):  # --overwrite would delete its files
+            assert main([*argv, *extra]) == 2
+            line = capsys.readouterr().err.strip()
+            assert f"is in use by another fastnum run: process {first.pid}" in line, line
+        assert before == sorted(p.name for p in out.iterdir())
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL and (out / "run.lock").exists()
+
+    assert main([*argv, "--resume"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "stale lock" in line and f"process {first.pid}" in line and "no longer runs" in line
+    assert f"delete {out / 'run.lock'}, then continue with" in line and "--resume" in line
+    (out / "run.lock").unlink()  # as the message says
+    done = read_checkpoint(out / "checkpoint.npz")[0]["iteration"]
+    longer = [str(done + 3) if a == "100000" else a for a in argv]
+    assert main([*longer, "--resume"]) == 0
+    assert read_checkpoint(out / "checkpoint.npz")[0]["iteration"] == done + 3
+    assert not (out / "run.lock").exists()
+
+
+def _lock(out, pid, host=None):
+    out.mkdir(exist_ok=True)
+    owner = {"pid": pid, "host": host or socket.gethostname(), "started": "2024-01-01T00:00:00"}
+    (out / "run.lock").write_text(json.dumps(owner))
+
+
+def test_lock_of_a_live_process_refuses_with_its_pid(blobs, tmp_path):
+    _lock(tmp_path, os.getpid())
+    with pytest.raises(RunFolderError, match=f"in use by another fastnum run: process "
+                                             f"{os.getpid()}"):
+        quiet_train(small(), blobs, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]  # nothing written
+
+
+def test_stale_lock_is_reported_not_taken_over(blobs, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _lock(tmp_path, gone.pid)
+    with pytest.raises(RunFolderError, match="stale lock") as info:
+        quiet_train(small(), blobs, tmp_path)
+    assert f"process {gone.pid}" in str(info.value) and "then start the run again" in str(
+        info.value)
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == gone.pid  # untouched
+
+
+def test_unreadable_lock_says_how_to_clear_it(blobs, tmp_path):
+    (tmp_path / "run.lock").write_text("")
+    with pytest.raises(RunFolderError, match="cannot be read .* delete .*run.lock"):
+        quiet_train(small(), blobs, tmp_path)
+
+
+class StopError(Exception):
+    """Raised from the epoch callback."""
+
+
+def _stop(info):
+    raise StopError
+
+
+def test_lock_is_released_however_the_run_ends(blobs, tmp_path):
+    quiet_train(small(), blobs, tmp_path / "done")
+    with pytest.raises(StopError):
+        quiet_train(small(), blobs, tmp_path / "stopped", callback=_stop)
+    with pytest.raises(Exception, match="diverged"):
+        quiet_train(small(lr=1e308), blobs, tmp_path / "diverged")
+    with pytest.raises(CheckpointError):
+        quiet_train(small(lr=0.5), blobs, tmp_path / "done", resume=True)
+    for run in ("done", "stopped", "diverged"):
+        assert not (tmp_path / run / "run.lock").exists(), run
+
+
+# --- leftovers of killed writes ---------------------------------------------------------------
+
+LEFTOVERS = (".checkpoint.npz.k2j3_x.part.npz", ".history.json.abc123.part.json",
+             ".params.npz.q.part.npz", ".loss.png.zz.part.png")
+
+
+@pytest.mark.parametrize("how", ["resume", "overwrite"])
+def test_partial_files_of_killed_writes_are_removed(blobs, finished, how):
+    for name in LEFTOVERS:
+        (finished / name).write_bytes(b"half a file")
+    (finished / "notes.txt").write_text("mine")
+    (finished / ".history.json.keep").write_text("not ours")
+    quiet_train(small(iters=40), blobs, finished, **{how: True})
+    names = sorted(p.name for p in finished.iterdir())
+    assert names == sorted([".history.json.keep", "accuracy.png", "checkpoint.npz",
+                            "history.json", "loss.png", "notes.txt", "params.npz"])
+
+
+# --- the out folder ---------------------------------------------------------------------------
+
+
+def test_out_dir_checks(blobs, tmp_path):
+    with pytest.raises(ValueError, match="out_dir='' is empty"):
+        quiet_train(small(), blobs, "")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    with pytest.raises(RunFolderError, match="is a file, not a folder"):
+        quiet_train(small(), blobs, a_file)
+    with pytest.raises(TypeError, match="out_dir=3"):
+        quiet_train(small(), blobs, 3)
+    assert a_file.read_text() == "mine"
+
+
+def test_failed_resume_check_creates_no_folder(blobs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        quiet_train(small(), blobs, tmp_path / "new", resume=True)
+    assert not (tmp_path / "new").exists()
+
+
+# --- damaged and edited checkpoints -----------------------------------------------------------
+
+
+def _resume_error(blobs, folder):
+    with pytest.raises(CheckpointError) as info:
+        quiet_train(small(iters=40), blobs, folder, resume=True)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["zero-bytes", "no-config", "no-history", "not-a-dict"])
+def test_unreadable_checkpoints_get_one_clear_error(blobs, finished, damage):
+    path = finished / "checkpoint.npz"
+    if damage == "zero-bytes":
+        path.write_bytes(b"")
+    else:
+        meta, arrays = read_checkpoint(path)
+        if damage == "not-a-dict":
+            meta = [1, 2]
+        else:
+            del meta[damage.removeprefix("no-")]
+        write_checkpoint(path, meta, arrays)
+    message = _resume_error(blobs, finished)
+    assert "is not a readable fastnum checkpoint" in message and "--overwrite" in message
+
+
+def test_cli_reports_a_zero_byte_checkpoint_in_one_line(finished, capsys, monkeypatch, blobs):
+    import fastnum.data
+
+    monkeypatch.setattr(fastnum.data, "load_mnist", lambda **kw: blobs)
+    (finished / "checkpoint.npz").write_bytes(b"")
+    assert main(["train", "--resume", "--out", str(finished), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "not a readable fastnum checkpoint" in err
+
+
+def _set_back(meta, arrays):
+    meta["iteration"] -= 10
+
+
+def _cut_loss(meta, arrays):
+    arrays["loss"] = arrays["loss"][:-5]
+
+
+def _replace_params(meta, arrays):
+    arrays["W1"] = arrays["W1"] * 2
+
+
+@pytest.mark.parametrize("edit", [_set_back, _cut_loss, _replace_params])
+def test_edited_checkpoint_fails_its_checksum(blobs, finished, edit):
+    path = finished / "checkpoint.npz"
+    meta, arrays = read_checkpoint(path)
+    edit(meta, arrays)
+    write_checkpoint(path, meta, arrays)
+    assert "does not match its checksum" in _resume_error(blobs, finished)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (_set_back, "iteration 20 but 30 recorded losses"),
+    (lambda m, a: (_set_back(m, a), _cut_loss(m, a), _cut_loss(m, a)),
+     "do not follow the schedule of 20 iterations"),
+    (lambda m, a: m["history"]["train_acc"].pop(), "epoch records have different lengths"),
+])
+def test_resigned_checkpoint_must_agree_with_its_history(blobs, finished, edit, problem):
+    path = finished / "checkpoint.npz"
+    meta, arrays = read_checkpoint(path)
+    edit(meta, arrays)
+    write_checkpoint(path, meta, arrays, sign=True)
+    message = _resume_error(blobs, finished)
+    assert "is inconsistent" in message and problem in message
+
+
+def test_checkpoint_with_nan_parameters_says_so(blobs, finished):
+    path = finished / "checkpoint.npz"
+    meta, arrays = read_checkpoint(path)
+    arrays["b2"][1] = np.nan
+    write_checkpoint(path, meta, arrays, sign=True)
+    message = _resume_error(blobs, finished)
+    assert "holds non-finite parameters (b2 contains NaN or inf)" in message
+    assert "learning rate" not in message
+
+
+def test_untouched_checkpoint_still_resumes(blobs, finished):
+    meta, arrays = read_checkpoint(finished / "checkpoint.npz")
+    write_checkpoint(finished / "checkpoint.npz", meta, arrays)  # rewritten, same content
+    assert quiet_train(small(iters=40), blobs, finished, resume=True).history["epoch_iter"] == \
+        [1, 11, 21, 31]
