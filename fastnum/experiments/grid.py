@@ -46,11 +46,10 @@ __all__ = ["DETERMINISTIC_KEYS", "accuracy_curve", "deterministic", "run_grid", 
 DETERMINISTIC_KEYS = ("name", "tags", "config", "status", "stopped_at", "iterations",
                       "final_loss", "final_train_acc", "final_test_acc", "epochs")
 
-# The one special case of the grid: runs in one process take turns, because numba's
-# fallback "workqueue" threading layer aborts when two threads launch kernels at once
-# (a Dask worker with several threads would do that).  Another branch makes the
-# kernels safe to launch from several threads; drop this lock (and its one use in
-# run_one) when that is merged.
+# Runs in one process take turns.  Kernel launches are thread-safe on every numba
+# threading layer (fastnum._jit serialises them), so this is not about crashes: each
+# launch already uses every numba thread, and a whole run taking its turn keeps its
+# sec_per_iter honest instead of interleaving with another run of the same worker.
 _RUN_LOCK = threading.Lock()
 
 
