@@ -33,6 +33,7 @@ from fastnum.gradcheck._report import (
     DEFAULT_RTOL,
     GradcheckResult,
     ParamCheck,
+    at_kink,
     compare,
 )
 from fastnum.reference import LOG_GUARD, H
@@ -302,11 +303,15 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
         notes.append(f"Richardson: the verdict uses (4 D(h/2) - D(h)) / 3; trunc. est = "
                      f"max |D(h) - extrapolated|; rounding error ~ eps |L| / h = {rounding:.1e}. "
                      "An error far above both is a bug, not the step size.")
-    def slopes(name, q):
-        return own.one_sided(name, q, h, own_loss)
+    # Rounding error of a central difference at h/100, with a factor 10 for the loss's sums.
+    rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / (h / 100)
+
+    def is_kink(name, q, num_q, bp_q, tol):
+        slopes, small_step = own.probe(name, q, h, own_loss)
+        return at_kink(num_q, bp_q, tol, slopes, small_step, rounding)
 
     checks = {name: compare(name, np.shape(p), num[name], bp.get(name), rtol, atol, worst,
-                            truncation[name], slopes) for name, p in params.items()}
+                            truncation[name], is_kink) for name, p in params.items()}
     return GradcheckResult(checks, method=how, notes=tuple(notes), **common)
 
 

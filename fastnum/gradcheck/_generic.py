@@ -97,19 +97,21 @@ class Evaluator:
             out[q - start] = (f_plus - f_minus) / (2 * h)
         return out
 
-    def one_sided(self, name, q, h, f0):
-        """Forward and backward slopes (L(+s) - L) / s, (L - L(-s)) / s for s = h, h/2."""
+    def probe(self, name, q, h, f0):
+        """One-sided slopes at h and h/2, and the central difference at h/100, of element q."""
         arr = self.net.params[name]
         idx = np.unravel_index(q, arr.shape)
         saved, slopes = arr[idx], []
-        for step in (h, h / 2):
+        for step in (h, h / 2, h / 100):
             arr[idx] = saved + step
             f_plus = self.loss()
             arr[idx] = saved - step
             f_minus = self.loss()
             arr[idx] = saved
-            slopes += [(f_plus - f0) / step, (f0 - f_minus) / step]
-        return tuple(slopes)
+            slopes.append(((f_plus - f0) / step, (f0 - f_minus) / step,
+                           (f_plus - f_minus) / (2 * step)))
+        (fh, bh, _), (fh2, bh2, _), (_, _, small) = slopes
+        return (fh, bh, fh2, bh2), small
 
     def directional(self, direction, h):
         """(L(theta + h v) - L(theta - h v)) / 2h for ``direction`` = {name: v part}."""
