@@ -71,29 +71,32 @@ class ParamCheck:
         return not self.problem and self.n_fail == 0
 
 
-def at_kink(num, bp, tol, slopes, small_step, rounding):
+def at_kink(num, bp, tol, slopes, rounding):
     """Whether a failing element is explained by a kink of the loss within h, not by a bug.
 
-    ``slopes`` are the forward and backward slopes at h and h/2; ``small_step`` the
-    central difference at h/100 and ``rounding`` its rounding error.
+    ``slopes`` are the (forward, backward) slopes at steps h, h/2 and h/100;
+    ``rounding`` the rounding error of a slope at h/100.
     """
+    (forward, backward), (forward_half, backward_half), small = slopes
     # A kink exactly at theta: the central difference averages two different one-sided
     # slopes and backprop takes one of them.  A smooth loss has one-sided slopes that
     # differ by ~h * L'', halving with h; a kink's jump stays.
-    forward, backward, forward_half, backward_half = slopes
     jump, jump_half = abs(forward - backward), abs(forward_half - backward_half)
     margin = 0.1 * jump  # the smooth part's curvature on each side
     if (jump > abs(num - bp) and jump_half > 0.75 * jump
             and min(forward, backward) - margin <= bp <= max(forward, backward) + margin):
         return True
-    # A kink within h of theta (a ReLU input of ~1e-5): a 100x smaller step no longer
-    # crosses it and agrees with backprop; with a bug it would not.
-    return abs(small_step - bp) <= tol + rounding
+    # Kinks within h of theta (ReLU inputs of ~1e-5), maybe with some exactly at it: the
+    # one-sided slopes at h/100 cross only the latter, and backprop lies between them.
+    # With a bug both slopes agree with each other and not with backprop.
+    return min(small) - tol - rounding <= bp <= max(small) + tol + rounding
 
 
-def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None,
+def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None, guard_slack=0.0,
             max_probes=512):
     """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
+
+    The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.
 
     ``is_kink(name, q, num, bp, tol)`` tells whether failing flat element ``q``
     sits on a kink of the loss; at most ``max_probes`` failing elements are asked.
@@ -109,13 +112,14 @@ def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None,
                                   f"{tuple(shape)} (a transposed gradient?)")
     diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
-    excess = diff / (atol + rtol * np.abs(bp))
+    floor = atol + guard_slack * float(np.max(np.abs(bp), initial=0))
+    excess = diff / (floor + rtol * np.abs(bp))
     failing = np.flatnonzero(excess > 1)
     kinks = set()
     if is_kink is not None:
         probed = failing[np.argsort(-excess.flat[failing], kind="stable")][:max_probes]
         kinks = {int(q) for q in probed
-                 if is_kink(name, int(q), num.flat[q], bp.flat[q], atol + rtol * abs(bp.flat[q]))}
+                 if is_kink(name, int(q), num.flat[q], bp.flat[q], floor + rtol * abs(bp.flat[q]))}
     scale = max(float(np.max(np.abs(num), initial=0)), float(np.max(np.abs(bp), initial=0)))
     max_abs = float(np.max(diff, initial=0))
     rel = 0.0 if scale <= atol else max_abs / scale
@@ -144,6 +148,10 @@ class GradcheckResult:
     guard_effect : float or None
         ``1e-7 / min p(true class)`` over the batch, the expected relative
         shift caused by the guard (None when the probabilities are unknown).
+    guard_slack : float
+        Tolerance added per parameter in units of its max |bp|, for the
+        guard's error in gradients that cancel over the batch (5 x
+        ``guard_effect``; 0 without the guard).
     directions : tuple of (numerical, backprop, passed)
         Fast mode's directional derivatives (empty in a full check).
     """
@@ -156,6 +164,7 @@ class GradcheckResult:
     notes: tuple = ()
     log_guard: bool = True
     guard_effect: float | None = None
+    guard_slack: float = 0.0
     directions: tuple = ()
 
     @property
@@ -208,6 +217,8 @@ class GradcheckResult:
         if self.params:
             lines += self._table(worst)
         tol = f"|num - bp| <= {self.atol:g} + {self.rtol:g} * |bp|"
+        if self.guard_slack:
+            tol += f" + {self.guard_slack:.1e} * max|bp| (the guard's slack)"
         if self.passed:
             lines.append(f"PASS: every element within {tol}")
         elif self.params:
@@ -222,7 +233,10 @@ class GradcheckResult:
             lines.append(GUARD_EXPLANATION)
             if self.guard_effect is not None:
                 lines.append(f"In this batch the smallest true-class probability gives an "
-                             f"expected guard effect of {self.guard_effect:.1e} relative.")
+                             f"expected guard effect of {self.guard_effect:.1e} relative to each "
+                             "sample's share of a gradient; shares cancel in the sum but their\n"
+                             "errors need not, hence the slack of 5x that effect times the "
+                             "parameter's max |bp|.")
         else:
             lines.append("log guard off: the numerical side evaluates -log(y) without the "
                          f"book's {LOG_GUARD:g}.")
@@ -244,8 +258,8 @@ class GradcheckResult:
         if kinks:
             lines.append(f"{kinks} element(s) sit within h of a kink of the loss (a ReLU or "
                          "max-pooling input at its corner, e.g. zero pixels with zero biases): "
-                         "their one-sided slopes jump, or a 100x smaller step agrees with "
-                         "backprop, so they are not counted as failures.")
+                         "backprop lies between their one-sided slopes (at h or at h/100), "
+                         "so they are not counted as failures.")
         for c in self.params.values():
             if c.passed:
                 continue
