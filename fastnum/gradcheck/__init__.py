@@ -235,11 +235,11 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
     notes = []
     unguarded = False
     if not log_guard:
-        reason = _generic.unguarded_check(net, x, t, rng_state)
+        unguarded, reason = _generic.unguarded_mode(net, x, t, rng_state,
+                                                    _stack.fastnum_stack(net) is not None)
         if reason:
             notes.append(f"log_guard=False is not possible: {reason}; the numbers include "
                          "the guard.")
-        unguarded = not reason
     data = _generic.payload(net, x, t, rng_state, unguarded)  # before backprop touches the net
     own = _generic.evaluator_from(data)
     own_loss = own.loss()

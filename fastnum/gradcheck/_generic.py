@@ -66,20 +66,26 @@ class Evaluator:
     rng_state : tuple
         ``np.random.get_state()`` taken once; restored before every loss, so
         dropout draws the same mask every time.
-    unguarded : bool
-        Replace the last layer's forward by one without the log guard.
+    unguarded : {False, "layer", "probabilities"}
+        Evaluate the loss without the log guard: by replacing the last layer's
+        forward, or (fastnum's own networks) from ``predict``'s probabilities.
     """
 
     def __init__(self, net, x, t, rng_state, unguarded=False):
         self.net, self.x, self.t, self.rng_state = net, x, t, rng_state
         self.kwargs = {"train_flg": True} if takes_train_flg(net) else {}
-        if unguarded:
+        self.unguarded = unguarded
+        if unguarded == "layer":
             layer = getattr(net, last_layer_name(net))
             layer.forward = _UnguardedSoftmaxWithLoss(layer)
 
     def loss(self):
         """The loss at the current parameters, random state restored first."""
         np.random.set_state(self.rng_state)  # noqa: NPY002 - the book's dropout draws from it
+        if self.unguarded == "probabilities":
+            labels = self.t.argmax(axis=1) if self.t.ndim == 2 else self.t
+            p = self.net.predict(self.x)[np.arange(len(self.x)), labels]
+            return float(-np.log(p).sum() / len(self.x))
         return float(self.net.loss(self.x, self.t, **self.kwargs))
 
     def block(self, name, start, stop, h):
@@ -245,26 +251,29 @@ def default_workers():
     return os.cpu_count() or 1
 
 
-def unguarded_check(net, x, t, rng_state):
-    """Why the loss cannot be evaluated without the guard, or "" when it can.
+def unguarded_mode(net, x, t, rng_state, probabilities_from_predict):
+    """How to evaluate the loss without the guard, and why not ("") when impossible.
 
-    The replacement is accepted only when it changes the loss by what the guard
-    explains, i.e. the last layer really is a softmax cross-entropy.
+    Returns ``(mode, reason)``: mode "layer" replaces the last layer's forward,
+    "probabilities" uses ``predict`` (fastnum's own networks), False with a
+    reason otherwise.  A replacement is accepted only when it changes the loss
+    by what the guard explains, i.e. it really is a softmax cross-entropy.
     """
     name = last_layer_name(net)
-    if name is None:
-        return ("the network has no lastLayer / last_layer whose forward could be replaced, "
-                "so its loss keeps whatever guard it has")
+    if name is None and not probabilities_from_predict:
+        return False, ("the network has no lastLayer / last_layer whose forward could be "
+                       "replaced, so its loss keeps whatever guard it has")
+    mode = "layer" if name else "probabilities"
     guarded = evaluator_from(payload(net, x, t, rng_state, False))
     before = guarded.loss()
-    y = getattr(getattr(guarded.net, name), "y", None)
-    after = evaluator_from(payload(net, x, t, rng_state, True)).loss()
+    y = getattr(getattr(guarded.net, name), "y", None) if name else guarded.net.predict(x)
+    after = evaluator_from(payload(net, x, t, rng_state, mode)).loss()
     if y is None or np.shape(y)[0] != len(x):
-        return f"{name} keeps no probabilities y, so it is not the book's softmax-with-loss"
+        return False, f"{name} keeps no probabilities y, so it is not the book's softmax-with-loss"
     labels = t.argmax(axis=1) if t.ndim == 2 else t
     p = np.asarray(y)[np.arange(len(x)), labels]
     expected = float(np.mean(np.log(p) - np.log(p + LOG_GUARD)))
     if not abs(before - after - expected) <= 1e-9 * max(1.0, abs(before)):
-        return (f"{name}.forward does not compute the book's softmax cross-entropy "
-                f"(loss {before!r} vs {after!r} without the guard)")
-    return ""
+        return False, (f"{name or 'predict'} does not give the book's softmax cross-entropy "
+                       f"(loss {before!r} vs {after!r} without the guard)")
+    return mode, ""
