@@ -89,7 +89,7 @@ def _true_class_probabilities(net, x, t):
     return y[np.arange(len(x)), labels]
 
 
-def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss):
+def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit):
     """Numerical gradients at each step from the kernels, after checking the stack is the net."""
     params = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in net.params.items()}
     x = np.asarray(x, dtype=np.float64)
@@ -97,11 +97,13 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss):
         raise ValueError("x contains NaN or inf; clean the data before the gradient check.")
     last = [spec for spec in stack if spec[0] == "affine"][-1]
     as_labels(t, len(x), params[last[1]].shape[1])
-    engine_loss = _stack._engine_loss(stack, params, x, t)
+    engine_loss = _stack._engine_loss(stack, params, x, t, log_guard)
     if not abs(engine_loss - own_loss) <= 1e-9 * max(1.0, abs(own_loss)):
         raise _stack.EngineUnsupportedError(
             f"its loss {own_loss!r} differs from that of the recognised layers {engine_loss!r}, "
             "so its own loss is differentiated")
+    if require_jit and not JIT_ENABLED:
+        raise _stack.EngineUnsupportedError("numba's JIT is off, so the kernels are slow")
     return [_stack._engine_numerical_gradient(stack, params, x, t, step, log_guard)
             for step in steps]
 
@@ -275,10 +277,9 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
     grads, how = None, None
     if method != "generic":
         try:
-            if method == "auto" and not JIT_ENABLED:
-                raise _stack.EngineUnsupportedError("numba's JIT is off, so the kernels are slow")
             stack = _stack.recognise(net)
-            grads = _engine_gradients(net, stack, x, t, steps, not unguarded, own_loss)
+            grads = _engine_gradients(net, stack, x, t, steps, not unguarded, own_loss,
+                                      require_jit=method == "auto")
             how = "engine fast path: fastnum's kernels on a copy of the parameters"
         except _stack.EngineUnsupportedError as exc:
             if method == "engine":
