@@ -108,8 +108,8 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
             for step in steps]
 
 
-def _generic_gradients(data, params, steps, workers, scheduler):
-    blocks = _generic.plan_blocks(params, workers)
+def _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for):
+    blocks = _generic.plan_blocks(params, n_blocks_for)
     tasks = [("block", block, step) for step in steps for block in blocks]
     values = _generic.run_tasks(data, tasks, workers, scheduler)
     grads = []
@@ -286,7 +286,9 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
                 raise ValueError(f"method='engine' is not possible: {exc}.") from None
             notes.append(f"generic path: {exc}.")
     if grads is None:
-        grads = _generic_gradients(data, params, steps, 1 if scheduler else workers, scheduler)
+        # On a cluster the worker count is unknown here: plan blocks for a generous one.
+        n_blocks_for = _generic.CLUSTER_WORKERS if scheduler is not None else workers
+        grads = _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for)
         where = ("on a Dask cluster" if scheduler is not None
                  else "serially" if workers == 1 else f"on {workers} processes")
         how = f"generic path: the network's own loss, {where}"

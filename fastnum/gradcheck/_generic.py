@@ -21,6 +21,8 @@ from fastnum.reference import LOG_GUARD
 
 # Blocks per worker: a few each evens out blocks that take longer than others.
 BLOCKS_PER_WORKER = 4
+# Workers assumed when planning blocks for a Dask cluster, whose size is not known yet.
+CLUSTER_WORKERS = 16
 
 
 def takes_train_flg(net):

@@ -220,7 +220,8 @@ class GradcheckResult:
         if self.guard_slack:
             tol += f" + {self.guard_slack:.1e} * max|bp| (the guard's slack)"
         if self.passed:
-            lines.append(f"PASS: every element within {tol}")
+            what = "element" if self.params else "direction"
+            lines.append(f"PASS: every {what} within {tol}")
         elif self.params:
             bad = ", ".join(f"{c.name} ({c.problem or f'{c.n_fail} of {np.prod(c.shape):.0f}'})"
                             for c in self.params.values() if not c.passed)
