@@ -306,8 +306,8 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
     # Rounding error of a slope at h/100, with a factor 10 for the loss's sums.
     rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / (h / 100)
 
-    def is_kink(name, q, num_q, bp_q, tol):
-        return at_kink(num_q, bp_q, tol, own.probe(name, q, h, own_loss), rounding)
+    def is_kink(name, q, bp_q, tol):
+        return at_kink(bp_q, tol, own.one_sided(name, q, h / 100, own_loss), rounding)
 
     checks = {name: compare(name, np.shape(p), num[name], bp.get(name), rtol, atol, worst,
                             truncation[name], is_kink, guard_slack) for name, p in params.items()}

@@ -105,19 +105,17 @@ class Evaluator:
             out[q - start] = (f_plus - f_minus) / (2 * h)
         return out
 
-    def probe(self, name, q, h, f0):
-        """One-sided (forward, backward) slopes of element q at steps h, h/2 and h/100."""
+    def one_sided(self, name, q, step, f0):
+        """Forward and backward slopes (L(+step) - L) / step, (L - L(-step)) / step of element q."""
         arr = self.net.params[name]
         idx = np.unravel_index(q, arr.shape)
-        saved, slopes = arr[idx], []
-        for step in (h, h / 2, h / 100):
-            arr[idx] = saved + step
-            f_plus = self.loss()
-            arr[idx] = saved - step
-            f_minus = self.loss()
-            arr[idx] = saved
-            slopes.append(((f_plus - f0) / step, (f0 - f_minus) / step))
-        return tuple(slopes)
+        saved = arr[idx]
+        arr[idx] = saved + step
+        f_plus = self.loss()
+        arr[idx] = saved - step
+        f_minus = self.loss()
+        arr[idx] = saved
+        return (f_plus - f0) / step, (f0 - f_minus) / step
 
     def directional(self, direction, h):
         """(L(theta + h v) - L(theta - h v)) / 2h for ``direction`` = {name: v part}."""
