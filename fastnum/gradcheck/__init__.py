@@ -303,11 +303,14 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
         notes.append(f"Richardson: the verdict uses (4 D(h/2) - D(h)) / 3; trunc. est = "
                      f"max |D(h) - extrapolated|; rounding error ~ eps |L| / h = {rounding:.1e}. "
                      "An error far above both is a bug, not the step size.")
-    # Rounding error of a slope at h/100, with a factor 10 for the loss's sums.
-    rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / (h / 100)
-
     def is_kink(name, q, bp_q, tol):
-        return at_kink(bp_q, tol, own.one_sided(name, q, h / 100, own_loss), rounding)
+        # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
+        for step in (h / 100, h / 1000):
+            # Rounding error of a slope at this step, with a factor 10 for the loss's sums.
+            rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / step
+            if at_kink(bp_q, tol, own.one_sided(name, q, step, own_loss), rounding):
+                return True
+        return False
 
     checks = {name: compare(name, np.shape(p), num[name], bp.get(name), rtol, atol, worst,
                             truncation[name], is_kink, guard_slack) for name, p in params.items()}

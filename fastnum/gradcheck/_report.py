@@ -74,10 +74,10 @@ class ParamCheck:
 def at_kink(bp, tol, slopes, rounding):
     """Whether a failing element is explained by a kink of the loss within h, not by a bug.
 
-    ``slopes`` are the (forward, backward) slopes at a step of h/100 and
-    ``rounding`` their rounding error.  ReLU or max-pooling inputs within h of
+    ``slopes`` are the (forward, backward) slopes at a small step (h/100 or
+    h/1000) and ``rounding`` their rounding error.  ReLU or max-pooling inputs within h of
     their corner make the central difference at h average two different
-    slopes.  A 100x smaller step crosses only the corners that sit exactly at
+    slopes.  A much smaller step crosses only the corners that sit exactly at
     theta (zero pixels with zero biases), and backprop, which takes one side of
     those, lies between the two one-sided slopes.  With a bug, both slopes
     agree with each other and not with backprop.
@@ -253,7 +253,8 @@ class GradcheckResult:
         if kinks:
             lines.append(f"{kinks} element(s) sit within h of a kink of the loss (a ReLU or "
                          "max-pooling input at its corner, e.g. zero pixels with zero biases): "
-                         "backprop lies between their one-sided slopes at a step of h/100, "
+                         "backprop lies between their one-sided slopes at a step of h/100 or "
+                         "h/1000, "
                          "so they are not counted as failures.")
         for c in self.params.values():
             if c.passed:
