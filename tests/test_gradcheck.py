@@ -246,6 +246,16 @@ def test_a_relu_kink_is_reported_not_failed():
     assert "kink" in result.report()
 
 
+@pytest.mark.parametrize("method", ["engine", "generic"])
+def test_a_relu_corner_within_h_is_reported_not_failed(method):
+    net = two_layer()
+    # Put sample 0's first hidden input 3e-5 from the corner: a step of h=1e-4 crosses it.
+    net.params["b1"][0] = 3e-5 - X[0] @ net.params["W1"][:, 0]
+    result = check(net, method=method)
+    assert result.passed, result.report()
+    assert result.params["b1"].n_kinks >= 1
+
+
 # ------------------------------------------------------------- fastnum's own networks
 
 
