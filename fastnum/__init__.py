@@ -4,6 +4,9 @@ The book's functions, in plain NumPy, are re-exported under the book's names;
 :class:`TwoLayerNet` is the validating network whose heavy parts run on numba.
 """
 
+# fastnum.gradcheck is a callable module: fastnum.gradcheck(net, x, t) runs the check and
+# fastnum.gradcheck.GradcheckResult still names the module's contents (no shadowing).
+from fastnum import gradcheck
 from fastnum.backend import resolve_backend
 from fastnum.gradient import numerical_gradient
 from fastnum.network import TwoLayerNet
@@ -26,6 +29,7 @@ __all__ = [
     "cross_entropy_error",
     "function_1",
     "function_2",
+    "gradcheck",
     "gradient_descent",
     "numerical_diff",
     "numerical_gradient",

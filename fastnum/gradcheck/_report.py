@@ -1,0 +1,269 @@
+"""Verdict and report of a gradient check: per element, per parameter, for people."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fastnum.reference import LOG_GUARD
+
+#: Per-element tolerances, ``|num - bp| <= atol + rtol * |bp|``.  rtol: the book's 1e-7 inside
+#: log() moves the numerical gradient by about 1e-7 / p(true class) relative (~1e-6 at p ~ 0.1)
+#: while backprop ignores it; 1e-5 leaves a factor 10 of room.  atol: elements whose true
+#: gradient is ~0 carry only absolute errors -- truncation ~h^2 * L''' / 6 (~1e-9 at h = 1e-4),
+#: rounding ~eps * L / h (~1e-11) and the guard's share of gradients that cancel over the batch.
+DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 1e-6
+
+GUARD_EXPLANATION = (
+    f"The book's loss is -log(y + {LOG_GUARD:g}): that guard moves the numerical gradient by about "
+    f"{LOG_GUARD:g} / y relative\n(~1e-6 for y ~ 0.1) while backprop ignores it, so even a correct "
+    "network differs by ~1e-6 relative;\nlog_guard=False (--no-log-guard) evaluates the loss "
+    "without the guard and a correct network agrees to ~1e-9."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCheck:
+    """Comparison of the numerical and backprop gradient of one parameter.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple
+        Shape of the parameter.
+    book_error : float
+        ``mean |bp - num|``: the figure the book's ``gradient_check.py`` prints.
+    max_abs : float
+        ``max |num - bp|``.
+    rel : float
+        Normwise ``max |num - bp| / max(max |num|, max |bp|)``; 0 when both
+        gradients are zero to within ``atol`` (a bias before batch norm).
+    n_fail : int
+        Elements outside ``atol + rtol * |bp|``.
+    worst : tuple of (index, numerical, backprop, at_kink)
+        The worst elements, by how far they exceed their tolerance.
+    n_kinks : int
+        Elements outside tolerance explained by a kink of the loss within h
+        of the point (a ReLU or max-pooling input at its corner), not counted
+        as failures: see :func:`at_kink`.
+    truncation : float or None
+        Largest Richardson estimate of the truncation error (when requested).
+    problem : str
+        Why the comparison was impossible (a missing or misshaped gradient).
+    """
+
+    name: str
+    shape: tuple
+    book_error: float
+    max_abs: float
+    rel: float
+    n_fail: int
+    worst: tuple
+    n_kinks: int = 0
+    truncation: float | None = None
+    problem: str = ""
+
+    @property
+    def passed(self):
+        """True when every element is within tolerance."""
+        return not self.problem and self.n_fail == 0
+
+
+def at_kink(bp, tol, slopes, rounding):
+    """Whether a failing element is explained by a kink of the loss within h, not by a bug.
+
+    ``slopes`` are the (forward, backward) slopes at a small step (h/100 or
+    h/1000) and ``rounding`` their rounding error.  ReLU or max-pooling inputs within h of
+    their corner make the central difference at h average two different
+    slopes.  A much smaller step crosses only the corners that sit exactly at
+    theta (zero pixels with zero biases), and backprop, which takes one side of
+    those, lies between the two one-sided slopes.  With a bug, both slopes
+    agree with each other and not with backprop.
+    """
+    forward, backward = slopes
+    return min(forward, backward) - tol - rounding <= bp <= max(forward, backward) + tol + rounding
+
+
+def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None, guard_slack=0.0,
+            max_probes=512):
+    """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
+
+    The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.
+
+    ``is_kink(name, q, bp, tol)`` tells whether failing flat element ``q`` sits
+    on a kink of the loss; at most ``max_probes`` failing elements are asked.
+    """
+    size = int(np.prod(shape))
+    if bp is None:
+        return ParamCheck(name, shape, np.nan, np.nan, np.nan, size, (),
+                          problem=f"gradient(x, t) returned no entry {name!r}")
+    bp = np.asarray(bp, dtype=np.float64)
+    if bp.shape != tuple(shape):
+        return ParamCheck(name, shape, np.nan, np.nan, np.nan, size, (),
+                          problem=f"backprop gradient has shape {bp.shape}, the parameter "
+                                  f"{tuple(shape)} (a transposed gradient?)")
+    diff = np.abs(num - bp)
+    diff[~np.isfinite(diff)] = np.inf
+    floor = atol + guard_slack * float(np.max(np.abs(bp), initial=0))
+    excess = diff / (floor + rtol * np.abs(bp))
+    failing = np.flatnonzero(excess > 1)
+    kinks = set()
+    if is_kink is not None:
+        probed = failing[np.argsort(-excess.flat[failing], kind="stable")][:max_probes]
+        kinks = {int(q) for q in probed
+                 if is_kink(name, int(q), bp.flat[q], floor + rtol * abs(bp.flat[q]))}
+    scale = max(float(np.max(np.abs(num), initial=0)), float(np.max(np.abs(bp), initial=0)))
+    max_abs = float(np.max(diff, initial=0))
+    rel = 0.0 if scale <= atol else max_abs / scale
+    order = np.argsort(-excess, axis=None, kind="stable")[:k]
+    worst = tuple((tuple(int(i) for i in np.unravel_index(q, bp.shape)),
+                   float(num.flat[q]), float(bp.flat[q]), int(q) in kinks) for q in order)
+    return ParamCheck(name, tuple(shape), float(np.mean(diff)) if diff.size else 0.0, max_abs,
+                      rel, len(failing) - len(kinks), worst, len(kinks), truncation)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradcheckResult:
+    """The outcome of :func:`fastnum.gradcheck`: per-parameter checks and how they were made.
+
+    Attributes
+    ----------
+    params : dict of str to ParamCheck
+    h, rtol, atol : float
+    method : str
+        How the numerical gradient was computed (engine fast path, or the
+        network's own loss serially, on N processes or on a Dask cluster).
+    notes : tuple of str
+        Why a faster path was not taken, the guard's status, and similar.
+    log_guard : bool
+        Whether the numerical side kept the book's 1e-7 guard.
+    guard_effect : float or None
+        ``1e-7 / min p(true class)`` over the batch, the expected relative
+        shift caused by the guard (None when the probabilities are unknown).
+    guard_slack : float
+        Tolerance added per parameter in units of its max |bp|, for the
+        guard's error in gradients that cancel over the batch (5 x
+        ``guard_effect``; 0 without the guard).
+    directions : tuple of (numerical, backprop, passed)
+        Fast mode's directional derivatives (empty in a full check).
+    """
+
+    params: dict
+    h: float
+    rtol: float
+    atol: float
+    method: str
+    notes: tuple = ()
+    log_guard: bool = True
+    guard_effect: float | None = None
+    guard_slack: float = 0.0
+    directions: tuple = ()
+
+    @property
+    def passed(self):
+        """True when every element of every parameter (or every direction) is within tolerance."""
+        if not self.params:
+            return all(ok for *_, ok in self.directions)
+        return all(check.passed for check in self.params.values())
+
+    @property
+    def failed(self):
+        """Names of the parameters that failed."""
+        return [name for name, check in self.params.items() if not check.passed]
+
+    @property
+    def abs_err(self):
+        """``max |num - bp|`` per parameter."""
+        return {name: check.max_abs for name, check in self.params.items()}
+
+    @property
+    def rel_err(self):
+        """Normwise relative error per parameter."""
+        return {name: check.rel for name, check in self.params.items()}
+
+    @property
+    def max_rel_err(self):
+        """The worst normwise relative error."""
+        return max(self.rel_err.values())
+
+    def report(self, worst=3):
+        """Describe the check: a table per parameter, the verdict, the worst elements, why.
+
+        Parameters
+        ----------
+        worst : int, default 3
+            Worst elements listed for each failing parameter.
+
+        Returns
+        -------
+        str
+        """
+        lines = [f"gradient check: numerical (central differences, h={self.h:g}) vs backprop; "
+                 f"{self.method}"]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.directions:
+            lines.append(f"fast mode: {len(self.directions)} random directions v, "
+                         "(L(theta + h v) - L(theta - h v)) / 2h against v . backprop")
+            for i, (num, bp, ok) in enumerate(self.directions):
+                lines.append(f"  v{i}: {num: .9e} {bp: .9e}  {'ok' if ok else 'MISMATCH'}")
+        if self.params:
+            lines += self._table(worst)
+        tol = f"|num - bp| <= {self.atol:g} + {self.rtol:g} * |bp|"
+        if self.guard_slack:
+            tol += f" + {self.guard_slack:.1e} * max|bp| (the guard's slack)"
+        if self.passed:
+            what = "element" if self.params else "direction"
+            lines.append(f"PASS: every {what} within {tol}")
+        elif self.params:
+            bad = ", ".join(f"{c.name} ({c.problem or f'{c.n_fail} of {np.prod(c.shape):.0f}'})"
+                            for c in self.params.values() if not c.passed)
+            lines.append(f"FAIL: {bad} outside {tol}")
+        else:
+            lines.append(f"FAIL: a directional derivative is outside {tol}")
+        lines.append("book's error = mean |backprop - numerical|, the figure the book's "
+                     "gradient_check.py prints.")
+        if self.log_guard:
+            lines.append(GUARD_EXPLANATION)
+            if self.guard_effect is not None:
+                lines.append(f"In this batch the smallest true-class probability gives an "
+                             f"expected guard effect of {self.guard_effect:.1e} relative to each "
+                             "sample's share of a gradient; shares cancel in the sum but their\n"
+                             "errors need not, hence the slack of 5x that effect times the "
+                             "parameter's max |bp|.")
+        else:
+            lines.append("log guard off: the numerical side evaluates -log(y) without the "
+                         f"book's {LOG_GUARD:g}.")
+        return "\n".join(lines)
+
+    def _table(self, worst):
+        richardson = any(c.truncation is not None for c in self.params.values())
+        head = (f"{'param':<8} {'shape':<14} {'book error':>11} {'max abs err':>12} "
+                f"{'max rel err':>12} {'fails':>7}")
+        lines = [head + (f" {'trunc. est':>11}" if richardson else "")]
+        for c in self.params.values():
+            shape = "x".join(map(str, c.shape))
+            row = (f"{c.name:<8} {shape:<14} {c.book_error:11.3e} {c.max_abs:12.3e} "
+                   f"{c.rel:12.3e} {c.n_fail:7d}")
+            if richardson:
+                row += f" {c.truncation:11.3e}" if c.truncation is not None else f" {'':>11}"
+            lines.append(row)
+        kinks = sum(c.n_kinks for c in self.params.values())
+        if kinks:
+            lines.append(f"{kinks} element(s) sit within h of a kink of the loss (a ReLU or "
+                         "max-pooling input at its corner, e.g. zero pixels with zero biases): "
+                         "backprop lies between their one-sided slopes at a step of h/100 or "
+                         "h/1000, "
+                         "so they are not counted as failures.")
+        for c in self.params.values():
+            if c.passed:
+                continue
+            if c.problem:
+                lines.append(f"{c.name}: {c.problem}")
+                continue
+            lines.append(f"worst elements of {c.name}:  index, numerical, backprop")
+            for index, num, bp, kink in c.worst[:worst]:
+                lines.append(f"  {c.name}{list(index)}  {num: .9e}  {bp: .9e}"
+                             + ("  (kink)" if kink else ""))
+        return lines

@@ -1,0 +1,134 @@
+"""The fast path: recognise a stack of the book's layers and hand it to fastnum's kernels.
+
+Layers are recognised by structure and attributes only (``W``/``b`` of an
+Affine, ``stride``/``pad`` of a Convolution, ``pool_h``/``pool_w`` of a
+Pooling, the class names ``Relu`` and ``Sigmoid``); nothing of the reader's is
+imported.  Parameter names come from the identity of each layer's arrays with
+the entries of ``net.params``.  The result is the engine's stack spec (see
+ENGINE_CONTRACT.md); :func:`_engine_numerical_gradient` is the one place that
+computes with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fastnum.gradcheck._generic import last_layer_name
+
+
+class EngineUnsupportedError(Exception):
+    """The recognised stack is beyond what the kernels can compute (the message says why)."""
+
+
+def _param_name(params, array, layer_key, attr):
+    for name, value in params.items():
+        if value is array:
+            return name
+    raise EngineUnsupportedError(f"layers[{layer_key!r}].{attr} is not one of the arrays in "
+                            "net.params (a copy?), so its gradient could not be named")
+
+
+def _layer_spec(key, layer, params):
+    """One layer's spec, or raise EngineUnsupportedError naming the layer."""
+    kind = type(layer).__name__.lower()
+    W, b = getattr(layer, "W", None), getattr(layer, "b", None)
+    if isinstance(W, np.ndarray) and isinstance(b, np.ndarray):
+        names = (_param_name(params, W, key, "W"), _param_name(params, b, key, "b"))
+        if W.ndim == 4 and b.ndim == 1 and hasattr(layer, "stride") and hasattr(layer, "pad"):
+            return ("conv", *names, int(layer.stride), int(layer.pad))
+        if W.ndim == 2 and b.ndim == 1 and not hasattr(layer, "stride"):
+            return ("affine", *names)
+    if all(hasattr(layer, a) for a in ("pool_h", "pool_w", "stride", "pad")):
+        return ("pool", int(layer.pool_h), int(layer.pool_w), int(layer.stride), int(layer.pad))
+    if kind in ("relu", "sigmoid"):
+        return (kind,)
+    raise EngineUnsupportedError(f"layer {key!r} ({type(layer).__name__}) is not one of the book's "
+                            "Affine, Relu, Sigmoid, Convolution, Pooling")
+
+
+def fastnum_stack(net):
+    """The stack of fastnum's own networks, or None."""
+    from fastnum import reference
+    from fastnum.multilayer import ReferenceMultiLayerNet
+
+    if isinstance(getattr(net, "stack", None), tuple):  # fastnum's SimpleConvNet
+        return net.stack
+    if isinstance(net, reference.TwoLayerNet):
+        return (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2"))
+    if isinstance(net, ReferenceMultiLayerNet):
+        layers = []
+        for k in range(1, net.n_layers + 1):
+            layers += [("affine", f"W{k}", f"b{k}"), (net.activation,)]
+        return tuple(layers[:-1])
+    return None
+
+
+def recognise(net):
+    """The engine stack spec of ``net``; raise EngineUnsupportedError saying why there is none."""
+    stack = fastnum_stack(net)
+    if stack is not None:
+        return stack
+    layers = getattr(net, "layers", None)
+    if not isinstance(layers, Mapping):
+        raise EngineUnsupportedError("the network keeps no ordered dict of layers in net.layers")
+    last = last_layer_name(net)
+    if last is None or "softmax" not in type(getattr(net, last)).__name__.lower():
+        raise EngineUnsupportedError("the network has no softmax-with-loss lastLayer / last_layer")
+    params = net.params
+    stack = tuple(_layer_spec(key, layer, params) for key, layer in layers.items())
+    used = [name for spec in stack if spec[0] in ("affine", "conv") for name in spec[1:3]]
+    if sorted(used) != sorted(params):
+        extra = sorted(set(params) - set(used))
+        raise EngineUnsupportedError(f"net.params has entries {extra} that no recognised layer "
+                                     "uses")
+    if not stack or stack[-1][0] != "affine":
+        raise EngineUnsupportedError("the layer before the softmax-with-loss is not an Affine")
+    return stack
+
+
+def _labels(t):
+    t = np.asarray(t)
+    return np.ascontiguousarray(t.argmax(axis=1) if t.ndim == 2 else t, dtype=np.int64)
+
+
+def _dense(stack, params, log_guard):
+    """Packed weights and activation for fastnum.kernels.multilayer, or EngineUnsupportedError."""
+    from fastnum.kernels import multilayer
+
+    kinds = [spec[0] for spec in stack]
+    if {"conv", "pool"} & set(kinds):
+        raise EngineUnsupportedError("convolution and pooling need fastnum.engine, not merged yet")
+    if not log_guard:
+        raise EngineUnsupportedError("today's kernels always include the 1e-7 log guard")
+    acts = set(kinds) - {"affine"}
+    pattern = ["affine"] + [a for _ in range(kinds.count("affine") - 1) for a in ("act", "affine")]
+    shape = ["act" if kind in ("relu", "sigmoid") else kind for kind in kinds]
+    if len(acts) > 1 or shape != pattern:
+        raise EngineUnsupportedError("the kernels take affine layers with one activation between "
+                                "each pair; this stack mixes them differently")
+    names = [name for spec in stack if spec[0] == "affine" for name in spec[1:3]]
+    packed = multilayer.as_params([params[name] for name in names])
+    return multilayer, packed, (acts.pop() if acts else "sigmoid"), names
+
+
+def _engine_loss(stack, params, x, t, log_guard=True):
+    """Batch-mean loss of ``stack`` (the cross-check that the stack is the network)."""
+    kernels, packed, act, _ = _dense(stack, params, log_guard)
+    x = np.ascontiguousarray(np.reshape(x, (len(x), -1)), dtype=np.float64)
+    return kernels.loss_trusted(packed, x, _labels(t), act)
+
+
+def _engine_numerical_gradient(stack, params, x, t, h, log_guard=True):
+    """Central-difference gradient of ``stack`` at ``params``: dict name -> array.
+
+    Until fastnum.engine lands this runs today's kernels (dense stacks of one
+    activation, guard on) and raises EngineUnsupportedError otherwise; at merge it
+    becomes ``engine.numerical_gradient(stack, params, x, t, h=h,
+    log_guard=1e-7 if log_guard else 0.0)``.
+    """
+    kernels, packed, act, names = _dense(stack, params, log_guard)
+    x = np.ascontiguousarray(np.reshape(x, (len(x), -1)), dtype=np.float64)
+    grads = kernels.numerical_gradient_trusted(packed, x, _labels(t), h, act, "delta")
+    return {name: np.array(g) for name, g in zip(names, grads, strict=True)}
