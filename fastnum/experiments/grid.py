@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from fastnum._dask import dask_client
 from fastnum._validate import as_float_batch, as_labels
 
 __all__ = ["DETERMINISTIC_KEYS", "accuracy_curve", "deterministic", "run_grid", "run_one",
@@ -223,25 +224,6 @@ def accuracy_curve(result):
     return its, acc
 
 
-def _dask_client(scheduler):
-    """Return (client, owned): a Client for ``scheduler`` and whether we must close it."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ImportError("--scheduler needs Dask: pip install 'fastnum[distributed]' "
-                          "(or 'dask[distributed]').") from None
-    if isinstance(scheduler, Client):
-        return scheduler, False
-    if scheduler == "local":
-        # In this process, one thread: for trying the Dask path without a cluster.
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                               dashboard_address=None)
-        client = Client(cluster)
-        client.fastnum_cluster = cluster  # closed together with the client
-        return client, True
-    return Client(scheduler), True  # an address or a cluster object
-
-
 def run_grid(specs, scheduler=None, func=run_one, log=print):
     """Run ``func`` on every spec, here or on a Dask cluster; return results in order.
 
@@ -272,19 +254,12 @@ def run_grid(specs, scheduler=None, func=run_one, log=print):
             results.append(func(spec))
             _log_done(log, i, len(specs), spec)
         return results
-    client, owned = _dask_client(scheduler)
-    try:
+    with dask_client(scheduler) as client:
         futures = client.map(func, specs, pure=False)
         for i, (spec, future) in enumerate(zip(specs, futures, strict=True), 1):
             future.result()  # raises the run's own exception, if any
             _log_done(log, i, len(specs), spec)
         return client.gather(futures)
-    finally:
-        if owned:
-            client.close()
-            cluster = getattr(client, "fastnum_cluster", None)
-            if cluster is not None:
-                cluster.close()
 
 
 def _log_done(log, i, n, spec):

@@ -220,19 +220,12 @@ def run_tasks(data, tasks, workers=1, scheduler=None):
         One result per task, in the order of ``tasks``.
     """
     if scheduler is not None:
-        from fastnum.experiments import _dask_client
+        from fastnum._dask import dask_client
 
-        client, owned = _dask_client(scheduler)
-        try:
+        with dask_client(scheduler) as client:
             shared = client.scatter(data, broadcast=True)
             futures = [client.submit(_dask_task, shared, task, pure=False) for task in tasks]
             return client.gather(futures)
-        finally:
-            if owned:
-                cluster = getattr(client, "fastnum_cluster", None)
-                client.close()
-                if cluster is not None:
-                    cluster.close()
     if workers <= 1:
         worker = evaluator_from(data)
         return [worker.block(*arg, h) if kind == "block" else worker.directional(arg, h)

@@ -110,7 +110,9 @@ def _dense(stack, params, log_guard):
                                 "each pair; this stack mixes them differently")
     names = [name for spec in stack if spec[0] == "affine" for name in spec[1:3]]
     packed = multilayer.as_params([params[name] for name in names])
-    return multilayer, packed, (acts.pop() if acts else "sigmoid"), names
+    from fastnum.multilayer import ACTIVATIONS
+
+    return multilayer, packed, ACTIVATIONS[acts.pop() if acts else "sigmoid"].kernel_code, names
 
 
 def _engine_loss(stack, params, x, t, log_guard=True):
