@@ -1,0 +1,325 @@
+"""SimpleConvNet: the NumPy oracle against backprop, the validation, and the engine against both.
+
+The oracle's central differences are checked against backprop (they differ by
+the book's 1e-7 log guard, ~1e-6) at tiny, odd geometries; the engine must then
+match the oracle's numerical gradient to 1e-9 absolute.  Engine tests force
+``backend = "numba"``, which runs the engine as plain Python where numba is
+missing or disabled, so only the thread-count test needs numba itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from fastnum import SimpleConvNet, reference
+from fastnum._jit import JIT_ENABLED
+from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
+
+try:  # only the thread-count test needs numba itself
+    import numba
+except ImportError:  # pragma: no cover - exercised by the no-numba CI leg
+    numba = None
+
+HAVE_ENGINE = importlib.util.find_spec("fastnum.engine") is not None
+needs_engine = pytest.mark.skipif(not HAVE_ENGINE, reason="fastnum.engine not written yet")
+
+TOL = 1e-9  # engine vs the oracle's numerical gradient, absolute
+GUARD_TOL = 2e-6  # numerical (guarded loss) vs backprop (unguarded), absolute, at O(0.1) weights
+UNGUARDED_TOL = 1e-7  # the same with the guard removed: central differences' own error
+STRATEGIES = ("delta", "full")
+
+# (input_dim, conv_param): pad 1 and 2, stride 2, filters 3 and 4, 3 channels, non-square
+GEOMETRIES = [
+    ((1, 6, 6), {"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1}),
+    ((3, 6, 4), {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 1}),
+    ((2, 5, 7), {"filter_num": 3, "filter_size": 4, "pad": 2, "stride": 1}),
+    ((3, 7, 11), {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 2}),
+    ((1, 8, 12), {"filter_num": 2, "filter_size": 4, "pad": 1, "stride": 2}),
+]
+# General stacks beyond SimpleConvNet: a pooling window of 3, two conv blocks, sigmoid, pad 2.
+STACKS = {
+    "pool3": ((("conv", "W1", "b1", 1, 1), ("relu",), ("pool", 3, 3, 1, 0),
+               ("affine", "W2", "b2")),
+              {"W1": (2, 3, 3, 3), "b1": (2,), "W2": (2 * 5 * 4, 3), "b2": (3,)}, (3, 7, 6)),
+    "two-blocks": ((("conv", "W1", "b1", 1, 1), ("relu",), ("pool", 2, 2, 2, 0),
+                    ("conv", "W2", "b2", 1, 0), ("sigmoid",), ("pool", 3, 3, 2, 1),
+                    ("affine", "W3", "b3"), ("relu",), ("affine", "W4", "b4")),
+                   {"W1": (3, 2, 3, 3), "b1": (3,), "W2": (2, 3, 2, 2), "b2": (2,),
+                    "W3": (2 * 2 * 3, 4), "b3": (4,), "W4": (4, 3), "b4": (3,)}, (2, 8, 12)),
+    "pad2-stride2-sigmoid": ((("conv", "W1", "b1", 2, 2), ("sigmoid",), ("pool", 2, 3, 1, 0),
+                              ("affine", "W2", "b2")),
+                             {"W1": (2, 1, 4, 4), "b1": (2,), "W2": (2 * 3 * 3, 4), "b2": (4,)},
+                             (1, 6, 8)),
+}
+
+
+def small_net(input_dim, conv_param, batch=3, seed=0, backend="numpy", weight_init_std=0.5):
+    """A net with O(1) weights and non-zero biases, sparse inputs, and labels."""
+    net = SimpleConvNet(input_dim, conv_param, hidden_size=4, output_size=3,
+                        weight_init_std=weight_init_std, seed=seed, backend=backend)
+    rng = np.random.default_rng(seed + 100)
+    for k in ("b1", "b2", "b3"):
+        net.params[k] = rng.normal(0, 0.3, net.params[k].shape)
+    x = rng.random((batch, *input_dim))
+    x[rng.random(x.shape) < 0.4] = 0.0  # zeros, like MNIST's background
+    return net, x, rng.integers(0, 3, batch)
+
+
+def stack_problem(name, batch=3, seed=0, scale=0.5):
+    stack, shapes, input_dim = STACKS[name]
+    rng = np.random.default_rng(seed)
+    params = {k: rng.normal(0, scale, s) for k, s in shapes.items()}
+    x = rng.random((batch, *input_dim))
+    x[rng.random(x.shape) < 0.4] = 0.0
+    return ReferenceLayeredNet(stack, params), x, rng.integers(0, shapes[param_names(stack)[-1]][0],
+                                                               batch)
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
+
+
+def oracle_gradient(net, x, t):
+    return ReferenceLayeredNet.numerical_gradient(net, x, t)
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+
+def test_the_book_network_shapes_stack_and_seeding():
+    net = SimpleConvNet(seed=1, backend="numpy")
+    shapes = {k: v.shape for k, v in net.params.items()}
+    assert shapes == {"W1": (30, 1, 5, 5), "b1": (30,), "W2": (4320, 100), "b2": (100,),
+                      "W3": (100, 10), "b3": (10,)}
+    assert sum(v.size for v in net.params.values()) == 433_890
+    assert net.stack == (("conv", "W1", "b1", 1, 0), ("relu",), ("pool", 2, 2, 2, 0),
+                         ("affine", "W2", "b2"), ("relu",), ("affine", "W3", "b3"))
+    assert list(net.layers) == ["Conv1", "Relu1", "Pool1", "Affine1", "Relu2", "Affine2"]
+    assert 0.009 < net.params["W2"].std() < 0.011 and not net.params["b1"].any()
+    again = ReferenceSimpleConvNet(seed=1)
+    assert all(np.array_equal(again.params[k], net.params[k]) for k in net.params)
+
+
+@pytest.mark.parametrize("input_dim, conv_param", GEOMETRIES)
+def test_numerical_gradient_matches_backprop(input_dim, conv_param, monkeypatch):
+    net, x, t = small_net(input_dim, conv_param, weight_init_std=0.1)
+    num, bp = net.numerical_gradient(x, t), net.gradient(x, t)
+    assert all(num[k].shape == net.params[k].shape for k in num)
+    assert np.abs(bp["W1"]).max() > 1e-4  # the check is not vacuous
+    assert max_abs_diff(num, bp) <= GUARD_TOL
+    # Without the book's log guard the two agree to the central difference's own error.
+    monkeypatch.setattr(reference, "LOG_GUARD", 0.0)
+    net, x, t = small_net(input_dim, conv_param)
+    assert max_abs_diff(net.numerical_gradient(x, t), net.gradient(x, t)) <= UNGUARDED_TOL
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_general_stacks_numerical_gradient_matches_backprop(name, monkeypatch):
+    net, x, t = stack_problem(name, scale=0.1)
+    num, bp = ReferenceLayeredNet.numerical_gradient(net, x, t), net.gradient(x, t)
+    assert list(num) == list(param_names(net.stack))
+    assert max_abs_diff(num, bp) <= GUARD_TOL
+    monkeypatch.setattr(reference, "LOG_GUARD", 0.0)
+    net, x, t = stack_problem(name)
+    num, bp = ReferenceLayeredNet.numerical_gradient(net, x, t), net.gradient(x, t)
+    assert np.abs(bp["W1"]).max() > 1e-4  # the check is not vacuous
+    assert max_abs_diff(num, bp) <= UNGUARDED_TOL
+
+
+def test_numpy_backend_is_the_oracle_and_leaves_parameters_untouched():
+    net, x, t = small_net(*GEOMETRIES[1])
+    before = {k: v.copy() for k, v in net.params.items()}
+    assert max_abs_diff(net.numerical_gradient(x, t), oracle_gradient(net, x, t)) == 0.0
+    assert all(np.array_equal(before[k], net.params[k]) for k in before)
+    assert net.loss(x, t) == ReferenceLayeredNet.loss(net, x, t)
+    assert net.accuracy(x, np.eye(3)[t]) == net.accuracy(x, t)
+
+
+def test_numerical_gradient_at_samples_the_full_gradient():
+    net, x, t = small_net(*GEOMETRIES[3])
+    full = net.numerical_gradient(x, t)
+    rng = np.random.default_rng(0)
+    indices = {k: rng.choice(v.size, min(5, v.size), replace=False) for k, v in net.params.items()}
+    sampled = net.numerical_gradient_at(x, t, indices)
+    assert max_abs_diff(sampled, {k: full[k].ravel()[i] for k, i in indices.items()}) == 0.0
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"input_dim": (1, 28, 29)}, r"input of 29: \(29 \+ 2\*0 - 5\) / 1.*convolution|"
+                                 r"output 24x25 .* cannot be max-pooled"),
+    ({"conv_param": {"filter_size": 5, "stride": 2}}, r"\(28 \+ 2\*0 - 5\) / 2"),
+    ({"conv_param": {"filter_size": 4}}, r"output 25x25 of input_dim=\(1, 28, 28\)"),
+    ({"conv_param": {"filter_size": 30}}, r"\(28 \+ 2\*0 - 30\)"),
+    ({"conv_param": {"filters": 3}}, r"unknown key\(s\) \['filters'\]"),
+    ({"conv_param": {"pad": -1}}, r"conv_param\['pad'\]=-1 must be an integer >= 0"),
+    ({"conv_param": {"stride": 1.5}}, r"conv_param\['stride'\]=1.5"),
+    ({"input_dim": (28, 28)}, r"\(channels, height, width\)"),
+    ({"input_dim": (1, 0, 28)}, r"input_dim\[1\]=0"),
+    ({"hidden_size": 0}, "hidden_size=0"),
+    ({"output_size": 1}, "output_size=1 must be an integer >= 2"),
+    ({"weight_init_std": float("nan")}, "weight_init_std=nan"),
+    ({"backend": "gpu"}, "backend='gpu' is unknown"),
+    ({"strategy": "fast"}, "strategy='fast' is unknown"),
+])
+def test_bad_construction_is_refused_with_the_sizes(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        SimpleConvNet(**kwargs)
+
+
+def test_bad_inputs_are_refused_with_the_fix():
+    net, x, t = small_net(*GEOMETRIES[1])
+    with pytest.raises(ValueError, match=r"shape \(3, 72\).*\(batch, 3, 6, 4\).*flatten=False"):
+        net.loss(x.reshape(3, -1), t)
+    with pytest.raises(ValueError, match=r"\(batch, 3, 6, 4\)"):
+        net.predict(x[0])
+    with pytest.raises(ValueError, match="empty batch"):
+        net.predict(x[:0])
+    bad = x.copy()
+    bad[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite value nan at index \(1, 2, 3, 0\)"):
+        net.numerical_gradient(bad, t)
+    with pytest.raises(TypeError, match="dtype object"):
+        net.predict(x.astype(object))
+    with pytest.raises(ValueError, match="label 3, outside 0..2"):
+        net.gradient(x, [0, 1, 3])
+    with pytest.raises(ValueError, match="h=0"):
+        net.numerical_gradient(x, t, h=0)
+    with pytest.raises(ValueError, match=r"indices\['W1'\] must be a 1-D integer array.*0..53"):
+        net.numerical_gradient_at(x, t, {"W1": [54]})
+    with pytest.raises(KeyError, match="'W9'"):
+        net.numerical_gradient_at(x, t, {"W9": [0]})
+
+
+def test_replaced_parameters_of_the_wrong_shape_are_refused_before_the_engine():
+    net, _, _ = small_net(*GEOMETRIES[0])
+    net.params["W2"] = net.params["W2"][:-1]
+    with pytest.raises(ValueError, match=r"params\['W2'\] has shape \(7, 4\).*needs \(8, 4\)"):
+        net._engine_params()
+
+
+def test_float32_and_one_hot_inputs_give_the_float64_result():
+    net, x, t = small_net(*GEOMETRIES[2])
+    x32 = x.astype(np.float32)
+    base = net.numerical_gradient(x32.astype(np.float64), t)
+    g = net.numerical_gradient(x32, np.eye(3)[t])
+    assert all(np.array_equal(g[k], base[k]) for k in base)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def to_engine(net):
+    # Dispatch to the engine even where numba is missing (it then runs as Python).
+    net.backend = "numba"
+    return net
+
+
+@needs_engine
+@pytest.mark.parametrize("input_dim, conv_param", GEOMETRIES)
+def test_engine_matches_the_oracle_on_every_parameter(input_dim, conv_param):
+    net, x, t = small_net(input_dim, conv_param)
+    ref_ = oracle_gradient(net, x, t)
+    ref_loss, ref_probs = ReferenceLayeredNet.loss(net, x, t), ReferenceLayeredNet.predict(net, x)
+    to_engine(net)
+    for strategy in STRATEGIES:
+        comp_ = net.numerical_gradient(x, t, strategy=strategy)
+        assert all(comp_[k].shape == net.params[k].shape for k in comp_)
+        assert max_abs_diff(comp_, ref_) <= TOL, strategy
+    assert net.loss(x, t) == pytest.approx(ref_loss, rel=1e-12, abs=0)
+    assert np.allclose(net.predict(x), ref_probs, rtol=1e-12, atol=0)
+
+
+@needs_engine
+@pytest.mark.parametrize("name", STACKS)
+def test_engine_runs_general_stacks_like_the_oracle(name):
+    from fastnum import engine
+
+    net, x, t = stack_problem(name)
+    ref_ = oracle_gradient(net, x, t)
+    for strategy in STRATEGIES:
+        comp_ = engine.numerical_gradient(net.stack, net.params, x, t, 1e-4, strategy)
+        assert max_abs_diff(comp_, ref_) <= TOL, strategy
+    assert engine.loss(net.stack, net.params, x, t) == pytest.approx(
+        ReferenceLayeredNet.loss(net, x, t), rel=1e-12, abs=0)
+
+
+@needs_engine
+def test_engine_sampled_gradient_matches_its_full_gradient():
+    net, x, t = small_net(*GEOMETRIES[4])
+    to_engine(net)
+    rng = np.random.default_rng(1)
+    indices = {k: rng.choice(v.size, min(4, v.size), replace=False) for k, v in net.params.items()}
+    for strategy in STRATEGIES:
+        full = net.numerical_gradient(x, t, strategy=strategy)
+        sampled = net.numerical_gradient_at(x, t, indices, strategy=strategy)
+        assert max_abs_diff(sampled, {k: full[k].ravel()[i] for k, i in indices.items()}) <= TOL
+
+
+def _mnist_images(folder, n):
+    from fastnum.data import load_mnist
+
+    _, (x, t) = load_mnist(flatten=False, data_dir=folder)
+    return x[:n], t[:n].astype(np.int64)
+
+
+@needs_engine
+def test_engine_on_real_mnist_small_network_every_parameter(mnist_source_dir):
+    n, filters = (10, 3) if JIT_ENABLED else (2, 1)
+    x, t = _mnist_images(mnist_source_dir, n)
+    assert x.shape == (n, 1, 28, 28) and 0.6 < np.mean(x == 0) < 0.95  # real, sparse pixels
+    net = SimpleConvNet(conv_param={"filter_num": filters, "filter_size": 5}, hidden_size=4,
+                        weight_init_std=0.1, seed=3, backend="numpy")
+    x64 = x.astype(np.float64)
+    ref_ = oracle_gradient(net, x64, t)
+    assert np.abs(ref_["W1"]).max() > 0
+    to_engine(net)
+    for strategy in STRATEGIES:
+        assert max_abs_diff(net.numerical_gradient(x, t, strategy=strategy), ref_) <= TOL
+    assert net.loss(x, t) == pytest.approx(ReferenceLayeredNet.loss(net, x64, t), rel=1e-12)
+
+
+@needs_engine
+@pytest.mark.skipif(not JIT_ENABLED, reason="the book-size network is too slow as plain Python")
+def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
+    x, t = _mnist_images(mnist_source_dir, 100)
+    net = SimpleConvNet(seed=0, weight_init_std=0.01, backend="numpy")
+    x64 = x.astype(np.float64)
+    rng = np.random.default_rng(2)
+    indices = {k: rng.choice(v.size, min(6, v.size), replace=False) for k, v in net.params.items()}
+    ref_ = net.numerical_gradient_at(x64, t, indices)
+    ref_loss = ReferenceLayeredNet.loss(net, x64, t)
+    ref_probs = ReferenceLayeredNet.predict(net, x64)
+    to_engine(net)
+    assert net.loss(x, t) == pytest.approx(ref_loss, rel=1e-12, abs=0)
+    assert np.allclose(net.predict(x), ref_probs, rtol=1e-12, atol=0)
+    for strategy in STRATEGIES:
+        assert max_abs_diff(net.numerical_gradient_at(x, t, indices, strategy=strategy),
+                            ref_) <= TOL, strategy
+    comp_ = net.numerical_gradient(x, t)  # delta, all 433,890 parameters
+    assert max_abs_diff({k: comp_[k].ravel()[i] for k, i in indices.items()}, ref_) <= TOL
+
+
+@needs_engine
+@pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="needs compiled numba threads")
+def test_engine_results_do_not_depend_on_the_thread_count():
+    net, x, t = small_net(*GEOMETRIES[3], batch=7)
+    to_engine(net)
+    results = {}
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        try:
+            results[threads] = [net.numerical_gradient(x, t, strategy=s) for s in STRATEGIES]
+            results[threads].append({"loss": net.loss(x, t), "p": net.predict(x)})
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    first, *others = results.values()
+    for other in others:
+        for a, b in zip(first, other, strict=True):
+            assert all(np.array_equal(a[k], b[k]) for k in a)
