@@ -52,7 +52,8 @@ back to ``full``, which stays correct).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -320,10 +321,12 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
         C, H, W = x.shape[1:]
         FN, OH, OW = _conv_shape(plan.conv, params, x.shape[1:])
         ops, fshape = _ops_table(plan.ops, (FN, OH, OW))
+        st_size = np.array([OH * OW] + [r[7] * r[8] for r in ops], dtype=np.int64)
+        st_off = np.concatenate(([0], np.cumsum(st_size))).astype(np.int64)
         xf = x.reshape(n, -1)
-        Zc = np.empty((n, FN * OH * OW))
+        S = np.empty((n, FN * int(st_off[-1])))
         F = np.empty((n, int(np.prod(fshape))))
-        kern._conv_cache(xf, C, H, W, Wt, params[cb], stride, pad, OH, OW, ops, F, Zc)
+        kern._conv_cache(xf, C, H, W, Wt, params[cb], stride, pad, OH, OW, ops, st_off, S, F)
     else:
         F = x.reshape(n, -1)
     z_off = np.concatenate(([0], np.cumsum(n * sizes[1:])[:-1])).astype(np.int64)
@@ -347,9 +350,12 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
                     np.asarray(indices.get(cb, ()), dtype=np.int64) + n_w,
                 ])
             sums = np.zeros(len(sel))
-            kern._conv_delta(xf, C, H, W, Wt, stride, pad, OH, OW, ops, Zc, F, w, w_off, sizes,
-                             acts, t, float(h), guard, z_off, Z, A, sel, width,
-                             _n_tasks(len(sel)), sums)
+            xnz_ptr, xnz_idx = _nonzeros(xf.reshape(n * C, H * W))
+            xnz_val = np.ascontiguousarray(xf.reshape(n * C, H * W)[
+                np.repeat(np.arange(n * C), np.diff(xnz_ptr)), xnz_idx])
+            kern._conv_delta(xf, xnz_ptr, xnz_idx // W, xnz_idx % W, xnz_val, C, H, W, Wt, stride,
+                             pad, OH, OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t,
+                             float(h), guard, z_off, Z, A, sel, width, _n_tasks(len(sel)), sums)
             sums *= scale
             if indices is None:
                 grads[cw] = sums[:n_w].reshape(Wt.shape)
@@ -428,9 +434,10 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
     two_params, two_grad, multi_params, multi_grad = _fast_path_kernels()
     if kinds == ("affine", "sigmoid", "affine"):
         names = (stack[0][1], stack[0][2], stack[2][1], stack[2][2])
-        packed = two_params(dict(zip(("W1", "b1", "W2", "b2"), (params[k] for k in names))))
+        book = ("W1", "b1", "W2", "b2")
+        packed = two_params({k: params[nm] for k, nm in zip(book, names, strict=True)})
         g = two_grad(packed, x, t, h, strategy)
-        return {nm: g[k] for nm, k in zip(names, ("W1", "b1", "W2", "b2"), strict=True)}
+        return {nm: g[k] for nm, k in zip(names, book, strict=True)}
     affines = kinds[0::2]
     hidden = set(kinds[1::2])
     if (len(kinds) % 2 == 1 and set(affines) == {"affine"} and len(hidden) == 1

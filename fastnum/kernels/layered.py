@@ -13,7 +13,8 @@ rows of ``C * H * W`` doubles, so one kernel signature serves every geometry
   offsets, widths ``sizes = (d0, ..., dL)``, activation codes ``acts``.
 * The delta cache: ``F`` (N, d0) the tail's input, ``Z``/``A`` the tail's
   pre-activations/activations (layer ``l`` at ``z_off[l] + s * d_{l+1}``),
-  ``loss_n`` each sample's loss, and for a conv stack ``Zc`` the conv output.
+  ``loss_n`` each sample's loss, and for a conv stack ``S`` every stage of the
+  conv block per channel (the conv output, then each activation/pooling output).
 
 Delta evaluation
 ----------------
@@ -34,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastnum._jit import njit, prange
-from fastnum.kernels._vmath import fexp, flog
+from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
 
 NONE = 0
 RELU = 1
@@ -89,44 +90,28 @@ def _conv_channel(xs, C, H, W, Wt, b, f, stride, pad, OH, OW, out):
 
 
 @njit
-def _pool_map(src, H, W, ph, pw, stride, pad, OH, OW, dst):
-    """Max pooling of one (H, W) map; padded positions count as 0 (im2col's zero padding)."""
-    for oh in range(OH):
-        for ow in range(OW):
-            m = -np.inf
-            for a in range(ph):
-                i = oh * stride + a - pad
-                for c in range(pw):
-                    jj = ow * stride + c - pad
-                    if 0 <= i < H and 0 <= jj < W:
-                        v = src[i * W + jj]
-                    else:
-                        v = 0.0
-                    if v > m:
-                        m = v
-            dst[oh * OW + ow] = m
+def _pool_window(src, H, W, ph, pw, stride, pad, oh, ow):
+    """Max of one pooling window; padded positions count as 0 (im2col's zero padding)."""
+    m = -np.inf
+    for a in range(ph):
+        i = oh * stride + a - pad
+        for c in range(pw):
+            jj = ow * stride + c - pad
+            if 0 <= i < H and 0 <= jj < W:
+                v = src[i * W + jj]
+            else:
+                v = 0.0
+            if v > m:
+                m = v
+    return m
 
 
 @njit
-def _run_ops(ops, n_ops, buf_a, buf_b, first):
-    """Apply the channel pipeline ``ops`` (rows: kind, ph, pw, stride, pad, H, W, OH, OW)
-    to the map in ``buf_a`` (or in ``first`` when it is the first op's input); returns
-    the buffer holding the result."""
-    src = buf_a
-    dst = buf_b
-    for o in range(n_ops):
-        kind = ops[o, 0]
-        H = ops[o, 5]
-        W = ops[o, 6]
-        OH = ops[o, 7]
-        OW = ops[o, 8]
-        s = first if o == 0 else src
-        if kind == POOL:
-            _pool_map(s, H, W, ops[o, 1], ops[o, 2], ops[o, 3], ops[o, 4], OH, OW, dst)
-        else:
-            _act_map(s, H * W, kind, dst)
-        src, dst = dst, src
-    return src if n_ops > 0 else first
+def _pool_map(src, H, W, ph, pw, stride, pad, OH, OW, dst):
+    """Max pooling of one (H, W) map into dst[:OH*OW]."""
+    for oh in range(OH):
+        for ow in range(OW):
+            dst[oh * OW + ow] = _pool_window(src, H, W, ph, pw, stride, pad, oh, ow)
 
 
 # ------------------------------------------------------------------------------ batch forward
@@ -226,21 +211,29 @@ def _column_losses(z, k, n_e, label, guard, mx, sm, out):
 
 
 @njit(parallel=True)
-def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, F, Zc):
-    """Zc (N, FN*OH*OW) conv output and F (N, d0) the channel pipelines' output."""
+def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
+    """S (N, FN * stage sizes): per channel, the conv output (stage 0) and the output of
+    every pipeline op (stage k + 1), channel f of stage k at FN * st_off[k] + f * size_k;
+    F (N, d0) the last stage, the dense tail's input."""
     FN = Wt.shape[0]
-    size = OH * OW
     n_ops = ops.shape[0]
-    fsize = F.shape[1] // FN
     for n in prange(x.shape[0]):
-        buf_a = np.empty(max(size, 1))
-        buf_b = np.empty(max(size, 1))
         for f in range(FN):
-            zc = Zc[n, f * size:(f + 1) * size]
-            _conv_channel(x[n], C, H, W, Wt, b, f, stride, pad, OH, OW, zc)
-            res = _run_ops(ops, n_ops, buf_a, buf_b, zc)
-            for q in range(fsize):
-                F[n, f * fsize + q] = res[q]
+            size = OH * OW
+            start = FN * st_off[0] + f * size
+            _conv_channel(x[n], C, H, W, Wt, b, f, stride, pad, OH, OW, S[n, start:start + size])
+            for o in range(n_ops):
+                src = S[n, start:start + size]
+                size = ops[o, 7] * ops[o, 8]
+                start = FN * st_off[o + 1] + f * size
+                dst = S[n, start:start + size]
+                if ops[o, 0] == POOL:
+                    _pool_map(src, ops[o, 5], ops[o, 6], ops[o, 1], ops[o, 2], ops[o, 3],
+                              ops[o, 4], ops[o, 7], ops[o, 8], dst)
+                else:
+                    _act_map(src, size, ops[o, 0], dst)
+            for q in range(size):
+                F[n, f * size + q] = S[n, start + q]
 
 
 @njit(parallel=True)
@@ -320,6 +313,44 @@ def _propagate(m, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, gua
 
 
 # ------------------------------------------------------------------------------ delta: dense
+
+
+@njit
+def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out):
+    """out[q] = loss when the logits Z[zs:zs + k_out] move by chg[q] * w[row:row + k_out].
+
+    exp(z_k + c w_k - m) = exp(z_k - m) * exp(c w_k), with m the unperturbed max: the
+    cached exponentials are reused and exp of the small step is a short polynomial
+    (exact to double precision below SMALL_EXP_BOUND).  A zero step gives exactly
+    the unperturbed sum, in the same order.
+    """
+    m = Z[zs]
+    for c in range(1, k_out):
+        m = max(m, Z[zs + c])
+    biggest = 0.0
+    for q in range(n_q):
+        biggest = max(biggest, abs(chg[q]))
+    for q in range(n_q):
+        sm[q] = 0.0
+    for c in range(k_out):
+        ec = fexp(Z[zs + c] - m)
+        wc = w[row + c]
+        small = biggest * abs(wc) <= SMALL_EXP_BOUND
+        if small:
+            for q in range(n_q):
+                sm[q] += ec * fexp_small(chg[q] * wc)
+        else:
+            for q in range(n_q):
+                sm[q] += ec * fexp(chg[q] * wc)
+        if c == label:
+            if small:
+                for q in range(n_q):
+                    y[q] = ec * fexp_small(chg[q] * wc)
+            else:
+                for q in range(n_q):
+                    y[q] = ec * fexp(chg[q] * wc)
+    for q in range(n_q):
+        out[q] = -flog(y[q] / sm[q] + guard)
 
 
 @njit(parallel=True)
@@ -406,6 +437,12 @@ def _dense_delta(layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss
                     n_next = sizes[layer + 2]
                     zs = z_off[layer + 1] + s * n_next
                     row = w_off[layer + 1] + j * n_next
+                    if layer == n_layers - 2 and acts[n_layers - 1] == NONE:
+                        _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm,
+                                           out)
+                        for q in range(nr):
+                            g[rows[q]] += out[q] - out[nr + q]
+                        continue
                     for c in range(n_next):
                         zc = Z[zs + c]
                         wjc = w[row + c]
@@ -420,30 +457,156 @@ def _dense_delta(layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss
 # ------------------------------------------------------------------------------ delta: conv
 
 
+@njit
+def _window_tables(ops, lo_h, hi_h, lo_w, hi_w):
+    """For each pooling op and input row (column): the first and last window containing it."""
+    for o in range(ops.shape[0]):
+        if ops[o, 0] != POOL:
+            continue
+        for axis in range(2):
+            win = ops[o, 1 + axis]
+            stride = ops[o, 3]
+            pad = ops[o, 4]
+            n_in = ops[o, 5 + axis]
+            n_out = ops[o, 7 + axis]
+            lo_t = lo_h if axis == 0 else lo_w
+            hi_t = hi_h if axis == 0 else hi_w
+            for i in range(n_in):
+                lo = i + pad - win + 1
+                lo_t[o, i] = 0 if lo <= 0 else (lo + stride - 1) // stride
+                hi_t[o, i] = min((i + pad) // stride, n_out - 1)
+
+
+@njit
+def _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w,
+                   hi_w):
+    """Push the dirty stage-0 positions of one channel through the pipeline ops.
+
+    ``work`` holds this channel's stages (stage k at st_off[k]) equal to the cache
+    except at the dirty positions (flat index, row, column per stage); each op
+    recomputes only the outputs that can see a dirty input and keeps those that
+    really changed (a relu that stays off, a window whose max did not change, stop
+    the propagation there).
+    """
+    for o in range(ops.shape[0]):
+        kind = ops[o, 0]
+        H = ops[o, 5]
+        W = ops[o, 6]
+        OW = ops[o, 8]
+        w_in = st_off[o]
+        w_out = st_off[o + 1]
+        n_new = 0
+        if kind == POOL:
+            ph = ops[o, 1]
+            pw = ops[o, 2]
+            stride = ops[o, 3]
+            pad = ops[o, 4]
+            n_cand = 0
+            for d in range(n_dirty[o]):
+                i = d_row[o, d]
+                jj = d_col[o, d]
+                for oh in range(lo_h[o, i], hi_h[o, i] + 1):
+                    for ow in range(lo_w[o, jj], hi_w[o, jj] + 1):
+                        q = oh * OW + ow
+                        if mark[q] == 0:
+                            mark[q] = 1
+                            dirty[o + 1, n_cand] = q
+                            d_row[o + 1, n_cand] = oh
+                            d_col[o + 1, n_cand] = ow
+                            n_cand += 1
+            src = work[w_in:w_in + H * W]
+            for d in range(n_cand):
+                q = dirty[o + 1, d]
+                oh = d_row[o + 1, d]
+                ow = d_col[o + 1, d]
+                mark[q] = 0
+                v = _pool_window(src, H, W, ph, pw, stride, pad, oh, ow)
+                if v != work[w_out + q]:
+                    work[w_out + q] = v
+                    dirty[o + 1, n_new] = q
+                    d_row[o + 1, n_new] = oh
+                    d_col[o + 1, n_new] = ow
+                    n_new += 1
+        else:
+            for d in range(n_dirty[o]):
+                p = dirty[o, d]
+                v = _act(work[w_in + p], kind)
+                if v != work[w_out + p]:
+                    work[w_out + p] = v
+                    dirty[o + 1, n_new] = p
+                    d_row[o + 1, n_new] = d_row[o, d]
+                    d_col[o + 1, n_new] = d_col[o, d]
+                    n_new += 1
+        n_dirty[o + 1] = n_new
+        if n_new == 0:
+            for later in range(o + 2, ops.shape[0] + 1):
+                n_dirty[later] = 0
+            return
+
+
+@njit
+def _load_channel(S, s, f, FN, st_off, st_size, work):
+    """work = channel f of every cached stage of sample s."""
+    for k in range(st_size.shape[0]):
+        start = FN * st_off[k] + f * st_size[k]
+        for q in range(st_size[k]):
+            work[st_off[k] + q] = S[s, start + q]
+
+
+@njit
+def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
+    """Undo the dirty positions of every stage (back to the cache)."""
+    for k in range(st_size.shape[0]):
+        start = FN * st_off[k] + f * st_size[k]
+        for d in range(n_dirty[k]):
+            p = dirty[k, d]
+            work[st_off[k] + p] = S[s, start + p]
+
+
 @njit(parallel=True)
-def _conv_delta(x, C, H, W, Wt, stride, pad, OH, OW, ops, Zc, F, w, w_off, sizes, acts, t, h,
-                guard, z_off, Z, A, sel, width, n_tasks, out_sums):
+def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops,
+                st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, sel, width,
+                n_tasks, out_sums):
     """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
-    Wt, then the bias), samples in ascending order inside one task."""
+    Wt, then the bias), samples in ascending order inside one task.  The non-zero
+    pixels of channel c of sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1]
+    of xnz_row, xnz_col (position) and xnz_val (value)."""
     n = x.shape[0]
     FN = Wt.shape[0]
     FH = Wt.shape[2]
     FW = Wt.shape[3]
     n_w = Wt.size
     size = OH * OW
-    n_ops = ops.shape[0]
-    fsize = F.shape[1] // FN
+    n_stages = st_size.shape[0]
+    last = n_stages - 1
+    fsize = st_size[last]
     d1 = sizes[1]
     n_sel = sel.shape[0]
+    biggest = 0
+    for k in range(n_stages):
+        biggest = max(biggest, st_size[k])
     for task in prange(n_tasks):
-        pert = np.empty(max(size, 1))
-        buf_a = np.empty(max(size, 1))
-        buf_b = np.empty(max(size, 1))
-        moved_idx = np.empty((2, max(fsize, 1)), dtype=np.int64)
-        moved_d = np.empty((2, max(fsize, 1)))
+        work = np.empty(st_off[n_stages])
+        dirty = np.empty((n_stages, biggest), dtype=np.int64)
+        d_row = np.empty((n_stages, biggest), dtype=np.int64)
+        d_col = np.empty((n_stages, biggest), dtype=np.int64)
+        n_dirty = np.zeros(n_stages, dtype=np.int64)
+        lo_h = np.zeros((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64)
+        hi_h = np.zeros_like(lo_h)
+        lo_w = np.zeros((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64)
+        hi_w = np.zeros_like(lo_w)
+        _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
+        mark = np.zeros(biggest, dtype=np.int8)
+        tpos = np.empty(size, dtype=np.int64)
+        trow = np.empty(size, dtype=np.int64)
+        tcol = np.empty(size, dtype=np.int64)
+        tval = np.empty(size)
+        moved_idx = np.empty((2, fsize), dtype=np.int64)
+        moved_d = np.empty((2, fsize))
         n_moved = np.zeros(2, dtype=np.int64)
         z1 = np.empty((width, 2))
         z2 = np.empty((width, 2))
+        zacc = np.empty(d1)
         dq = np.empty(2)
         mx = np.empty(2)
         sm = np.empty(2)
@@ -463,55 +626,75 @@ def _conv_delta(x, C, H, W, Wt, stride, pad, OH, OW, ops, Zc, F, w, w_off, sizes
                 kw = 0
             acc = 0.0
             for s in range(n):
-                zc = Zc[s, f * size:(f + 1) * size]
-                any_moved = False
+                # Conv outputs this parameter touches in sample s (zero inputs move nothing).
+                nt = 0
+                if ci < 0:
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            tpos[nt] = nt
+                            trow[nt] = oh
+                            tcol[nt] = ow
+                            tval[nt] = 1.0
+                            nt += 1
+                else:
+                    # Walk the channel's non-zero pixels: each is seen by at most one
+                    # output position through this filter tap.
+                    row = s * C + ci
+                    for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
+                        ih = xnz_row[e] + pad - kh
+                        iw = xnz_col[e] + pad - kw
+                        if ih < 0 or iw < 0:
+                            continue
+                        if stride == 1:
+                            oh = ih
+                            ow = iw
+                        else:
+                            if ih % stride or iw % stride:
+                                continue
+                            oh = ih // stride
+                            ow = iw // stride
+                        if oh < OH and ow < OW:
+                            tpos[nt] = oh * OW + ow
+                            trow[nt] = oh
+                            tcol[nt] = ow
+                            tval[nt] = xnz_val[e]
+                            nt += 1
+                if nt == 0:
+                    continue
+                _load_channel(S, s, f, FN, st_off, st_size, work)
+                fstart = FN * st_off[last] + f * fsize
                 for sign in range(2):
                     step = h if sign == 0 else -h
-                    touched = False
-                    for o in range(size):
-                        pert[o] = zc[o]
-                    if ci < 0:
-                        for o in range(size):
-                            pert[o] = zc[o] + step
-                        touched = True
-                    else:
-                        for oh in range(OH):
-                            i = oh * stride + kh - pad
-                            if i < 0 or i >= H:
-                                continue
-                            base = (ci * H + i) * W
-                            for ow in range(OW):
-                                jj = ow * stride + kw - pad
-                                if 0 <= jj < W:
-                                    xv = x[s, base + jj]
-                                    if xv != 0.0:
-                                        pert[oh * OW + ow] = zc[oh * OW + ow] + step * xv
-                                        touched = True
-                    n_moved[sign] = 0
-                    if not touched:
-                        continue
-                    res_map = _run_ops(ops, n_ops, buf_a, buf_b, pert)
-                    for q in range(fsize):
-                        d = res_map[q] - F[s, f * fsize + q]
-                        if d != 0.0:
-                            moved_idx[sign, n_moved[sign]] = f * fsize + q
-                            moved_d[sign, n_moved[sign]] = d
-                            n_moved[sign] += 1
-                    if n_moved[sign] > 0:
-                        any_moved = True
-                if not any_moved:
+                    for d in range(nt):
+                        o = tpos[d]
+                        work[o] = work[o] + step * tval[d]
+                        dirty[0, d] = o
+                        d_row[0, d] = trow[d]
+                        d_col[0, d] = tcol[d]
+                    n_dirty[0] = nt
+                    _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h,
+                                   hi_h, lo_w, hi_w)
+                    n_moved[sign] = n_dirty[last]
+                    for d in range(n_dirty[last]):
+                        q = dirty[last, d]
+                        moved_idx[sign, d] = f * fsize + q
+                        moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
+                    _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
+                if n_moved[0] == 0 and n_moved[1] == 0:
                     continue
                 zs = z_off[0] + s * d1
-                for c in range(d1):
-                    zcv = Z[zs + c]
-                    z1[c, 0] = zcv
-                    z1[c, 1] = zcv
                 for sign in range(2):
+                    # Contiguous accumulation (vectorizes), then into the evaluation column.
+                    for c in range(d1):
+                        zacc[c] = Z[zs + c]
                     for q in range(n_moved[sign]):
                         row = moved_idx[sign, q] * d1
                         d = moved_d[sign, q]
+                        wrow = w[row:row + d1]
                         for c in range(d1):
-                            z1[c, sign] += d * w[row + c]
+                            zacc[c] += d * wrow[c]
+                    for c in range(d1):
+                        z1[c, sign] = zacc[c]
                 _propagate(0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard,
                            mx, sm, res)
                 acc += res[0] - res[1]
