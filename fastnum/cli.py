@@ -17,8 +17,9 @@ import traceback
 from pathlib import Path
 
 from fastnum.backend import BACKENDS, STRATEGIES, describe_backend, resolve_backend
+from fastnum.convnet import CONV_CHECK
 from fastnum.gradcheck import DEFAULT_TOL
-from fastnum.train import ACTIVATIONS, GRADS, TrainConfig, TrainingDivergedError, run_backend
+from fastnum.train import ACTIVATIONS, GRADS, NETS, TrainConfig, TrainingDivergedError, run_backend
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +56,8 @@ examples:
   fastnum train --resume --out runs/num1000
   fastnum train --resume --iters 5000 --out runs/num1000     (extend a finished run)
   fastnum train --hidden-sizes 40,30 --activation relu --weight-init-std 0.1 --out runs/deep
+  fastnum train --net simpleconv --hidden 100 --iters 600 --out runs/conv
+                                           the book's chapter 7 CNN, one epoch
 """
 
 _GRADCHECK_EPILOG = """\
@@ -63,10 +66,13 @@ random batch of MNIST training images, for a freshly initialised network, and
 prints the max absolute and relative error of W1, b1, W2 and b2.  The book's
 1e-7 guard inside log() shifts the numerical gradient by ~1e-6 relative, hence
 the default --tol 1e-5.  Exit code 1 when the worst relative error exceeds --tol.
+--net simpleconv checks the chapter 7 CNN with random biases, weight std 0.05
+and h 1e-8, which keep its relu and pooling off their kinks (see the report).
 
 examples:
   fastnum gradcheck
   fastnum gradcheck --batch-size 10 --hidden 50 --backend numba --strategy full
+  fastnum gradcheck --net simpleconv --batch-size 100     the book's chapter 7 CNN
 """
 
 # Library names in error messages -> the options a CLI user types.
@@ -129,8 +135,12 @@ def _add_train_parser(sub):
     p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
                    help="images per update, drawn with replacement (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
+    p.add_argument("--net", choices=NETS, default=d.net,
+                   help="dense: the book's TwoLayerNet (a MultiLayerNet with --hidden-sizes); "
+                        "simpleconv: the book's chapter 7 SimpleConvNet on 28x28 images "
+                        "(default: %(default)s)")
     p.add_argument("--hidden", dest="hidden_size", type=int, default=d.hidden_size, metavar="N",
-                   help="hidden units (default: %(default)s)")
+                   help="hidden units; the book's SimpleConvNet uses 100 (default: %(default)s)")
     p.add_argument("--hidden-sizes", type=_layer_widths, metavar="W1,W2,...",
                    help="several hidden layers, e.g. 100,50: trains a MultiLayerNet instead of "
                         "the book's TwoLayerNet (overrides --hidden)")
@@ -170,13 +180,19 @@ def _add_gradcheck_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=3, metavar="N",
                    help="MNIST training images in the batch (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=10, metavar="N",
-                   help="hidden units; small keeps the NumPy backend quick (default: %(default)s)")
-    p.add_argument("--weight-init-std", type=float, default=_DEFAULTS.weight_init_std,
-                   metavar="STD",
-                   help="std of the Gaussian initial weights (default: %(default)s)")
-    p.add_argument("--h", type=float, default=_DEFAULTS.h,
-                   help="central-difference step (default: %(default)s)")
+    p.add_argument("--net", choices=NETS, default="dense",
+                   help="dense: the book's TwoLayerNet; simpleconv: the book's chapter 7 "
+                        "SimpleConvNet (default: %(default)s)")
+    p.add_argument("--hidden", type=int, metavar="N",
+                   help="hidden units; small keeps the NumPy backend quick (default: 10, "
+                        "the book's 100 for --net simpleconv)")
+    p.add_argument("--weight-init-std", type=float, metavar="STD",
+                   help=f"std of the Gaussian initial weights (default: "
+                        f"{_DEFAULTS.weight_init_std}; {CONV_CHECK.weight_init_std} for "
+                        f"--net simpleconv, see below)")
+    p.add_argument("--h", type=float,
+                   help=f"central-difference step (default: {_DEFAULTS.h}; {CONV_CHECK.h} for "
+                        f"--net simpleconv)")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL,
                    help="fail when the worst relative error exceeds this (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
@@ -252,14 +268,29 @@ def _cmd_gradcheck(args):
                          f"(default {DEFAULT_TOL:g}).")
     if args.verbose:
         _say_backend(args)
-    (x_train, t_train), _ = load_mnist(data_dir=args.data_dir)
+    conv = args.net == "simpleconv"
+    hidden = args.hidden if args.hidden is not None else (100 if conv else 10)
+    (x_train, t_train), _ = load_mnist(flatten=not conv, data_dir=args.data_dir)
     if not 1 <= args.batch_size <= len(x_train):
         raise ValueError(f"--batch-size={args.batch_size} must be between 1 and {len(x_train)}.")
     idx = np.random.default_rng(args.seed).choice(len(x_train), args.batch_size, replace=False)
-    net = TwoLayerNet(x_train.shape[1], args.hidden, 10, args.weight_init_std, seed=args.seed,
-                      backend=args.backend, strategy=args.strategy)
-    result = gradcheck(net, x_train[idx], t_train[idx], h=args.h, tol=args.tol)
+    defaults = CONV_CHECK if conv else _DEFAULTS
+    std = args.weight_init_std if args.weight_init_std is not None else defaults.weight_init_std
+    h = args.h if args.h is not None else defaults.h
+    if conv:
+        from fastnum.convnet import SimpleConvNet, off_the_kinks
+
+        net = off_the_kinks(SimpleConvNet(x_train.shape[1:], hidden_size=hidden,
+                                          weight_init_std=std, seed=args.seed,
+                                          backend=args.backend, strategy=args.strategy),
+                            seed=args.seed)
+    else:
+        net = TwoLayerNet(x_train.shape[1], hidden, 10, std,
+                          seed=args.seed, backend=args.backend, strategy=args.strategy)
+    result = gradcheck(net, x_train[idx], t_train[idx], h=h, tol=args.tol)
     print(result.report())
+    if conv:
+        print(CONV_CHECK.why)
     return EXIT_OK if result.passed else EXIT_FAILED
 
 

@@ -9,7 +9,7 @@ missing or disabled, so only the thread-count test needs numba itself.
 
 from __future__ import annotations
 
-import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -22,9 +22,6 @@ try:  # only the thread-count test needs numba itself
     import numba
 except ImportError:  # pragma: no cover - exercised by the no-numba CI leg
     numba = None
-
-HAVE_ENGINE = importlib.util.find_spec("fastnum.engine") is not None
-needs_engine = pytest.mark.skipif(not HAVE_ENGINE, reason="fastnum.engine not written yet")
 
 TOL = 1e-9  # engine vs the oracle's numerical gradient, absolute
 GUARD_TOL = 2e-6  # numerical (guarded loss) vs backprop (unguarded), absolute, at O(0.1) weights
@@ -221,7 +218,6 @@ def to_engine(net):
     return net
 
 
-@needs_engine
 @pytest.mark.parametrize("input_dim, conv_param", GEOMETRIES)
 def test_engine_matches_the_oracle_on_every_parameter(input_dim, conv_param):
     net, x, t = small_net(input_dim, conv_param)
@@ -236,7 +232,6 @@ def test_engine_matches_the_oracle_on_every_parameter(input_dim, conv_param):
     assert np.allclose(net.predict(x), ref_probs, rtol=1e-12, atol=0)
 
 
-@needs_engine
 @pytest.mark.parametrize("name", STACKS)
 def test_engine_runs_general_stacks_like_the_oracle(name):
     from fastnum import engine
@@ -250,7 +245,6 @@ def test_engine_runs_general_stacks_like_the_oracle(name):
         ReferenceLayeredNet.loss(net, x, t), rel=1e-12, abs=0)
 
 
-@needs_engine
 def test_engine_sampled_gradient_matches_its_full_gradient():
     net, x, t = small_net(*GEOMETRIES[4])
     to_engine(net)
@@ -269,12 +263,13 @@ def _mnist_images(folder, n):
     return x[:n], t[:n].astype(np.int64)
 
 
-@needs_engine
 def test_engine_on_real_mnist_small_network_every_parameter(mnist_source_dir):
-    n, filters = (10, 3) if JIT_ENABLED else (2, 1)
+    n, filters = (10, 3) if JIT_ENABLED else (3, 2)
     x, t = _mnist_images(mnist_source_dir, n)
-    assert x.shape == (n, 1, 28, 28) and 0.6 < np.mean(x == 0) < 0.95  # real, sparse pixels
-    net = SimpleConvNet(conv_param={"filter_num": filters, "filter_size": 5}, hidden_size=4,
+    assert x.shape == (n, 1, 28, 28)
+    x = x[:, :, 7:21, 7:21]  # the centre 14x14: every parameter stays quick in the oracle
+    assert 0.3 < np.mean(x == 0) < 0.9  # real, sparse pixels
+    net = SimpleConvNet((1, 14, 14), {"filter_num": filters, "filter_size": 5}, hidden_size=4,
                         weight_init_std=0.1, seed=3, backend="numpy")
     x64 = x.astype(np.float64)
     ref_ = oracle_gradient(net, x64, t)
@@ -285,14 +280,13 @@ def test_engine_on_real_mnist_small_network_every_parameter(mnist_source_dir):
     assert net.loss(x, t) == pytest.approx(ReferenceLayeredNet.loss(net, x64, t), rel=1e-12)
 
 
-@needs_engine
 @pytest.mark.skipif(not JIT_ENABLED, reason="the book-size network is too slow as plain Python")
 def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
     x, t = _mnist_images(mnist_source_dir, 100)
     net = SimpleConvNet(seed=0, weight_init_std=0.01, backend="numpy")
     x64 = x.astype(np.float64)
     rng = np.random.default_rng(2)
-    indices = {k: rng.choice(v.size, min(6, v.size), replace=False) for k, v in net.params.items()}
+    indices = {k: rng.choice(v.size, 3, replace=False) for k, v in net.params.items()}
     ref_ = net.numerical_gradient_at(x64, t, indices)
     ref_loss = ReferenceLayeredNet.loss(net, x64, t)
     ref_probs = ReferenceLayeredNet.predict(net, x64)
@@ -306,7 +300,6 @@ def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
     assert max_abs_diff({k: comp_[k].ravel()[i] for k, i in indices.items()}, ref_) <= TOL
 
 
-@needs_engine
 @pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="needs compiled numba threads")
 def test_engine_results_do_not_depend_on_the_thread_count():
     net, x, t = small_net(*GEOMETRIES[3], batch=7)
@@ -323,3 +316,110 @@ def test_engine_results_do_not_depend_on_the_thread_count():
     for other in others:
         for a, b in zip(first, other, strict=True):
             assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_accuracy_in_chunks_equals_one_pass(monkeypatch):
+    from fastnum import convnet
+
+    net, _, _ = small_net(*GEOMETRIES[0])
+    rng = np.random.default_rng(9)
+    x, t = rng.random((23, 1, 6, 6)), rng.integers(0, 3, 23)
+    whole = ReferenceLayeredNet.accuracy(net, x, t)
+    monkeypatch.setattr(convnet, "ACCURACY_CHUNK", 5)
+    assert net.accuracy(x, t) == whole
+
+
+# ----------------------------------------------------------------------------- training, CLI
+
+
+def quiet_train(config, data=None, out_dir=None, **kw):
+    from fastnum.train import train
+
+    return train(config, data, out_dir, progress=False, log=None, **kw)
+
+
+@pytest.fixture(scope="module")
+def mnist_images(mnist_source_dir):
+    from fastnum.data import load_mnist
+
+    return load_mnist(flatten=False, data_dir=mnist_source_dir)
+
+
+def test_train_simpleconv_on_mnist_writes_outputs_and_resumes(mnist_images, tmp_path):
+    from fastnum.train import TrainConfig
+
+    class StopError(Exception):
+        pass
+
+    def stop_at_epoch_2(info):
+        if info["epoch"] == 2:
+            raise StopError
+
+    (x, t), (x_test, t_test) = mnist_images
+    data = (x[:200], t[:200]), (x_test[:100], t_test[:100])
+    config = TrainConfig(net="simpleconv", grad="backprop", iters=25, batch_size=20,
+                         hidden_size=6, seed=1)
+    full = quiet_train(config, data, tmp_path / "full")
+    assert full.net.params["W1"].shape == (30, 1, 5, 5) and full.net.params["W3"].shape == (6, 10)
+    assert full.history["epoch_iter"] == [1, 11, 21] and len(full.history["loss"]) == 25
+    assert np.mean(full.history["loss"][-5:]) < np.mean(full.history["loss"][:5])
+    with pytest.raises(StopError):
+        quiet_train(config, data, tmp_path / "cut", callback=stop_at_epoch_2)
+    resumed = quiet_train(config, data, tmp_path / "cut", resume=True)
+    assert resumed.history == full.history
+    assert all(np.array_equal(resumed.params[k], full.params[k]) for k in full.params)
+    with np.load(tmp_path / "cut" / "params.npz") as saved:
+        assert sorted(saved.files) == ["W1", "W2", "W3", "b1", "b2", "b3"]
+    assert (tmp_path / "cut" / "accuracy.png").stat().st_size > 0
+
+
+def test_numerical_training_runs_the_same_on_the_engine_and_the_oracle(mnist_images):
+    from fastnum.train import TrainConfig
+
+    (x, t), (x_test, t_test) = mnist_images
+    crop = lambda a: a[:, :, 8:20, 8:20]  # noqa: E731 - 12x12 centres: a quick oracle
+    data = (crop(x[:60]), t[:60]), (crop(x_test[:30]), t_test[:30])
+    config = dict(net="simpleconv", grad="numerical", iters=2, batch_size=5, hidden_size=3,
+                  weight_init_std=0.1, seed=2)
+    ref_ = quiet_train(TrainConfig(backend="numpy", **config), data)
+    comp_ = quiet_train(TrainConfig(backend="numba" if numba else "numpy", **config), data)
+    assert comp_.net.input_dim == (1, 12, 12)
+    assert max_abs_diff(comp_.params, ref_.params) <= 2 * 0.1 * TOL
+
+
+def test_train_config_and_data_errors_for_simpleconv():
+    from fastnum.train import TrainConfig
+
+    with pytest.raises(ValueError, match="net='cnn'"):
+        TrainConfig(net="cnn")
+    with pytest.raises(ValueError, match="hidden_sizes is for net='dense'"):
+        TrainConfig(net="simpleconv", hidden_sizes=(5,))
+    flat = np.zeros((10, 784), np.float32), np.zeros(10, np.uint8)
+    with pytest.raises(ValueError, match=r"x_train has shape \(10, 784\).*flatten=False"):
+        quiet_train(TrainConfig(net="simpleconv", batch_size=5), (flat, flat))
+
+
+def test_cli_trains_simpleconv(capsys, tmp_path, mnist_source_dir):
+    from fastnum.cli import main
+
+    out = tmp_path / "conv"
+    argv = ["train", "--net", "simpleconv", "--grad", "backprop", "--iters", "3",
+            "--batch-size", "10", "--train-size", "50", "--test-size", "20", "--hidden", "5",
+            "--data-dir", str(mnist_source_dir), "--out", str(out), "-q"]
+    assert main(argv) == 0
+    doc = json.loads((out / "history.json").read_text())
+    assert doc["status"] == "completed" and doc["config"]["net"] == "simpleconv"
+    assert doc["data"]["n_features"] == 784
+    assert main([*argv[:-1], "--resume", "--iters", "4"]) == 0
+    assert len(json.loads((out / "history.json").read_text())["history"]["loss"]) == 4
+
+
+@pytest.mark.skipif(not JIT_ENABLED, reason="433,890 parameters need the compiled engine")
+def test_cli_gradcheck_simpleconv_on_100_images_passes(capsys, mnist_source_dir):
+    from fastnum.cli import main
+
+    code = main(["gradcheck", "--net", "simpleconv", "--batch-size", "100",
+                 "--data-dir", str(mnist_source_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASS" in out and "30x1x5x5" in out and "4320x100" in out and "h=1e-08" in out
