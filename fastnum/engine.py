@@ -358,12 +358,18 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
                     np.asarray(indices.get(cb, ()), dtype=np.int64) + n_w,
                 ])
             sums = np.zeros(len(sel))
+            # Positions in sel grouped by filter (a task owns whole filters).
+            filt = np.where(sel < n_w, sel // max(n_w // FN, 1), sel - n_w)
+            grp_idx = np.argsort(filt, kind="stable").astype(np.int64)
+            grp_ptr = np.zeros(FN + 1, dtype=np.int64)
+            np.cumsum(np.bincount(filt, minlength=FN), out=grp_ptr[1:])
             xnz_ptr, xnz_idx = _nonzeros(xf.reshape(n * C, H * W))
             xnz_val = np.ascontiguousarray(xf.reshape(n * C, H * W)[
                 np.repeat(np.arange(n * C), np.diff(xnz_ptr)), xnz_idx])
             kern._conv_delta(xf, xnz_ptr, xnz_idx // W, xnz_idx % W, xnz_val, C, H, W, Wt, stride,
                              pad, OH, OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t,
-                             float(h), guard, z_off, Z, A, sel, width, _n_tasks(len(sel)), sums)
+                             float(h), guard, z_off, Z, A, sel, grp_ptr, grp_idx, width,
+                             _n_tasks(FN), sums)
             sums *= scale
             if indices is None:
                 grads[cw] = sums[:n_w].reshape(Wt.shape)

@@ -95,15 +95,19 @@ def _conv_channel(xs, C, H, W, Wt, b, f, stride, pad, OH, OW, out):
 @njit
 def _pool_window(src, H, W, ph, pw, stride, pad, oh, ow):
     """Max of one pooling window; padded positions count as 0 (im2col's zero padding)."""
+    i0 = oh * stride - pad
+    j0 = ow * stride - pad
+    a_lo = max(0, -i0)
+    a_hi = min(ph, H - i0)
+    c_lo = max(0, -j0)
+    c_hi = min(pw, W - j0)
     m = -np.inf
-    for a in range(ph):
-        i = oh * stride + a - pad
-        for c in range(pw):
-            jj = ow * stride + c - pad
-            if 0 <= i < H and 0 <= jj < W:
-                v = src[i * W + jj]
-            else:
-                v = 0.0
+    if a_lo > 0 or a_hi < ph or c_lo > 0 or c_hi < pw:
+        m = 0.0  # the window reaches into the zero padding
+    for a in range(a_lo, a_hi):
+        base = (i0 + a) * W + j0
+        for c in range(c_lo, c_hi):
+            v = src[base + c]
             if v > m:
                 m = v
     return m
@@ -568,10 +572,14 @@ def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
 
 @njit(parallel=True)
 def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops,
-                st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, sel, width,
-                n_tasks, out_sums):
+                st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, sel, grp_ptr,
+                grp_idx, width, n_tasks, out_sums):
     """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
-    Wt, then the bias), samples in ascending order inside one task.  The non-zero
+    Wt, then the bias), samples in ascending order inside one task.
+
+    A task owns whole filters f (the positions p of filter f's parameters in sel are
+    grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
+    once for all of the filter's parameters.  The non-zero
     pixels of channel c of sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1]
     of xnz_row, xnz_col (position) and xnz_val (value)."""
     n = x.shape[0]
@@ -614,91 +622,89 @@ def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad,
         mx = np.empty(2)
         sm = np.empty(2)
         res = np.empty(2)
-        for p in range(task, n_sel, n_tasks):
-            param = sel[p]
-            if param < n_w:
-                f = param // (C * FH * FW)
-                rem = param % (C * FH * FW)
-                ci = rem // (FH * FW)
-                kh = (rem % (FH * FW)) // FW
-                kw = rem % FW
-            else:
-                f = param - n_w
-                ci = -1
-                kh = 0
-                kw = 0
-            acc = 0.0
+        acc = np.zeros(n_sel)
+        for f in range(task, FN, n_tasks):
+            if grp_ptr[f + 1] == grp_ptr[f]:
+                continue
+            fstart = FN * st_off[last] + f * fsize
             for s in range(n):
-                # Conv outputs this parameter touches in sample s (zero inputs move nothing).
-                nt = 0
-                if ci < 0:
-                    for oh in range(OH):
-                        for ow in range(OW):
-                            tpos[nt] = nt
-                            trow[nt] = oh
-                            tcol[nt] = ow
-                            tval[nt] = 1.0
-                            nt += 1
-                else:
-                    # Walk the channel's non-zero pixels: each is seen by at most one
-                    # output position through this filter tap.
-                    row = s * C + ci
-                    for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
-                        ih = xnz_row[e] + pad - kh
-                        iw = xnz_col[e] + pad - kw
-                        if ih < 0 or iw < 0:
-                            continue
-                        if stride == 1:
-                            oh = ih
-                            ow = iw
-                        else:
-                            if ih % stride or iw % stride:
-                                continue
-                            oh = ih // stride
-                            ow = iw // stride
-                        if oh < OH and ow < OW:
-                            tpos[nt] = oh * OW + ow
-                            trow[nt] = oh
-                            tcol[nt] = ow
-                            tval[nt] = xnz_val[e]
-                            nt += 1
-                if nt == 0:
-                    continue
                 _load_channel(S, s, f, FN, st_off, st_size, work)
-                fstart = FN * st_off[last] + f * fsize
-                for sign in range(2):
-                    step = h if sign == 0 else -h
-                    for d in range(nt):
-                        o = tpos[d]
-                        work[o] = work[o] + step * tval[d]
-                        dirty[0, d] = o
-                        d_row[0, d] = trow[d]
-                        d_col[0, d] = tcol[d]
-                    n_dirty[0] = nt
-                    _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h,
-                                   hi_h, lo_w, hi_w)
-                    n_moved[sign] = n_dirty[last]
-                    for d in range(n_dirty[last]):
-                        q = dirty[last, d]
-                        moved_idx[sign, d] = f * fsize + q
-                        moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
-                    _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
-                if n_moved[0] == 0 and n_moved[1] == 0:
-                    continue
-                zs = z_off[0] + s * d1
-                for sign in range(2):
-                    # Contiguous accumulation (vectorizes), then into the evaluation column.
-                    for c in range(d1):
-                        zacc[c] = Z[zs + c]
-                    for q in range(n_moved[sign]):
-                        row = moved_idx[sign, q] * d1
-                        d = moved_d[sign, q]
-                        wrow = w[row:row + d1]
+                for g in range(grp_ptr[f], grp_ptr[f + 1]):
+                    p = grp_idx[g]
+                    param = sel[p]
+                    # Conv outputs this parameter touches in sample s (zero inputs move nothing).
+                    nt = 0
+                    if param >= n_w:  # the bias: every output position, input 1
+                        for oh in range(OH):
+                            for ow in range(OW):
+                                tpos[nt] = nt
+                                trow[nt] = oh
+                                tcol[nt] = ow
+                                tval[nt] = 1.0
+                                nt += 1
+                    else:
+                        rem = param % (C * FH * FW)
+                        ci = rem // (FH * FW)
+                        kh = (rem % (FH * FW)) // FW
+                        kw = rem % FW
+                        # Walk the channel's non-zero pixels: each is seen by at most one
+                        # output position through this filter tap.
+                        row = s * C + ci
+                        for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
+                            ih = xnz_row[e] + pad - kh
+                            iw = xnz_col[e] + pad - kw
+                            if ih < 0 or iw < 0:
+                                continue
+                            if stride == 1:
+                                oh = ih
+                                ow = iw
+                            else:
+                                if ih % stride or iw % stride:
+                                    continue
+                                oh = ih // stride
+                                ow = iw // stride
+                            if oh < OH and ow < OW:
+                                tpos[nt] = oh * OW + ow
+                                trow[nt] = oh
+                                tcol[nt] = ow
+                                tval[nt] = xnz_val[e]
+                                nt += 1
+                    if nt == 0:
+                        continue
+                    for sign in range(2):
+                        step = h if sign == 0 else -h
+                        for d in range(nt):
+                            o = tpos[d]
+                            work[o] = work[o] + step * tval[d]
+                            dirty[0, d] = o
+                            d_row[0, d] = trow[d]
+                            d_col[0, d] = tcol[d]
+                        n_dirty[0] = nt
+                        _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark,
+                                       lo_h, hi_h, lo_w, hi_w)
+                        n_moved[sign] = n_dirty[last]
+                        for d in range(n_dirty[last]):
+                            q = dirty[last, d]
+                            moved_idx[sign, d] = f * fsize + q
+                            moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
+                        _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
+                    if n_moved[0] == 0 and n_moved[1] == 0:
+                        continue
+                    zs = z_off[0] + s * d1
+                    for sign in range(2):
+                        # Contiguous accumulation (vectorizes), then into the evaluation column.
                         for c in range(d1):
-                            zacc[c] += d * wrow[c]
-                    for c in range(d1):
-                        z1[c, sign] = zacc[c]
-                _propagate(0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard,
-                           mx, sm, res)
-                acc += res[0] - res[1]
-            out_sums[p] = acc
+                            zacc[c] = Z[zs + c]
+                        for q in range(n_moved[sign]):
+                            row = moved_idx[sign, q] * d1
+                            d = moved_d[sign, q]
+                            wrow = w[row:row + d1]
+                            for c in range(d1):
+                                zacc[c] += d * wrow[c]
+                        for c in range(d1):
+                            z1[c, sign] = zacc[c]
+                    _propagate(0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard,
+                               mx, sm, res)
+                    acc[p] += res[0] - res[1]
+            for g in range(grp_ptr[f], grp_ptr[f + 1]):
+                out_sums[grp_idx[g]] = acc[grp_idx[g]]
