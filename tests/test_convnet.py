@@ -423,3 +423,37 @@ def test_cli_gradcheck_simpleconv_on_100_images_passes(capsys, mnist_source_dir)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PASS" in out and "30x1x5x5" in out and "4320x100" in out and "h=1e-08" in out
+
+
+def test_registry_extrapolation_and_its_label_in_the_report():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from fastnum.registry import COMPARISONS, make_problem
+
+    op = COMPARISONS["convolution"]
+    rng = np.random.default_rng(0)
+    problem = make_problem(rng.random((2, 784)), [1, 2], hidden_size=100, seed=0)
+    net, x, _, _, sample = op.args("numpy", problem)
+    assert x.shape == (2, 1, 28, 28) and sum(v.size for v in net.params.values()) == 433_890
+    factor = op.extrapolate["numpy"](problem)
+    assert factor == 433_890 / sum(len(i) for i in sample.values())
+    assert "numba-delta" not in op.extrapolate  # timed on every parameter
+
+    name = "fastnum_scripts_bench_report_conv"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    report = importlib.util.module_from_spec(spec)
+    sys.modules[name] = report
+    spec.loader.exec_module(report)
+    info = {"op": "convolution", "batch": 100, "hidden": 100, "threads": None}
+    results = {"benchmarks": [
+        {"extra_info": {**info, "impl": "numpy", "extrapolate_factor": factor},
+         "stats": {"median": 2.0, "rounds": 3}},
+        {"extra_info": {**info, "impl": "numba-delta", "threads": 2},
+         "stats": {"median": 0.5, "rounds": 5}}]}
+    rows = report.rows_from(results)
+    assert rows[0].median == 2.0 * factor and rows[1].median == 0.5
+    assert "extrapolated" in "\n".join(report.op_table(rows, "convolution"))
+    assert "**extrapolated**" in report.headline(rows, "convolution", book=(100, 100))[0]
