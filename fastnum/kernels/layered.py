@@ -360,6 +360,101 @@ def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out)
         out[q] = -flog(y[q] / sm[q] + guard)
 
 
+@njit
+def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
+                      nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
+    """One task of :func:`_dense_delta` (a plain function: the parallel loop stays tiny,
+    which keeps numba's parallel compilation short)."""
+    n = F.shape[0]
+    n_layers = sizes.shape[0] - 1
+    n_in = sizes[layer]
+    n_out = sizes[layer + 1]
+    last = layer == n_layers - 1
+    code = acts[layer]
+    rows = np.empty(max_q, dtype=np.int64)
+    vals = np.empty(max_q)
+    z1 = np.empty((width, 2 * max_q))
+    z2 = np.empty((width, 2 * max_q))
+    dq = np.empty(2 * max_q)
+    chg = np.empty(2 * max_q)
+    mx = np.empty(2 * max_q)
+    sm = np.empty(2 * max_q)
+    out = np.empty(2 * max_q)
+    for j in range(task, n_out, n_tasks):
+        g = gT[j]
+        for s in range(n):
+            zj = Z[z_off[layer] + s * n_out + j]
+            # A relu unit off before and after every step of this sample: nothing moves.
+            if code == RELU and not last and zj + h * max(amax[s], 1.0) <= 0.0:
+                continue
+            nr = 0
+            if use_all:
+                for p in range(nz_ptr[s], nz_ptr[s + 1]):
+                    r = nz_idx[p]
+                    rows[nr] = r
+                    vals[nr] = F[s, r] if layer == 0 else A[z_off[layer - 1] + s * n_in + r]
+                    nr += 1
+                rows[nr] = n_in
+                vals[nr] = 1.0
+                nr += 1
+            else:
+                for p in range(sel_ptr[j], sel_ptr[j + 1]):
+                    r = sel_idx[p]
+                    if r == n_in:
+                        a = 1.0
+                    elif layer == 0:
+                        a = F[s, r]
+                    else:
+                        a = A[z_off[layer - 1] + s * n_in + r]
+                    if a != 0.0:
+                        rows[nr] = r
+                        vals[nr] = a
+                        nr += 1
+            if nr == 0:
+                continue
+            n_q = 2 * nr
+            if last:
+                zs = z_off[layer] + s * n_out
+                for c in range(n_out):
+                    zc = Z[zs + c]
+                    for q in range(n_q):
+                        z1[c, q] = zc
+                for q in range(nr):
+                    z1[j, q] = zj + h * vals[q]
+                    z1[j, nr + q] = zj - h * vals[q]
+                _propagate(layer, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A,
+                           t, guard, mx, sm, out)
+            else:
+                aj = A[z_off[layer] + s * n_out + j]
+                for q in range(nr):
+                    chg[q] = _act(zj + h * vals[q], code) - aj
+                    chg[nr + q] = _act(zj - h * vals[q], code) - aj
+                moved = False
+                for q in range(n_q):
+                    if chg[q] != 0.0:
+                        moved = True
+                if not moved:
+                    continue
+                n_next = sizes[layer + 2]
+                zs = z_off[layer + 1] + s * n_next
+                row = w_off[layer + 1] + j * n_next
+                if layer == n_layers - 2 and acts[n_layers - 1] == NONE:
+                    _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm,
+                                       out)
+                    for q in range(nr):
+                        g[rows[q]] += out[q] - out[nr + q]
+                    continue
+                for c in range(n_next):
+                    zc = Z[zs + c]
+                    wjc = w[row + c]
+                    for q in range(n_q):
+                        z1[c, q] = zc + chg[q] * wjc
+                _propagate(layer + 1, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z,
+                           A, t, guard, mx, sm, out)
+            for q in range(nr):
+                g[rows[q]] += out[q] - out[nr + q]
+
+
 @njit(parallel=True)
 def _dense_delta(layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
                  nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
@@ -370,95 +465,10 @@ def _dense_delta(layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss
     ``use_all`` selects every row (the CSR nz_ptr/nz_idx lists the non-zero inputs);
     otherwise unit j's rows are sel_idx[sel_ptr[j]:sel_ptr[j + 1]].
     """
-    n = F.shape[0]
-    n_layers = sizes.shape[0] - 1
-    n_in = sizes[layer]
-    n_out = sizes[layer + 1]
-    last = layer == n_layers - 1
-    code = acts[layer]
     for task in prange(n_tasks):
-        rows = np.empty(max_q, dtype=np.int64)
-        vals = np.empty(max_q)
-        z1 = np.empty((width, 2 * max_q))
-        z2 = np.empty((width, 2 * max_q))
-        dq = np.empty(2 * max_q)
-        chg = np.empty(2 * max_q)
-        mx = np.empty(2 * max_q)
-        sm = np.empty(2 * max_q)
-        out = np.empty(2 * max_q)
-        for j in range(task, n_out, n_tasks):
-            g = gT[j]
-            for s in range(n):
-                zj = Z[z_off[layer] + s * n_out + j]
-                # A relu unit off before and after every step of this sample: nothing moves.
-                if code == RELU and not last and zj + h * max(amax[s], 1.0) <= 0.0:
-                    continue
-                nr = 0
-                if use_all:
-                    for p in range(nz_ptr[s], nz_ptr[s + 1]):
-                        r = nz_idx[p]
-                        rows[nr] = r
-                        vals[nr] = F[s, r] if layer == 0 else A[z_off[layer - 1] + s * n_in + r]
-                        nr += 1
-                    rows[nr] = n_in
-                    vals[nr] = 1.0
-                    nr += 1
-                else:
-                    for p in range(sel_ptr[j], sel_ptr[j + 1]):
-                        r = sel_idx[p]
-                        if r == n_in:
-                            a = 1.0
-                        elif layer == 0:
-                            a = F[s, r]
-                        else:
-                            a = A[z_off[layer - 1] + s * n_in + r]
-                        if a != 0.0:
-                            rows[nr] = r
-                            vals[nr] = a
-                            nr += 1
-                if nr == 0:
-                    continue
-                n_q = 2 * nr
-                if last:
-                    zs = z_off[layer] + s * n_out
-                    for c in range(n_out):
-                        zc = Z[zs + c]
-                        for q in range(n_q):
-                            z1[c, q] = zc
-                    for q in range(nr):
-                        z1[j, q] = zj + h * vals[q]
-                        z1[j, nr + q] = zj - h * vals[q]
-                    _propagate(layer, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A,
-                               t, guard, mx, sm, out)
-                else:
-                    aj = A[z_off[layer] + s * n_out + j]
-                    for q in range(nr):
-                        chg[q] = _act(zj + h * vals[q], code) - aj
-                        chg[nr + q] = _act(zj - h * vals[q], code) - aj
-                    moved = False
-                    for q in range(n_q):
-                        if chg[q] != 0.0:
-                            moved = True
-                    if not moved:
-                        continue
-                    n_next = sizes[layer + 2]
-                    zs = z_off[layer + 1] + s * n_next
-                    row = w_off[layer + 1] + j * n_next
-                    if layer == n_layers - 2 and acts[n_layers - 1] == NONE:
-                        _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm,
-                                           out)
-                        for q in range(nr):
-                            g[rows[q]] += out[q] - out[nr + q]
-                        continue
-                    for c in range(n_next):
-                        zc = Z[zs + c]
-                        wjc = w[row + c]
-                        for q in range(n_q):
-                            z1[c, q] = zc + chg[q] * wjc
-                    _propagate(layer + 1, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z,
-                               A, t, guard, mx, sm, out)
-                for q in range(nr):
-                    g[rows[q]] += out[q] - out[nr + q]
+        _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
+                          nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks,
+                          gT)
 
 
 # ------------------------------------------------------------------------------ delta: conv
@@ -570,18 +580,12 @@ def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
             work[st_off[k] + p] = S[s, start + p]
 
 
-@njit(parallel=True)
-def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops,
-                st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, sel, grp_ptr,
-                grp_idx, width, n_tasks, out_sums):
-    """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
-    Wt, then the bias), samples in ascending order inside one task.
-
-    A task owns whole filters f (the positions p of filter f's parameters in sel are
-    grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
-    once for all of the filter's parameters.  The non-zero
-    pixels of channel c of sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1]
-    of xnz_row, xnz_col (position) and xnz_val (value)."""
+@njit
+def _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH,
+                     OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A,
+                     sel, grp_ptr, grp_idx, width, n_tasks, out_sums):
+    """One task of :func:`_conv_delta` (a plain function: the parallel loop stays tiny,
+    which keeps numba's parallel compilation short)."""
     n = x.shape[0]
     FN = Wt.shape[0]
     FH = Wt.shape[2]
@@ -596,115 +600,133 @@ def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad,
     biggest = 0
     for k in range(n_stages):
         biggest = max(biggest, st_size[k])
-    for task in prange(n_tasks):
-        work = np.empty(st_off[n_stages])
-        dirty = np.empty((n_stages, biggest), dtype=np.int64)
-        d_row = np.empty((n_stages, biggest), dtype=np.int64)
-        d_col = np.empty((n_stages, biggest), dtype=np.int64)
-        n_dirty = np.zeros(n_stages, dtype=np.int64)
-        lo_h = np.zeros((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64)
-        hi_h = np.zeros_like(lo_h)
-        lo_w = np.zeros((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64)
-        hi_w = np.zeros_like(lo_w)
-        _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
-        mark = np.zeros(biggest, dtype=np.int8)
-        tpos = np.empty(size, dtype=np.int64)
-        trow = np.empty(size, dtype=np.int64)
-        tcol = np.empty(size, dtype=np.int64)
-        tval = np.empty(size)
-        moved_idx = np.empty((2, fsize), dtype=np.int64)
-        moved_d = np.empty((2, fsize))
-        n_moved = np.zeros(2, dtype=np.int64)
-        z1 = np.empty((width, 2))
-        z2 = np.empty((width, 2))
-        zacc = np.empty(d1)
-        dq = np.empty(2)
-        mx = np.empty(2)
-        sm = np.empty(2)
-        res = np.empty(2)
-        acc = np.zeros(n_sel)
-        for f in range(task, FN, n_tasks):
-            if grp_ptr[f + 1] == grp_ptr[f]:
-                continue
-            fstart = FN * st_off[last] + f * fsize
-            for s in range(n):
-                _load_channel(S, s, f, FN, st_off, st_size, work)
-                for g in range(grp_ptr[f], grp_ptr[f + 1]):
-                    p = grp_idx[g]
-                    param = sel[p]
-                    # Conv outputs this parameter touches in sample s (zero inputs move nothing).
-                    nt = 0
-                    if param >= n_w:  # the bias: every output position, input 1
-                        for oh in range(OH):
-                            for ow in range(OW):
-                                tpos[nt] = nt
-                                trow[nt] = oh
-                                tcol[nt] = ow
-                                tval[nt] = 1.0
-                                nt += 1
-                    else:
-                        rem = param % (C * FH * FW)
-                        ci = rem // (FH * FW)
-                        kh = (rem % (FH * FW)) // FW
-                        kw = rem % FW
-                        # Walk the channel's non-zero pixels: each is seen by at most one
-                        # output position through this filter tap.
-                        row = s * C + ci
-                        for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
-                            ih = xnz_row[e] + pad - kh
-                            iw = xnz_col[e] + pad - kw
-                            if ih < 0 or iw < 0:
-                                continue
-                            if stride == 1:
-                                oh = ih
-                                ow = iw
-                            else:
-                                if ih % stride or iw % stride:
-                                    continue
-                                oh = ih // stride
-                                ow = iw // stride
-                            if oh < OH and ow < OW:
-                                tpos[nt] = oh * OW + ow
-                                trow[nt] = oh
-                                tcol[nt] = ow
-                                tval[nt] = xnz_val[e]
-                                nt += 1
-                    if nt == 0:
-                        continue
-                    for sign in range(2):
-                        step = h if sign == 0 else -h
-                        for d in range(nt):
-                            o = tpos[d]
-                            work[o] = work[o] + step * tval[d]
-                            dirty[0, d] = o
-                            d_row[0, d] = trow[d]
-                            d_col[0, d] = tcol[d]
-                        n_dirty[0] = nt
-                        _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark,
-                                       lo_h, hi_h, lo_w, hi_w)
-                        n_moved[sign] = n_dirty[last]
-                        for d in range(n_dirty[last]):
-                            q = dirty[last, d]
-                            moved_idx[sign, d] = f * fsize + q
-                            moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
-                        _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
-                    if n_moved[0] == 0 and n_moved[1] == 0:
-                        continue
-                    zs = z_off[0] + s * d1
-                    for sign in range(2):
-                        # Contiguous accumulation (vectorizes), then into the evaluation column.
-                        for c in range(d1):
-                            zacc[c] = Z[zs + c]
-                        for q in range(n_moved[sign]):
-                            row = moved_idx[sign, q] * d1
-                            d = moved_d[sign, q]
-                            wrow = w[row:row + d1]
-                            for c in range(d1):
-                                zacc[c] += d * wrow[c]
-                        for c in range(d1):
-                            z1[c, sign] = zacc[c]
-                    _propagate(0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard,
-                               mx, sm, res)
-                    acc[p] += res[0] - res[1]
+    work = np.empty(st_off[n_stages])
+    dirty = np.empty((n_stages, biggest), dtype=np.int64)
+    d_row = np.empty((n_stages, biggest), dtype=np.int64)
+    d_col = np.empty((n_stages, biggest), dtype=np.int64)
+    n_dirty = np.zeros(n_stages, dtype=np.int64)
+    lo_h = np.zeros((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64)
+    hi_h = np.zeros_like(lo_h)
+    lo_w = np.zeros((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64)
+    hi_w = np.zeros_like(lo_w)
+    _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
+    mark = np.zeros(biggest, dtype=np.int8)
+    tpos = np.empty(size, dtype=np.int64)
+    trow = np.empty(size, dtype=np.int64)
+    tcol = np.empty(size, dtype=np.int64)
+    tval = np.empty(size)
+    moved_idx = np.empty((2, fsize), dtype=np.int64)
+    moved_d = np.empty((2, fsize))
+    n_moved = np.zeros(2, dtype=np.int64)
+    z1 = np.empty((width, 2))
+    z2 = np.empty((width, 2))
+    zacc = np.empty(d1)
+    dq = np.empty(2)
+    mx = np.empty(2)
+    sm = np.empty(2)
+    res = np.empty(2)
+    acc = np.zeros(n_sel)
+    for f in range(task, FN, n_tasks):
+        if grp_ptr[f + 1] == grp_ptr[f]:
+            continue
+        fstart = FN * st_off[last] + f * fsize
+        for s in range(n):
+            _load_channel(S, s, f, FN, st_off, st_size, work)
             for g in range(grp_ptr[f], grp_ptr[f + 1]):
-                out_sums[grp_idx[g]] = acc[grp_idx[g]]
+                p = grp_idx[g]
+                param = sel[p]
+                # Conv outputs this parameter touches in sample s (zero inputs move nothing).
+                nt = 0
+                if param >= n_w:  # the bias: every output position, input 1
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            tpos[nt] = nt
+                            trow[nt] = oh
+                            tcol[nt] = ow
+                            tval[nt] = 1.0
+                            nt += 1
+                else:
+                    rem = param % (C * FH * FW)
+                    ci = rem // (FH * FW)
+                    kh = (rem % (FH * FW)) // FW
+                    kw = rem % FW
+                    # Walk the channel's non-zero pixels: each is seen by at most one
+                    # output position through this filter tap.
+                    row = s * C + ci
+                    for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
+                        ih = xnz_row[e] + pad - kh
+                        iw = xnz_col[e] + pad - kw
+                        if ih < 0 or iw < 0:
+                            continue
+                        if stride == 1:
+                            oh = ih
+                            ow = iw
+                        else:
+                            if ih % stride or iw % stride:
+                                continue
+                            oh = ih // stride
+                            ow = iw // stride
+                        if oh < OH and ow < OW:
+                            tpos[nt] = oh * OW + ow
+                            trow[nt] = oh
+                            tcol[nt] = ow
+                            tval[nt] = xnz_val[e]
+                            nt += 1
+                if nt == 0:
+                    continue
+                for sign in range(2):
+                    step = h if sign == 0 else -h
+                    for d in range(nt):
+                        o = tpos[d]
+                        work[o] = work[o] + step * tval[d]
+                        dirty[0, d] = o
+                        d_row[0, d] = trow[d]
+                        d_col[0, d] = tcol[d]
+                    n_dirty[0] = nt
+                    _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark,
+                                   lo_h, hi_h, lo_w, hi_w)
+                    n_moved[sign] = n_dirty[last]
+                    for d in range(n_dirty[last]):
+                        q = dirty[last, d]
+                        moved_idx[sign, d] = f * fsize + q
+                        moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
+                    _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
+                if n_moved[0] == 0 and n_moved[1] == 0:
+                    continue
+                zs = z_off[0] + s * d1
+                for sign in range(2):
+                    # Contiguous accumulation (vectorizes), then into the evaluation column.
+                    for c in range(d1):
+                        zacc[c] = Z[zs + c]
+                    for q in range(n_moved[sign]):
+                        row = moved_idx[sign, q] * d1
+                        d = moved_d[sign, q]
+                        wrow = w[row:row + d1]
+                        for c in range(d1):
+                            zacc[c] += d * wrow[c]
+                    for c in range(d1):
+                        z1[c, sign] = zacc[c]
+                _propagate(0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard,
+                           mx, sm, res)
+                acc[p] += res[0] - res[1]
+        for g in range(grp_ptr[f], grp_ptr[f + 1]):
+            out_sums[grp_idx[g]] = acc[grp_idx[g]]
+
+
+@njit(parallel=True)
+def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops,
+                st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, sel, grp_ptr,
+                grp_idx, width, n_tasks, out_sums):
+    """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
+    Wt, then the bias), samples in ascending order inside one task.
+
+    A task owns whole filters f (the positions p of filter f's parameters in sel are
+    grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
+    once for all of the filter's parameters.  The non-zero pixels of channel c of
+    sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1] of xnz_row,
+    xnz_col (position) and xnz_val (value).
+    """
+    for task in prange(n_tasks):
+        _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad,
+                         OH, OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t, h, guard,
+                         z_off, Z, A, sel, grp_ptr, grp_idx, width, n_tasks, out_sums)
