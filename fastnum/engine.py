@@ -28,9 +28,10 @@ for every parameter; no analytic derivatives anywhere):
     convolutions, two activations in a row, ...) falls back to ``full``.
 
 Fast paths: with ``log_guard == 1e-7`` the book's sigmoid two-layer stack runs on
-:mod:`fastnum.kernels.two_layer` and a dense stack of one hidden activation on
-:mod:`fastnum.kernels.multilayer` (the same equivalence tests cover them), so
-those networks are not slower through the engine.
+:mod:`fastnum.kernels.two_layer` (gradient and loss; ``predict`` at any guard) and
+a dense stack of one hidden activation on :mod:`fastnum.kernels.multilayer`
+(gradient), both covered by the same equivalence tests, so those networks are
+not slower, and the book's path compiles nothing new, through the engine.
 
 Memory of the delta caches for the book's SimpleConvNet at batch 100 (float64):
 every stage of the conv block per channel (conv output, relu, pool: 100 x 30 x
@@ -202,6 +203,11 @@ def predict(stack, params, x):
     -------
     ndarray, shape (N, K)
     """
+    names = _two_layer_names(stack, x)
+    if names is not None:  # the book's network keeps its own (already compiled) kernels
+        fast = _fast_path_kernels()
+        return fast.two_layer_predict(fast.two_layer_params(
+            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}), x)
     z = _logits(stack, params, x)
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
@@ -223,6 +229,11 @@ def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD):
     -------
     float
     """
+    names = _two_layer_names(stack, x)
+    if names is not None and log_guard == BOOK_LOG_GUARD:
+        fast = _fast_path_kernels()
+        return fast.two_layer_loss(fast.two_layer_params(
+            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}), x, t)
     return float(_mean_loss(stack, params, x, t, log_guard))
 
 
@@ -432,12 +443,32 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
 # ---------------------------------------------------------------------------- fast paths
 
 
+class _FastPaths(NamedTuple):
+    two_layer_params: Callable
+    two_layer_predict: Callable
+    two_layer_loss: Callable
+    two_layer_gradient: Callable
+    multilayer_params: Callable
+    multilayer_gradient: Callable
+
+
 def _fast_path_kernels():
     """Today's hand-written kernels: the one place their (trusted) entry points are named."""
     from fastnum.kernels import multilayer, two_layer
 
-    return (two_layer.as_params, two_layer.numerical_gradient_trusted,
-            multilayer.as_params, multilayer.numerical_gradient_trusted)
+    return _FastPaths(two_layer.as_params, two_layer.predict_trusted, two_layer.loss_trusted,
+                      two_layer.numerical_gradient_trusted, multilayer.as_params,
+                      multilayer.numerical_gradient_trusted)
+
+
+_BOOK_NAMES = ("W1", "b1", "W2", "b2")
+
+
+def _two_layer_names(stack, x):
+    """The stack's (W1, b1, W2, b2) names when it is the book's sigmoid two-layer net."""
+    if x.ndim == 2 and tuple(spec[0] for spec in stack) == ("affine", "sigmoid", "affine"):
+        return (stack[0][1], stack[0][2], stack[2][1], stack[2][2])
+    return None
 
 
 def _fast_path(stack, params, x, t, h, strategy, log_guard):
@@ -445,19 +476,20 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
     if log_guard != BOOK_LOG_GUARD or x.ndim != 2:
         return None
     kinds = tuple(spec[0] for spec in stack)
-    two_params, two_grad, multi_params, multi_grad = _fast_path_kernels()
-    if kinds == ("affine", "sigmoid", "affine"):
-        names = (stack[0][1], stack[0][2], stack[2][1], stack[2][2])
-        book = ("W1", "b1", "W2", "b2")
-        packed = two_params({k: params[nm] for k, nm in zip(book, names, strict=True)})
-        g = two_grad(packed, x, t, h, strategy)
-        return {nm: g[k] for nm, k in zip(names, book, strict=True)}
+    fast = _fast_path_kernels()
+    names = _two_layer_names(stack, x)
+    if names is not None:
+        packed = fast.two_layer_params(
+            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)})
+        g = fast.two_layer_gradient(packed, x, t, h, strategy)
+        return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
     affines = kinds[0::2]
     hidden = set(kinds[1::2])
     if (len(kinds) % 2 == 1 and set(affines) == {"affine"} and len(hidden) == 1
             and hidden <= set(kern.ACTIVATION_CODES)):
         names = [nm for spec in stack[0::2] for nm in (spec[1], spec[2])]
-        g = multi_grad(multi_params([params[k] for k in names]), x, t, h, hidden.pop(), strategy)
+        packed = fast.multilayer_params([params[k] for k in names])
+        g = fast.multilayer_gradient(packed, x, t, h, hidden.pop(), strategy)
         return dict(zip(names, g, strict=True))
     return None
 

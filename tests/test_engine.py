@@ -181,13 +181,29 @@ def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
     expected = two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, 1e-4)
     comp_g = engine.numerical_gradient(ref.stack, params, x, t)
     assert max_abs_diff(comp_g, expected) == 0.0
+    assert engine.loss(ref.stack, params, x, t) == two_layer.loss_trusted(
+        two_layer.as_params(params), x, t)
+    assert np.array_equal(engine.predict(ref.stack, params, x),
+                          two_layer.predict_trusted(two_layer.as_params(params), x))
     # Another guard cannot use the hand-written kernels (their guard is fixed).
     calls = []
     monkeypatch.setattr(engine, "_fast_path_kernels", lambda: calls.append(1))
     engine.numerical_gradient(ref.stack, params, x, t, log_guard=1e-3)
+    engine.loss(ref.stack, params, x, t, log_guard=1e-3)
     assert calls == []
-    with pytest.raises(TypeError):  # at the book's guard the (patched) fast path is asked
+    with pytest.raises(AttributeError):  # at the book's guard the (patched) fast path is asked
         engine.numerical_gradient(ref.stack, params, x, t)
+
+
+def test_dense_stacks_of_one_activation_take_the_multilayer_kernels():
+    ref, params, x, t = problem("dense-relu-3")
+    from fastnum.kernels import multilayer
+
+    names = param_names(ref.stack)
+    expected = multilayer.numerical_gradient_trusted(
+        multilayer.as_params([params[k] for k in names]), x, t, 1e-4, "relu", "delta")
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t)
+    assert max_abs_diff(comp_g, dict(zip(names, expected, strict=True))) == 0.0
 
 
 def test_unknown_strategy_and_layer_kind_are_refused():
