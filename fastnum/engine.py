@@ -53,7 +53,7 @@ like ``_pool_map`` plus the batch wrapper).  That makes it usable by
 elementwise or per-channel op joins the conv channel pipeline as one more
 ``kind`` in ``_pipeline_step`` (recompute only the outputs a dirty input can
 reach) and in :func:`_ops_table`; a layer that mixes channels needs its own
-delta kernel beside ``_conv_delta`` and a case in :func:`_delta_plan`.  Until
+delta kernel beside ``_conv_delta_task`` and a case in :func:`_delta_plan`.  Until
 then :func:`_delta_plan` returns None for stacks with it and ``delta`` falls
 back to ``full``, which stays correct.  (This paragraph is meant for the map in
 ``fastnum/kernels/__init__.py``.)
@@ -62,11 +62,12 @@ back to ``full``, which stays correct.  (This paragraph is meant for the map in
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-from fastnum._jit import get_num_threads
+from fastnum._jit import JIT_ENABLED, get_num_threads
 from fastnum.kernels import layered as kern
 
 #: The book's guard inside log(); the fast-path kernels hard-code this value.
@@ -299,6 +300,23 @@ def _n_tasks(n_items):
     return max(1, min(int(n_items), _TASKS_PER_THREAD * get_num_threads()))
 
 
+def _run_tasks(task_kernel, n_tasks, *args):
+    """task_kernel(task, *args, n_tasks, ...) for every task, on get_num_threads() threads.
+
+    The delta kernels are compiled ``nogil``, so Python threads run them truly in
+    parallel.  Every output cell belongs to exactly one task and is summed in a
+    fixed order inside it, so the schedule never changes a result.
+    """
+    threads = min(get_num_threads(), n_tasks)
+    if threads <= 1 or not JIT_ENABLED:
+        for task in range(n_tasks):
+            task_kernel(task, *args)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(task_kernel, task, *args) for task in range(n_tasks)]:
+            future.result()  # re-raises a task's exception here
+
+
 def _ops_table(ops, shape):
     """Rows (kind, ph, pw, stride, pad, H, W, OH, OW) of the channel pipeline."""
     rows = []
@@ -377,10 +395,11 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             xnz_ptr, xnz_idx = _nonzeros(xf.reshape(n * C, H * W))
             xnz_val = np.ascontiguousarray(xf.reshape(n * C, H * W)[
                 np.repeat(np.arange(n * C), np.diff(xnz_ptr)), xnz_idx])
-            kern._conv_delta(xf, xnz_ptr, xnz_idx // W, xnz_idx % W, xnz_val, C, H, W, Wt, stride,
-                             pad, OH, OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t,
-                             float(h), guard, z_off, Z, A, sel, grp_ptr, grp_idx, width,
-                             _n_tasks(FN), sums)
+            n_tasks = _n_tasks(FN)
+            _run_tasks(kern._conv_delta_task, n_tasks, xf, xnz_ptr, xnz_idx // W, xnz_idx % W,
+                       xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops, st_off, st_size, S, w,
+                       w_off, sizes, acts, t, float(h), guard, z_off, Z, A, sel, grp_ptr,
+                       grp_idx, width, n_tasks, sums)
             sums *= scale
             if indices is None:
                 grads[cw] = sums[:n_w].reshape(Wt.shape)
@@ -425,9 +444,10 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             nz_idx = np.zeros(0, dtype=np.int64)
             use_all = False
             max_q = max(int(np.diff(sel_ptr).max()), 1)
-        kern._dense_delta(layer, F, w, w_off, sizes, acts, t, float(h), guard, z_off, Z, A,
-                          loss_n, nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width,
-                          _n_tasks(n_out), gT)
+        n_tasks = _n_tasks(n_out)
+        _run_tasks(kern._dense_delta_task, n_tasks, layer, F, w, w_off, sizes, acts, t, float(h),
+                   guard, z_off, Z, A, loss_n, nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all,
+                   max_q, width, n_tasks, gT)
         gT *= scale
         if indices is None:
             grads[wn] = np.ascontiguousarray(gT[:, :n_in].T)

@@ -28,6 +28,11 @@ its cached pre-activation plus the activation changes (a unit whose activation
 did not change adds nothing).  Per-sample differences L_n(+) - L_n(-) are
 summed over samples in ascending order inside one task, so results do not
 depend on the thread count.  No analytic derivatives are used anywhere.
+
+The two delta kernels are plain (``nogil``) functions of one task; the engine
+runs their tasks on a thread pool.  A ``prange`` around them made numba compile
+and optimize the whole kernel a second time inside the parallel region (about
+60% more cold-compile time for the largest one, measured).
 """
 
 from __future__ import annotations
@@ -363,8 +368,14 @@ def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out)
 @njit
 def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
                       nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
-    """One task of :func:`_dense_delta` (a plain function: the parallel loop stays tiny,
-    which keeps numba's parallel compilation short)."""
+    """gT[j, r] = sum_n (L_n(+) - L_n(-)) for W_l[r, j] (r < n_in) and b_l[j] (r = n_in).
+
+    One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks).  Tasks
+    own whole units j (interleaved); for one sample, every selected row r whose
+    input is non-zero is evaluated side by side (2 columns per row: +h, then -h).
+    ``use_all`` selects every row (the CSR nz_ptr/nz_idx lists the non-zero inputs);
+    otherwise unit j's rows are sel_idx[sel_ptr[j]:sel_ptr[j + 1]].
+    """
     n = F.shape[0]
     n_layers = sizes.shape[0] - 1
     n_in = sizes[layer]
@@ -453,22 +464,6 @@ def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off,
                            A, t, guard, mx, sm, out)
             for q in range(nr):
                 g[rows[q]] += out[q] - out[nr + q]
-
-
-@njit(parallel=True)
-def _dense_delta(layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
-                 nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
-    """gT[j, r] = sum_n (L_n(+) - L_n(-)) for W_l[r, j] (r < n_in) and b_l[j] (r = n_in).
-
-    Tasks own whole units j (interleaved); for one sample, every selected row r whose
-    input is non-zero is evaluated side by side (2 columns per row: +h, then -h).
-    ``use_all`` selects every row (the CSR nz_ptr/nz_idx lists the non-zero inputs);
-    otherwise unit j's rows are sel_idx[sel_ptr[j]:sel_ptr[j + 1]].
-    """
-    for task in prange(n_tasks):
-        _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
-                          nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks,
-                          gT)
 
 
 # ------------------------------------------------------------------------------ delta: conv
@@ -584,8 +579,16 @@ def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
 def _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH,
                      OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A,
                      sel, grp_ptr, grp_idx, width, n_tasks, out_sums):
-    """One task of :func:`_conv_delta` (a plain function: the parallel loop stays tiny,
-    which keeps numba's parallel compilation short)."""
+    """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
+    Wt, then the bias), samples in ascending order inside one task.
+
+    One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks).  A task
+    owns whole filters f (the positions p of filter f's parameters in sel are
+    grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
+    once for all of the filter's parameters.  The non-zero pixels of channel c of
+    sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1] of xnz_row,
+    xnz_col (position) and xnz_val (value).
+    """
     n = x.shape[0]
     FN = Wt.shape[0]
     FH = Wt.shape[2]
@@ -711,22 +714,3 @@ def _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, s
                 acc[p] += res[0] - res[1]
         for g in range(grp_ptr[f], grp_ptr[f + 1]):
             out_sums[grp_idx[g]] = acc[grp_idx[g]]
-
-
-@njit(parallel=True)
-def _conv_delta(x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops,
-                st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, sel, grp_ptr,
-                grp_idx, width, n_tasks, out_sums):
-    """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
-    Wt, then the bias), samples in ascending order inside one task.
-
-    A task owns whole filters f (the positions p of filter f's parameters in sel are
-    grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
-    once for all of the filter's parameters.  The non-zero pixels of channel c of
-    sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1] of xnz_row,
-    xnz_col (position) and xnz_val (value).
-    """
-    for task in prange(n_tasks):
-        _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad,
-                         OH, OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t, h, guard,
-                         z_off, Z, A, sel, grp_ptr, grp_idx, width, n_tasks, out_sums)
