@@ -270,6 +270,10 @@ def _cmd_gradcheck(args):
         _say_backend(args)
     conv = args.net == "simpleconv"
     hidden = args.hidden if args.hidden is not None else (100 if conv else 10)
+    if conv and resolve_backend(args.backend) == "numpy":  # before the slow MNIST load
+        raise ValueError("--net simpleconv needs the numba backend: the NumPy reference "
+                         "evaluates the loss twice per parameter (433,890 at --hidden 100), "
+                         "hours per check. Install numba and use --backend numba or auto.")
     (x_train, t_train), _ = load_mnist(flatten=not conv, data_dir=args.data_dir)
     if not 1 <= args.batch_size <= len(x_train):
         raise ValueError(f"--batch-size={args.batch_size} must be between 1 and {len(x_train)}.")

@@ -457,3 +457,11 @@ def test_registry_extrapolation_and_its_label_in_the_report():
     assert rows[0].median == 2.0 * factor and rows[1].median == 0.5
     assert "extrapolated" in "\n".join(report.op_table(rows, "convolution"))
     assert "**extrapolated**" in report.headline(rows, "convolution", book=(100, 100))[0]
+
+
+def test_cli_gradcheck_simpleconv_refuses_the_numpy_backend(capsys):
+    from fastnum.cli import main
+
+    assert main(["gradcheck", "--net", "simpleconv", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the numba backend" in err and "hours" in err
