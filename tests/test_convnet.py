@@ -302,8 +302,13 @@ def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
 
 @pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="needs compiled numba threads")
 def test_engine_results_do_not_depend_on_the_thread_count():
-    net, x, t = small_net(*GEOMETRIES[3], batch=7)
-    to_engine(net)
+    # Enough filters, units and samples that work is split into more tasks on 2 threads.
+    net = SimpleConvNet((2, 12, 12), {"filter_num": 6, "filter_size": 5}, hidden_size=8,
+                        weight_init_std=0.3, seed=4, backend="numba")
+    rng = np.random.default_rng(4)
+    x = rng.random((33, 2, 12, 12))
+    x[x < 0.5] = 0.0
+    t = rng.integers(0, 10, 33)
     results = {}
     for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
         numba.set_num_threads(threads)
