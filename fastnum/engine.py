@@ -69,14 +69,14 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import JIT_ENABLED, get_num_threads
+from fastnum.backend import check_strategy
 from fastnum.kernels import layered as kern
 
 #: The book's guard inside log(); the fast-path kernels hard-code this value.
 BOOK_LOG_GUARD = 1e-7
-STRATEGIES = ("delta", "full")
 # Parallel tasks per thread: a few per thread evens out uneven work (border
-# pixels are nearly always zero) under numba's static schedule.  Which task
-# computes a gradient cell never changes its value.
+# pixels are nearly always zero).  Which task computes a gradient cell never
+# changes its value.
 _TASKS_PER_THREAD = 4
 
 
@@ -380,8 +380,7 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
     z_off = np.concatenate(([0], np.cumsum(n * sizes[1:])[:-1])).astype(np.int64)
     Z = np.empty(n * int(sizes[1:].sum()))
     A = np.empty_like(Z)
-    loss_n = np.empty(n)
-    kern._tail_cache(F, w, b, w_off, b_off, sizes, acts, t, guard, z_off, Z, A, loss_n)
+    kern._tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A)
     scale = 1.0 / (2.0 * h * n)
     grads = {}
 
@@ -457,7 +456,7 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             max_q = max(int(np.diff(sel_ptr).max()), 1)
         n_tasks = _n_tasks(n_out)
         _run_tasks(kern._dense_delta_task, n_tasks, layer, F, w, w_off, sizes, acts, t, float(h),
-                   guard, z_off, Z, A, loss_n, nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all,
+                   guard, z_off, Z, A, nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all,
                    max_q, width, n_tasks, gT)
         gT *= scale
         if indices is None:
@@ -528,11 +527,6 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
 # ---------------------------------------------------------------------------- public gradient
 
 
-def _check_strategy(strategy):
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is unknown; use 'delta' or 'full'.")
-
-
 def numerical_gradient(stack, params, x, t, h=1e-4, strategy="delta", log_guard=BOOK_LOG_GUARD):
     """Central-difference gradient of the batch-mean loss over every parameter.
 
@@ -552,7 +546,7 @@ def numerical_gradient(stack, params, x, t, h=1e-4, strategy="delta", log_guard=
     dict of str to ndarray
         One gradient per parameter of the stack, shaped like it.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     fast = _fast_path(stack, params, x, t, h, strategy, log_guard)
     if fast is not None:
         return fast
@@ -581,7 +575,7 @@ def numerical_gradient_at(stack, params, x, t, indices, h=1e-4, strategy="delta"
     dict of str to ndarray
         ``name -> gradient at indices[name]`` (1-D, in the given order).
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     indices = {k: np.asarray(v, dtype=np.int64).reshape(-1) for k, v in indices.items()}
     plan = _delta_plan(stack) if strategy == "delta" else None
     if plan is not None:

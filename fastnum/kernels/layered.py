@@ -7,14 +7,15 @@ rows of ``C * H * W`` doubles, so one kernel signature serves every geometry
 (and the kernels stay plain Python under ``NUMBA_DISABLE_JIT=1``).
 
 * Map kernels (``_conv_channel``, ``_pool_map``, ``_act_map``) work on one
-  sample's flat maps; the batch kernels call them in parallel over samples.
+  sample's flat maps; the batch kernels run in parallel over samples (the
+  batch convolution scatters non-zero pixels instead, see ``_conv_batch``).
 * The dense tail (affine layers, each with an optional activation) is packed
   like :mod:`fastnum.kernels.multilayer`: flat ``w``/``b`` with per-layer
   offsets, widths ``sizes = (d0, ..., dL)``, activation codes ``acts``.
 * The delta cache: ``F`` (N, d0) the tail's input, ``Z``/``A`` the tail's
   pre-activations/activations (layer ``l`` at ``z_off[l] + s * d_{l+1}``),
-  ``loss_n`` each sample's loss, and for a conv stack ``S`` every stage of the
-  conv block per channel (the conv output, then each activation/pooling output).
+  and for a conv stack ``S``: every stage of the conv block per channel (the
+  conv output, then each activation/pooling output).
 
 Delta evaluation
 ----------------
@@ -31,8 +32,8 @@ depend on the thread count.  No analytic derivatives are used anywhere.
 
 The two delta kernels are plain (``nogil``) functions of one task; the engine
 runs their tasks on a thread pool.  A ``prange`` around them made numba compile
-and optimize the whole kernel a second time inside the parallel region (about
-60% more cold-compile time for the largest one, measured).
+and optimize the whole kernel a second time inside the parallel region (the
+SimpleConvNet delta path compiled about 5x longer cold, measured).
 """
 
 from __future__ import annotations
@@ -283,10 +284,9 @@ def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
 
 
 @njit(parallel=True)
-def _tail_cache(F, w, b, w_off, b_off, sizes, acts, t, guard, z_off, Z, A, loss_n):
-    """The dense tail's unperturbed pass: Z, A per layer and loss_n per sample."""
+def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
+    """The dense tail's unperturbed pass: Z, A per layer."""
     n_layers = sizes.shape[0] - 1
-    k_out = sizes[n_layers]
     for s in prange(F.shape[0]):
         for layer in range(n_layers):
             n_in = sizes[layer]
@@ -304,15 +304,6 @@ def _tail_cache(F, w, b, w_off, b_off, sizes, acts, t, guard, z_off, Z, A, loss_
             for k in range(n_out):
                 zrow[k] += b[b_off[layer] + k]
                 A[out + k] = _act(zrow[k], acts[layer])
-        col = np.empty((k_out, 1))
-        last = z_off[n_layers - 1] + s * k_out
-        for k in range(k_out):
-            col[k, 0] = A[last + k]
-        mx = np.empty(1)
-        sm = np.empty(1)
-        res = np.empty(1)
-        _column_losses(col, k_out, 1, t[s], guard, mx, sm, res)
-        loss_n[s] = res[0]
 
 
 @njit
@@ -400,8 +391,8 @@ def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out)
 
 
 @njit
-def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, loss_n,
-                      nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
+def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, nz_ptr,
+                      nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
     """gT[j, r] = sum_n (L_n(+) - L_n(-)) for W_l[r, j] (r < n_in) and b_l[j] (r = n_in).
 
     One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks).  Tasks
