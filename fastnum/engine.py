@@ -28,10 +28,14 @@ for every parameter; no analytic derivatives anywhere):
     convolutions, two activations in a row, ...) falls back to ``full``.
 
 Fast paths: with ``log_guard == 1e-7`` the book's sigmoid two-layer stack runs on
-:mod:`fastnum.kernels.two_layer` (gradient and loss; ``predict`` at any guard) and
-a dense stack of one hidden activation on :mod:`fastnum.kernels.multilayer`
-(gradient), both covered by the same equivalence tests, so those networks are
-not slower, and the book's path compiles nothing new, through the engine.
+:mod:`fastnum.kernels.two_layer` (gradient and loss; ``predict`` at any guard), so
+it is not slower and compiles nothing new through the engine; the ``full``
+gradient of a dense stack of one hidden activation runs on
+:mod:`fastnum.kernels.multilayer` (parallel over parameters).  Its ``delta``
+stays on the engine, which was faster on every dense stack measured side by
+side (batch 100, MNIST, loaded 2-core machine: 784-50-10 relu 24 ms vs 69 ms,
+784-100-100-10 relu 0.36 s vs 0.56 s, 784-50-50-10 sigmoid 0.47 s vs 0.65 s).
+All of them are covered by the same equivalence tests.
 
 Memory of the delta caches for the book's SimpleConvNet at batch 100 (float64):
 every stage of the conv block per channel (conv output, relu, pool: 100 x 30 x
@@ -515,8 +519,10 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
         return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
     affines = kinds[0::2]
     hidden = set(kinds[1::2])
-    if (len(kinds) % 2 == 1 and set(affines) == {"affine"} and len(hidden) == 1
-            and hidden <= set(kern.ACTIVATION_CODES)):
+    # Only for "full": the engine's own delta beats the multilayer delta kernel on every
+    # dense stack measured (784-50-10 relu 2.8x, 784-100-100-10 relu 1.6x, sigmoid 1.3x).
+    if (strategy == "full" and len(kinds) % 2 == 1 and set(affines) == {"affine"}
+            and len(hidden) == 1 and hidden <= set(kern.ACTIVATION_CODES)):
         names = [nm for spec in stack[0::2] for nm in (spec[1], spec[2])]
         packed = fast.multilayer_params([params[k] for k in names])
         g = fast.multilayer_gradient(packed, x, t, h, hidden.pop(), strategy)

@@ -204,15 +204,18 @@ def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
         engine.numerical_gradient(ref.stack, params, x, t)
 
 
-def test_dense_stacks_of_one_activation_take_the_multilayer_kernels():
+def test_dense_stacks_of_one_activation_take_the_multilayer_kernels_for_full():
     ref, params, x, t = problem("dense-relu-3")
     from fastnum.kernels import multilayer
 
     names = param_names(ref.stack)
-    expected = multilayer.numerical_gradient_trusted(
-        multilayer.as_params([params[k] for k in names]), x, t, 1e-4, "relu", "delta")
-    comp_g = engine.numerical_gradient(ref.stack, params, x, t)
+    packed = multilayer.as_params([params[k] for k in names])
+    expected = multilayer.numerical_gradient_trusted(packed, x, t, 1e-4, "relu", "full")
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t, strategy="full")
     assert max_abs_diff(comp_g, dict(zip(names, expected, strict=True))) == 0.0
+    # delta stays on the engine's own kernels (faster); the same values to rounding.
+    assert engine._fast_path(ref.stack, params, x, t, 1e-4, "delta", 1e-7) is None
+    assert max_abs_diff(engine.numerical_gradient(ref.stack, params, x, t), comp_g) <= TOL
 
 
 def test_unknown_strategy_and_layer_kind_are_refused():
