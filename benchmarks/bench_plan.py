@@ -35,6 +35,10 @@ BOOK_NUMPY_SECONDS = 11.0
 GRADIENT_OPS = ("numerical_gradient", "sgd_step", "multilayer_gradient")
 # Operations sized by architecture (a tuple of hidden widths) instead of one width.
 ARCH_OPS = ("multilayer_gradient",)
+# The book's SimpleConvNet (hidden 100) at batch 10 and the book's 100; its NumPy
+# reference and numba full are timed on a sample of parameters and extrapolated.
+CONV_OPS = ("convolution",)
+CONV_SIZES = ((10, 100), (BOOK_BATCH, 100))
 # Depth and width grow from the book's 50 units, at batch 10 so that the NumPy
 # reference stays within seconds (~3 s for one hidden layer of 50, ~10 s for 100).
 ARCH_BATCH = 10
@@ -213,7 +217,8 @@ def cases(op, profile, all_threads):
         implementations can be checked against its (already computed) result.
     """
     out = []
-    for batch, hidden in profile.arch_sizes if op in ARCH_OPS else profile.sizes:
+    sizes = CONV_SIZES if op in CONV_OPS else profile.sizes
+    for batch, hidden in profile.arch_sizes if op in ARCH_OPS else sizes:
         for impl in (i["name"] for i in implementations(op)):
             if impl == BOOK_AS_PUBLISHED and (batch, hidden) != (BOOK_BATCH, BOOK_HIDDEN):
                 continue  # a yardstick of the book's case only: it costs more than NumPy

@@ -128,6 +128,8 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
         arch=hidden_label(problem.hidden_sizes), pixels=int(problem.x.shape[1]),
         threads=threads, threads_setting=case.threads, slow=case.slow, smoke=smoke,
         book_case=case.is_book_case and not smoke)
+    if case.impl in op.extrapolate:  # timed on a sample: the report scales it up
+        benchmark.extra_info["extrapolate_factor"] = op.extrapolate[case.impl](problem)
     result = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=iterations,
                                 warmup_rounds=0)
     key = (op_name, case.batch, case.hidden, smoke)

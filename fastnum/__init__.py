@@ -8,6 +8,7 @@ The book's functions, in plain NumPy, are re-exported under the book's names;
 # fastnum.gradcheck.GradcheckResult still names the module's contents (no shadowing).
 from fastnum import gradcheck
 from fastnum.backend import resolve_backend
+from fastnum.convnet import SimpleConvNet
 from fastnum.gradient import numerical_gradient
 from fastnum.network import TwoLayerNet
 from fastnum.reference import (
@@ -25,6 +26,7 @@ from fastnum.reference import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SimpleConvNet",
     "TwoLayerNet",
     "cross_entropy_error",
     "function_1",

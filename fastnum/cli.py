@@ -19,7 +19,14 @@ from pathlib import Path
 from fastnum.backend import BACKEND_ENV, BACKENDS, STRATEGIES, describe_backend, resolve_backend
 from fastnum.gradcheck import DEFAULT_ATOL, DEFAULT_RTOL, METHODS
 from fastnum.rundir import CHECKPOINT
-from fastnum.train import ACTIVATIONS, GRADS, TrainConfig, TrainingDivergedError, run_backend
+from fastnum.train import (
+    ACTIVATIONS,
+    GRADS,
+    NETS,
+    TrainConfig,
+    TrainingDivergedError,
+    run_backend,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -57,6 +64,8 @@ examples:
   fastnum train --resume --out runs/num1000
   fastnum train --resume --iters 5000 --out runs/num1000     (extend a finished run)
   fastnum train --hidden-sizes 40,30 --activation relu --weight-init-std 0.1 --out runs/deep
+  fastnum train --net simpleconv --hidden 100 --iters 600 --out runs/conv
+                                           the book's chapter 7 CNN, one epoch
 """
 
 _GRADCHECK_EPILOG = """\
@@ -146,8 +155,12 @@ def _add_train_parser(sub):
     p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
                    help="images per update, drawn with replacement (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
+    p.add_argument("--net", choices=NETS, default=d.net,
+                   help="dense: the book's TwoLayerNet (a MultiLayerNet with --hidden-sizes); "
+                        "simpleconv: the book's chapter 7 SimpleConvNet on 28x28 images "
+                        "(default: %(default)s)")
     p.add_argument("--hidden", dest="hidden_size", type=int, default=d.hidden_size, metavar="N",
-                   help="hidden units (default: %(default)s)")
+                   help="hidden units; the book's SimpleConvNet uses 100 (default: %(default)s)")
     p.add_argument("--hidden-sizes", type=_layer_widths, metavar="W1,W2,...",
                    help="several hidden layers, e.g. 100,50: trains a MultiLayerNet instead of "
                         "the book's TwoLayerNet (overrides --hidden)")
@@ -367,12 +380,8 @@ def _gradcheck_net(args, input_size):
         return MultiLayerNet(input_size, args.hidden_sizes, 10, args.activation,
                              args.weight_init_std, seed=args.seed, backend=args.backend,
                              strategy=args.strategy)
-    try:  # simpleconv: available once fastnum.convnet has landed
-        from fastnum.convnet import SimpleConvNet
-    except ImportError:
-        raise ValueError("--net simpleconv is not available yet (fastnum.convnet has not "
-                         "landed); check a book-style class with --model FILE.py:SimpleConvNet "
-                         "--image.") from None
+    from fastnum.convnet import SimpleConvNet
+
     return SimpleConvNet(hidden_size=args.hidden, weight_init_std=args.weight_init_std,
                          seed=args.seed, backend=args.backend)
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fastnum import constants, reference
+from fastnum import constants, engine, reference
 from fastnum._validate import as_float_batch, as_labels
+from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet
 from fastnum.kernels import losses, two_layer
 from fastnum.kernels import multilayer as multilayer_kernels
 from fastnum.multilayer import ACTIVATIONS, ReferenceMultiLayerNet
@@ -165,6 +166,9 @@ class Operation:
     reference: str = "numpy"
     yardsticks: dict[str, float] = field(default_factory=dict)  # name -> relative tolerance
     labels: dict[str, str] = field(default_factory=dict)  # display names the key does not give
+    # impl -> (Problem -> factor): implementations timed on a sample of the parameters; their
+    # time times the factor is the *extrapolated* time of the whole gradient.
+    extrapolate: dict[str, Callable[[Problem], float]] = field(default_factory=dict)
 
     def args(self, impl, problem):
         """The arguments ``impl`` takes for ``problem`` (prepare these outside timing)."""
@@ -230,6 +234,80 @@ def _with_book_as_published(op):
         labels={**op.labels, name: "the book's code as published, float32 images"})
 
 
+# ----------------------------------------------------------------------------- convolution
+# The book's chapter 7 SimpleConvNet on a problem's images: the NumPy reference (hours for
+# all 433,890 parameters) and numba full run on CONV_SAMPLE random parameters per tensor,
+# numba delta and backprop compute every parameter; all report the sampled entries.
+CONV_SAMPLE = 4
+BOOK_CONV_HIDDEN = 100
+
+
+def conv_net(pr):
+    """The SimpleConvNet (seed 0) of a problem and its images.
+
+    MNIST rows (784 features) with the book's hidden width 100 get the book's
+    network on 28x28 images.  Anything else (smoke runs, odd-shaped tests) gets a
+    tiny one on the centre 6x6 (at most) of the largest square of its features:
+    2 filters that leave 2x2 maps, pooled to 1x1.
+    """
+    hidden, classes = pr.params["W1"].shape[1], pr.params[pr.param_names[-2]].shape[1]
+    n, side = len(pr.x), int(np.sqrt(pr.x.shape[1]))
+    images = pr.x[:, :side * side].reshape(n, 1, side, side)
+    if (side, hidden) != (28, BOOK_CONV_HIDDEN):
+        lo = (side - min(side, 6)) // 2
+        images = images[:, :, lo:lo + min(side, 6), lo:lo + min(side, 6)]
+    size = images.shape[2]
+    conv = None if size == 28 else {"filter_num": 2, "filter_size": size - 1}
+    net = ReferenceSimpleConvNet((1, size, size), conv, hidden, classes, seed=0)
+    return net, np.ascontiguousarray(images)
+
+
+def _conv_args(pr):
+    net, x = conv_net(pr)
+    rng = np.random.default_rng(0)
+    sample = {k: rng.choice(v.size, min(CONV_SAMPLE, v.size), replace=False)
+              for k, v in net.params.items()}
+    return net, x, pr.t, pr.h, sample
+
+
+def _conv_engine_args(pr):
+    net, x, t, h, sample = _conv_args(pr)
+    return net.stack, net.params, x, t, h, sample
+
+
+def _sampled(grads, sample):
+    return {k: grads[k].ravel()[i] for k, i in sample.items()}
+
+
+def _conv_sample_factor(pr):
+    """Parameters of the whole gradient / parameters sampled."""
+    params = conv_net(pr)[0].params
+    return sum(v.size for v in params.values()) / sum(min(CONV_SAMPLE, v.size)
+                                                       for v in params.values())
+
+
+CONVOLUTION = Operation(
+    name="convolution",
+    setup={"default": _conv_engine_args, "numpy": _conv_args, "backprop": _conv_args},
+    implementations={
+        "numpy": lambda net, x, t, h, sample: ReferenceLayeredNet.numerical_gradient_at(
+            net, x, t, sample, h),
+        "numba-full": lambda stack, params, x, t, h, sample: engine.numerical_gradient_at(
+            stack, params, x, t, sample, h, "full"),
+        "numba-delta": lambda stack, params, x, t, h, sample: _sampled(
+            engine.numerical_gradient(stack, params, x, t, h, "delta"), sample),
+        "backprop": lambda net, x, t, h, sample: _sampled(net.gradient(x, t), sample),
+    },
+    atol=1e-9,
+    rtol=0.0,
+    # At the book's zero biases many relu units sit exactly on their kink (blank patches),
+    # where central differences and backprop legitimately differ by up to ~30 % (b1):
+    # see fastnum.convnet.CONV_CHECK.  The yardstick check only catches gross errors here.
+    yardsticks={"backprop": 0.5},
+    extrapolate={"numpy": _conv_sample_factor, "numba-full": _conv_sample_factor},
+)
+
+
 COMPARISONS = {
     op.name: op
     for op in (
@@ -292,6 +370,7 @@ COMPARISONS = {
             rtol=0.0,
             reference="numba-delta",
         ),
+        CONVOLUTION,
     )
 }
 

@@ -51,6 +51,8 @@ __all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "buil
 
 GRADS = ("numerical", "backprop")
 ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # those of fastnum.multilayer.MultiLayerNet
+# dense: TwoLayerNet, or MultiLayerNet with hidden_sizes; simpleconv: the book's chapter 7 CNN
+NETS = ("dense", "simpleconv")
 PARAM_NAMES = reference.TwoLayerNet.PARAM_NAMES
 MNIST_CLASSES = 10
 MAX_CLASSES = 65536  # a label beyond this is a data bug, not a class index
@@ -128,6 +130,10 @@ class TrainConfig:
         :class:`fastnum.multilayer.MultiLayerNet` instead of ``TwoLayerNet``.
     activation : {"sigmoid", "relu"}, default "sigmoid"
         Activation of the hidden layers; "relu" needs ``hidden_sizes``.
+    net : {"dense", "simpleconv"}, default "dense"
+        "simpleconv" trains the book's chapter 7 :class:`fastnum.SimpleConvNet`
+        (30 5x5 filters, relu, 2x2 max pooling, ``hidden_size`` relu units; the
+        book uses 100) on (N, 1, 28, 28) images instead of a dense network.
     """
 
     grad: str = "numerical"
@@ -145,6 +151,7 @@ class TrainConfig:
     test_size: int | None = None
     hidden_sizes: tuple[int, ...] | None = None
     activation: str = "sigmoid"
+    net: str = "dense"
 
     def __post_init__(self):
         check_choice("grad", self.grad, GRADS)
@@ -167,6 +174,10 @@ class TrainConfig:
         if self.activation != "sigmoid" and self.hidden_sizes is None:
             raise ValueError(f"activation={self.activation!r} needs hidden_sizes (the book's "
                              "TwoLayerNet is sigmoid only); pass e.g. hidden_sizes=(50,).")
+        check_choice("net", self.net, NETS)
+        if self.net == "simpleconv" and self.hidden_sizes is not None:
+            raise ValueError("hidden_sizes is for net='dense'; SimpleConvNet has one hidden "
+                             "layer of hidden_size units (the book uses 100).")
         self._to_builtin_types()
 
     def _to_builtin_types(self):
@@ -277,7 +288,8 @@ def _prepare_data(config, data, data_dir):
     if data is None:
         from fastnum.data import load_mnist  # lazy: keeps this module importable without it
 
-        data = load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=data_dir)
+        data = load_mnist(normalize=True, flatten=config.net != "simpleconv",
+                          one_hot_label=False, data_dir=data_dir)
         n_classes = MNIST_CLASSES
     else:
         n_classes = None
@@ -287,10 +299,21 @@ def _prepare_data(config, data, data_dir):
         raise ValueError("data must be ((x_train, t_train), (x_test, t_test)), "
                          "as fastnum.data.load_mnist returns.") from None
     n_classes = n_classes or _n_classes(t_train)
-    x_train = as_float_batch(_first(x_train, config.train_size, "x_train", "train_size"),
-                             name="x_train")
-    x_test = as_float_batch(_first(x_test, config.test_size, "x_test", "test_size"),
-                            x_train.shape[1], name="x_test")
+    if config.net == "simpleconv":  # (N, C, H, W) images, validated by the network's checks
+        from fastnum.convnet import as_image_batch
+
+        x_train = np.asarray(_first(x_train, config.train_size, "x_train", "train_size"))
+        if x_train.ndim != 4:
+            raise ValueError(f"x_train has shape {x_train.shape}; net='simpleconv' needs images "
+                             "(N, C, H, W), e.g. load_mnist(flatten=False).")
+        x_train = as_image_batch(x_train, x_train.shape[1:], name="x_train")
+        x_test = as_image_batch(_first(x_test, config.test_size, "x_test", "test_size"),
+                                x_train.shape[1:], name="x_test")
+    else:
+        x_train = as_float_batch(_first(x_train, config.train_size, "x_train", "train_size"),
+                                 name="x_train")
+        x_test = as_float_batch(_first(x_test, config.test_size, "x_test", "test_size"),
+                                x_train.shape[1], name="x_test")
     t_train = as_labels(_first(t_train, config.train_size, "t_train", "train_size"),
                         len(x_train), n_classes, name="t_train")
     t_test = as_labels(_first(t_test, config.test_size, "t_test", "test_size"),
@@ -302,7 +325,7 @@ def _prepare_data(config, data, data_dir):
             "or a larger train_size."
         )
     info = {"train_size": len(x_train), "test_size": len(x_test),
-            "n_features": x_train.shape[1], "n_classes": n_classes,
+            "n_features": x_train[0].size, "n_classes": n_classes,
             "sha256": _fingerprint(x_train, t_train, x_test, t_test)}
     return _Data(x_train, t_train, x_test, t_test, n_classes, info)
 
@@ -335,18 +358,25 @@ def _blas_threads(backend):
     return _blas.limit(limits=1, user_api="blas")  # ~6 us a step
 
 
-def build_net(config, n_features, n_classes):
+def build_net(config, n_features, n_classes, input_dim=None):
     """The network a run of ``config`` trains, freshly initialised from ``config.seed``.
 
     Returns
     -------
-    fastnum.network.TwoLayerNet or fastnum.multilayer.MultiLayerNet
-        A MultiLayerNet when ``config.hidden_sizes`` is given.
+    fastnum.network.TwoLayerNet, fastnum.multilayer.MultiLayerNet or fastnum.SimpleConvNet
+        A MultiLayerNet when ``config.hidden_sizes`` is given; a SimpleConvNet of
+        ``input_dim`` (C, H, W) images when ``config.net == "simpleconv"``.
     """
     from fastnum.multilayer import MultiLayerNet
     from fastnum.network import TwoLayerNet
 
     backend = run_backend(config)
+    if config.net == "simpleconv":
+        from fastnum.convnet import SimpleConvNet
+
+        return SimpleConvNet(input_dim, hidden_size=config.hidden_size, output_size=n_classes,
+                             weight_init_std=config.weight_init_std, seed=config.seed,
+                             backend=backend, strategy=config.strategy)
     if config.hidden_sizes is None:
         return TwoLayerNet(n_features, config.hidden_size, n_classes, config.weight_init_std,
                            seed=config.seed, backend=backend, strategy=config.strategy)
@@ -376,7 +406,8 @@ class _Run:
 
     def __init__(self, config, data, folder, log):
         self.cfg, self.data, self.folder, self.log = config, data, folder, log
-        self.net = build_net(config, data.x_train.shape[1], data.n_classes)
+        self.net = build_net(config, data.x_train.shape[1], data.n_classes,
+                             input_dim=data.x_train.shape[1:])
         self.backend = self.net.backend
         # A child stream, so batch sampling does not replay the bits of the weight init.
         self.rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])

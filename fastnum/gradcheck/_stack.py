@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD
 from fastnum.gradcheck._generic import last_layer_name
 
 
@@ -93,44 +94,30 @@ def _labels(t):
     return np.ascontiguousarray(t.argmax(axis=1) if t.ndim == 2 else t, dtype=np.int64)
 
 
-def _dense(stack, params, log_guard):
-    """Packed weights and activation for fastnum.kernels.multilayer, or EngineUnsupportedError."""
-    from fastnum.kernels import multilayer
-
-    kinds = [spec[0] for spec in stack]
-    if {"conv", "pool"} & set(kinds):
-        raise EngineUnsupportedError("convolution and pooling need fastnum.engine, not merged yet")
-    if not log_guard:
-        raise EngineUnsupportedError("today's kernels always include the 1e-7 log guard")
-    acts = set(kinds) - {"affine"}
-    pattern = ["affine"] + [a for _ in range(kinds.count("affine") - 1) for a in ("act", "affine")]
-    shape = ["act" if kind in ("relu", "sigmoid") else kind for kind in kinds]
-    if len(acts) > 1 or shape != pattern:
-        raise EngineUnsupportedError("the kernels take affine layers with one activation between "
-                                "each pair; this stack mixes them differently")
-    names = [name for spec in stack if spec[0] == "affine" for name in spec[1:3]]
-    packed = multilayer.as_params([params[name] for name in names])
-    from fastnum.multilayer import ACTIVATIONS
-
-    return multilayer, packed, ACTIVATIONS[acts.pop() if acts else "sigmoid"].kernel_code, names
+def _engine_inputs(stack, params, x, t, log_guard):
+    """The engine's trusted arguments: float64 C-contiguous copies, int labels, the guard."""
+    params = {name: np.ascontiguousarray(value, dtype=np.float64)
+              for name, value in params.items()}
+    x = np.asarray(x, dtype=np.float64)
+    if stack[0][0] != "conv":  # the book's Affine flattens (N, ...) itself
+        x = x.reshape(len(x), -1)
+    elif x.ndim != 4:
+        raise EngineUnsupportedError(f"a convolution needs images (N, C, H, W); x has shape "
+                                     f"{x.shape}")
+    return params, np.ascontiguousarray(x), _labels(t), BOOK_LOG_GUARD if log_guard else 0.0
 
 
 def _engine_loss(stack, params, x, t, log_guard=True):
     """Batch-mean loss of ``stack`` (the cross-check that the stack is the network)."""
-    kernels, packed, act, _ = _dense(stack, params, log_guard)
-    x = np.ascontiguousarray(np.reshape(x, (len(x), -1)), dtype=np.float64)
-    return kernels.loss_trusted(packed, x, _labels(t), act)
+    from fastnum import engine
+
+    params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
+    return engine.loss(stack, params, x, t, log_guard=guard)
 
 
 def _engine_numerical_gradient(stack, params, x, t, h, log_guard=True):
-    """Central-difference gradient of ``stack`` at ``params``: dict name -> array.
+    """Central-difference gradient of ``stack`` at ``params`` by fastnum's engine (delta)."""
+    from fastnum import engine
 
-    Until fastnum.engine lands this runs today's kernels (dense stacks of one
-    activation, guard on) and raises EngineUnsupportedError otherwise; at merge it
-    becomes ``engine.numerical_gradient(stack, params, x, t, h=h,
-    log_guard=1e-7 if log_guard else 0.0)``.
-    """
-    kernels, packed, act, names = _dense(stack, params, log_guard)
-    x = np.ascontiguousarray(np.reshape(x, (len(x), -1)), dtype=np.float64)
-    grads = kernels.numerical_gradient_trusted(packed, x, _labels(t), h, act, "delta")
-    return {name: np.array(g) for name, g in zip(names, grads, strict=True)}
+    params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
+    return engine.numerical_gradient(stack, params, x, t, h=h, log_guard=guard)

@@ -1,0 +1,265 @@
+"""fastnum.engine against the NumPy layers (fastnum.convnet.ReferenceLayeredNet).
+
+Every stack is checked at tiny sizes for every parameter (both strategies, and
+at sampled indices), so the module also runs as plain Python under
+NUMBA_DISABLE_JIT=1 and without numba.  The book-size SimpleConvNet on real
+MNIST is checked at sampled parameters (compiled only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastnum import engine
+from fastnum._jit import JIT_ENABLED
+from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
+from fastnum.kernels import layered
+
+try:  # only the thread-count test needs numba itself
+    import numba
+except ImportError:  # pragma: no cover - exercised by the no-numba CI leg
+    numba = None
+
+TOL = 1e-9  # gradients, absolute
+REL = 1e-12  # losses and forward passes, relative
+STRATEGIES = ("delta", "full")
+
+SIMPLE = (("conv", "W1", "b1", 1, 0), ("relu",), ("pool", 2, 2, 2, 0), ("affine", "W2", "b2"),
+          ("relu",), ("affine", "W3", "b3"))
+
+
+def simple_stack(stride=1, pad=0, pool=(2, 2, 2, 0)):
+    return (("conv", "W1", "b1", stride, pad), ("relu",), ("pool", *pool),
+            ("affine", "W2", "b2"), ("relu",), ("affine", "W3", "b3"))
+
+
+# name -> (stack, parameter shapes, input shape per sample)
+STACKS = {
+    "simpleconv": (SIMPLE, {"W1": (3, 1, 3, 3), "b1": (3,), "W2": (27, 5), "b2": (5,),
+                            "W3": (5, 4), "b3": (4,)}, (1, 8, 8)),
+    "pad1-3ch-nonsquare": (simple_stack(pad=1), {"W1": (2, 3, 3, 3), "b1": (2,),
+                                                 "W2": (2 * 3 * 2, 4), "b2": (4,), "W3": (4, 3),
+                                                 "b3": (3,)}, (3, 6, 4)),
+    "pad2-filter4": (simple_stack(pad=2), {"W1": (2, 2, 4, 4), "b1": (2,), "W2": (2 * 3 * 4, 3),
+                                           "b2": (3,), "W3": (3, 3), "b3": (3,)}, (2, 5, 7)),
+    "stride2": (simple_stack(stride=2, pad=1), {"W1": (2, 1, 3, 3), "b1": (2,),
+                                                "W2": (2 * 2 * 3, 4), "b2": (4,), "W3": (4, 3),
+                                                "b3": (3,)}, (1, 7, 11)),
+    "pool3-stride2-pad1": (simple_stack(pool=(3, 3, 2, 1)), {"W1": (2, 1, 3, 3), "b1": (2,),
+                                                            "W2": (2 * 4 * 3, 3), "b2": (3,),
+                                                            "W3": (3, 3), "b3": (3,)}, (1, 9, 7)),
+    "sigmoid-pool-first": ((("conv", "W1", "b1", 1, 0), ("pool", 2, 3, 1, 0), ("sigmoid",),
+                            ("affine", "W2", "b2")),
+                           {"W1": (2, 1, 3, 3), "b1": (2,), "W2": (2 * 3 * 2, 4), "b2": (4,)},
+                           (1, 6, 6)),
+    "conv-only": ((("conv", "W1", "b1", 1, 1), ("affine", "W2", "b2")),
+                  {"W1": (2, 2, 3, 3), "b1": (2,), "W2": (2 * 4 * 3, 3), "b2": (3,)}, (2, 4, 3)),
+    # Not covered by the delta kernels: "delta" falls back to "full".
+    "two-convs": ((("conv", "W1", "b1", 1, 0), ("relu",), ("conv", "W2", "b2", 1, 0),
+                   ("affine", "W3", "b3")),
+                  {"W1": (2, 1, 2, 2), "b1": (2,), "W2": (2, 2, 2, 2), "b2": (2,),
+                   "W3": (2 * 3 * 3, 3), "b3": (3,)}, (1, 5, 5)),
+    # Dense stacks; the first two take the hand-written fast paths at the book's guard.
+    "two-layer-sigmoid": ((("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2")),
+                          {"W1": (7, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)}, (7,)),
+    "dense-relu-3": ((("affine", "W1", "b1"), ("relu",), ("affine", "W2", "b2"), ("relu",),
+                      ("affine", "W3", "b3")),
+                     {"W1": (6, 5), "b1": (5,), "W2": (5, 4), "b2": (4,), "W3": (4, 3),
+                      "b3": (3,)}, (6,)),
+    "dense-mixed": ((("affine", "A", "a"), ("relu",), ("affine", "B", "b"), ("sigmoid",),
+                     ("affine", "C", "c"), ("sigmoid",)),
+                    {"A": (6, 4), "a": (4,), "B": (4, 5), "b": (5,), "C": (5, 3), "c": (3,)},
+                    (6,)),
+}
+
+
+def problem(name, batch=3, seed=0, scale=0.5):
+    """Reference net, engine params (copies), x, t: O(1) weights, biases, sparse inputs."""
+    stack, shapes, input_shape = STACKS[name]
+    rng = np.random.default_rng(seed)
+    params = {k: rng.normal(0, scale, s) for k, s in shapes.items()}
+    x = rng.random((batch, *input_shape))
+    x[rng.random(x.shape) < 0.4] = 0.0  # zeros, like MNIST's background
+    n_out = shapes[param_names(stack)[-1]][0]
+    t = rng.integers(0, n_out, batch)
+    ref = ReferenceLayeredNet(stack, {k: v.copy() for k, v in params.items()})
+    return ref, params, x, t
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_forward_and_loss_match_reference(name):
+    ref, params, x, t = problem(name)
+    ref_y = ref.predict(x)
+    comp_y = engine.predict(ref.stack, params, x)
+    assert comp_y.shape == ref_y.shape
+    assert np.abs(comp_y - ref_y).max() <= REL * np.abs(ref_y).max()
+    ref_loss = ref.loss(x, t)
+    assert abs(engine.loss(ref.stack, params, x, t) - ref_loss) <= REL * abs(ref_loss)
+
+
+def test_large_batches_run_in_chunks_with_the_same_result():
+    ref, params, x, t = problem("conv-only", batch=2 * engine._FORWARD_CHUNK + 3)
+    comp_y = engine.predict(ref.stack, params, x)
+    ref_y = ref.predict(x)
+    assert np.abs(comp_y - ref_y).max() <= REL * np.abs(ref_y).max()
+    # Chunking never changes a sample's result: one sample alone gives the same row.
+    assert np.array_equal(engine.predict(ref.stack, params, x[-1:]), comp_y[-1:])
+
+
+def unguarded_loss(ref, x, t):
+    """Batch-mean -log(softmax) without the guard, from the reference's logits."""
+    z = ReferenceLayeredNet._logits(ref, x, ReferenceLayeredNet.layers.fget(ref))
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(t)), t].mean())
+
+
+def test_log_guard_zero_is_the_unguarded_loss():
+    ref, params, x, t = problem("simpleconv", scale=2.0)
+    ref_loss = unguarded_loss(ref, x, t)
+    comp_loss = engine.loss(ref.stack, params, x, t, log_guard=0.0)
+    assert abs(comp_loss - ref_loss) <= REL * abs(ref_loss)
+    assert comp_loss != engine.loss(ref.stack, params, x, t)  # the guard really is an argument
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", STACKS)
+def test_every_parameter_matches_reference(name, strategy):
+    ref, params, x, t = problem(name)
+    ref_g = ref.numerical_gradient(x, t)
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t, strategy=strategy)
+    assert {k: v.shape for k, v in comp_g.items()} == {k: v.shape for k, v in ref_g.items()}
+    assert max_abs_diff(comp_g, ref_g) <= TOL
+    # The engine never writes into the parameters it is given.
+    assert max_abs_diff(params, ref.params) == 0.0
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", ["simpleconv", "pool3-stride2-pad1", "dense-mixed", "two-convs"])
+def test_gradient_at_sampled_indices(name, strategy):
+    ref, params, x, t = problem(name, seed=3)
+    rng = np.random.default_rng(7)
+    names = param_names(ref.stack)
+    # Some names left out, some indices repeated, order arbitrary.
+    indices = {k: rng.integers(0, params[k].size, 4) for k in names[::2]}
+    indices[names[-1]] = np.array([1, 0, 1])
+    ref_g = ref.numerical_gradient(x, t)
+    comp_g = engine.numerical_gradient_at(ref.stack, params, x, t, indices, strategy=strategy)
+    assert comp_g.keys() == indices.keys()
+    for k, idx in indices.items():
+        assert comp_g[k].shape == (len(idx),)
+        assert np.abs(comp_g[k] - ref_g[k].ravel()[idx]).max() <= TOL
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gradient_with_another_guard_matches_its_own_central_differences(strategy):
+    ref, params, x, t = problem("dense-relu-3", scale=1.5)
+    h = 1e-4
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t, h=h, strategy=strategy,
+                                       log_guard=0.0)
+    for k in param_names(ref.stack):
+        w = ref.params[k]
+        for i in range(w.size):
+            idx = np.unravel_index(i, w.shape)
+            saved = w[idx]
+            w[idx] = saved + h
+            f_plus = unguarded_loss(ref, x, t)
+            w[idx] = saved - h
+            f_minus = unguarded_loss(ref, x, t)
+            w[idx] = saved
+            assert abs(comp_g[k][idx] - (f_plus - f_minus) / (2 * h)) <= TOL
+
+
+def test_delta_plan_covers_one_conv_block_and_dense_layers():
+    assert engine._delta_plan(SIMPLE) == engine._DeltaPlan(
+        SIMPLE[0], SIMPLE[1:3], (("W2", "b2", layered.RELU), ("W3", "b3", layered.NONE)))
+    assert engine._delta_plan(STACKS["two-convs"][0]) is None  # falls back to full
+    assert engine._delta_plan((("relu",), ("affine", "W", "b"))) is None
+
+
+def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
+    ref, params, x, t = problem("two-layer-sigmoid")
+    from fastnum.kernels import two_layer
+
+    expected = two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, 1e-4)
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t)
+    assert max_abs_diff(comp_g, expected) == 0.0
+    assert engine.loss(ref.stack, params, x, t) == two_layer.loss_trusted(
+        two_layer.as_params(params), x, t)
+    assert np.array_equal(engine.predict(ref.stack, params, x),
+                          two_layer.predict_trusted(two_layer.as_params(params), x))
+    # Another guard cannot use the hand-written kernels (their guard is fixed).
+    calls = []
+    monkeypatch.setattr(engine, "_fast_path_kernels", lambda: calls.append(1))
+    engine.numerical_gradient(ref.stack, params, x, t, log_guard=1e-3)
+    engine.loss(ref.stack, params, x, t, log_guard=1e-3)
+    assert calls == []
+    with pytest.raises(AttributeError):  # at the book's guard the (patched) fast path is asked
+        engine.numerical_gradient(ref.stack, params, x, t)
+
+
+def test_dense_stacks_of_one_activation_take_the_multilayer_kernels_for_full():
+    ref, params, x, t = problem("dense-relu-3")
+    from fastnum.kernels import multilayer
+
+    names = param_names(ref.stack)
+    packed = multilayer.as_params([params[k] for k in names])
+    expected = multilayer.numerical_gradient_trusted(packed, x, t, 1e-4, "relu", "full")
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t, strategy="full")
+    assert max_abs_diff(comp_g, dict(zip(names, expected, strict=True))) == 0.0
+    # delta stays on the engine's own kernels (faster); the same values to rounding.
+    assert engine._fast_path(ref.stack, params, x, t, 1e-4, "delta", 1e-7) is None
+    assert max_abs_diff(engine.numerical_gradient(ref.stack, params, x, t), comp_g) <= TOL
+
+
+def test_unknown_strategy_and_layer_kind_are_refused():
+    ref, params, x, t = problem("simpleconv")
+    with pytest.raises(ValueError, match="strategy='fast'"):
+        engine.numerical_gradient(ref.stack, params, x, t, strategy="fast")
+    with pytest.raises(ValueError, match="'dropout' is unknown"):
+        engine.param_names((("dropout",),))
+
+
+@pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="thread counts need compiled numba")
+@pytest.mark.parametrize("name", ["simpleconv", "dense-mixed"])
+def test_results_are_bit_identical_at_one_and_two_threads(name):
+    ref, params, x, t = problem(name, batch=7)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            results.append((engine.numerical_gradient(ref.stack, params, x, t),
+                            engine.loss(ref.stack, params, x, t),
+                            engine.predict(ref.stack, params, x)))
+    finally:
+        numba.set_num_threads(before)
+    (g1, l1, y1), (g2, l2, y2) = results
+    assert max_abs_diff(g1, g2) == 0.0 and l1 == l2 and np.array_equal(y1, y2)
+
+
+@pytest.mark.skipif(not JIT_ENABLED, reason="the book-size network is too slow as plain Python")
+def test_book_simple_conv_net_on_mnist_at_sampled_parameters(mnist_source_dir):
+    from fastnum.data import load_mnist
+
+    (x_train, t_train), _ = load_mnist(normalize=True, flatten=False, data_dir=mnist_source_dir)
+    x = np.ascontiguousarray(x_train[:100], dtype=np.float64)
+    t = t_train[:100].astype(np.int64)
+    ref = ReferenceSimpleConvNet(seed=0)
+    params = {k: v.copy() for k, v in ref.params.items()}
+    rng = np.random.default_rng(0)
+    indices = {k: rng.choice(v.size, min(v.size, 3), replace=False) for k, v in params.items()}
+    ref_g = ref.numerical_gradient_at(x, t, indices)
+    delta_all = engine.numerical_gradient(ref.stack, params, x, t)
+    for strategy in STRATEGIES:
+        comp_g = engine.numerical_gradient_at(ref.stack, params, x, t, indices, strategy=strategy)
+        assert max_abs_diff(comp_g, ref_g) <= TOL
+    assert max_abs_diff({k: delta_all[k].ravel()[i] for k, i in indices.items()}, ref_g) <= TOL
+    ref_loss = ref.loss(x, t)
+    assert abs(engine.loss(ref.stack, params, x, t) - ref_loss) <= REL * ref_loss
