@@ -111,11 +111,11 @@ def as_float_batch(x, n_features=None, name="x"):
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one sample.")
     x = np.ascontiguousarray(x, dtype=np.float64)
-    _check_finite(x, name, "clean the data (np.nan_to_num) before training.")
+    check_finite(x, name, "clean the data (np.nan_to_num) before training.")
     return x
 
 
-def _check_finite(a, name, fix):
+def check_finite(a, name, fix):
     if not np.isfinite(a).all():
         bad = tuple(np.argwhere(~np.isfinite(a))[0].tolist())
         raise ValueError(f"{name} contains a non-finite value {a[bad]} at index {bad}; {fix}")
@@ -133,7 +133,7 @@ def as_labels(t, batch, n_classes, name="t"):
             f"{name} has dtype {t.dtype}; pass integer class labels (0..{n_classes - 1})."
         )
     if t.ndim == 2 and t.shape == (batch, n_classes):
-        _check_finite(t, f"{name} (one-hot)", "one-hot rows must hold finite numbers.")
+        check_finite(t, f"{name} (one-hot)", "one-hot rows must hold finite numbers.")
         return np.ascontiguousarray(t.argmax(axis=1), dtype=np.int64)
     if t.ndim == 2 and t.shape[0] == batch and t.shape[1] == 1:
         t = t.ravel()
@@ -213,7 +213,7 @@ def as_network_params(params, names):
         width = W.shape[1]
         for name, a in ((w_name, W), (b_name, b)):
             a = np.ascontiguousarray(a, dtype=np.float64)
-            _check_finite(a, f"params[{name!r}]",
+            check_finite(a, f"params[{name!r}]",
                           "re-initialise the network or load finite parameters "
                           "(training diverged? lower the learning rate).")
             out[name] = a

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from fastnum.backend import BACKEND_ENV, BACKENDS, STRATEGIES, describe_backend, resolve_backend
+from fastnum.convnet import CONV_CHECK
 from fastnum.gradcheck import DEFAULT_ATOL, DEFAULT_RTOL, METHODS
 from fastnum.rundir import CHECKPOINT
 from fastnum.train import (
@@ -213,15 +214,17 @@ def _add_gradcheck_parser(sub):
     net.add_argument("--params", metavar="FILE.npz",
                      help="load the parameters (e.g. params.npz of `fastnum train`) into the "
                           "network instead of its fresh initialisation")
-    net.add_argument("--hidden", type=int, default=10, metavar="N",
-                     help="hidden units of --net two-layer / simpleconv (default: %(default)s)")
+    net.add_argument("--hidden", type=int, metavar="N",
+                     help="hidden units of --net two-layer (default: 10) or simpleconv (default: "
+                          "the book's 100)")
     net.add_argument("--hidden-sizes", type=_layer_widths, default=(10, 10), metavar="W1,W2,...",
                      help="hidden layer widths of --net multilayer (default: 10,10)")
     net.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid",
                      help="activation of --net multilayer (default: %(default)s)")
-    net.add_argument("--weight-init-std", type=float, default=_DEFAULTS.weight_init_std,
-                     metavar="STD",
-                     help="std of the Gaussian initial weights (default: %(default)s)")
+    net.add_argument("--weight-init-std", type=float, metavar="STD",
+                     help=f"std of the Gaussian initial weights (default: "
+                          f"{_DEFAULTS.weight_init_std}; {CONV_CHECK.weight_init_std} for "
+                          "--net simpleconv, see below)")
     net.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seed of the weights (NumPy's global generator too, for book-style "
                           "classes) and of the choice of images (default: %(default)s)")
@@ -236,8 +239,9 @@ def _add_gradcheck_parser(sub):
     data.add_argument("--one-hot", action="store_true",
                       help="pass one-hot labels rather than integers")
     check = p.add_argument_group("check")
-    check.add_argument("--h", type=float, default=_DEFAULTS.h,
-                       help="central-difference step (default: %(default)s)")
+    check.add_argument("--h", type=float,
+                       help=f"central-difference step (default: {_DEFAULTS.h}; {CONV_CHECK.h} "
+                            "for --net simpleconv)")
     check.add_argument("--tol", type=float, default=DEFAULT_RTOL, metavar="RTOL",
                        help="relative tolerance per element (default: %(default)s); the log "
                             "guard's effect in cancelling gradients gets its own slack")
@@ -372,18 +376,20 @@ def _gradcheck_net(args, input_size):
     if args.net == "two-layer":
         from fastnum.network import TwoLayerNet
 
-        return TwoLayerNet(input_size, args.hidden, 10, args.weight_init_std, seed=args.seed,
-                           backend=args.backend, strategy=args.strategy)
+        return TwoLayerNet(input_size, args.hidden or 10, 10, args.weight_init_std,
+                           seed=args.seed, backend=args.backend, strategy=args.strategy)
     if args.net == "multilayer":
         from fastnum.multilayer import MultiLayerNet
 
         return MultiLayerNet(input_size, args.hidden_sizes, 10, args.activation,
                              args.weight_init_std, seed=args.seed, backend=args.backend,
                              strategy=args.strategy)
-    from fastnum.convnet import SimpleConvNet
+    from fastnum.convnet import SimpleConvNet, off_the_kinks
 
-    return SimpleConvNet(hidden_size=args.hidden, weight_init_std=args.weight_init_std,
-                         seed=args.seed, backend=args.backend)
+    return off_the_kinks(SimpleConvNet(hidden_size=args.hidden or 100,
+                                       weight_init_std=args.weight_init_std, seed=args.seed,
+                                       backend=args.backend, strategy=args.strategy),
+                         seed=args.seed)
 
 
 def _load_params_into(net, path):
@@ -424,6 +430,13 @@ def _cmd_gradcheck(args):
         raise ValueError(f"--tol={args.tol!r} must be > 0 (default {DEFAULT_RTOL:g}).")
     if args.seed < 0:
         raise ValueError(f"--seed={args.seed} must be a non-negative integer such as 0.")
+    if args.net == "simpleconv" and not args.model:
+        from fastnum._jit import JIT_ENABLED
+
+        if not JIT_ENABLED:  # before the slow MNIST load
+            raise ValueError("--net simpleconv needs numba's compiled engine: without it each of "
+                             "the 433,890 parameters costs two NumPy loss evaluations, hours "
+                             "per check. Install numba (and unset NUMBA_DISABLE_JIT).")
     if args.verbose:
         _say_backend(args)
     (x_train, t_train), _ = load_mnist(data_dir=args.data_dir)
@@ -442,6 +455,13 @@ def _cmd_gradcheck(args):
         x = x.reshape(len(x), 1, 28, 28)
     if args.one_hot:
         t = np.eye(10)[t]
+    # Per-network defaults: SimpleConvNet is checked off the kinks of relu and pooling.
+    conv = args.net == "simpleconv" and not args.model
+    defaults = CONV_CHECK if conv else _DEFAULTS
+    if args.weight_init_std is None:
+        args.weight_init_std = defaults.weight_init_std
+    if args.h is None:
+        args.h = defaults.h
     net = _gradcheck_net(args, x_train.shape[1])
     if args.params:
         _load_params_into(net, args.params)
@@ -459,6 +479,8 @@ def _cmd_gradcheck(args):
             message = message.replace(name, option)
         raise ValueError(message) from None
     print(result.report(worst=args.worst))
+    if conv:
+        print(CONV_CHECK.why)
     return EXIT_OK if result.passed else EXIT_FAILED
 
 

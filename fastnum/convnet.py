@@ -11,7 +11,6 @@ the ``numba`` backend.
 
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -19,8 +18,14 @@ import numpy as np
 
 from fastnum import layers, reference
 from fastnum._frontend import NetworkFrontend
-from fastnum._validate import as_labels, check_step
-from fastnum.backend import check_strategy
+from fastnum._validate import (
+    as_labels,
+    check_finite,
+    check_int,
+    check_positive,
+    check_step,
+)
+from fastnum.backend import DEFAULT_STRATEGY, check_strategy
 
 #: Stack spec kind -> (layer class name prefix, builder from (params, *spec args)).
 LAYER_TYPES = {
@@ -204,12 +209,6 @@ def off_the_kinks(net, seed=None, bias_std=CONV_CHECK.bias_std):
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return int(value)
-
-
 def _check_conv_param(conv_param):
     if conv_param is None:
         conv_param = {}
@@ -221,7 +220,7 @@ def _check_conv_param(conv_param):
             f"conv_param has unknown key(s) {unknown}; use {', '.join(DEFAULT_CONV_PARAM)}."
         )
     conv = {**DEFAULT_CONV_PARAM, **conv_param}
-    return {k: _check_int(f"conv_param[{k!r}]", v, 0 if k == "pad" else 1)
+    return {k: check_int(f"conv_param[{k!r}]", v, 0 if k == "pad" else 1)
             for k, v in conv.items()}
 
 
@@ -277,18 +276,19 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
     """
 
     def __init__(self, input_dim=(1, 28, 28), conv_param=None, hidden_size=100, output_size=10,
-                 weight_init_std=0.01, seed=None, backend="auto", strategy="delta"):
+                 weight_init_std=0.01, seed=None, backend="auto", strategy=DEFAULT_STRATEGY):
         if isinstance(input_dim, (str, bytes)) or not hasattr(input_dim, "__len__") or len(
                 input_dim) != 3:
             raise ValueError(
                 f"input_dim={input_dim!r} must be (channels, height, width), e.g. (1, 28, 28)."
             )
-        input_dim = tuple(_check_int(f"input_dim[{i}]", n, 1) for i, n in enumerate(input_dim))
+        input_dim = tuple(check_int(f"input_dim[{i}]", n, 1) for i, n in enumerate(input_dim))
         conv = _check_conv_param(conv_param)
-        hidden_size = _check_int("hidden_size", hidden_size, 1)
-        output_size = _check_int("output_size", output_size, 2)
-        if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
-            raise ValueError(f"weight_init_std={weight_init_std!r} must be finite and >= 0.")
+        hidden_size = check_int("hidden_size", hidden_size, 1, "the book uses 100.")
+        output_size = check_int("output_size", output_size, 2,
+                                "a softmax needs at least 2 classes; MNIST has 10.")
+        weight_init_std = check_positive("weight_init_std", weight_init_std,
+                                         "the book uses 0.01.")
         super().__init__(input_dim, conv, hidden_size, output_size, weight_init_std, seed)
         self._shapes = {k: v.shape for k, v in self.params.items()}
         self._init_backend(backend, strategy)
@@ -298,16 +298,19 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         """(input features C*H*W, hidden size, output size)."""
         return (int(np.prod(self.input_dim)),) + self.params["W3"].shape
 
-    def _inputs(self, x, t=None):
+    def _checked(self, x, t=None):
+        """(params, x) or (params, x, t), validated: the frontend's one check for this net."""
+        params = self._engine_params()
         x = as_image_batch(x, self.input_dim)
         if t is None:
-            return x
-        return x, as_labels(t, x.shape[0], self.sizes[-1])
+            return params, x
+        return params, x, as_labels(t, x.shape[0], self.sizes[-1])
 
-    def _accuracy(self, x, t):
+    def accuracy_trusted(self, x, t, params=None):
+        """:meth:`accuracy` for validated inputs, in chunks of images."""
         # In chunks: im2col of a whole 60,000-image set would need gigabytes.
-        hits = sum(int(np.sum(self._predict(x[i:i + ACCURACY_CHUNK]).argmax(axis=1)
-                              == t[i:i + ACCURACY_CHUNK]))
+        hits = sum(int(np.sum(self.predict_trusted(x[i:i + ACCURACY_CHUNK], params)
+                              .argmax(axis=1) == t[i:i + ACCURACY_CHUNK]))
                    for i in range(0, len(x), ACCURACY_CHUNK))
         return hits / len(x)
 
@@ -329,7 +332,7 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         dict of str to ndarray
             For each name in ``indices``, the 1-D gradient at those indices.
         """
-        x, t = self._inputs(x, t)
+        params, x, t = self._checked(x, t)
         h, strategy = check_step(h), check_strategy(strategy or self.strategy)
         checked = {}
         for name, flat in indices.items():
@@ -347,37 +350,46 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         if self.backend == "numba":
             from fastnum import engine
 
-            return engine.numerical_gradient_at(self.stack, self._engine_params(), x, t,
-                                                checked, h, strategy)
-        return ReferenceLayeredNet.numerical_gradient_at(self, x, t, checked, h)
+            return engine.numerical_gradient_at(self.stack, params, x, t, checked, h, strategy)
+        # The reference perturbs what it is given in place: copies keep self.params intact.
+        return self._oracle({k: v.copy() for k, v in params.items()}).numerical_gradient_at(
+            x, t, checked, h)
 
     # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
     # checked on every call: cheap next to the engine, and it sees parameters the
     # caller replaced or updated in place, which the trusted engine must not misread.
 
     def _engine_params(self):
+        """The parameters as float64 C-contiguous arrays, checked against the built shapes."""
         out = {}
         for name, shape in self._shapes.items():
+            if name not in self.params:
+                raise KeyError(f"params is missing {name!r}; this network needs "
+                               f"{', '.join(self._shapes)}.")
             value = np.asarray(self.params[name])
-            if value.shape != shape:
+            if value.shape != shape or value.dtype.kind != "f":
                 raise ValueError(
-                    f"params[{name!r}] has shape {value.shape} but this network needs {shape}; "
-                    "assign arrays of the original shapes."
+                    f"params[{name!r}] has shape {value.shape} and dtype {value.dtype} but this "
+                    f"network needs a float array of shape {shape}; assign arrays of the "
+                    "original shapes."
                 )
-            out[name] = np.ascontiguousarray(value, dtype=np.float64)
+            value = np.ascontiguousarray(value, dtype=np.float64)
+            check_finite(value, f"params[{name!r}]", "re-initialise the network or reload "
+                         "a checkpoint.")
+            out[name] = value
         return out
 
-    def _numba_predict(self, x):
+    def _numba_predict(self, x, params):
         from fastnum import engine
 
-        return engine.predict(self.stack, self._engine_params(), x)
+        return engine.predict(self.stack, params, x)
 
-    def _numba_loss(self, x, t):
+    def _numba_loss(self, x, t, params):
         from fastnum import engine
 
-        return engine.loss(self.stack, self._engine_params(), x, t)
+        return engine.loss(self.stack, params, x, t)
 
-    def _numba_numerical_gradient(self, x, t, h, strategy):
+    def _numba_numerical_gradient(self, x, t, h, strategy, params):
         from fastnum import engine
 
-        return engine.numerical_gradient(self.stack, self._engine_params(), x, t, h, strategy)
+        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)

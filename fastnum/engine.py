@@ -527,7 +527,8 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
             and len(hidden) == 1 and hidden <= set(kern.ACTIVATION_CODES)):
         names = [nm for spec in stack[0::2] for nm in (spec[1], spec[2])]
         packed = fast.multilayer_params([params[k] for k in names])
-        g = fast.multilayer_gradient(packed, x, t, h, hidden.pop(), strategy)
+        g = fast.multilayer_gradient(packed, x, t, h, kern.ACTIVATION_CODES[hidden.pop()],
+                                     strategy)
         return dict(zip(names, g, strict=True))
     return None
 

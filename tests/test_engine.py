@@ -187,7 +187,8 @@ def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
     ref, params, x, t = problem("two-layer-sigmoid")
     from fastnum.kernels import two_layer
 
-    expected = two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, 1e-4)
+    expected = two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, 1e-4,
+                                                    "delta")
     comp_g = engine.numerical_gradient(ref.stack, params, x, t)
     assert max_abs_diff(comp_g, expected) == 0.0
     assert engine.loss(ref.stack, params, x, t) == two_layer.loss_trusted(
@@ -210,7 +211,7 @@ def test_dense_stacks_of_one_activation_take_the_multilayer_kernels_for_full():
 
     names = param_names(ref.stack)
     packed = multilayer.as_params([params[k] for k in names])
-    expected = multilayer.numerical_gradient_trusted(packed, x, t, 1e-4, "relu", "full")
+    expected = multilayer.numerical_gradient_trusted(packed, x, t, 1e-4, multilayer.RELU, "full")
     comp_g = engine.numerical_gradient(ref.stack, params, x, t, strategy="full")
     assert max_abs_diff(comp_g, dict(zip(names, expected, strict=True))) == 0.0
     # delta stays on the engine's own kernels (faster); the same values to rounding.

@@ -343,6 +343,8 @@ def run(mnist, mnist_source_dir, monkeypatch, capsys):
 
 BOOK = "tests/book_style_nets.py"
 TWO_LAYER_ARGS = '{"input_size": 784, "hidden_size": 6, "output_size": 10}'
+BATCH_NORM_ARGS = ('{"input_size": 784, "hidden_size_list": [5], "output_size": 10, '
+                   '"use_batchnorm": true}')
 
 
 def test_cli_checks_a_readers_class(run):
@@ -393,15 +395,11 @@ def test_cli_loads_parameters(run, tmp_path):
     assert code == 2 and "W1 has shape (784, 4) but the network's is (784, 5)" in err
 
 
-def test_cli_simpleconv_until_it_lands(run):
-    import importlib.util
-
-    if importlib.util.find_spec("fastnum.convnet") is None:
-        code, _, err = run("--net", "simpleconv")
-        assert code == 2 and "--net simpleconv is not available yet" in err
-    else:  # pragma: no cover - after the merge of fastnum.convnet
-        code, out, _ = run("--net", "simpleconv", "--hidden", "4", "--first", "2")
-        assert code == 0, out
+@pytest.mark.numba  # the generic path (no JIT) would take minutes on 28x28 images
+def test_cli_checks_simpleconv(run):
+    code, out, _ = run("--net", "simpleconv", "--hidden", "4", "--first", "2")
+    assert code == 0, out
+    assert "W1" in out and "b3" in out
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -413,8 +411,8 @@ def test_cli_simpleconv_until_it_lands(run):
     (["--tol", "-1"], "--tol=-1.0"),
     (["--workers", "0"], "--workers=0"),
     (["--first", "0"], "--first=0"),
-    (["--model", f"{BOOK}:TwoLayerNet", "--model-args", TWO_LAYER_ARGS, "--method", "engine",
-      "--no-log-guard"], "--method engine is not possible"),
+    (["--model", f"{BOOK}:MultiLayerNetExtend", "--model-args", BATCH_NORM_ARGS, "--method",
+      "engine"], "--method engine is not possible"),
 ])
 def test_cli_input_errors(run, argv, words):
     code, _, err = run(*argv)

@@ -42,12 +42,13 @@ import numpy as np
 
 from fastnum._jit import njit, prange
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
+from fastnum.kernels.multilayer import RELU, SIGMOID
 
+# Pipeline codes: the activations' codes are those of the multilayer kernels (``_act``
+# computes them here); NONE passes a value through and POOL marks a pooling step.
 NONE = 0
-RELU = 1
-SIGMOID = 2
 POOL = 3
-#: Activation codes (a table: add an activation here and in ``_act``).
+#: Activation name -> code.
 ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID}
 
 

@@ -46,9 +46,10 @@ from fastnum.constants import LOG_GUARD
 from fastnum.kernels._vmath import fexp, flog
 
 # Activation codes, the ``act_kind`` argument of the kernels: :func:`_act` computes
-# each one.  Names map to codes in fastnum.multilayer.ACTIVATIONS, the one table.
-SIGMOID = 0
+# each one.  The layered engine's kernels use the same codes (one home, here); names
+# map to codes in fastnum.multilayer.ACTIVATIONS, the one table of activations.
 RELU = 1
+SIGMOID = 2
 # Tasks per thread for the parallel loops: a few per thread evens out uneven
 # rows (border pixels are almost always zero) under numba's static schedule.
 TASKS_PER_THREAD = 4
