@@ -20,9 +20,12 @@ module                   serves                                       entry poin
                          of any ``@njit`` scalar function
 ``_vmath``               vectorizable ``fexp``/``flog`` for the       (helpers)
                          kernels above
-``fastnum.engine``       (planned) layer stacks: conv, pool, affine,  see ENGINE_CONTRACT;
-                         activations; uses the two modules above as   ``two_layer``/``multilayer``
-                         fast paths for the stacks they cover         stay its fast paths
+``layered``              :mod:`fastnum.engine`: sequential stacks of  ``fastnum.engine.predict``,
+                         conv, pool, affine and activation layers     ``loss``, ``numerical_gradient``,
+                         (:class:`fastnum.convnet.SimpleConvNet`,     ``numerical_gradient_at``
+                         the gradient check's fast path); registry    (full, delta); ``two_layer``
+                         op ``convolution``                           and ``multilayer`` are its
+                                                                      fast paths
 =======================  ===========================================  ==========================
 
 Strategies: ``full`` re-runs the whole forward pass of the batch for each
@@ -70,7 +73,16 @@ a benchmark
     their order come from the registry, so a new operation or strategy is timed
     without touching the benchmark code.
 a layer type
-    In :mod:`fastnum.layers` (the NumPy reference) and ``fastnum.engine`` (the
-    stack kernels, ENGINE_CONTRACT.md); the hand-written modules here remain the
-    engine's fast paths for the stacks they cover.
+    One class in :mod:`fastnum.layers` (the NumPy reference, with the book's
+    attribute names) and one builder row in ``fastnum.convnet.LAYER_TYPES``; one
+    row in ``fastnum.engine.LAYER_KINDS`` (output shape, batch forward, where the
+    parameter names sit in the spec) plus its map kernel in ``layered``, which
+    makes it usable by ``predict``, ``loss`` and the ``full`` gradient at once.
+    For ``delta``, an elementwise or per-channel op joins the conv channel
+    pipeline as one more code in ``layered._pipeline_step``; a layer that mixes
+    channels needs its own delta kernel beside ``layered._conv_delta_task`` and a
+    case in ``engine._delta_plan``.  Until then ``delta`` falls back to ``full``
+    for stacks with it, which stays correct.  The gradient check recognises the
+    book's layers by their attributes (:mod:`fastnum.gradcheck._stack`): a new
+    kind needs one branch in ``_layer_spec`` there.
 """
