@@ -68,8 +68,16 @@ class Profile:
 PROFILES = {
     "default": Profile(
         name="default",
-        sizes=((1, 50), (10, 50), (100, 50), (1000, 50),
-               (1, 100), (10, 100), (100, 100), (1000, 100)),
+        sizes=(
+            (1, 50),
+            (10, 50),
+            (100, 50),
+            (1000, 50),
+            (1, 100),
+            (10, 100),
+            (100, 100),
+            (1000, 100),
+        ),
         arch_sizes=tuple((ARCH_BATCH, a) for a in WIDTH_SERIES + DEPTH_SERIES),
         slow_sizes={
             "numerical_gradient": frozenset({(1, 50), (10, 50), (100, 50), (1, 100), (10, 100)}),
@@ -246,16 +254,22 @@ def skip_reason(case, profile):
     """
     size = (case.batch, case.hidden)
     if case.op in ARCH_OPS and case.impl == FULL_IMPL:
-        return ("numba full is compared with NumPy in the numerical_gradient group; here it "
-                "would add minutes (its equivalence is tested at every depth)")
+        return (
+            "numba full is compared with NumPy in the numerical_gradient group; here it "
+            "would add minutes (its equivalence is tested at every depth)"
+        )
     if case.slow and size not in profile.slow_sizes[case.op]:
         if size in profile.slow_sizes["numerical_gradient"]:
             # An SGD step is that gradient plus an update of negligible cost.
-            return ("the step costs its numerical gradient plus a negligible update: see the "
-                    "numerical_gradient group (only the book's case is timed here)")
+            return (
+                "the step costs its numerical gradient plus a negligible update: see the "
+                "numerical_gradient group (only the book's case is timed here)"
+            )
         est = estimated_numpy_seconds(case.batch, case.hidden)
-        return (f"too slow for the {profile.name} profile: the NumPy reference needs about "
-                f"{est:.0f} s per gradient at this size, and numba full is of the same order")
+        return (
+            f"too slow for the {profile.name} profile: the NumPy reference needs about "
+            f"{est:.0f} s per gradient at this size, and numba full is of the same order"
+        )
     if case.op == "sgd_step" and case.impl == FULL_IMPL and case.threads == "1":
         return "its thread scaling is already shown in the numerical_gradient group"
     return None
@@ -275,6 +289,14 @@ def skipped_cases(profile, all_threads):
             reason = skip_reason(case, profile)
             if reason:
                 hidden = hidden_label(case.hidden) if op in ARCH_OPS else case.hidden
-                out.append({"op": op, "impl": case.impl, "batch": case.batch,
-                            "hidden": hidden, "threads": case.threads, "reason": reason})
+                out.append(
+                    {
+                        "op": op,
+                        "impl": case.impl,
+                        "batch": case.batch,
+                        "hidden": hidden,
+                        "threads": case.threads,
+                        "reason": reason,
+                    }
+                )
     return out

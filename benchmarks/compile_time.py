@@ -50,19 +50,34 @@ def _worker():
             t1 = time.perf_counter()
             fn(*args)
             t2 = time.perf_counter()
-            calls.append({"op": op_name, "impl": impl, "first_call": t1 - t0,
-                          "second_call": t2 - t1})
+            calls.append(
+                {"op": op_name, "impl": impl, "first_call": t1 - t0, "second_call": t2 - t1}
+            )
     total = time.perf_counter() - start
-    print(json.dumps({"jit_enabled": JIT_ENABLED, "import_seconds": import_seconds,
-                      "calls": calls, "total_seconds": total}))
+    print(
+        json.dumps(
+            {
+                "jit_enabled": JIT_ENABLED,
+                "import_seconds": import_seconds,
+                "calls": calls,
+                "total_seconds": total,
+            }
+        )
+    )
 
 
 def _run_worker(cache_dir):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "FASTNUM_JIT_CACHE": "1"}
     # Run from the checkout's root, so that ``-m benchmarks.compile_time`` imports this file.
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_time", WORKER_FLAG],
-                          cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_SECONDS, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compile_time", WORKER_FLAG],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"compile-time worker failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -63,6 +63,7 @@ def smoke_size(batch, hidden):
 
     A tuple of hidden widths keeps its depth, each width shrunk to 2 or 3.
     """
+
     def tiny(width):
         return 2 if width == bench_plan.BOOK_HIDDEN else 3
 

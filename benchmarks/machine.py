@@ -34,8 +34,9 @@ def _blas():
     libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
     if not libs:
         return "unknown", None
-    name = ", ".join(f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip()
-                     for lib in libs)
+    name = ", ".join(
+        f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip() for lib in libs
+    )
     return name, max(lib.get("num_threads", 1) for lib in libs)
 
 

@@ -31,19 +31,21 @@ PNG_NAME, MD_NAME, RESULTS_NAME = "speedups.png", "report.md", "results.json"
 # What each operation's table measures, where its name does not say it all.
 OP_NOTES = {
     "convolution": "The numerical gradient of the book's chapter 7 `SimpleConvNet` (433,890 "
-                   "parameters at hidden 100) on real MNIST. The NumPy reference and numba full "
-                   "are timed on a random sample of parameters and their medians "
-                   "**extrapolated** to all parameters (marked *extrapolated*); numba delta and "
-                   "backprop compute every parameter.",
+    "parameters at hidden 100) on real MNIST. The NumPy reference and numba full "
+    "are timed on a random sample of parameters and their medians "
+    "**extrapolated** to all parameters (marked *extrapolated*); numba delta and "
+    "backprop compute every parameter.",
     "multilayer_gradient": "The numerical gradient of a sigmoid `MultiLayerNet` on real MNIST "
-                           "as the network grows: one hidden layer of 25, 50 and 100 units, then "
-                           "two and three layers of 50 (column *hidden*: the widths). Batch 10, "
-                           "so that the NumPy reference stays within seconds.",
+    "as the network grows: one hidden layer of 25, 50 and 100 units, then "
+    "two and three layers of 50 (column *hidden*: the widths). Batch 10, "
+    "so that the NumPy reference stays within seconds.",
 }
 # Plot colours by role, handed out in the order implementations first appear.
-ROLE_COLORS = {"reference": ("tab:gray",),
-               "compared": ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:olive"),
-               "yardstick": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan")}
+ROLE_COLORS = {
+    "reference": ("tab:gray",),
+    "compared": ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:olive"),
+    "yardstick": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan"),
+}
 
 
 # ------------------------------------------------------------------ data model
@@ -97,8 +99,9 @@ def catalog(results):
         from fastnum.registry import COMPARISONS
 
         stored = {op: implementations(op) for op in COMPARISONS}
-    return {op: [Impl(i["name"], i["label"], i["role"]) for i in impls]
-            for op, impls in stored.items()}
+    return {
+        op: [Impl(i["name"], i["label"], i["role"]) for i in impls] for op, impls in stored.items()
+    }
 
 
 def arch_key(arch):
@@ -127,12 +130,22 @@ def rows_from(results):
             continue
         # A case timed on a sample of the parameters is extrapolated to the whole gradient.
         factor = float(info.get("extrapolate_factor", 1.0))
-        rows.append(Row(info["op"], info["impl"], int(info["batch"]), int(info["hidden"]),
-                        info.get("threads"), factor * float(stats["median"]),
-                        int(stats["rounds"]), int(stats.get("iterations", 1)),
-                        factor * float(stats.get("iqr", 0.0)),
-                        hidden_label(info.get("arch", info["hidden"])),
-                        bool(info.get("slow", False)), factor))
+        rows.append(
+            Row(
+                info["op"],
+                info["impl"],
+                int(info["batch"]),
+                int(info["hidden"]),
+                info.get("threads"),
+                factor * float(stats["median"]),
+                int(stats["rounds"]),
+                int(stats.get("iterations", 1)),
+                factor * float(stats.get("iqr", 0.0)),
+                hidden_label(info.get("arch", info["hidden"])),
+                bool(info.get("slow", False)),
+                factor,
+            )
+        )
     order = {op: [i.name for i in impls] for op, impls in catalog(results).items()}
 
     def key(row):
@@ -263,12 +276,13 @@ def legend_lines(results):
     load = m.get("loadavg_end")
     cat = catalog(results)
     slow = {(r.op, r.impl) for r in rows_from(results) if r.slow}
-    slow_labels = list(dict.fromkeys(i.label for op, impls in cat.items() for i in impls
-                                     if (op, i.name) in slow))
+    slow_labels = list(
+        dict.fromkeys(i.label for op, impls in cat.items() for i in impls if (op, i.name) in slow)
+    )
     lines = [
         f"- **CPU**: {m.get('cpu_model', 'unknown')}, {m.get('logical_cpus', '?')} logical CPUs "
         f"({m.get('usable_cpus', '?')} usable by this process)",
-        f"- **numba threads** (the \"all\" setting): {m.get('numba_threads', '?')}; "
+        f'- **numba threads** (the "all" setting): {m.get("numba_threads", "?")}; '
         f"JIT enabled: {m.get('jit_enabled', '?')}",
         f"- **Versions**: Python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, "
         f"numba {m.get('numba', '?')}",
@@ -281,11 +295,15 @@ def legend_lines(results):
         f"{fn.get('min_rounds', '?')} rounds)",
     ]
     if results.get("report_seconds"):
-        lines.append(f"- **Report run time**: {format_duration(results['report_seconds'])} "
-                     "(benchmarks, compile time and training run together)")
+        lines.append(
+            f"- **Report run time**: {format_duration(results['report_seconds'])} "
+            "(benchmarks, compile time and training run together)"
+        )
     if load:
-        lines.append(f"- **Load average** at the end of the run (1/5/15 min): "
-                     f"{', '.join(f'{x:.2f}' for x in load)}")
+        lines.append(
+            f"- **Load average** at the end of the run (1/5/15 min): "
+            f"{', '.join(f'{x:.2f}' for x in load)}"
+        )
     return lines
 
 
@@ -295,11 +313,13 @@ def busy_warning(results):
     load, cpus = m.get("loadavg_end"), m.get("usable_cpus") or m.get("logical_cpus")
     if not load or not cpus or max(load[1:]) <= cpus:
         return ""
-    return (f"> **Busy machine**: the load average ({load[1]:.1f} over 5 min) exceeded the "
-            f"{cpus} CPUs, so other processes competed with the benchmarks. Timings are "
-            "inflated, the multi-threaded ones most (a parallel kernel waits for its slowest "
-            "thread); compare ratios rather than absolute times, and rerun on a quiet machine "
-            "(`--blas-threads 1` keeps NumPy's figures steadier meanwhile).")
+    return (
+        f"> **Busy machine**: the load average ({load[1]:.1f} over 5 min) exceeded the "
+        f"{cpus} CPUs, so other processes competed with the benchmarks. Timings are "
+        "inflated, the multi-threaded ones most (a parallel kernel waits for its slowest "
+        "thread); compare ratios rather than absolute times, and rerun on a quiet machine "
+        "(`--blas-threads 1` keeps NumPy's figures steadier meanwhile)."
+    )
 
 
 def headline(rows, impls, op="numerical_gradient", book=BOOK):
@@ -319,26 +339,37 @@ def headline(rows, impls, op="numerical_gradient", book=BOOK):
     if ref is None or not timed:
         return []
     best_impl, best = min(timed, key=lambda pair: pair[1].median)
-    how = (f"**extrapolated** from a sample of parameters (×{ref.factor:,.0f}), "
-           if ref.factor != 1.0 else "")
-    out = [f"- `{op}` at the book's batch {book[0]}, hidden {book[1]}: NumPy reference "
-           f"{fmt_seconds(ref.median)} ({how}median of {ref.rounds} round(s)), {best_impl.label} "
-           f"{fmt_seconds(best.median)} on {best.threads} thread(s): "
-           f"**{fmt_ratio(ref.median / best.median)} faster**, measured side by side."]
+    how = (
+        f"**extrapolated** from a sample of parameters (×{ref.factor:,.0f}), "
+        if ref.factor != 1.0
+        else ""
+    )
+    out = [
+        f"- `{op}` at the book's batch {book[0]}, hidden {book[1]}: NumPy reference "
+        f"{fmt_seconds(ref.median)} ({how}median of {ref.rounds} round(s)), {best_impl.label} "
+        f"{fmt_seconds(best.median)} on {best.threads} thread(s): "
+        f"**{fmt_ratio(ref.median / best.median)} faster**, measured side by side."
+    ]
     one = lookup(rows, op, best.impl, book, threads=1)
     if one is not None and one is not best:
-        out.append(f"  On 1 thread {best_impl.label} takes {fmt_seconds(one.median)}: "
-                   f"{fmt_ratio(ref.median / one.median)} faster.")
+        out.append(
+            f"  On 1 thread {best_impl.label} takes {fmt_seconds(one.median)}: "
+            f"{fmt_ratio(ref.median / one.median)} faster."
+        )
     for impl, row in timed:
         if row is not best:
             extrapolated = " extrapolated" if row.factor != 1.0 else ""
-            out.append(f"  {impl.label} {fmt_seconds(row.median)}{extrapolated} "
-                       f"({fmt_ratio(ref.median / row.median)} faster than NumPy).")
+            out.append(
+                f"  {impl.label} {fmt_seconds(row.median)}{extrapolated} "
+                f"({fmt_ratio(ref.median / row.median)} faster than NumPy)."
+            )
     for impl in _role(impls, "yardstick"):
         row = lookup(rows, op, impl.name, book)
         if row is not None:
-            out.append(f"  {impl.label}: {fmt_seconds(row.median)}; {best_impl.label} is "
-                       f"{_than(best, row)} and the NumPy reference {_than(ref, row)}.")
+            out.append(
+                f"  {impl.label}: {fmt_seconds(row.median)}; {best_impl.label} is "
+                f"{_than(best, row)} and the NumPy reference {_than(ref, row)}."
+            )
     return out
 
 
@@ -347,16 +378,30 @@ def op_table(rows, impls, op):
     op_rows = [r for r in rows if r.op == op]
     timed = {r.impl for r in op_rows}
     yardstick = next((i.name for i in _role(impls, "yardstick") if i.name in timed), None)
-    head = ["batch", "hidden", "implementation", "threads", "rounds", "median",
-            "speed-up vs NumPy"] + ([f"time / {yardstick}"] if yardstick else [])
+    head = [
+        "batch",
+        "hidden",
+        "implementation",
+        "threads",
+        "rounds",
+        "median",
+        "speed-up vs NumPy",
+    ] + ([f"time / {yardstick}"] if yardstick else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in op_rows:
         rounds = f"{r.rounds}" + (f" × {r.iterations}" if r.iterations > 1 else "")
         label = _label(impls, r.impl)
         if r.factor != 1.0:
             label += f" (extrapolated ×{r.factor:,.0f} from a sample)"
-        cells = [str(r.batch), r.arch, label, _threads_label(r), rounds,
-                 fmt_seconds(r.median), fmt_ratio(speedup_vs_reference(rows, impls, r))]
+        cells = [
+            str(r.batch),
+            r.arch,
+            label,
+            _threads_label(r),
+            rounds,
+            fmt_seconds(r.median),
+            fmt_ratio(speedup_vs_reference(rows, impls, r)),
+        ]
         if yardstick:
             cells.append(fmt_ratio(cost_vs_yardstick(rows, yardstick, r)))
         lines.append("| " + " | ".join(cells) + " |")
@@ -376,8 +421,7 @@ def skipped_lines(results, impls, op):
     out = []
     for (batch, hidden, reason), found in groups.items():
         names = [_label(impls, impl) + _skipped_threads(th) for impl, th in found.items()]
-        out.append(f"- not timed at batch {batch}, hidden {hidden}: {', '.join(names)}; "
-                   f"{reason}")
+        out.append(f"- not timed at batch {batch}, hidden {hidden}: {', '.join(names)}; {reason}")
     return out
 
 
@@ -398,12 +442,17 @@ def thread_table(rows, cat):
                 pairs.append((r, other))
     if not pairs:
         return []
-    lines = [f"| operation | batch | hidden | implementation | 1 thread | {n} threads | "
-             f"speed-up from threads |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| operation | batch | hidden | implementation | 1 thread | {n} threads | "
+        f"speed-up from threads |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for one, many in pairs:
-        lines.append(f"| {one.op} | {one.batch} | {one.arch} | "
-                     f"{_label(cat.get(one.op, []), one.impl)} | {fmt_seconds(one.median)} | "
-                     f"{fmt_seconds(many.median)} | {fmt_ratio(one.median / many.median)} |")
+        lines.append(
+            f"| {one.op} | {one.batch} | {one.arch} | "
+            f"{_label(cat.get(one.op, []), one.impl)} | {fmt_seconds(one.median)} | "
+            f"{fmt_seconds(many.median)} | {fmt_ratio(one.median / many.median)} |"
+        )
     return lines
 
 
@@ -414,19 +463,28 @@ def compile_lines(compile_info):
     cold, warm = compile_info["cold"], compile_info["warm"]
     if not cold.get("jit_enabled", True):
         return ["numba's JIT was disabled (NUMBA_DISABLE_JIT=1): nothing was compiled."]
-    lines = ["| first call in a fresh process | cold cache (compile) | warm cache (load) |",
-             "|---|---|---|",
-             f"| `import fastnum.registry` | {fmt_seconds(cold['import_seconds'])} | "
-             f"{fmt_seconds(warm['import_seconds'])} |"]
+    lines = [
+        "| first call in a fresh process | cold cache (compile) | warm cache (load) |",
+        "|---|---|---|",
+        f"| `import fastnum.registry` | {fmt_seconds(cold['import_seconds'])} | "
+        f"{fmt_seconds(warm['import_seconds'])} |",
+    ]
     for c, w in zip(cold["calls"], warm["calls"], strict=True):
-        lines.append(f"| {c['op']} / {c['impl']} | {fmt_seconds(c['first_call'])} | "
-                     f"{fmt_seconds(w['first_call'])} |")
-    lines.append(f"| **whole process** | {fmt_seconds(cold['total_seconds'])} | "
-                 f"{fmt_seconds(warm['total_seconds'])} |")
-    lines += ["", "Each first call is on a tiny problem, so it is almost all compile (or "
-              "cache-load) time; operations listed later reuse kernels compiled by earlier "
-              f"ones. The cold run wrote {compile_info.get('cache_files', '?')} files to a "
-              "fresh `NUMBA_CACHE_DIR`; the warm run is a second process loading them."]
+        lines.append(
+            f"| {c['op']} / {c['impl']} | {fmt_seconds(c['first_call'])} | "
+            f"{fmt_seconds(w['first_call'])} |"
+        )
+    lines.append(
+        f"| **whole process** | {fmt_seconds(cold['total_seconds'])} | "
+        f"{fmt_seconds(warm['total_seconds'])} |"
+    )
+    lines += [
+        "",
+        "Each first call is on a tiny problem, so it is almost all compile (or "
+        "cache-load) time; operations listed later reuse kernels compiled by earlier "
+        f"ones. The cold run wrote {compile_info.get('cache_files', '?')} files to a "
+        "fresh `NUMBA_CACHE_DIR`; the warm run is a second process loading them.",
+    ]
     return lines
 
 
@@ -451,20 +509,27 @@ def training_lines(results, rows):
     if train.get("seconds"):
         it, secs = train["iters"], train["seconds"]
         numba_total = secs if it == BOOK_ITERS else extrapolate(train)
-        how = ("measured" if it == BOOK_ITERS
-               else f"**extrapolated** from {it:,} measured iterations "
-                    f"({format_duration(secs)}; steps and accuracy passes scaled separately, "
-                    "data loading counted once)")
-        lines.append(f"- numba ({train.get('backend', 'numba')}, strategy "
-                     f"{train.get('strategy', '?')}, {train.get('threads', '?')} threads), "
-                     f"`fastnum.train.train` with the book's settings: "
-                     f"**{format_duration(numba_total)}** for {BOOK_ITERS:,} iterations, {how}. "
-                     f"One accuracy pass over the 70,000 images takes "
-                     f"{fmt_seconds(train.get('eval_seconds'))}; the run makes "
-                     f"{evaluations(BOOK_ITERS)}.")
+        how = (
+            "measured"
+            if it == BOOK_ITERS
+            else f"**extrapolated** from {it:,} measured iterations "
+            f"({format_duration(secs)}; steps and accuracy passes scaled separately, "
+            "data loading counted once)"
+        )
+        lines.append(
+            f"- numba ({train.get('backend', 'numba')}, strategy "
+            f"{train.get('strategy', '?')}, {train.get('threads', '?')} threads), "
+            f"`fastnum.train.train` with the book's settings: "
+            f"**{format_duration(numba_total)}** for {BOOK_ITERS:,} iterations, {how}. "
+            f"One accuracy pass over the 70,000 images takes "
+            f"{fmt_seconds(train.get('eval_seconds'))}; the run makes "
+            f"{evaluations(BOOK_ITERS)}."
+        )
         if train.get("final_test_acc") is not None:
-            lines.append(f"  Test accuracy after {it:,} iterations: "
-                         f"{train['final_test_acc']:.4f} (train {train['final_train_acc']:.4f}).")
+            lines.append(
+                f"  Test accuracy after {it:,} iterations: "
+                f"{train['final_test_acc']:.4f} (train {train['final_train_acc']:.4f})."
+            )
     elif train.get("error"):
         lines.append(f"- numba training run: not measured ({train['error']}).")
     cat = catalog(results).get("numerical_gradient", [])
@@ -476,13 +541,17 @@ def training_lines(results, rows):
         if one is None or timed is None or not timed.slow:
             continue
         total = one[0] * BOOK_ITERS
-        lines.append(f"- {_label(cat, impl)}: **{format_duration(total)}** for {BOOK_ITERS:,} "
-                     f"iterations, **extrapolated** from one iteration's {fmt_seconds(one[0])} "
-                     f"({one[1]}, same run; its {evaluations(BOOK_ITERS)} accuracy passes, "
-                     "well under a minute, are left out).")
+        lines.append(
+            f"- {_label(cat, impl)}: **{format_duration(total)}** for {BOOK_ITERS:,} "
+            f"iterations, **extrapolated** from one iteration's {fmt_seconds(one[0])} "
+            f"({one[1]}, same run; its {evaluations(BOOK_ITERS)} accuracy passes, "
+            "well under a minute, are left out)."
+        )
         if numba_total:
-            lines.append(f"  End to end, numba is **{fmt_ratio(total / numba_total)} faster** "
-                         "on the book's whole run.")
+            lines.append(
+                f"  End to end, numba is **{fmt_ratio(total / numba_total)} faster** "
+                "on the book's whole run."
+            )
     return lines or ["Not measured in this run."]
 
 
@@ -503,23 +572,29 @@ def markdown(results):
     ops = results.get("fastnum", {}).get("operations") or sorted({r.op for r in rows})
     out = ["# fastnum benchmark report", ""]
     warning = busy_warning(results)
-    out += ([warning, ""] if warning else [])
+    out += [warning, ""] if warning else []
     out += ["## Machine", ""] + legend_lines(results) + [""]
     out += ["## Headline", ""]
-    out += (headline(rows, cat.get("numerical_gradient", []))
-            + headline(rows, cat.get("sgd_step", []), "sgd_step")
-            + headline(rows, cat.get("convolution", []), "convolution", book=(100, 100))
-            or ["The book's case was not timed."])
+    out += headline(rows, cat.get("numerical_gradient", [])) + headline(
+        rows, cat.get("sgd_step", []), "sgd_step"
+    ) + headline(rows, cat.get("convolution", []), "convolution", book=(100, 100)) or [
+        "The book's case was not timed."
+    ]
     out += ["", "## The book's 10,000-iteration training run", ""] + training_lines(results, rows)
-    out += ["", "## Steady-state medians", "",
-            "Median wall time per call (kernels compiled before timing; arguments prepared "
-            "outside the timed call). *speed-up vs NumPy* = NumPy reference median / this "
-            "median at the same size; *time / backprop* = this median / the analytic "
-            "backprop gradient's. Yardsticks are timed beside the others but are not "
-            "fastnum's: backprop computes another (analytic) gradient, and the book's code as "
-            "published multiplies the float32 images of the book's loader by float64 "
-            "weights. Threads are numba's; NumPy code (threads —) runs with its BLAS's "
-            "threads, as in the legend.", ""]
+    out += [
+        "",
+        "## Steady-state medians",
+        "",
+        "Median wall time per call (kernels compiled before timing; arguments prepared "
+        "outside the timed call). *speed-up vs NumPy* = NumPy reference median / this "
+        "median at the same size; *time / backprop* = this median / the analytic "
+        "backprop gradient's. Yardsticks are timed beside the others but are not "
+        "fastnum's: backprop computes another (analytic) gradient, and the book's code as "
+        "published multiplies the float32 images of the book's loader by float64 "
+        "weights. Threads are numba's; NumPy code (threads —) runs with its BLAS's "
+        "threads, as in the legend.",
+        "",
+    ]
     for op in ops:
         if any(r.op == op for r in rows):
             impls = cat.get(op, [])
@@ -557,8 +632,9 @@ def _bar_series(rows, impls, op):
     for impl in impls:
         if impl.role == "reference" or not any(r.op == op and r.impl == impl.name for r in rows):
             continue
-        threads = sorted({r.threads for r in rows if r.op == op and r.impl == impl.name},
-                         key=lambda t: t or n)
+        threads = sorted(
+            {r.threads for r in rows if r.op == op and r.impl == impl.name}, key=lambda t: t or n
+        )
         series += [(impl, t) for t in threads]
     return series
 
@@ -566,8 +642,9 @@ def _bar_series(rows, impls, op):
 def speedup_axis(ax, rows, impls, op, color):
     """Bars: each implementation's speed-up over the reference, per size."""
     ref = reference_of(impls)
-    sizes = sorted({r.size for r in rows if r.op == op and r.impl == ref},
-                   key=lambda s: (arch_key(s[1]), s[0]))
+    sizes = sorted(
+        {r.size for r in rows if r.op == op and r.impl == ref}, key=lambda s: (arch_key(s[1]), s[0])
+    )
     series = _bar_series(rows, impls, op)
     width = 0.8 / max(len(series), 1)
     for k, (impl, threads) in enumerate(series):
@@ -579,9 +656,15 @@ def speedup_axis(ax, rows, impls, op, color):
                 ys.append(speedup_vs_reference(rows, impls, r))
         label = impl.label + (f", {threads} thr" if threads else "")
         # 1-thread bars are hatched so that the thread settings stay apart in grey print.
-        ax.bar(xs, ys, width, color=color.get(impl.name), label=label,
-               hatch="//" if threads == 1 and max_threads(rows) > 1 else None,
-               edgecolor="white")
+        ax.bar(
+            xs,
+            ys,
+            width,
+            color=color.get(impl.name),
+            label=label,
+            hatch="//" if threads == 1 and max_threads(rows) > 1 else None,
+            edgecolor="white",
+        )
     ax.set_xticks(range(len(sizes)), [f"b{b}\nh{h}" for b, h in sizes])
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", linewidth=0.8)
@@ -594,18 +677,27 @@ def _arch_time_axis(ax, rows, impls, op, color):
     """Time per call against the network, for an operation timed at one batch size."""
     archs = sorted({r.arch for r in rows if r.op == op}, key=arch_key)
     for impl in impls:
-        pts = [(archs.index(r.arch), r.median) for r in rows if r.op == op
-               and r.impl == impl.name and r.threads in (None, max_threads(rows))]
+        pts = [
+            (archs.index(r.arch), r.median)
+            for r in rows
+            if r.op == op and r.impl == impl.name and r.threads in (None, max_threads(rows))
+        ]
         if pts:
-            ax.plot(*zip(*sorted(pts), strict=True), "-", marker="o", color=color.get(impl.name),
-                    label=impl.label)
+            ax.plot(
+                *zip(*sorted(pts), strict=True),
+                "-",
+                marker="o",
+                color=color.get(impl.name),
+                label=impl.label,
+            )
     ax.set_xticks(range(len(archs)), [f"h{a}" for a in archs])
     ax.set_yscale("log")
     ax.set_xlabel("hidden layers (width per layer)")
     ax.set_ylabel("median seconds per call")
     batches = sorted({r.batch for r in rows if r.op == op})
-    ax.set_title(f"{op}: time vs network\n(batch {batches[0]}, numba on {max_threads(rows)} "
-                 "threads)")
+    ax.set_title(
+        f"{op}: time vs network\n(batch {batches[0]}, numba on {max_threads(rows)} threads)"
+    )
     ax.legend(fontsize="x-small")
 
 
@@ -617,11 +709,22 @@ def time_axis(ax, rows, impls, op, color):
     archs = sorted({r.arch for r in rows if r.op == op}, key=arch_key)
     for impl in impls:
         for style, arch in zip(("-", "--", ":", "-."), archs, strict=False):
-            pts = sorted((r.batch, r.median) for r in rows if r.op == op and r.impl == impl.name
-                         and r.arch == arch and r.threads in (None, max_threads(rows)))
+            pts = sorted(
+                (r.batch, r.median)
+                for r in rows
+                if r.op == op
+                and r.impl == impl.name
+                and r.arch == arch
+                and r.threads in (None, max_threads(rows))
+            )
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, marker="o", color=color.get(impl.name),
-                        label=f"{impl.label}, hidden {arch}")
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    style,
+                    marker="o",
+                    color=color.get(impl.name),
+                    label=f"{impl.label}, hidden {arch}",
+                )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
@@ -643,8 +746,11 @@ def plot(results, path):
     rows = rows_from(results)
     cat = catalog(results)
     color = colors(cat)
-    ops = [op for op in results.get("fastnum", {}).get("operations", []) if
-           any(r.op == op for r in rows)] or sorted({r.op for r in rows})
+    ops = [
+        op
+        for op in results.get("fastnum", {}).get("operations", [])
+        if any(r.op == op for r in rows)
+    ] or sorted({r.op for r in rows})
     ncols = max(len(ops), 1)
     fig, axes = new_figure(ncols, 2, panel_size=(5.5, 4.5))
     for col, op in enumerate(ops):
@@ -652,9 +758,11 @@ def plot(results, path):
         speedup_axis(axes[col], rows, impls, op, color)
         time_axis(axes[ncols + col], rows, impls, op, color)
     m = results.get("machine", {})
-    fig.suptitle(f"fastnum benchmarks — {m.get('cpu_model', '?')}, {m.get('numba_threads', '?')} "
-                 f"numba threads, numpy {m.get('numpy', '?')}, numba {m.get('numba', '?')}, "
-                 f"Python {m.get('python', '?')}, {m.get('date', '?')[:10]}")
+    fig.suptitle(
+        f"fastnum benchmarks — {m.get('cpu_model', '?')}, {m.get('numba_threads', '?')} "
+        f"numba threads, numpy {m.get('numpy', '?')}, numba {m.get('numba', '?')}, "
+        f"Python {m.get('python', '?')}, {m.get('date', '?')[:10]}"
+    )
     fig.tight_layout()
     save_png(fig, path, dpi=90)
 
@@ -681,14 +789,24 @@ def trim(raw, compile_info=None, train=None):
         and ``report_seconds`` / ``generated`` when ``raw`` has them.
     """
     machine = raw.get("machine") or raw.get("machine_info", {}).get("fastnum", {})
-    benches = [{"name": b.get("name"), "group": b.get("group"),
-                "extra_info": b.get("extra_info", {}),
-                "stats": {k: b["stats"][k] for k in STAT_KEYS if k in b.get("stats", {})}}
-               for b in raw.get("benchmarks", [])]
-    out = {"format": RESULTS_FORMAT, "datetime": raw.get("datetime"), "machine": machine,
-           "fastnum": raw.get("fastnum", {}), "benchmarks": benches,
-           "compile": compile_info if compile_info is not None else raw.get("compile"),
-           "train": train if train is not None else raw.get("train")}
+    benches = [
+        {
+            "name": b.get("name"),
+            "group": b.get("group"),
+            "extra_info": b.get("extra_info", {}),
+            "stats": {k: b["stats"][k] for k in STAT_KEYS if k in b.get("stats", {})},
+        }
+        for b in raw.get("benchmarks", [])
+    ]
+    out = {
+        "format": RESULTS_FORMAT,
+        "datetime": raw.get("datetime"),
+        "machine": machine,
+        "fastnum": raw.get("fastnum", {}),
+        "benchmarks": benches,
+        "compile": compile_info if compile_info is not None else raw.get("compile"),
+        "train": train if train is not None else raw.get("train"),
+    }
     out.update({k: raw[k] for k in ("report_seconds", "generated") if k in raw})
     return out
 

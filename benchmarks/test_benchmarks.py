@@ -68,8 +68,9 @@ def _expected(op_name, case, problem_key, problems, reference_results):
     if problem_key in reference_results:
         return op.reference, reference_results[problem_key]
     _, batch, hidden, smoke = problem_key
-    out_of_reach = (op_name in bench_plan.GRADIENT_OPS
-                    and (batch, hidden) not in PROFILE.slow_sizes[op_name])
+    out_of_reach = (
+        op_name in bench_plan.GRADIENT_OPS and (batch, hidden) not in PROFILE.slow_sizes[op_name]
+    )
     problem = problems(batch, hidden, smoke)
     if smoke or not out_of_reach:
         ref = op.implementations[op.reference](*op.args(op.reference, problem))
@@ -102,8 +103,10 @@ def _check(op_name, case, result, expected_name, expected):
     else:
         # The registry sets one of atol / rtol to zero: the other is the tolerance.
         ok = abs_err <= op.atol or rel_err <= op.rtol
-    assert ok, (f"{op_name}[{case.id}] differs from {expected_name}: max abs error "
-                f"{abs_err:.3g}, max rel error {rel_err:.3g} (atol {op.atol}, rtol {op.rtol})")
+    assert ok, (
+        f"{op_name}[{case.id}] differs from {expected_name}: max abs error "
+        f"{abs_err:.3g}, max rel error {rel_err:.3g} (atol {op.atol}, rtol {op.rtol})"
+    )
 
 
 def run_case(benchmark, op_name, case_id, problems, reference_results, numba_threads):
@@ -123,15 +126,23 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
         _warm_up(fn, op, case, problems)
         rounds, iterations = _rounds(fn, args, case)
     benchmark.extra_info.update(
-        op=op_name, impl=case.impl, batch=int(problem.x.shape[0]),
+        op=op_name,
+        impl=case.impl,
+        batch=int(problem.x.shape[0]),
         hidden=int(problem.params["W1"].shape[1]),
-        arch=hidden_label(problem.hidden_sizes), pixels=int(problem.x.shape[1]),
-        threads=threads, threads_setting=case.threads, slow=case.slow, smoke=smoke,
-        book_case=case.is_book_case and not smoke)
+        arch=hidden_label(problem.hidden_sizes),
+        pixels=int(problem.x.shape[1]),
+        threads=threads,
+        threads_setting=case.threads,
+        slow=case.slow,
+        smoke=smoke,
+        book_case=case.is_book_case and not smoke,
+    )
     if case.impl in op.extrapolate:  # timed on a sample: the report scales it up
         benchmark.extra_info["extrapolate_factor"] = op.extrapolate[case.impl](problem)
-    result = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=iterations,
-                                warmup_rounds=0)
+    result = benchmark.pedantic(
+        fn, args=args, rounds=rounds, iterations=iterations, warmup_rounds=0
+    )
     key = (op_name, case.batch, case.hidden, smoke)
     if case.impl == op.reference:
         reference_results[key] = result
@@ -150,8 +161,9 @@ def run_case(benchmark, op_name, case_id, problems, reference_results, numba_thr
 ALL_CASES = [(op, case_id) for op in COMPARISONS for case_id in CASES[op]]
 
 
-@pytest.mark.parametrize(("op_name", "case_id"), ALL_CASES,
-                         ids=[f"{op}-{case_id}" for op, case_id in ALL_CASES])
+@pytest.mark.parametrize(
+    ("op_name", "case_id"), ALL_CASES, ids=[f"{op}-{case_id}" for op, case_id in ALL_CASES]
+)
 def test_operation(benchmark, op_name, case_id, problems, reference_results, numba_threads):
     """Every case of every registry operation, one pytest-benchmark group per operation."""
     benchmark.group = op_name

@@ -33,8 +33,9 @@ RESULTS = {}
 @pytest.fixture(scope="module")
 def book():
     """tests/book_style_nets.py, loaded by path (the benchmarks do not import the tests)."""
-    spec = importlib.util.spec_from_file_location("book_style_nets",
-                                                  REPO / "tests" / "book_style_nets.py")
+    spec = importlib.util.spec_from_file_location(
+        "book_style_nets", REPO / "tests" / "book_style_nets.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -67,9 +68,13 @@ def test_gradcheck_book_two_layer(benchmark, book, mnist_train, impl):
     benchmark.extra_info.update(gradcheck=impl, batch=batch, hidden=hidden, smoke=smoke)
     if impl == "engine":
         fastnum.gradcheck(net, x, t, method="engine", workers=1)  # compile outside the timing
-        result = benchmark.pedantic(fastnum.gradcheck, args=(net, x, t),
-                                    kwargs={"method": "engine", "workers": 1},
-                                    rounds=1 if smoke else 5, warmup_rounds=0)
+        result = benchmark.pedantic(
+            fastnum.gradcheck,
+            args=(net, x, t),
+            kwargs={"method": "engine", "workers": 1},
+            rounds=1 if smoke else 5,
+            warmup_rounds=0,
+        )
         assert result.passed and "engine" in result.method
         figures = {name: check.book_error for name, check in result.params.items()}
     else:
@@ -89,11 +94,20 @@ def test_gradcheck_processes(benchmark, book, mnist_train, workers):
     np.random.seed(0)  # noqa: NPY002
     net = book.MultiLayerNetExtend(x.shape[1], [hidden], 10, use_batchnorm=True)
     benchmark.group = "gradcheck_processes"
-    benchmark.extra_info.update(gradcheck=f"generic-{workers}-workers", batch=batch,
-                                hidden=hidden, workers=workers, smoke=smoke)
-    result = benchmark.pedantic(fastnum.gradcheck, args=(net, x, t),
-                                kwargs={"method": "generic", "workers": workers},
-                                rounds=1 if smoke else 3, warmup_rounds=0)
+    benchmark.extra_info.update(
+        gradcheck=f"generic-{workers}-workers",
+        batch=batch,
+        hidden=hidden,
+        workers=workers,
+        smoke=smoke,
+    )
+    result = benchmark.pedantic(
+        fastnum.gradcheck,
+        args=(net, x, t),
+        kwargs={"method": "generic", "workers": workers},
+        rounds=1 if smoke else 3,
+        warmup_rounds=0,
+    )
     assert result.passed
     RESULTS[("processes", workers, smoke)] = result.params
     other = RESULTS.get(("processes", 3 - workers, smoke))

@@ -16,15 +16,17 @@ def dask_client(scheduler):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ImportError("--scheduler needs Dask: pip install 'fastnum[distributed]' "
-                          "(or 'dask[distributed]').") from None
+        raise ImportError(
+            "--scheduler needs Dask: pip install 'fastnum[distributed]' (or 'dask[distributed]')."
+        ) from None
     if isinstance(scheduler, Client):
         yield scheduler
         return
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        )
         scheduler = cluster
     client = Client(scheduler)
     try:

@@ -140,8 +140,9 @@ class NetworkFrontend:
             parameters are perturbed and evaluated in float64).
         """
         params, x, t = self._checked(x, t)
-        return self.numerical_gradient_trusted(x, t, check_step(h),
-                                        check_strategy(strategy or self.strategy), params)
+        return self.numerical_gradient_trusted(
+            x, t, check_step(h), check_strategy(strategy or self.strategy), params
+        )
 
     def numerical_gradient_trusted(self, x, t, h, strategy, params=None):
         """:meth:`numerical_gradient` for validated inputs, positive ``h``, known strategy."""

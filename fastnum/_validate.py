@@ -213,9 +213,12 @@ def as_network_params(params, names):
         width = W.shape[1]
         for name, a in ((w_name, W), (b_name, b)):
             a = np.ascontiguousarray(a, dtype=np.float64)
-            check_finite(a, f"params[{name!r}]",
-                          "re-initialise the network or load finite parameters "
-                          "(training diverged? lower the learning rate).")
+            check_finite(
+                a,
+                f"params[{name!r}]",
+                "re-initialise the network or load finite parameters "
+                "(training diverged? lower the learning rate).",
+            )
             out[name] = a
     if width < 2:
         raise ValueError(

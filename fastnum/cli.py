@@ -95,11 +95,23 @@ examples:
 
 # Library names in error messages -> the options a CLI user types.
 _OPTION_NAMES = {
-    "batch_size": "--batch-size", "hidden_size": "--hidden", "weight_init_std": "--weight-init-std",
-    "train_size": "--train-size", "test_size": "--test-size", "out_dir": "--out",
-    "data_dir": "--data-dir", "lr": "--lr", "h": "--h", "iters": "--iters", "seed": "--seed",
-    "threads": "--threads", "grad": "--grad", "strategy": "--strategy", "tol": "--tol",
-    "hidden_sizes": "--hidden-sizes", "activation": "--activation",
+    "batch_size": "--batch-size",
+    "hidden_size": "--hidden",
+    "weight_init_std": "--weight-init-std",
+    "train_size": "--train-size",
+    "test_size": "--test-size",
+    "out_dir": "--out",
+    "data_dir": "--data-dir",
+    "lr": "--lr",
+    "h": "--h",
+    "iters": "--iters",
+    "seed": "--seed",
+    "threads": "--threads",
+    "grad": "--grad",
+    "strategy": "--strategy",
+    "tol": "--tol",
+    "hidden_sizes": "--hidden-sizes",
+    "activation": "--activation",
 }
 # Whole words only, and never inside a path such as runs/seed/history.json.
 _OPTION_RE = re.compile(r"(?<![\w\-/.])(" + "|".join(_OPTION_NAMES) + r")(?![\w\-/])")
@@ -128,68 +140,152 @@ def _layer_widths(text):
 
 
 def _add_backend_options(p):
-    p.add_argument("--backend", choices=BACKENDS,
-                   help="where the network runs: numba kernels, the NumPy reference, or auto "
-                        f"(numba when it compiles) (default: ${BACKEND_ENV}, else auto)")
-    p.add_argument("--strategy", choices=STRATEGIES, default=_DEFAULTS.strategy,
-                   help="numba numerical gradient: delta reuses cached activations, full reruns "
-                        "the forward pass per perturbation (default: %(default)s)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder with the four MNIST .gz files (default: $FASTNUM_MNIST_DIR, "
-                        "else the cache folder, downloading if needed)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="print the backend chosen and the settings; tracebacks on errors")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="where the network runs: numba kernels, the NumPy reference, or auto "
+        f"(numba when it compiles) (default: ${BACKEND_ENV}, else auto)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=_DEFAULTS.strategy,
+        help="numba numerical gradient: delta reuses cached activations, full reruns "
+        "the forward pass per perturbation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the four MNIST .gz files (default: $FASTNUM_MNIST_DIR, "
+        "else the cache folder, downloading if needed)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the backend chosen and the settings; tracebacks on errors",
+    )
 
 
 def _add_train_parser(sub):
     d = _DEFAULTS
-    p = sub.add_parser("train", help="train the two-layer network on MNIST (the book's 4.5)",
-                       description="Train the book's TwoLayerNet on MNIST with minibatch SGD. "
-                                   "Defaults are the book's: 10000 iterations, batch 100, "
-                                   "lr 0.1, 50 hidden units, numerical gradients.",
-                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grad", choices=GRADS, default=d.grad,
-                   help="numerical: central differences as in chapter 4 (slow); backprop: "
-                        "chapter 5's analytic gradient (fast) (default: %(default)s)")
-    p.add_argument("--iters", type=int, metavar="N", default=d.iters,
-                   help="SGD updates (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                   help="images per update, drawn with replacement (default: %(default)s)")
+    p = sub.add_parser(
+        "train",
+        help="train the two-layer network on MNIST (the book's 4.5)",
+        description="Train the book's TwoLayerNet on MNIST with minibatch SGD. "
+        "Defaults are the book's: 10000 iterations, batch 100, "
+        "lr 0.1, 50 hidden units, numerical gradients.",
+        epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--grad",
+        choices=GRADS,
+        default=d.grad,
+        help="numerical: central differences as in chapter 4 (slow); backprop: "
+        "chapter 5's analytic gradient (fast) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--iters", type=int, metavar="N", default=d.iters, help="SGD updates (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        metavar="N",
+        help="images per update, drawn with replacement (default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
-    p.add_argument("--net", choices=NETS, default=d.net,
-                   help="dense: the book's TwoLayerNet (a MultiLayerNet with --hidden-sizes); "
-                        "simpleconv: the book's chapter 7 SimpleConvNet on 28x28 images "
-                        "(default: %(default)s)")
-    p.add_argument("--hidden", dest="hidden_size", type=int, default=d.hidden_size, metavar="N",
-                   help="hidden units; the book's SimpleConvNet uses 100 (default: %(default)s)")
-    p.add_argument("--hidden-sizes", type=_layer_widths, metavar="W1,W2,...",
-                   help="several hidden layers, e.g. 100,50: trains a MultiLayerNet instead of "
-                        "the book's TwoLayerNet (overrides --hidden)")
-    p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation,
-                   help="activation of the hidden layers; relu needs --hidden-sizes "
-                        "(default: %(default)s)")
-    p.add_argument("--weight-init-std", type=float, default=d.weight_init_std, metavar="STD",
-                   help="std of the Gaussian initial weights (default: %(default)s)")
-    p.add_argument("--h", type=float, default=d.h,
-                   help="central-difference step of the numerical gradient (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, metavar="N",
-                   help="seed of the initial weights and the batch sampling; equal seeds give "
-                        "identical runs (default: %(default)s)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="threads for the numba kernels (default: numba's, usually all cores)")
-    p.add_argument("--train-size", type=int, metavar="N",
-                   help="use only the first N training images (quick runs; default: all 60000)")
-    p.add_argument("--test-size", type=int, metavar="N",
-                   help="use only the first N test images (default: all 10000)")
-    p.add_argument("--out", metavar="DIR",
-                   help="output folder (default: runs/<date-time>-<grad>; required by --resume)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint; give the same "
-                        "options (only --iters, --threads may change)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out folder that already holds a run")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="print nothing but errors (no progress bar, no epoch lines)")
+    p.add_argument(
+        "--net",
+        choices=NETS,
+        default=d.net,
+        help="dense: the book's TwoLayerNet (a MultiLayerNet with --hidden-sizes); "
+        "simpleconv: the book's chapter 7 SimpleConvNet on 28x28 images "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--hidden",
+        dest="hidden_size",
+        type=int,
+        default=d.hidden_size,
+        metavar="N",
+        help="hidden units; the book's SimpleConvNet uses 100 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--hidden-sizes",
+        type=_layer_widths,
+        metavar="W1,W2,...",
+        help="several hidden layers, e.g. 100,50: trains a MultiLayerNet instead of "
+        "the book's TwoLayerNet (overrides --hidden)",
+    )
+    p.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=d.activation,
+        help="activation of the hidden layers; relu needs --hidden-sizes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weight-init-std",
+        type=float,
+        default=d.weight_init_std,
+        metavar="STD",
+        help="std of the Gaussian initial weights (default: %(default)s)",
+    )
+    p.add_argument(
+        "--h",
+        type=float,
+        default=d.h,
+        help="central-difference step of the numerical gradient (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        metavar="N",
+        help="seed of the initial weights and the batch sampling; equal seeds give "
+        "identical runs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads for the numba kernels (default: numba's, usually all cores)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="use only the first N training images (quick runs; default: all 60000)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=int,
+        metavar="N",
+        help="use only the first N test images (default: all 10000)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: runs/<date-time>-<grad>; required by --resume)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint; give the same "
+        "options (only --iters, --threads may change)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out folder that already holds a run",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing but errors (no progress bar, no epoch lines)",
+    )
     _add_backend_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -199,74 +295,168 @@ GRADCHECK_NETS = ("two-layer", "multilayer", "simpleconv")
 
 
 def _add_gradcheck_parser(sub):
-    p = sub.add_parser("gradcheck", help="check backprop against the numerical gradient",
-                       description="Compare backprop with the numerical gradient, element by "
-                                   "element, for fastnum's networks or your own class.",
-                       epilog=_GRADCHECK_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "gradcheck",
+        help="check backprop against the numerical gradient",
+        description="Compare backprop with the numerical gradient, element by "
+        "element, for fastnum's networks or your own class.",
+        epilog=_GRADCHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     net = p.add_argument_group("network")
-    net.add_argument("--net", choices=GRADCHECK_NETS, default="two-layer",
-                     help="fastnum network to check (default: %(default)s)")
-    net.add_argument("--model", metavar="FILE.py:CLASS",
-                     help="check your own class instead, e.g. two_layer_net.py:TwoLayerNet")
-    net.add_argument("--model-args", metavar="JSON", default="{}",
-                     help="keyword arguments of --model's constructor, as a JSON object")
-    net.add_argument("--params", metavar="FILE.npz",
-                     help="load the parameters (e.g. params.npz of `fastnum train`) into the "
-                          "network instead of its fresh initialisation")
-    net.add_argument("--hidden", type=int, metavar="N",
-                     help="hidden units of --net two-layer (default: 10) or simpleconv (default: "
-                          "the book's 100)")
-    net.add_argument("--hidden-sizes", type=_layer_widths, default=(10, 10), metavar="W1,W2,...",
-                     help="hidden layer widths of --net multilayer (default: 10,10)")
-    net.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid",
-                     help="activation of --net multilayer (default: %(default)s)")
-    net.add_argument("--weight-init-std", type=float, metavar="STD",
-                     help=f"std of the Gaussian initial weights (default: "
-                          f"{_DEFAULTS.weight_init_std}; {CONV_CHECK.weight_init_std} for "
-                          "--net simpleconv, see below)")
-    net.add_argument("--seed", type=int, default=0, metavar="N",
-                     help="seed of the weights (NumPy's global generator too, for book-style "
-                          "classes) and of the choice of images (default: %(default)s)")
+    net.add_argument(
+        "--net",
+        choices=GRADCHECK_NETS,
+        default="two-layer",
+        help="fastnum network to check (default: %(default)s)",
+    )
+    net.add_argument(
+        "--model",
+        metavar="FILE.py:CLASS",
+        help="check your own class instead, e.g. two_layer_net.py:TwoLayerNet",
+    )
+    net.add_argument(
+        "--model-args",
+        metavar="JSON",
+        default="{}",
+        help="keyword arguments of --model's constructor, as a JSON object",
+    )
+    net.add_argument(
+        "--params",
+        metavar="FILE.npz",
+        help="load the parameters (e.g. params.npz of `fastnum train`) into the "
+        "network instead of its fresh initialisation",
+    )
+    net.add_argument(
+        "--hidden",
+        type=int,
+        metavar="N",
+        help="hidden units of --net two-layer (default: 10) or simpleconv (default: "
+        "the book's 100)",
+    )
+    net.add_argument(
+        "--hidden-sizes",
+        type=_layer_widths,
+        default=(10, 10),
+        metavar="W1,W2,...",
+        help="hidden layer widths of --net multilayer (default: 10,10)",
+    )
+    net.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default="sigmoid",
+        help="activation of --net multilayer (default: %(default)s)",
+    )
+    net.add_argument(
+        "--weight-init-std",
+        type=float,
+        metavar="STD",
+        help=f"std of the Gaussian initial weights (default: "
+        f"{_DEFAULTS.weight_init_std}; {CONV_CHECK.weight_init_std} for "
+        "--net simpleconv, see below)",
+    )
+    net.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the weights (NumPy's global generator too, for book-style "
+        "classes) and of the choice of images (default: %(default)s)",
+    )
     data = p.add_argument_group("batch")
-    data.add_argument("--batch-size", type=int, default=3, metavar="N",
-                      help="random MNIST training images in the batch (default: %(default)s)")
-    data.add_argument("--first", type=int, metavar="N",
-                      help="use the first N training images instead, as the book does (3)")
-    data.add_argument("--image", action="store_true",
-                      help="pass images as (N, 1, 28, 28) rather than flat 784-vectors "
-                           "(convolutional models; implied by --net simpleconv)")
-    data.add_argument("--one-hot", action="store_true",
-                      help="pass one-hot labels rather than integers")
+    data.add_argument(
+        "--batch-size",
+        type=int,
+        default=3,
+        metavar="N",
+        help="random MNIST training images in the batch (default: %(default)s)",
+    )
+    data.add_argument(
+        "--first",
+        type=int,
+        metavar="N",
+        help="use the first N training images instead, as the book does (3)",
+    )
+    data.add_argument(
+        "--image",
+        action="store_true",
+        help="pass images as (N, 1, 28, 28) rather than flat 784-vectors "
+        "(convolutional models; implied by --net simpleconv)",
+    )
+    data.add_argument(
+        "--one-hot", action="store_true", help="pass one-hot labels rather than integers"
+    )
     check = p.add_argument_group("check")
-    check.add_argument("--h", type=float,
-                       help=f"central-difference step (default: {_DEFAULTS.h}; {CONV_CHECK.h} "
-                            "for --net simpleconv)")
-    check.add_argument("--tol", type=float, default=DEFAULT_RTOL, metavar="RTOL",
-                       help="relative tolerance per element (default: %(default)s); the log "
-                            "guard's effect in cancelling gradients gets its own slack")
-    check.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                       help="absolute tolerance per element (default: %(default)s)")
-    check.add_argument("--no-log-guard", action="store_true",
-                       help="evaluate the loss without the book's 1e-7 guard on the numerical "
-                            "side, so a correct backprop agrees to ~1e-9")
-    check.add_argument("--fast", action="store_true",
-                       help="check random directions first (2 loss evaluations each); every "
-                            "element only when one fails")
-    check.add_argument("--directions", type=int, default=4, metavar="K",
-                       help="random directions of --fast (default: %(default)s)")
-    check.add_argument("--richardson", action="store_true",
-                       help="also take step h/2, extrapolate, and estimate the truncation error")
-    check.add_argument("--method", choices=METHODS, default="auto",
-                       help="engine: fastnum's kernels on a stack of the book's layers; "
-                            "generic: the network's own loss; auto picks (default: %(default)s)")
-    check.add_argument("--workers", type=int, metavar="N",
-                       help="processes for the generic path (default: all cores)")
-    check.add_argument("--scheduler", metavar="ADDRESS",
-                       help="run the generic path on a Dask cluster, e.g. tcp://host:8786 "
-                            "('local' starts one in this process)")
-    check.add_argument("--worst", type=int, default=3, metavar="K",
-                       help="worst elements shown per failing parameter (default: %(default)s)")
+    check.add_argument(
+        "--h",
+        type=float,
+        help=f"central-difference step (default: {_DEFAULTS.h}; {CONV_CHECK.h} "
+        "for --net simpleconv)",
+    )
+    check.add_argument(
+        "--tol",
+        type=float,
+        default=DEFAULT_RTOL,
+        metavar="RTOL",
+        help="relative tolerance per element (default: %(default)s); the log "
+        "guard's effect in cancelling gradients gets its own slack",
+    )
+    check.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help="absolute tolerance per element (default: %(default)s)",
+    )
+    check.add_argument(
+        "--no-log-guard",
+        action="store_true",
+        help="evaluate the loss without the book's 1e-7 guard on the numerical "
+        "side, so a correct backprop agrees to ~1e-9",
+    )
+    check.add_argument(
+        "--fast",
+        action="store_true",
+        help="check random directions first (2 loss evaluations each); every "
+        "element only when one fails",
+    )
+    check.add_argument(
+        "--directions",
+        type=int,
+        default=4,
+        metavar="K",
+        help="random directions of --fast (default: %(default)s)",
+    )
+    check.add_argument(
+        "--richardson",
+        action="store_true",
+        help="also take step h/2, extrapolate, and estimate the truncation error",
+    )
+    check.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="engine: fastnum's kernels on a stack of the book's layers; "
+        "generic: the network's own loss; auto picks (default: %(default)s)",
+    )
+    check.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes for the generic path (default: all cores)",
+    )
+    check.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the generic path on a Dask cluster, e.g. tcp://host:8786 "
+        "('local' starts one in this process)",
+    )
+    check.add_argument(
+        "--worst",
+        type=int,
+        default=3,
+        metavar="K",
+        help="worst elements shown per failing parameter (default: %(default)s)",
+    )
     _add_backend_options(p)
     p.set_defaults(func=_cmd_gradcheck)
 
@@ -282,8 +472,10 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastnum",
         description="The numerical-gradient MNIST training of 'Deep Learning from Scratch' "
-                    "chapter 4, at practical speed with numba kernels.",
-        epilog=_MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "chapter 4, at practical speed with numba kernels.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train_parser(sub)
     _add_gradcheck_parser(sub)
@@ -303,26 +495,40 @@ def _cmd_train(args):
     from fastnum.train import train  # looked up per call, so tests can stand in for it
 
     # Fields without an option keep TrainConfig's defaults.
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                            if hasattr(args, f.name)})
+    config = TrainConfig(
+        **{
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(TrainConfig)
+            if hasattr(args, f.name)
+        }
+    )
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR: the folder of the run to continue.")
     # An empty --out is not "no --out": train() refuses it.
-    out = args.out if args.out is not None else \
-        f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.grad}"
+    out = (
+        args.out if args.out is not None else f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.grad}"
+    )
     args.out = out  # so that the Ctrl-C hint can name it
     if args.verbose:
         _say_backend(args, run_backend(config))
         print(f"config: {config.to_dict()}")
         print(f"output: {out}")
-    result = train(config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-                   data_dir=args.data_dir, progress=not args.quiet,
-                   log=None if args.quiet else print)
+    result = train(
+        config,
+        out_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+        log=None if args.quiet else print,
+    )
     if not args.quiet:
         seconds = result.timings["total_seconds"]
-        print(f"done: {config.iters} iterations in {seconds:.1f} s; final train acc "
-              f"{result.final_train_acc:.4f}, test acc {result.final_test_acc:.4f}; "
-              f"outputs in {out}")
+        print(
+            f"done: {config.iters} iterations in {seconds:.1f} s; final train acc "
+            f"{result.final_train_acc:.4f}, test acc {result.final_test_acc:.4f}; "
+            f"outputs in {out}"
+        )
     return EXIT_OK
 
 
@@ -366,8 +572,10 @@ def _gradcheck_net(args, input_size):
         try:
             kwargs = json.loads(args.model_args)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--model-args is not valid JSON ({exc}); write e.g. "
-                             '\'{"input_size": 784, "hidden_size": 50}\'') from None
+            raise ValueError(
+                f"--model-args is not valid JSON ({exc}); write e.g. "
+                '\'{"input_size": 784, "hidden_size": 50}\''
+            ) from None
         if not isinstance(kwargs, dict):
             raise ValueError("--model-args must be a JSON object of keyword arguments.")
         cls = _load_model_class(args.model)
@@ -376,20 +584,40 @@ def _gradcheck_net(args, input_size):
     if args.net == "two-layer":
         from fastnum.network import TwoLayerNet
 
-        return TwoLayerNet(input_size, args.hidden or 10, 10, args.weight_init_std,
-                           seed=args.seed, backend=args.backend, strategy=args.strategy)
+        return TwoLayerNet(
+            input_size,
+            args.hidden or 10,
+            10,
+            args.weight_init_std,
+            seed=args.seed,
+            backend=args.backend,
+            strategy=args.strategy,
+        )
     if args.net == "multilayer":
         from fastnum.multilayer import MultiLayerNet
 
-        return MultiLayerNet(input_size, args.hidden_sizes, 10, args.activation,
-                             args.weight_init_std, seed=args.seed, backend=args.backend,
-                             strategy=args.strategy)
+        return MultiLayerNet(
+            input_size,
+            args.hidden_sizes,
+            10,
+            args.activation,
+            args.weight_init_std,
+            seed=args.seed,
+            backend=args.backend,
+            strategy=args.strategy,
+        )
     from fastnum.convnet import SimpleConvNet, off_the_kinks
 
-    return off_the_kinks(SimpleConvNet(hidden_size=args.hidden or 100,
-                                       weight_init_std=args.weight_init_std, seed=args.seed,
-                                       backend=args.backend, strategy=args.strategy),
-                         seed=args.seed)
+    return off_the_kinks(
+        SimpleConvNet(
+            hidden_size=args.hidden or 100,
+            weight_init_std=args.weight_init_std,
+            seed=args.seed,
+            backend=args.backend,
+            strategy=args.strategy,
+        ),
+        seed=args.seed,
+    )
 
 
 def _load_params_into(net, path):
@@ -400,20 +628,28 @@ def _load_params_into(net, path):
         stored = {name: data[name] for name in data.files}
     missing = [name for name in net.params if name not in stored]
     if missing:
-        raise ValueError(f"--params {path} lacks {', '.join(missing)} (it has "
-                         f"{', '.join(stored) or 'nothing'}).")
+        raise ValueError(
+            f"--params {path} lacks {', '.join(missing)} (it has {', '.join(stored) or 'nothing'})."
+        )
     for name, value in net.params.items():
         if stored[name].shape != value.shape:
-            raise ValueError(f"--params {path}: {name} has shape {stored[name].shape} but the "
-                             f"network's is {value.shape}; build the same network (e.g. "
-                             "--hidden N).")
+            raise ValueError(
+                f"--params {path}: {name} has shape {stored[name].shape} but the "
+                f"network's is {value.shape}; build the same network (e.g. "
+                "--hidden N)."
+            )
         value[...] = stored[name]
 
 
 # gradcheck()'s argument names -> the options a CLI user types.
-_GRADCHECK_OPTIONS = {"rtol=": "--tol=", "atol=": "--atol=", "workers=": "--workers=",
-                      "directions=": "--directions=", "worst=": "--worst=",
-                      "method='engine'": "--method engine"}
+_GRADCHECK_OPTIONS = {
+    "rtol=": "--tol=",
+    "atol=": "--atol=",
+    "workers=": "--workers=",
+    "directions=": "--directions=",
+    "worst=": "--worst=",
+    "method='engine'": "--method engine",
+}
 
 
 def _cmd_gradcheck(args):
@@ -424,8 +660,10 @@ def _cmd_gradcheck(args):
 
     for option, value in (("--tol", args.tol), ("--atol", args.atol)):
         if not (math.isfinite(value) and value >= 0):  # before the slow MNIST load
-            raise ValueError(f"{option}={value!r} must be a finite number >= 0 (defaults: "
-                             f"--tol {DEFAULT_RTOL:g}, --atol {DEFAULT_ATOL:g}).")
+            raise ValueError(
+                f"{option}={value!r} must be a finite number >= 0 (defaults: "
+                f"--tol {DEFAULT_RTOL:g}, --atol {DEFAULT_ATOL:g})."
+            )
     if args.tol == 0:
         raise ValueError(f"--tol={args.tol!r} must be > 0 (default {DEFAULT_RTOL:g}).")
     if args.seed < 0:
@@ -434,9 +672,11 @@ def _cmd_gradcheck(args):
         from fastnum._jit import JIT_ENABLED
 
         if not JIT_ENABLED:  # before the slow MNIST load
-            raise ValueError("--net simpleconv needs numba's compiled engine: without it each of "
-                             "the 433,890 parameters costs two NumPy loss evaluations, hours "
-                             "per check. Install numba (and unset NUMBA_DISABLE_JIT).")
+            raise ValueError(
+                "--net simpleconv needs numba's compiled engine: without it each of "
+                "the 433,890 parameters costs two NumPy loss evaluations, hours "
+                "per check. Install numba (and unset NUMBA_DISABLE_JIT)."
+            )
     if args.verbose:
         _say_backend(args)
     (x_train, t_train), _ = load_mnist(data_dir=args.data_dir)
@@ -446,10 +686,10 @@ def _cmd_gradcheck(args):
         idx = np.arange(args.first)
     else:
         if not 1 <= args.batch_size <= len(x_train):
-            raise ValueError(f"--batch-size={args.batch_size} must be between 1 and "
-                             f"{len(x_train)}.")
-        idx = np.random.default_rng(args.seed).choice(len(x_train), args.batch_size,
-                                                      replace=False)
+            raise ValueError(
+                f"--batch-size={args.batch_size} must be between 1 and {len(x_train)}."
+            )
+        idx = np.random.default_rng(args.seed).choice(len(x_train), args.batch_size, replace=False)
     x, t = x_train[idx], t_train[idx]
     if args.image or (args.net == "simpleconv" and not args.model):
         x = x.reshape(len(x), 1, 28, 28)
@@ -468,11 +708,23 @@ def _cmd_gradcheck(args):
     what = args.model or f"--net {args.net}"
     print(f"checking {what} on {len(x)} MNIST training images")
     try:
-        result = gradcheck(net, x, t, h=args.h, rtol=args.tol, atol=args.atol,
-                           log_guard=not args.no_log_guard, fast=args.fast,
-                           directions=args.directions, seed=args.seed, method=args.method,
-                           workers=args.workers, scheduler=args.scheduler,
-                           richardson=args.richardson, worst=args.worst)
+        result = gradcheck(
+            net,
+            x,
+            t,
+            h=args.h,
+            rtol=args.tol,
+            atol=args.atol,
+            log_guard=not args.no_log_guard,
+            fast=args.fast,
+            directions=args.directions,
+            seed=args.seed,
+            method=args.method,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            richardson=args.richardson,
+            worst=args.worst,
+        )
     except ValueError as exc:
         message = str(exc)
         for name, option in _GRADCHECK_OPTIONS.items():

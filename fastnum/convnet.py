@@ -151,8 +151,15 @@ def simple_conv_geometry(input_dim, conv_param):
 class ReferenceSimpleConvNet(ReferenceLayeredNet):
     """The book's SimpleConvNet in plain NumPy; weights drawn W1, W2, W3 in order, zero biases."""
 
-    def __init__(self, input_dim=(1, 28, 28), conv_param=None, hidden_size=100, output_size=10,
-                 weight_init_std=0.01, seed=None):
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        conv_param=None,
+        hidden_size=100,
+        output_size=10,
+        weight_init_std=0.01,
+        seed=None,
+    ):
         conv = {**DEFAULT_CONV_PARAM, **(conv_param or {})}
         _, (ph, pw) = simple_conv_geometry(input_dim, conv)
         fn, fs = conv["filter_num"], conv["filter_size"]
@@ -165,9 +172,14 @@ class ReferenceSimpleConvNet(ReferenceLayeredNet):
             "W3": weight_init_std * rng.standard_normal((hidden_size, output_size)),
             "b3": np.zeros(output_size),
         }
-        stack = (("conv", "W1", "b1", conv["stride"], conv["pad"]), ("relu",),
-                 ("pool", POOL_SIZE, POOL_SIZE, POOL_SIZE, 0),
-                 ("affine", "W2", "b2"), ("relu",), ("affine", "W3", "b3"))
+        stack = (
+            ("conv", "W1", "b1", conv["stride"], conv["pad"]),
+            ("relu",),
+            ("pool", POOL_SIZE, POOL_SIZE, POOL_SIZE, 0),
+            ("affine", "W2", "b2"),
+            ("relu",),
+            ("affine", "W3", "b3"),
+        )
         super().__init__(stack, params)
         self.input_dim = tuple(input_dim)
 
@@ -189,11 +201,13 @@ class _ConvCheck(NamedTuple):
 #: size, while rounding at h=1e-8 stays ~1e-8 absolute.  (Weights of std 0.01 leave
 #: ~1e-3 even at h=1e-8; std 0.1 makes the guard's effect ~8e-6, too close to 1e-5.)
 CONV_CHECK = _ConvCheck(
-    weight_init_std=0.05, bias_std=0.05, h=1e-8,
+    weight_init_std=0.05,
+    bias_std=0.05,
+    h=1e-8,
     why="SimpleConvNet is checked with biases drawn N(0, 0.05), weight std 0.05 and h=1e-8: at "
-        "the book's zero biases,\nweight std 0.01 and h=1e-4, relu units and pooling windows "
-        "sit on or within h of their kinks,\nwhere the central difference and backprop "
-        "legitimately differ (by up to 30 % for b1).",
+    "the book's zero biases,\nweight std 0.01 and h=1e-4, relu units and pooling windows "
+    "sit on or within h of their kinks,\nwhere the central difference and backprop "
+    "legitimately differ (by up to 30 % for b1).",
 )
 
 
@@ -220,8 +234,7 @@ def _check_conv_param(conv_param):
             f"conv_param has unknown key(s) {unknown}; use {', '.join(DEFAULT_CONV_PARAM)}."
         )
     conv = {**DEFAULT_CONV_PARAM, **conv_param}
-    return {k: check_int(f"conv_param[{k!r}]", v, 0 if k == "pad" else 1)
-            for k, v in conv.items()}
+    return {k: check_int(f"conv_param[{k!r}]", v, 0 if k == "pad" else 1) for k, v in conv.items()}
 
 
 def as_image_batch(x, input_dim, name="x"):
@@ -275,20 +288,32 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         How the numba numerical gradient evaluates perturbed losses.
     """
 
-    def __init__(self, input_dim=(1, 28, 28), conv_param=None, hidden_size=100, output_size=10,
-                 weight_init_std=0.01, seed=None, backend="auto", strategy=DEFAULT_STRATEGY):
-        if isinstance(input_dim, (str, bytes)) or not hasattr(input_dim, "__len__") or len(
-                input_dim) != 3:
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        conv_param=None,
+        hidden_size=100,
+        output_size=10,
+        weight_init_std=0.01,
+        seed=None,
+        backend="auto",
+        strategy=DEFAULT_STRATEGY,
+    ):
+        if (
+            isinstance(input_dim, (str, bytes))
+            or not hasattr(input_dim, "__len__")
+            or len(input_dim) != 3
+        ):
             raise ValueError(
                 f"input_dim={input_dim!r} must be (channels, height, width), e.g. (1, 28, 28)."
             )
         input_dim = tuple(check_int(f"input_dim[{i}]", n, 1) for i, n in enumerate(input_dim))
         conv = _check_conv_param(conv_param)
         hidden_size = check_int("hidden_size", hidden_size, 1, "the book uses 100.")
-        output_size = check_int("output_size", output_size, 2,
-                                "a softmax needs at least 2 classes; MNIST has 10.")
-        weight_init_std = check_positive("weight_init_std", weight_init_std,
-                                         "the book uses 0.01.")
+        output_size = check_int(
+            "output_size", output_size, 2, "a softmax needs at least 2 classes; MNIST has 10."
+        )
+        weight_init_std = check_positive("weight_init_std", weight_init_std, "the book uses 0.01.")
         super().__init__(input_dim, conv, hidden_size, output_size, weight_init_std, seed)
         self._shapes = {k: v.shape for k, v in self.params.items()}
         self._init_backend(backend, strategy)
@@ -309,9 +334,15 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
     def accuracy_trusted(self, x, t, params=None):
         """:meth:`accuracy` for validated inputs, in chunks of images."""
         # In chunks: im2col of a whole 60,000-image set would need gigabytes.
-        hits = sum(int(np.sum(self.predict_trusted(x[i:i + ACCURACY_CHUNK], params)
-                              .argmax(axis=1) == t[i:i + ACCURACY_CHUNK]))
-                   for i in range(0, len(x), ACCURACY_CHUNK))
+        hits = sum(
+            int(
+                np.sum(
+                    self.predict_trusted(x[i : i + ACCURACY_CHUNK], params).argmax(axis=1)
+                    == t[i : i + ACCURACY_CHUNK]
+                )
+            )
+            for i in range(0, len(x), ACCURACY_CHUNK)
+        )
         return hits / len(x)
 
     def numerical_gradient_at(self, x, t, indices, h=reference.H, strategy=None):
@@ -340,8 +371,11 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
                 raise KeyError(f"indices names {name!r}; parameters are {self.param_names}.")
             flat = np.asarray(flat)
             size = self.params[name].size
-            if flat.ndim != 1 or flat.dtype.kind not in "iu" or (
-                    flat.size and (flat.min() < 0 or flat.max() >= size)):
+            if (
+                flat.ndim != 1
+                or flat.dtype.kind not in "iu"
+                or (flat.size and (flat.min() < 0 or flat.max() >= size))
+            ):
                 raise ValueError(
                     f"indices[{name!r}] must be a 1-D integer array of flat indices in "
                     f"0..{size - 1} (params[{name!r}] has shape {self.params[name].shape})."
@@ -353,7 +387,8 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
             return engine.numerical_gradient_at(self.stack, params, x, t, checked, h, strategy)
         # The reference perturbs what it is given in place: copies keep self.params intact.
         return self._oracle({k: v.copy() for k, v in params.items()}).numerical_gradient_at(
-            x, t, checked, h)
+            x, t, checked, h
+        )
 
     # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
     # checked on every call: cheap next to the engine, and it sees parameters the
@@ -364,8 +399,9 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         out = {}
         for name, shape in self._shapes.items():
             if name not in self.params:
-                raise KeyError(f"params is missing {name!r}; this network needs "
-                               f"{', '.join(self._shapes)}.")
+                raise KeyError(
+                    f"params is missing {name!r}; this network needs {', '.join(self._shapes)}."
+                )
             value = np.asarray(self.params[name])
             if value.shape != shape or value.dtype.kind != "f":
                 raise ValueError(
@@ -374,8 +410,9 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
                     "original shapes."
                 )
             value = np.ascontiguousarray(value, dtype=np.float64)
-            check_finite(value, f"params[{name!r}]", "re-initialise the network or reload "
-                         "a checkpoint.")
+            check_finite(
+                value, f"params[{name!r}]", "re-initialise the network or reload a checkpoint."
+            )
             out[name] = value
         return out
 

@@ -111,8 +111,9 @@ def _conv_forward(spec, params, a, shape):
     out_shape = _conv_shape(spec, params, shape)
     out = np.empty((a.shape[0], int(np.prod(out_shape))))
     filters_last = np.ascontiguousarray(params[spec[1]].transpose(1, 2, 3, 0))
-    kern._conv_batch(a, C, H, W, filters_last, params[spec[2]], spec[3], spec[4],
-                     out_shape[1], out_shape[2], out)
+    kern._conv_batch(
+        a, C, H, W, filters_last, params[spec[2]], spec[3], spec[4], out_shape[1], out_shape[2], out
+    )
     return out
 
 
@@ -126,8 +127,9 @@ def _pool_forward(spec, params, a, shape):
     C, H, W = shape
     out_shape = _pool_shape(spec, params, shape)
     out = np.empty((a.shape[0], int(np.prod(out_shape))))
-    kern._pool_batch(a, C, H, W, spec[1], spec[2], spec[3], spec[4], out_shape[1],
-                     out_shape[2], out)
+    kern._pool_batch(
+        a, C, H, W, spec[1], spec[2], spec[3], spec[4], out_shape[1], out_shape[2], out
+    )
     return out
 
 
@@ -189,8 +191,12 @@ _FORWARD_CHUNK = 256
 
 def _logits(stack, params, x):
     if x.shape[0] > _FORWARD_CHUNK:
-        return np.concatenate([_logits(stack, params, x[k:k + _FORWARD_CHUNK])
-                               for k in range(0, x.shape[0], _FORWARD_CHUNK)])
+        return np.concatenate(
+            [
+                _logits(stack, params, x[k : k + _FORWARD_CHUNK])
+                for k in range(0, x.shape[0], _FORWARD_CHUNK)
+            ]
+        )
     shape = x.shape[1:]
     a = x.reshape(x.shape[0], -1)
     for spec in stack:
@@ -224,8 +230,12 @@ def predict(stack, params, x):
     names = _two_layer_names(stack, x)
     if names is not None:  # the book's network keeps its own (already compiled) kernels
         fast = _fast_path_kernels()
-        return fast.two_layer_predict(fast.two_layer_params(
-            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}), x)
+        return fast.two_layer_predict(
+            fast.two_layer_params(
+                {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}
+            ),
+            x,
+        )
     z = _logits(stack, params, x)
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
@@ -250,8 +260,13 @@ def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD):
     names = _two_layer_names(stack, x)
     if names is not None and log_guard == BOOK_LOG_GUARD:
         fast = _fast_path_kernels()
-        return fast.two_layer_loss(fast.two_layer_params(
-            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}), x, t)
+        return fast.two_layer_loss(
+            fast.two_layer_params(
+                {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}
+            ),
+            x,
+            t,
+        )
     return float(_mean_loss(stack, params, x, t, log_guard))
 
 
@@ -398,10 +413,12 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             if indices is None:
                 sel = np.arange(n_w + FN, dtype=np.int64)
             else:
-                sel = np.concatenate([
-                    np.asarray(indices.get(cw, ()), dtype=np.int64),
-                    np.asarray(indices.get(cb, ()), dtype=np.int64) + n_w,
-                ])
+                sel = np.concatenate(
+                    [
+                        np.asarray(indices.get(cw, ()), dtype=np.int64),
+                        np.asarray(indices.get(cb, ()), dtype=np.int64) + n_w,
+                    ]
+                )
             sums = np.zeros(len(sel))
             # Positions in sel grouped by filter (a task owns whole filters).
             filt = np.where(sel < n_w, sel // max(n_w // FN, 1), sel - n_w)
@@ -409,13 +426,47 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             grp_ptr = np.zeros(FN + 1, dtype=np.int64)
             np.cumsum(np.bincount(filt, minlength=FN), out=grp_ptr[1:])
             xnz_ptr, xnz_idx = _nonzeros(xf.reshape(n * C, H * W))
-            xnz_val = np.ascontiguousarray(xf.reshape(n * C, H * W)[
-                np.repeat(np.arange(n * C), np.diff(xnz_ptr)), xnz_idx])
+            xnz_val = np.ascontiguousarray(
+                xf.reshape(n * C, H * W)[np.repeat(np.arange(n * C), np.diff(xnz_ptr)), xnz_idx]
+            )
             n_tasks = _n_tasks(FN)
-            _run_tasks(kern._conv_delta_task, n_tasks, xf, xnz_ptr, xnz_idx // W, xnz_idx % W,
-                       xnz_val, C, H, W, Wt, stride, pad, OH, OW, ops, st_off, st_size, S, w,
-                       w_off, sizes, acts, t, float(h), guard, z_off, Z, A, sel, grp_ptr,
-                       grp_idx, width, n_tasks, sums)
+            _run_tasks(
+                kern._conv_delta_task,
+                n_tasks,
+                xf,
+                xnz_ptr,
+                xnz_idx // W,
+                xnz_idx % W,
+                xnz_val,
+                C,
+                H,
+                W,
+                Wt,
+                stride,
+                pad,
+                OH,
+                OW,
+                ops,
+                st_off,
+                st_size,
+                S,
+                w,
+                w_off,
+                sizes,
+                acts,
+                t,
+                float(h),
+                guard,
+                z_off,
+                Z,
+                A,
+                sel,
+                grp_ptr,
+                grp_idx,
+                width,
+                n_tasks,
+                sums,
+            )
             sums *= scale
             if indices is None:
                 grads[cw] = sums[:n_w].reshape(Wt.shape)
@@ -435,7 +486,7 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             inputs = F
         else:
             start = int(z_off[layer - 1])
-            inputs = A[start:start + n * n_in].reshape(n, n_in)
+            inputs = A[start : start + n * n_in].reshape(n, n_in)
         amax = np.abs(inputs).max(axis=1) if n_in else np.zeros(n)
         amax = np.ascontiguousarray(amax)
         gT = np.zeros((n_out, n_in + 1))
@@ -461,9 +512,32 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             use_all = False
             max_q = max(int(np.diff(sel_ptr).max()), 1)
         n_tasks = _n_tasks(n_out)
-        _run_tasks(kern._dense_delta_task, n_tasks, layer, F, w, w_off, sizes, acts, t, float(h),
-                   guard, z_off, Z, A, nz_ptr, nz_idx, amax, sel_ptr, sel_idx, use_all,
-                   max_q, width, n_tasks, gT)
+        _run_tasks(
+            kern._dense_delta_task,
+            n_tasks,
+            layer,
+            F,
+            w,
+            w_off,
+            sizes,
+            acts,
+            t,
+            float(h),
+            guard,
+            z_off,
+            Z,
+            A,
+            nz_ptr,
+            nz_idx,
+            amax,
+            sel_ptr,
+            sel_idx,
+            use_all,
+            max_q,
+            width,
+            n_tasks,
+            gT,
+        )
         gT *= scale
         if indices is None:
             grads[wn] = np.ascontiguousarray(gT[:, :n_in].T)
@@ -492,9 +566,14 @@ def _fast_path_kernels():
     """Today's hand-written kernels: the one place their (trusted) entry points are named."""
     from fastnum.kernels import multilayer, two_layer
 
-    return _FastPaths(two_layer.as_params, two_layer.predict_trusted, two_layer.loss_trusted,
-                      two_layer.numerical_gradient_trusted, multilayer.as_params,
-                      multilayer.numerical_gradient_trusted)
+    return _FastPaths(
+        two_layer.as_params,
+        two_layer.predict_trusted,
+        two_layer.loss_trusted,
+        two_layer.numerical_gradient_trusted,
+        multilayer.as_params,
+        multilayer.numerical_gradient_trusted,
+    )
 
 
 _BOOK_NAMES = ("W1", "b1", "W2", "b2")
@@ -516,19 +595,24 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
     names = _two_layer_names(stack, x)
     if names is not None:
         packed = fast.two_layer_params(
-            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)})
+            {k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)}
+        )
         g = fast.two_layer_gradient(packed, x, t, h, strategy)
         return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
     affines = kinds[0::2]
     hidden = set(kinds[1::2])
     # Only for "full": the engine's own delta beats the multilayer delta kernel on every
     # dense stack measured (1.3x to 1.6x, module docstring).
-    if (strategy == "full" and len(kinds) % 2 == 1 and set(affines) == {"affine"}
-            and len(hidden) == 1 and hidden <= set(kern.ACTIVATION_CODES)):
+    if (
+        strategy == "full"
+        and len(kinds) % 2 == 1
+        and set(affines) == {"affine"}
+        and len(hidden) == 1
+        and hidden <= set(kern.ACTIVATION_CODES)
+    ):
         names = [nm for spec in stack[0::2] for nm in (spec[1], spec[2])]
         packed = fast.multilayer_params([params[k] for k in names])
-        g = fast.multilayer_gradient(packed, x, t, h, kern.ACTIVATION_CODES[hidden.pop()],
-                                     strategy)
+        g = fast.multilayer_gradient(packed, x, t, h, kern.ACTIVATION_CODES[hidden.pop()], strategy)
         return dict(zip(names, g, strict=True))
     return None
 
@@ -563,13 +647,15 @@ def numerical_gradient(stack, params, x, t, h=1e-4, strategy="delta", log_guard=
     if plan is not None:
         return _delta_at(plan, params, x, t, h, log_guard, None)
     names = param_names(stack)
-    flat = _full_at(stack, params, x, t, h, log_guard,
-                    {k: np.arange(params[k].size) for k in names})
+    flat = _full_at(
+        stack, params, x, t, h, log_guard, {k: np.arange(params[k].size) for k in names}
+    )
     return {k: flat[k].reshape(params[k].shape) for k in names}
 
 
-def numerical_gradient_at(stack, params, x, t, indices, h=1e-4, strategy="delta",
-                          log_guard=BOOK_LOG_GUARD):
+def numerical_gradient_at(
+    stack, params, x, t, indices, h=1e-4, strategy="delta", log_guard=BOOK_LOG_GUARD
+):
     """Central-difference gradient at some parameters only.
 
     Parameters

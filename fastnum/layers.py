@@ -47,8 +47,10 @@ def col2im(col, x_shape, filter_h, filter_w, stride=1, pad=0):
     img = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
     for i in range(filter_h):
         for j in range(filter_w):
-            img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += patches[:, :, i, j]
-    return img[:, :, pad:pad + h, pad:pad + w]
+            img[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += patches[
+                :, :, i, j
+            ]
+    return img[:, :, pad : pad + h, pad : pad + w]
 
 
 class Relu:

@@ -52,8 +52,15 @@ class ReferenceMultiLayerNet:
     for the same seed.
     """
 
-    def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
-                 weight_init_std=0.01, seed=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_sizes,
+        output_size,
+        activation="sigmoid",
+        weight_init_std=0.01,
+        seed=None,
+    ):
         rng = np.random.default_rng(seed)
         sizes = [input_size, *hidden_sizes, output_size]
         self.activation = activation
@@ -153,22 +160,33 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
     computed in float64 on both backends, and results are float64.
     """
 
-    def __init__(self, input_size, hidden_sizes, output_size, activation="sigmoid",
-                 weight_init_std=0.01, seed=None, backend=None, strategy=DEFAULT_STRATEGY):
+    def __init__(
+        self,
+        input_size,
+        hidden_sizes,
+        output_size,
+        activation="sigmoid",
+        weight_init_std=0.01,
+        seed=None,
+        backend=None,
+        strategy=DEFAULT_STRATEGY,
+    ):
         input_size = check_int("input_size", input_size, 1, "flattened MNIST images have 784.")
-        output_size = check_int("output_size", output_size, 2,
-                                "a softmax needs at least 2 classes; MNIST has 10.")
+        output_size = check_int(
+            "output_size", output_size, 2, "a softmax needs at least 2 classes; MNIST has 10."
+        )
         if isinstance(hidden_sizes, numbers.Integral) and not isinstance(hidden_sizes, bool):
             hidden_sizes = (hidden_sizes,)
         if isinstance(hidden_sizes, str) or not hasattr(hidden_sizes, "__iter__"):
             raise TypeError(
                 f"hidden_sizes={hidden_sizes!r} must be a sequence of layer widths, e.g. [50, 50]."
             )
-        hidden_sizes = tuple(check_int(f"hidden_sizes[{i}]", s, 1, "layer widths are positive.")
-                             for i, s in enumerate(hidden_sizes))
+        hidden_sizes = tuple(
+            check_int(f"hidden_sizes[{i}]", s, 1, "layer widths are positive.")
+            for i, s in enumerate(hidden_sizes)
+        )
         check_choice("activation", activation, tuple(ACTIVATIONS))
-        weight_init_std = check_positive("weight_init_std", weight_init_std,
-                                         "the book uses 0.01.")
+        weight_init_std = check_positive("weight_init_std", weight_init_std, "the book uses 0.01.")
         super().__init__(input_size, hidden_sizes, output_size, activation, weight_init_std, seed)
         self._init_backend(backend, strategy)
 
@@ -177,7 +195,8 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
         """Layer widths (input, hidden..., output)."""
         L = self.n_layers
         return tuple(self.params[f"W{k}"].shape[0] for k in range(1, L + 1)) + (
-            self.params[f"W{L}"].shape[1],)
+            self.params[f"W{L}"].shape[1],
+        )
 
     # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
     # packed on every call: cheap next to any kernel, and it sees parameters the
@@ -187,14 +206,17 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
         return kernels.as_params([params[k] for k in self.param_names])
 
     def _numba_predict(self, x, params):
-        return kernels.predict_trusted(self._packed(params), x,
-                                       ACTIVATIONS[self.activation].kernel_code)
+        return kernels.predict_trusted(
+            self._packed(params), x, ACTIVATIONS[self.activation].kernel_code
+        )
 
     def _numba_loss(self, x, t, params):
-        return kernels.loss_trusted(self._packed(params), x, t,
-                                    ACTIVATIONS[self.activation].kernel_code)
+        return kernels.loss_trusted(
+            self._packed(params), x, t, ACTIVATIONS[self.activation].kernel_code
+        )
 
     def _numba_numerical_gradient(self, x, t, h, strategy, params):
         grads = kernels.numerical_gradient_trusted(
-            self._packed(params), x, t, h, ACTIVATIONS[self.activation].kernel_code, strategy)
+            self._packed(params), x, t, h, ACTIVATIONS[self.activation].kernel_code, strategy
+        )
         return dict(zip(self.param_names, grads, strict=True))

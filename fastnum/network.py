@@ -47,10 +47,10 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
     ):
         input_size = check_int("input_size", input_size, 1, "the book uses 784.")
         hidden_size = check_int("hidden_size", hidden_size, 1, "the book uses 50.")
-        output_size = check_int("output_size", output_size, 2,
-                                "a softmax needs at least 2 classes; the book uses 10.")
-        weight_init_std = check_positive("weight_init_std", weight_init_std,
-                                         "the book uses 0.01.")
+        output_size = check_int(
+            "output_size", output_size, 2, "a softmax needs at least 2 classes; the book uses 10."
+        )
+        weight_init_std = check_positive("weight_init_std", weight_init_std, "the book uses 0.01.")
         super().__init__(input_size, hidden_size, output_size, weight_init_std, seed)
         self._init_backend(backend, strategy)
 
@@ -80,5 +80,4 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
     def _numba_numerical_gradient(self, x, t, h, strategy, params):
         from fastnum.kernels import two_layer
 
-        return two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, h,
-                                                    strategy)
+        return two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, h, strategy)

@@ -103,8 +103,7 @@ def plot_accuracy(history, path):
     epochs = np.arange(len(history["train_acc"]))
     fig, (ax,) = new_figure()
     ax.plot(epochs, history["train_acc"], marker="o", markersize=3, label="train acc")
-    ax.plot(epochs, history["test_acc"], marker="s", markersize=3, linestyle="--",
-            label="test acc")
+    ax.plot(epochs, history["test_acc"], marker="s", markersize=3, linestyle="--", label="test acc")
     ax.set_xlabel("epochs")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.0)

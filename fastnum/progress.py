@@ -39,8 +39,15 @@ class Progress:
         if _redraws(stream):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=done, file=stream, unit="it", mininterval=0.1,
-                            dynamic_ncols=True, leave=True)
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                file=stream,
+                unit="it",
+                mininterval=0.1,
+                dynamic_ncols=True,
+                leave=True,
+            )
         else:
             self.stream = stream
             self.t0 = time.perf_counter()
@@ -51,8 +58,14 @@ class Progress:
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         elif done * 10 >= self.next_decile * self.total:
-            line = _std_tqdm.format_meter(done, self.total, time.perf_counter() - self.t0,
-                                          ascii=True, unit="it", initial=self.first)
+            line = _std_tqdm.format_meter(
+                done,
+                self.total,
+                time.perf_counter() - self.t0,
+                ascii=True,
+                unit="it",
+                initial=self.first,
+            )
             self.stream.write(line + "\n")
             self.stream.flush()
             self.next_decile = done * 10 // self.total + 1

@@ -146,5 +146,9 @@ class TwoLayerNet:
         onehot = t if t.ndim == 2 else np.eye(y.shape[1])[t]
         dy = (y - onehot) / n
         dz1 = np.dot(dy, p["W2"].T) * z1 * (1 - z1)
-        return {"W1": np.dot(x.T, dz1), "b1": dz1.sum(axis=0),
-                "W2": np.dot(z1.T, dy), "b2": dy.sum(axis=0)}
+        return {
+            "W1": np.dot(x.T, dz1),
+            "b1": dz1.sum(axis=0),
+            "W2": np.dot(z1.T, dy),
+            "b2": dy.sum(axis=0),
+        }

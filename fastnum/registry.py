@@ -67,8 +67,9 @@ def hidden_label(hidden):
     return "x".join(map(str, hidden)) if isinstance(hidden, tuple | list) else str(hidden)
 
 
-def make_problem(x, t, hidden_size=50, seed=0, weight_init_std=0.01, output_size=10,
-                 activation="sigmoid"):
+def make_problem(
+    x, t, hidden_size=50, seed=0, weight_init_std=0.01, output_size=10, activation="sigmoid"
+):
     """A :class:`Problem` for a batch, with a freshly seeded network.
 
     An int ``hidden_size`` gives the book's two-layer network; a tuple gives a
@@ -77,11 +78,13 @@ def make_problem(x, t, hidden_size=50, seed=0, weight_init_std=0.01, output_size
     x = as_float_batch(x)
     t = as_labels(t, x.shape[0], output_size)
     if isinstance(hidden_size, tuple):
-        params = ReferenceMultiLayerNet(x.shape[1], hidden_size, output_size, activation,
-                                        weight_init_std, seed).params
+        params = ReferenceMultiLayerNet(
+            x.shape[1], hidden_size, output_size, activation, weight_init_std, seed
+        ).params
     else:
-        params = reference.TwoLayerNet(x.shape[1], hidden_size, output_size, weight_init_std,
-                                       seed).params
+        params = reference.TwoLayerNet(
+            x.shape[1], hidden_size, output_size, weight_init_std, seed
+        ).params
     return Problem(params=params, x=x, t=t, activation=activation)
 
 
@@ -96,8 +99,12 @@ def reference_net(params):
 def reference_multilayer_net(problem):
     """A ``ReferenceMultiLayerNet`` carrying copies of ``problem``'s parameters."""
     p = problem.params
-    net = ReferenceMultiLayerNet(p["W1"].shape[0], problem.hidden_sizes,
-                                 p[problem.param_names[-2]].shape[1], problem.activation)
+    net = ReferenceMultiLayerNet(
+        p["W1"].shape[0],
+        problem.hidden_sizes,
+        p[problem.param_names[-2]].shape[1],
+        problem.activation,
+    )
     net.params = {k: np.array(v, dtype=np.float64) for k, v in p.items()}
     return net
 
@@ -189,8 +196,9 @@ def _public_net_args(pr):
 
     W1, W2 = pr.params["W1"], pr.params["W2"]
     # Without numba installed the public network falls back to the NumPy reference.
-    net = TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1],
-                      backend="numba" if HAVE_NUMBA else "numpy")
+    net = TwoLayerNet(
+        W1.shape[0], W1.shape[1], W2.shape[1], backend="numba" if HAVE_NUMBA else "numpy"
+    )
     net.params = {k: np.array(v, dtype=np.float64) for k, v in pr.params.items()}
     return (net, pr.x, pr.t, pr.h)
 
@@ -227,11 +235,15 @@ def _with_book_as_published(op):
     """
     name = "book-float32"
     return dataclasses.replace(
-        op, setup={**op.setup, name: _book_as_published_args},
-        implementations={**op.implementations,
-                         name: lambda net, x, t, h: net.numerical_gradient(x, t, h)},
+        op,
+        setup={**op.setup, name: _book_as_published_args},
+        implementations={
+            **op.implementations,
+            name: lambda net, x, t, h: net.numerical_gradient(x, t, h),
+        },
         yardsticks={**op.yardsticks, name: 1e-6},
-        labels={**op.labels, name: "the book's code as published, float32 images"})
+        labels={**op.labels, name: "the book's code as published, float32 images"},
+    )
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -252,10 +264,10 @@ def conv_net(pr):
     """
     hidden, classes = pr.params["W1"].shape[1], pr.params[pr.param_names[-2]].shape[1]
     n, side = len(pr.x), int(np.sqrt(pr.x.shape[1]))
-    images = pr.x[:, :side * side].reshape(n, 1, side, side)
+    images = pr.x[:, : side * side].reshape(n, 1, side, side)
     if (side, hidden) != (28, BOOK_CONV_HIDDEN):
         lo = (side - min(side, 6)) // 2
-        images = images[:, :, lo:lo + min(side, 6), lo:lo + min(side, 6)]
+        images = images[:, :, lo : lo + min(side, 6), lo : lo + min(side, 6)]
     size = images.shape[2]
     conv = None if size == 28 else {"filter_num": 2, "filter_size": size - 1}
     net = ReferenceSimpleConvNet((1, size, size), conv, hidden, classes, seed=0)
@@ -265,8 +277,10 @@ def conv_net(pr):
 def _conv_args(pr):
     net, x = conv_net(pr)
     rng = np.random.default_rng(0)
-    sample = {k: rng.choice(v.size, min(CONV_SAMPLE, v.size), replace=False)
-              for k, v in net.params.items()}
+    sample = {
+        k: rng.choice(v.size, min(CONV_SAMPLE, v.size), replace=False)
+        for k, v in net.params.items()
+    }
     return net, x, pr.t, pr.h, sample
 
 
@@ -282,8 +296,9 @@ def _sampled(grads, sample):
 def _conv_sample_factor(pr):
     """Parameters of the whole gradient / parameters sampled."""
     params = conv_net(pr)[0].params
-    return sum(v.size for v in params.values()) / sum(min(CONV_SAMPLE, v.size)
-                                                       for v in params.values())
+    return sum(v.size for v in params.values()) / sum(
+        min(CONV_SAMPLE, v.size) for v in params.values()
+    )
 
 
 CONVOLUTION = Operation(
@@ -291,11 +306,14 @@ CONVOLUTION = Operation(
     setup={"default": _conv_engine_args, "numpy": _conv_args, "backprop": _conv_args},
     implementations={
         "numpy": lambda net, x, t, h, sample: ReferenceLayeredNet.numerical_gradient_at(
-            net, x, t, sample, h),
+            net, x, t, sample, h
+        ),
         "numba-full": lambda stack, params, x, t, h, sample: engine.numerical_gradient_at(
-            stack, params, x, t, sample, h, "full"),
+            stack, params, x, t, sample, h, "full"
+        ),
         "numba-delta": lambda stack, params, x, t, h, sample: _sampled(
-            engine.numerical_gradient(stack, params, x, t, h, "delta"), sample),
+            engine.numerical_gradient(stack, params, x, t, h, "delta"), sample
+        ),
         "backprop": lambda net, x, t, h, sample: _sampled(net.gradient(x, t), sample),
     },
     atol=1e-9,
@@ -311,9 +329,15 @@ CONVOLUTION = Operation(
 COMPARISONS = {
     op.name: op
     for op in (
-        _with_book_as_published(_gradient_operation("numerical_gradient", _kernel_args,
-                                                    _np_gradient_args, _numba_gradient,
-                                                    two_layer.STRATEGIES)),
+        _with_book_as_published(
+            _gradient_operation(
+                "numerical_gradient",
+                _kernel_args,
+                _np_gradient_args,
+                _numba_gradient,
+                two_layer.STRATEGIES,
+            )
+        ),
         Operation(
             name="softmax_cross_entropy",
             setup={"default": lambda pr: (_logits(pr), pr.t)},
@@ -326,8 +350,10 @@ COMPARISONS = {
         ),
         Operation(
             name="forward",
-            setup={"default": lambda pr: (two_layer.as_params(pr.params), pr.x),
-                   "numpy": lambda pr: (reference_net(pr.params), pr.x)},
+            setup={
+                "default": lambda pr: (two_layer.as_params(pr.params), pr.x),
+                "numpy": lambda pr: (reference_net(pr.params), pr.x),
+            },
             implementations={
                 "numpy": lambda net, x: net.predict(x),
                 "numba": two_layer.predict_trusted,
@@ -338,8 +364,7 @@ COMPARISONS = {
         Operation(
             name="sgd_step",
             setup={
-                "default": lambda pr: (pr.params, two_layer.as_params(pr.params), pr.x, pr.t,
-                                       pr.h),
+                "default": lambda pr: (pr.params, two_layer.as_params(pr.params), pr.x, pr.t, pr.h),
                 "numpy": _np_gradient_args,
                 "backprop": _np_gradient_args,
             },
@@ -352,9 +377,13 @@ COMPARISONS = {
             rtol=0.0,
             yardsticks={"backprop": 1e-5},
         ),
-        _gradient_operation("multilayer_gradient", _multilayer_kernel_args,
-                            _multilayer_np_args, _multilayer_gradient,
-                            multilayer_kernels.STRATEGIES),
+        _gradient_operation(
+            "multilayer_gradient",
+            _multilayer_kernel_args,
+            _multilayer_np_args,
+            _multilayer_gradient,
+            multilayer_kernels.STRATEGIES,
+        ),
         # The price of the public API's checks (parameters' shapes, dtypes and
         # finiteness, inputs, labels, step) on the book's gradient: "numba" is the
         # validated TwoLayerNet.numerical_gradient, "numba-delta" the trusted kernel

@@ -27,8 +27,19 @@ import numpy as np
 
 from fastnum._io import atomic_open, write_text
 
-__all__ = ["CHECKPOINT", "FORMAT", "HISTORY", "LOCK", "OUTPUTS", "PARAMS", "CheckpointError",
-           "RunFolder", "RunFolderError", "check_out_dir", "check_resumable"]
+__all__ = [
+    "CHECKPOINT",
+    "FORMAT",
+    "HISTORY",
+    "LOCK",
+    "OUTPUTS",
+    "PARAMS",
+    "CheckpointError",
+    "RunFolder",
+    "RunFolderError",
+    "check_out_dir",
+    "check_resumable",
+]
 
 FORMAT = 2  # version of history.json / checkpoint.npz; 2 added the checkpoint's checksum
 HISTORY, PARAMS, CHECKPOINT = "history.json", "params.npz", "checkpoint.npz"
@@ -38,8 +49,18 @@ LOCK = "run.lock"
 # Config fields a resumed run may change: they do not alter any number computed.
 # ``backend`` is compared after resolution ("auto" -> "numba"), not literally.
 MAY_CHANGE_ON_RESUME = ("iters", "threads", "backend")
-_META_KEYS = ("format", "config", "backend", "data", "iteration", "rng", "history",
-              "epoch_seconds", "seconds", "checksum")
+_META_KEYS = (
+    "format",
+    "config",
+    "backend",
+    "data",
+    "iteration",
+    "rng",
+    "history",
+    "epoch_seconds",
+    "seconds",
+    "checksum",
+)
 _EPOCH_KEYS = ("epoch_iter", "train_acc", "test_acc")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -59,8 +80,10 @@ def check_out_dir(out_dir):
     if not isinstance(out_dir, str | os.PathLike):
         raise TypeError(f"out_dir={out_dir!r} must be a folder path (str or Path) or None.")
     if not str(out_dir).strip():
-        raise ValueError(f"out_dir={str(out_dir)!r} is empty; pass the folder for the run's "
-                         "outputs, or None to write nothing.")
+        raise ValueError(
+            f"out_dir={str(out_dir)!r} is empty; pass the folder for the run's "
+            "outputs, or None to write nothing."
+        )
     return Path(out_dir)
 
 
@@ -107,20 +130,26 @@ class RunFolder:
     def _check_state(self, resume, overwrite):
         out = self.path
         if out.exists() and not out.is_dir():
-            raise RunFolderError(f"out_dir {out} is a file, not a folder; pass a folder: a new "
-                                 "one for a new run, or an earlier run's folder with resume=True "
-                                 "(--resume).")
+            raise RunFolderError(
+                f"out_dir {out} is a file, not a folder; pass a folder: a new "
+                "one for a new run, or an earlier run's folder with resume=True "
+                "(--resume)."
+            )
         if resume:
             if not self.checkpoint.is_file():
-                raise FileNotFoundError(f"cannot resume: {self.checkpoint} does not exist. Point "
-                                        "out_dir at an earlier run's directory, or start without "
-                                        "resume.")
+                raise FileNotFoundError(
+                    f"cannot resume: {self.checkpoint} does not exist. Point "
+                    "out_dir at an earlier run's directory, or start without "
+                    "resume."
+                )
             return []
         existing = [name for name in OUTPUTS if (out / name).exists()]
         if existing and not overwrite:
-            raise FileExistsError(f"{out} already holds a run ({', '.join(existing)}); continue "
-                                  "it (resume=True, --resume), use another out_dir, or start "
-                                  "afresh (overwrite=True, --overwrite).")
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(existing)}); continue "
+                "it (resume=True, --resume), use another out_dir, or start "
+                "afresh (overwrite=True, --overwrite)."
+            )
         return existing
 
     def open(self, resume=False, overwrite=False):
@@ -167,18 +196,27 @@ class RunFolder:
             owner = json.loads(lock.read_text(encoding="utf-8"))
             pid, host, started = int(owner["pid"]), str(owner["host"]), str(owner["started"])
         except (OSError, ValueError, KeyError, TypeError):
-            return (f"{out} is locked by {lock}, which cannot be read (a run killed while "
-                    f"starting?). If no fastnum run is using {out}, delete {lock} and try again.")
-        then = "continue with resume=True (--resume)" if self.checkpoint.is_file() else \
-            "start the run again"
+            return (
+                f"{out} is locked by {lock}, which cannot be read (a run killed while "
+                f"starting?). If no fastnum run is using {out}, delete {lock} and try again."
+            )
+        then = (
+            "continue with resume=True (--resume)"
+            if self.checkpoint.is_file()
+            else "start the run again"
+        )
         if host == socket.gethostname() and not _pid_alive(pid):
-            return (f"{out} has a stale lock: {lock} was left by process {pid} (started "
-                    f"{started}), which no longer runs; it was stopped before it could clean "
-                    f"up (kill -9, crash, power loss). No run is using {out} now: delete {lock}, "
-                    f"then {then}.")
-        return (f"{out} is in use by another fastnum run: process {pid} on {host}, started "
-                f"{started} ({lock}). Wait for it to finish or use another out_dir; if that "
-                f"process is not a fastnum run (its PID reused after a reboot), delete {lock}.")
+            return (
+                f"{out} has a stale lock: {lock} was left by process {pid} (started "
+                f"{started}), which no longer runs; it was stopped before it could clean "
+                f"up (kill -9, crash, power loss). No run is using {out} now: delete {lock}, "
+                f"then {then}."
+            )
+        return (
+            f"{out} is in use by another fastnum run: process {pid} on {host}, started "
+            f"{started} ({lock}). Wait for it to finish or use another out_dir; if that "
+            f"process is not a fastnum run (its PID reused after a reboot), delete {lock}."
+        )
 
     def _remove_partial_writes(self):
         # Temporary files of atomic writes interrupted by kill -9 (see fastnum/_io.py): only
@@ -209,8 +247,10 @@ class RunFolder:
             reason = f"{exc.strerror or type(exc).__name__}".lower()
             fix = "fix the folder's permissions or space"
         if self.checkpoint.is_file():
-            then = (f"The last checkpoint {self.checkpoint} is intact: {fix}, then continue "
-                    f"with resume=True (--resume --out {self.path}).")
+            then = (
+                f"The last checkpoint {self.checkpoint} is intact: {fix}, then continue "
+                f"with resume=True (--resume --out {self.path})."
+            )
         else:
             then = f"Nothing was saved yet: {fix}, then start the run again."
         return f"could not write {path}: {reason}. {then}"
@@ -265,29 +305,37 @@ class RunFolder:
         # Whatever a damaged file makes np.load raise (EOFError for zero bytes, BadZipFile,
         # KeyError for a missing array, ValueError for bad JSON) means one thing to the user.
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise CheckpointError(f"{path} is not a readable fastnum checkpoint ({exc}); "
-                                  f"{fresh}") from exc
+            raise CheckpointError(
+                f"{path} is not a readable fastnum checkpoint ({exc}); {fresh}"
+            ) from exc
         if not isinstance(meta, dict):
-            raise CheckpointError(f"{path} is not a readable fastnum checkpoint (its metadata is "
-                                  f"not a mapping); {fresh}")
+            raise CheckpointError(
+                f"{path} is not a readable fastnum checkpoint (its metadata is "
+                f"not a mapping); {fresh}"
+            )
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}, "
-                                  f"expected {FORMAT}; {fresh}")
+            raise CheckpointError(
+                f"{path} has checkpoint format {meta.get('format')!r}, expected {FORMAT}; {fresh}"
+            )
         missing = [key for key in _META_KEYS if key not in meta]
         if missing:
-            raise CheckpointError(f"{path} is not a readable fastnum checkpoint (its metadata "
-                                  f"lacks {', '.join(missing)}); {fresh}")
+            raise CheckpointError(
+                f"{path} is not a readable fastnum checkpoint (its metadata "
+                f"lacks {', '.join(missing)}); {fresh}"
+            )
         for name in param_names:
             if not np.isfinite(arrays[name]).all():
                 raise CheckpointError(
                     f"{path} holds non-finite parameters ({name} contains NaN or inf): no "
                     f"fastnum run writes such a checkpoint, so the file was damaged or edited; "
-                    f"{fresh}")
+                    f"{fresh}"
+                )
         if meta["checksum"] != _checksum(meta, arrays):
             raise CheckpointError(
                 f"{path} does not match its checksum: it was damaged or edited after it was "
                 f"written (parameters, loss list or metadata), and resuming from it would not "
-                f"give the uninterrupted run's numbers; {fresh}")
+                f"give the uninterrupted run's numbers; {fresh}"
+            )
         _check_lengths(meta, arrays, path, fresh)
         return meta, arrays
 
@@ -314,22 +362,31 @@ def check_resumable(meta, config, backend, data_info, per_epoch, path):
     ``data_info`` its data description and ``per_epoch`` its iterations per epoch.
     """
     saved = meta["config"]
-    diffs = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in config.items()
-             if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != v]
+    diffs = [
+        f"{k}={saved.get(k)!r} there, {v!r} now"
+        for k, v in config.items()
+        if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != v
+    ]
     if meta["backend"] != backend:
         diffs.append(f"backend {meta['backend']!r} there, {backend!r} now")
     if meta["data"] != data_info:
         diffs.append("different training/test data")
     if diffs:
-        raise CheckpointError(f"cannot resume from {path}: it was made with other settings "
-                              f"({'; '.join(diffs)}). Resume with the original settings, or "
-                              "start a new run in another out_dir.")
+        raise CheckpointError(
+            f"cannot resume from {path}: it was made with other settings "
+            f"({'; '.join(diffs)}). Resume with the original settings, or "
+            "start a new run in another out_dir."
+        )
     it = meta["iteration"]
     # The book evaluates after iterations 1, 1 + per_epoch, ...: the records must say so.
     if meta["history"]["epoch_iter"] != list(range(1, it + 1, per_epoch)):
-        raise CheckpointError(f"{path} is inconsistent (its epoch records do not follow the "
-                              f"schedule of {it} iterations, {per_epoch} per epoch); start a "
-                              "new run (overwrite=True, --overwrite) or use another out_dir.")
+        raise CheckpointError(
+            f"{path} is inconsistent (its epoch records do not follow the "
+            f"schedule of {it} iterations, {per_epoch} per epoch); start a "
+            "new run (overwrite=True, --overwrite) or use another out_dir."
+        )
     if it > config["iters"]:
-        raise CheckpointError(f"cannot resume from {path}: it is at iteration {it}, past "
-                              f"iters={config['iters']}; pass iters >= {it}.")
+        raise CheckpointError(
+            f"cannot resume from {path}: it is at iteration {it}, past "
+            f"iters={config['iters']}; pass iters >= {it}."
+        )

@@ -46,8 +46,16 @@ from fastnum.multilayer import ACTIVATIONS as _ACTIVATION_TABLE
 from fastnum.progress import NoProgress, Progress
 from fastnum.rundir import FORMAT, HISTORY, RunFolder, check_out_dir, check_resumable
 
-__all__ = ["GRADS", "TrainConfig", "TrainResult", "TrainingDivergedError", "build_net",
-           "run_backend", "sgd_step", "train"]
+__all__ = [
+    "GRADS",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "build_net",
+    "run_backend",
+    "sgd_step",
+    "train",
+]
 
 GRADS = ("numerical", "backprop")
 ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # those of fastnum.multilayer.MultiLayerNet
@@ -81,8 +89,10 @@ def _as_hidden_sizes(value):
     if value is None:
         return None
     if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-        raise TypeError(f"hidden_sizes={value!r} must be a sequence of layer widths such as "
-                        "(100, 50), or None for one hidden layer of hidden_size.")
+        raise TypeError(
+            f"hidden_sizes={value!r} must be a sequence of layer widths such as "
+            "(100, 50), or None for one hidden layer of hidden_size."
+        )
     sizes = tuple(value)
     for i, size in enumerate(sizes):
         check_int(f"hidden_sizes[{i}]", size, 1, "layer widths are positive integers.")
@@ -167,17 +177,22 @@ class TrainConfig:
         check_strategy(self.strategy)
         check_int("threads", self.threads, 1, "pass a positive count or None.", optional=True)
         for name in ("train_size", "test_size"):
-            check_int(name, getattr(self, name), 1, "pass a sample count or None for all.",
-                       optional=True)
+            check_int(
+                name, getattr(self, name), 1, "pass a sample count or None for all.", optional=True
+            )
         object.__setattr__(self, "hidden_sizes", _as_hidden_sizes(self.hidden_sizes))
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.activation != "sigmoid" and self.hidden_sizes is None:
-            raise ValueError(f"activation={self.activation!r} needs hidden_sizes (the book's "
-                             "TwoLayerNet is sigmoid only); pass e.g. hidden_sizes=(50,).")
+            raise ValueError(
+                f"activation={self.activation!r} needs hidden_sizes (the book's "
+                "TwoLayerNet is sigmoid only); pass e.g. hidden_sizes=(50,)."
+            )
         check_choice("net", self.net, NETS)
         if self.net == "simpleconv" and self.hidden_sizes is not None:
-            raise ValueError("hidden_sizes is for net='dense'; SimpleConvNet has one hidden "
-                             "layer of hidden_size units (the book uses 100).")
+            raise ValueError(
+                "hidden_sizes is for net='dense'; SimpleConvNet has one hidden "
+                "layer of hidden_size units (the book uses 100)."
+            )
         self._to_builtin_types()
 
     def _to_builtin_types(self):
@@ -270,8 +285,9 @@ def _first(a, size, name, option):
     a = np.asarray(a)
     n = a.shape[0] if a.ndim else 0
     if size is not None and size > n:
-        raise ValueError(f"{option}={size} is larger than the {n} samples of {name}; "
-                         f"use {option} {n} or less.")
+        raise ValueError(
+            f"{option}={size} is larger than the {n} samples of {name}; use {option} {n} or less."
+        )
     return a if size is None else a[:size]
 
 
@@ -288,45 +304,70 @@ def _prepare_data(config, data, data_dir):
     if data is None:
         from fastnum.data import load_mnist  # lazy: keeps this module importable without it
 
-        data = load_mnist(normalize=True, flatten=config.net != "simpleconv",
-                          one_hot_label=False, data_dir=data_dir)
+        data = load_mnist(
+            normalize=True,
+            flatten=config.net != "simpleconv",
+            one_hot_label=False,
+            data_dir=data_dir,
+        )
         n_classes = MNIST_CLASSES
     else:
         n_classes = None
     try:
         (x_train, t_train), (x_test, t_test) = data
     except (TypeError, ValueError):
-        raise ValueError("data must be ((x_train, t_train), (x_test, t_test)), "
-                         "as fastnum.data.load_mnist returns.") from None
+        raise ValueError(
+            "data must be ((x_train, t_train), (x_test, t_test)), "
+            "as fastnum.data.load_mnist returns."
+        ) from None
     n_classes = n_classes or _n_classes(t_train)
     if config.net == "simpleconv":  # (N, C, H, W) images, validated by the network's checks
         from fastnum.convnet import as_image_batch
 
         x_train = np.asarray(_first(x_train, config.train_size, "x_train", "train_size"))
         if x_train.ndim != 4:
-            raise ValueError(f"x_train has shape {x_train.shape}; net='simpleconv' needs images "
-                             "(N, C, H, W), e.g. load_mnist(flatten=False).")
+            raise ValueError(
+                f"x_train has shape {x_train.shape}; net='simpleconv' needs images "
+                "(N, C, H, W), e.g. load_mnist(flatten=False)."
+            )
         x_train = as_image_batch(x_train, x_train.shape[1:], name="x_train")
-        x_test = as_image_batch(_first(x_test, config.test_size, "x_test", "test_size"),
-                                x_train.shape[1:], name="x_test")
+        x_test = as_image_batch(
+            _first(x_test, config.test_size, "x_test", "test_size"),
+            x_train.shape[1:],
+            name="x_test",
+        )
     else:
-        x_train = as_float_batch(_first(x_train, config.train_size, "x_train", "train_size"),
-                                 name="x_train")
-        x_test = as_float_batch(_first(x_test, config.test_size, "x_test", "test_size"),
-                                x_train.shape[1], name="x_test")
-    t_train = as_labels(_first(t_train, config.train_size, "t_train", "train_size"),
-                        len(x_train), n_classes, name="t_train")
-    t_test = as_labels(_first(t_test, config.test_size, "t_test", "test_size"),
-                       len(x_test), n_classes, name="t_test")
+        x_train = as_float_batch(
+            _first(x_train, config.train_size, "x_train", "train_size"), name="x_train"
+        )
+        x_test = as_float_batch(
+            _first(x_test, config.test_size, "x_test", "test_size"), x_train.shape[1], name="x_test"
+        )
+    t_train = as_labels(
+        _first(t_train, config.train_size, "t_train", "train_size"),
+        len(x_train),
+        n_classes,
+        name="t_train",
+    )
+    t_test = as_labels(
+        _first(t_test, config.test_size, "t_test", "test_size"),
+        len(x_test),
+        n_classes,
+        name="t_test",
+    )
     if config.batch_size > len(x_train):
         raise ValueError(
             f"batch_size={config.batch_size} is larger than the training set "
             f"({len(x_train)} samples); use batch_size {len(x_train)} or less, "
             "or a larger train_size."
         )
-    info = {"train_size": len(x_train), "test_size": len(x_test),
-            "n_features": x_train[0].size, "n_classes": n_classes,
-            "sha256": _fingerprint(x_train, t_train, x_test, t_test)}
+    info = {
+        "train_size": len(x_train),
+        "test_size": len(x_test),
+        "n_features": x_train[0].size,
+        "n_classes": n_classes,
+        "sha256": _fingerprint(x_train, t_train, x_test, t_test),
+    }
     return _Data(x_train, t_train, x_test, t_test, n_classes, info)
 
 
@@ -374,15 +415,35 @@ def build_net(config, n_features, n_classes, input_dim=None):
     if config.net == "simpleconv":
         from fastnum.convnet import SimpleConvNet
 
-        return SimpleConvNet(input_dim, hidden_size=config.hidden_size, output_size=n_classes,
-                             weight_init_std=config.weight_init_std, seed=config.seed,
-                             backend=backend, strategy=config.strategy)
+        return SimpleConvNet(
+            input_dim,
+            hidden_size=config.hidden_size,
+            output_size=n_classes,
+            weight_init_std=config.weight_init_std,
+            seed=config.seed,
+            backend=backend,
+            strategy=config.strategy,
+        )
     if config.hidden_sizes is None:
-        return TwoLayerNet(n_features, config.hidden_size, n_classes, config.weight_init_std,
-                           seed=config.seed, backend=backend, strategy=config.strategy)
-    return MultiLayerNet(n_features, config.hidden_sizes, n_classes, activation=config.activation,
-                         weight_init_std=config.weight_init_std, seed=config.seed,
-                         backend=backend, strategy=config.strategy)
+        return TwoLayerNet(
+            n_features,
+            config.hidden_size,
+            n_classes,
+            config.weight_init_std,
+            seed=config.seed,
+            backend=backend,
+            strategy=config.strategy,
+        )
+    return MultiLayerNet(
+        n_features,
+        config.hidden_sizes,
+        n_classes,
+        activation=config.activation,
+        weight_init_std=config.weight_init_std,
+        seed=config.seed,
+        backend=backend,
+        strategy=config.strategy,
+    )
 
 
 def sgd_step(net, x, t, config):
@@ -406,8 +467,9 @@ class _Run:
 
     def __init__(self, config, data, folder, log):
         self.cfg, self.data, self.folder, self.log = config, data, folder, log
-        self.net = build_net(config, data.x_train.shape[1], data.n_classes,
-                             input_dim=data.x_train.shape[1:])
+        self.net = build_net(
+            config, data.x_train.shape[1], data.n_classes, input_dim=data.x_train.shape[1:]
+        )
         self.backend = self.net.backend
         # A child stream, so batch sampling does not replay the bits of the weight init.
         self.rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
@@ -437,8 +499,10 @@ class _Run:
 
     def accuracies(self):
         d = self.data
-        return (self.net.accuracy_trusted(d.x_train, d.t_train),
-                self.net.accuracy_trusted(d.x_test, d.t_test))
+        return (
+            self.net.accuracy_trusted(d.x_train, d.t_train),
+            self.net.accuracy_trusted(d.x_test, d.t_test),
+        )
 
     def evaluate(self):
         """Record train/test accuracy at the current iteration and print the book's line."""
@@ -452,46 +516,71 @@ class _Run:
         self.t_epoch = now
         width = len(str(self.cfg.iters))
         epoch = len(h["train_acc"]) - 1
-        self.say(f"iter {self.iteration:>{width}}/{self.cfg.iters}  epoch {epoch:>2}  "
-                 f"loss {h['loss'][-1]:.4f}  train acc, test acc | {train_acc:.4f}, {test_acc:.4f}")
+        self.say(
+            f"iter {self.iteration:>{width}}/{self.cfg.iters}  epoch {epoch:>2}  "
+            f"loss {h['loss'][-1]:.4f}  train acc, test acc | {train_acc:.4f}, {test_acc:.4f}"
+        )
 
     def document(self, status, **extra):
         """The content of history.json."""
-        backend_info = {"backend": self.backend,
-                        "backend_description": describe_backend(self.backend)}
+        backend_info = {
+            "backend": self.backend,
+            "backend_description": describe_backend(self.backend),
+        }
         if self.backend == "numba":
             from fastnum._jit import get_num_threads
 
             backend_info["threads"] = get_num_threads()
-        return {"format": FORMAT, "status": status, "config": self.cfg.to_dict(), **backend_info,
-                "data": self.data.info, "iter_per_epoch": self.per_epoch,
-                "iterations_done": self.iteration, "history": self.history,
-                "timings": self.timings(), **extra}
+        return {
+            "format": FORMAT,
+            "status": status,
+            "config": self.cfg.to_dict(),
+            **backend_info,
+            "data": self.data.info,
+            "iter_per_epoch": self.per_epoch,
+            "iterations_done": self.iteration,
+            "history": self.history,
+            "timings": self.timings(),
+            **extra,
+        }
 
     def write_history(self, status, **extra):
         if self.folder is not None:
             self.folder.write_history(self.document(status, **extra))
 
     def write_checkpoint(self):
-        meta = {"config": self.cfg.to_dict(), "backend": self.backend, "data": self.data.info,
-                "iteration": self.iteration, "rng": self.rng.bit_generator.state,
-                "history": {k: v for k, v in self.history.items() if k != "loss"},
-                "epoch_seconds": self.epoch_seconds, "seconds": self.seconds()}
+        meta = {
+            "config": self.cfg.to_dict(),
+            "backend": self.backend,
+            "data": self.data.info,
+            "iteration": self.iteration,
+            "rng": self.rng.bit_generator.state,
+            "history": {k: v for k, v in self.history.items() if k != "loss"},
+            "epoch_seconds": self.epoch_seconds,
+            "seconds": self.seconds(),
+        }
         self.folder.write_checkpoint(meta, self.history["loss"], self.net.params)
 
     def restore(self):
         """Continue from the folder's checkpoint: params, sampler state, iteration and history."""
         meta, arrays = self.folder.read_checkpoint(tuple(self.net.params))
-        check_resumable(meta, self.cfg.to_dict(), self.backend, self.data.info, self.per_epoch,
-                        self.folder.checkpoint)
+        check_resumable(
+            meta,
+            self.cfg.to_dict(),
+            self.backend,
+            self.data.info,
+            self.per_epoch,
+            self.folder.checkpoint,
+        )
         for key in self.net.params:
             self.net.params[key][...] = arrays[key]
         self.rng.bit_generator.state = meta["rng"]
         self.iteration = meta["iteration"]
         self.history = {"loss": arrays["loss"].tolist(), **meta["history"]}
         self.epoch_seconds, self.seconds_before = meta["epoch_seconds"], meta["seconds"]
-        self.say(f"resuming from {self.folder.checkpoint} at iteration "
-                 f"{self.iteration}/{self.cfg.iters}")
+        self.say(
+            f"resuming from {self.folder.checkpoint} at iteration {self.iteration}/{self.cfg.iters}"
+        )
 
     def diverged(self, loss):
         """Save what is finite, then raise :class:`TrainingDivergedError`."""
@@ -500,13 +589,19 @@ class _Run:
         if self.folder is not None:
             self.write_history("diverged", diverged_at={"iteration": it, "loss": repr(loss)})
             self.folder.write_plots(self.history)
-            where = (f" The history of the {self.iteration} finite iterations is in "
-                     f"{self.folder.path / HISTORY} (plots show only those; no params.npz "
-                     "written).")
+            where = (
+                f" The history of the {self.iteration} finite iterations is in "
+                f"{self.folder.path / HISTORY} (plots show only those; no params.npz "
+                "written)."
+            )
         raise TrainingDivergedError(
             f"training diverged at iteration {it}: the loss became {loss} (or the parameters "
             f"non-finite) with lr={lr:g}. Lower the learning rate (e.g. lr={lr / 10:g}) and "
-            f"start a new run.{where}", it, loss, lr)
+            f"start a new run.{where}",
+            it,
+            loss,
+            lr,
+        )
 
     def params_finite(self):
         return all(np.isfinite(p).all() for p in self.net.params.values())
@@ -530,9 +625,15 @@ class _Run:
             self.write_history("running")
         if callback is not None:
             h = self.history
-            callback({"iteration": self.iteration, "epoch": len(h["train_acc"]) - 1,
-                      "loss": h["loss"][-1], "train_acc": h["train_acc"][-1],
-                      "test_acc": h["test_acc"][-1]})
+            callback(
+                {
+                    "iteration": self.iteration,
+                    "epoch": len(h["train_acc"]) - 1,
+                    "loss": h["loss"][-1],
+                    "train_acc": h["train_acc"][-1],
+                    "test_acc": h["test_acc"][-1],
+                }
+            )
 
     def finish(self):
         """Evaluate the final parameters, write all outputs, return the result."""
@@ -544,15 +645,35 @@ class _Run:
         if self.folder is not None:
             self.folder.write_params(self.net.params)
             self.write_checkpoint()  # lets a later resume extend the run with more iters
-            self.write_history("completed", final={"iteration": self.iteration,
-                                                   "train_acc": final[0], "test_acc": final[1]})
+            self.write_history(
+                "completed",
+                final={"iteration": self.iteration, "train_acc": final[0], "test_acc": final[1]},
+            )
             self.folder.write_plots(h)
-        return TrainResult(self.cfg, self.backend, self.net, h, self.timings(), final[0],
-                           final[1], None if self.folder is None else self.folder.path)
+        return TrainResult(
+            self.cfg,
+            self.backend,
+            self.net,
+            h,
+            self.timings(),
+            final[0],
+            final[1],
+            None if self.folder is None else self.folder.path,
+        )
 
 
-def train(config=None, data=None, out_dir=None, *, resume=False, overwrite=False,
-          data_dir=None, progress=True, log=print, callback=None):
+def train(
+    config=None,
+    data=None,
+    out_dir=None,
+    *,
+    resume=False,
+    overwrite=False,
+    data_dir=None,
+    progress=True,
+    log=print,
+    callback=None,
+):
     """Train the book's ``TwoLayerNet`` with minibatch SGD.
 
     Parameters

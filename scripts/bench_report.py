@@ -54,11 +54,22 @@ def run_benchmarks(out, extra_args=()):
     raw_json = out / "benchmarks-raw.json"
     with tempfile.TemporaryDirectory(prefix="fastnum-bench-storage-") as storage:
         # The storage dir and no cache provider: nothing is written into the checkout.
-        cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider",
-               "--benchmark-enable", f"--benchmark-json={raw_json}",
-               f"--benchmark-storage=file://{storage}",
-               "--benchmark-columns=median,iqr,rounds,iterations", "--benchmark-sort=name",
-               "-v", "-rs", *extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-enable",
+            f"--benchmark-json={raw_json}",
+            f"--benchmark-storage=file://{storage}",
+            "--benchmark-columns=median,iqr,rounds,iterations",
+            "--benchmark-sort=name",
+            "-v",
+            "-rs",
+            *extra_args,
+        ]
         print("$", shlex.join(cmd), flush=True)
         code = _tee(cmd, out / "pytest.log")
     if not raw_json.is_file():
@@ -104,8 +115,11 @@ def measure_training(iters, blas_threads=None):
     from fastnum.data import load_mnist
     from fastnum.train import TrainConfig, train
 
-    limit = (threadpool_limits(blas_threads, user_api="blas") if blas_threads
-             else contextlib.nullcontext())
+    limit = (
+        threadpool_limits(blas_threads, user_api="blas")
+        if blas_threads
+        else contextlib.nullcontext()
+    )
     try:
         with limit:
             # A 2-iteration run on a small subset compiles every kernel the loop uses.
@@ -123,11 +137,17 @@ def measure_training(iters, blas_threads=None):
     # Broad on purpose: a failed side measurement must not lose the benchmark run.
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
-    return {"iters": iters, "seconds": seconds,
-            "loop_seconds": result.timings["total_seconds"], "eval_seconds": sorted(passes)[1],
-            "threads": get_num_threads(), "backend": result.backend,
-            "strategy": result.config.strategy, "final_train_acc": result.final_train_acc,
-            "final_test_acc": result.final_test_acc}
+    return {
+        "iters": iters,
+        "seconds": seconds,
+        "loop_seconds": result.timings["total_seconds"],
+        "eval_seconds": sorted(passes)[1],
+        "threads": get_num_threads(),
+        "backend": result.backend,
+        "strategy": result.config.strategy,
+        "final_train_acc": result.final_train_acc,
+        "final_test_acc": result.final_test_acc,
+    }
 
 
 def _prepare_environment(args, cache_dir):
@@ -149,31 +169,59 @@ def _prepare_environment(args, cache_dir):
 
 def parse_args(argv=None):
     """The command line of the report script."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench-results", type=Path,
-                   help="output folder (default: %(default)s)")
-    p.add_argument("--from-json", type=Path, metavar="FILE",
-                   help="only render the report from an earlier results.json (or a raw "
-                        "pytest-benchmark JSON); measures nothing")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer sizes, one round of the slow cases, a shorter training run")
-    p.add_argument("--slow-rounds", type=int, metavar="N",
-                   help="rounds of the slow cases (default: 3, or 1 with --quick)")
-    p.add_argument("--full-run", action="store_true",
-                   help=f"time the book's whole {report.BOOK_ITERS:,}-iteration run with numba "
-                        "instead of extrapolating")
-    p.add_argument("--train-iters", type=int, metavar="N",
-                   help=f"iterations of the timed training run (default: "
-                        f"{DEFAULT_TRAIN_ITERS}, 200 with --quick)")
-    p.add_argument("--blas-threads", type=int, metavar="N",
-                   help="limit NumPy's BLAS to N threads (threadpoolctl) in the benchmarks and "
-                        "the training run; default: the library's own. 1 is steadier on a "
-                        "busy machine")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", default="bench-results", type=Path, help="output folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="only render the report from an earlier results.json (or a raw "
+        "pytest-benchmark JSON); measures nothing",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer sizes, one round of the slow cases, a shorter training run",
+    )
+    p.add_argument(
+        "--slow-rounds",
+        type=int,
+        metavar="N",
+        help="rounds of the slow cases (default: 3, or 1 with --quick)",
+    )
+    p.add_argument(
+        "--full-run",
+        action="store_true",
+        help=f"time the book's whole {report.BOOK_ITERS:,}-iteration run with numba "
+        "instead of extrapolating",
+    )
+    p.add_argument(
+        "--train-iters",
+        type=int,
+        metavar="N",
+        help=f"iterations of the timed training run (default: "
+        f"{DEFAULT_TRAIN_ITERS}, 200 with --quick)",
+    )
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        metavar="N",
+        help="limit NumPy's BLAS to N threads (threadpoolctl) in the benchmarks and "
+        "the training run; default: the library's own. 1 is steadier on a "
+        "busy machine",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
-    p.add_argument("--pytest-args", default="", metavar="ARGS",
-                   help="extra pytest arguments, e.g. \"-k numerical_gradient\"")
+    p.add_argument(
+        "--pytest-args",
+        default="",
+        metavar="ARGS",
+        help='extra pytest arguments, e.g. "-k numerical_gradient"',
+    )
     args = p.parse_args(argv)
     for name in ("slow_rounds", "train_iters", "blas_threads"):
         value = getattr(args, name)
@@ -193,14 +241,18 @@ def measure(args):
     compile_info = None if args.no_compile else measure_compile()
     train = None
     if not args.no_train:
-        iters = report.BOOK_ITERS if args.full_run else (
-            args.train_iters or (200 if args.quick else DEFAULT_TRAIN_ITERS))
+        iters = (
+            report.BOOK_ITERS
+            if args.full_run
+            else (args.train_iters or (200 if args.quick else DEFAULT_TRAIN_ITERS))
+        )
         print(f"timing {iters} iterations of the book's training loop with numba ...", flush=True)
         train = measure_training(iters, args.blas_threads)
     results = report.trim(raw, compile_info, train)
     results["report_seconds"] = time.perf_counter() - started
     results["generated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds")
+        timespec="seconds"
+    )
     return code, results
 
 
@@ -225,8 +277,11 @@ def main(argv=None):
     md = report.render(results, args.out)
     print(f"\nwrote {md}, {args.out / report.PNG_NAME} and {args.out / report.RESULTS_NAME}")
     if code:
-        print(f"warning: some benchmarks failed (pytest exit code {code}); see "
-              f"{args.out / 'pytest.log'}", file=sys.stderr)
+        print(
+            f"warning: some benchmarks failed (pytest exit code {code}); see "
+            f"{args.out / 'pytest.log'}",
+            file=sys.stderr,
+        )
     return code
 
 

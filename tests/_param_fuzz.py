@@ -23,10 +23,18 @@ def build(kind, backend, strategy):
     from fastnum.network import TwoLayerNet
 
     if kind == "two_layer":
-        return TwoLayerNet(INPUT, HIDDEN[0], OUTPUT, weight_init_std=0.5, seed=1,
-                           backend=backend, strategy=strategy)
-    return MultiLayerNet(INPUT, HIDDEN, OUTPUT, weight_init_std=0.5, seed=1, backend=backend,
-                         strategy=strategy)
+        return TwoLayerNet(
+            INPUT,
+            HIDDEN[0],
+            OUTPUT,
+            weight_init_std=0.5,
+            seed=1,
+            backend=backend,
+            strategy=strategy,
+        )
+    return MultiLayerNet(
+        INPUT, HIDDEN, OUTPUT, weight_init_std=0.5, seed=1, backend=backend, strategy=strategy
+    )
 
 
 def mutations(shape):
@@ -76,8 +84,9 @@ def _same(a, b):
 
 def run_case(case):
     """None if the case behaves, else a description of what went wrong."""
-    kind, backend, strategy, param, how = (case[k] for k in
-                                           ("kind", "backend", "strategy", "param", "how"))
+    kind, backend, strategy, param, how = (
+        case[k] for k in ("kind", "backend", "strategy", "param", "how")
+    )
     rng = np.random.default_rng(0)
     x = rng.random((BATCH, INPUT))
     x[x < 0.4] = 0.0
@@ -110,8 +119,10 @@ def main():
             problem = run_case(case)
         except Exception as exc:  # noqa: BLE001 - any other exception is a finding
             problem = f"unexpected {type(exc).__name__}: {exc}"
-        print(f"DONE {i} " + ("ok" if problem is None else "FAIL " + problem.replace("\n", " ")),
-              flush=True)
+        print(
+            f"DONE {i} " + ("ok" if problem is None else "FAIL " + problem.replace("\n", " ")),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

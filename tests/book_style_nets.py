@@ -39,7 +39,9 @@ def im2col(images, fh, fw, stride=1, pad=0):
     cols = np.empty((n, c, fh, fw, oh, ow))
     for i in range(fh):
         for j in range(fw):
-            cols[:, :, i, j] = padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+            cols[:, :, i, j] = padded[
+                :, :, i : i + stride * oh : stride, j : j + stride * ow : stride
+            ]
     return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, -1)
 
 
@@ -51,8 +53,10 @@ def col2im(cols, shape, fh, fw, stride=1, pad=0):
     padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
     for i in range(fh):
         for j in range(fw):
-            padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[:, :, i, j]
-    return padded[:, :, pad:pad + h, pad:pad + w]
+            padded[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += cols[
+                :, :, i, j
+            ]
+    return padded[:, :, pad : pad + h, pad : pad + w]
 
 
 class Relu:
@@ -254,16 +258,29 @@ class TwoLayerNet:
     def gradient(self, x, t):
         self.loss(x, t)
         _backward_through(self.layers, self.lastLayer)
-        return {"W1": self.layers["Affine1"].dW, "b1": self.layers["Affine1"].db,
-                "W2": self.layers["Affine2"].dW, "b2": self.layers["Affine2"].db}
+        return {
+            "W1": self.layers["Affine1"].dW,
+            "b1": self.layers["Affine1"].db,
+            "W2": self.layers["Affine2"].dW,
+            "b2": self.layers["Affine2"].db,
+        }
 
 
 class MultiLayerNetExtend:
     """Chapter 6: Affine -> [BatchNorm] -> activation -> [Dropout], repeated; weight decay."""
 
-    def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
-                 weight_init_std="relu", weight_decay_lambda=0, use_dropout=False,
-                 dropout_ration=0.5, use_batchnorm=False):
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0,
+        use_dropout=False,
+        dropout_ration=0.5,
+        use_batchnorm=False,
+    ):
         self.input_size, self.output_size = input_size, output_size
         self.hidden_size_list, self.hidden_layer_num = hidden_size_list, len(hidden_size_list)
         self.use_dropout, self.use_batchnorm = use_dropout, use_batchnorm
@@ -285,8 +302,9 @@ class MultiLayerNetExtend:
             if use_batchnorm:
                 self.params[f"gamma{k}"] = np.ones(sizes[k])
                 self.params[f"beta{k}"] = np.zeros(sizes[k])
-                self.layers[f"BatchNorm{k}"] = BatchNormalization(self.params[f"gamma{k}"],
-                                                                  self.params[f"beta{k}"])
+                self.layers[f"BatchNorm{k}"] = BatchNormalization(
+                    self.params[f"gamma{k}"], self.params[f"beta{k}"]
+                )
             self.layers[f"Activation_function{k}"] = activation_layer()
             if use_dropout:
                 self.layers[f"Dropout{k}"] = Dropout(dropout_ration)
@@ -303,8 +321,10 @@ class MultiLayerNetExtend:
         return x
 
     def loss(self, x, t, train_flg=False):
-        decay = sum(0.5 * self.weight_decay_lambda * np.sum(self.params[f"W{k}"] ** 2)
-                    for k in range(1, self.hidden_layer_num + 2))
+        decay = sum(
+            0.5 * self.weight_decay_lambda * np.sum(self.params[f"W{k}"] ** 2)
+            for k in range(1, self.hidden_layer_num + 2)
+        )
         return self.last_layer.forward(self.predict(x, train_flg), t) + decay
 
     def accuracy(self, x, t):
@@ -330,9 +350,14 @@ class MultiLayerNetExtend:
 class SimpleConvNet:
     """Chapter 7: Conv1 -> Relu1 -> Pool1 -> Affine1 -> Relu2 -> Affine2, ``last_layer``."""
 
-    def __init__(self, input_dim=(1, 28, 28),
-                 conv_param={"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1},  # noqa: B006 - the book's signature
-                 hidden_size=100, output_size=10, weight_init_std=0.01):
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        conv_param={"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1},  # noqa: B006 - the book's signature
+        hidden_size=100,
+        output_size=10,
+        weight_init_std=0.01,
+    ):
         fn, fs = conv_param["filter_num"], conv_param["filter_size"]
         pad, stride = conv_param["pad"], conv_param["stride"]
         c, size = input_dim[0], input_dim[1]

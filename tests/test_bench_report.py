@@ -54,41 +54,103 @@ OPS = ["numerical_gradient", "sgd_step", "forward", "multilayer_gradient"]
 
 def _bench(op, impl, batch, hidden, threads, median, rounds):
     widths = hidden if isinstance(hidden, tuple) else (hidden,)
-    return {"name": f"test_operation[{op}-{impl}]", "group": op,
-            "extra_info": {"op": op, "impl": impl, "batch": batch, "hidden": widths[0],
-                           "arch": "x".join(map(str, widths)), "threads": threads,
-                           "slow": impl in bench_plan.SLOW_IMPLS, "smoke": False},
-            "stats": {"median": median, "rounds": rounds, "iterations": 1, "iqr": 0.0}}
+    return {
+        "name": f"test_operation[{op}-{impl}]",
+        "group": op,
+        "extra_info": {
+            "op": op,
+            "impl": impl,
+            "batch": batch,
+            "hidden": widths[0],
+            "arch": "x".join(map(str, widths)),
+            "threads": threads,
+            "slow": impl in bench_plan.SLOW_IMPLS,
+            "smoke": False,
+        },
+        "stats": {"median": median, "rounds": rounds, "iterations": 1, "iqr": 0.0},
+    }
 
 
 def make_results():
     """Results as a real run writes them, with the medians of :data:`CASES`."""
     return {
         "datetime": "2026-01-01T00:00:00",
-        "machine": {"cpu_model": "Test CPU", "logical_cpus": 2, "usable_cpus": 2,
-                    "numba_threads": 2, "jit_enabled": True, "python": "3.11.7",
-                    "numpy": "2.4.6", "numba": "0.68.1", "blas": "openblas 0.3.31",
-                    "blas_threads": 1, "blas_threads_limit": 1, "platform": "Linux",
-                    "date": "2026-01-01T00:00:00+00:00", "loadavg_end": [0.5, 0.5, 0.5]},
-        "fastnum": {"profile": "quick", "slow_rounds": 3, "target_seconds": 0.25,
-                    "min_rounds": 3, "operations": OPS,
-                    "implementations": {op: bench_plan.implementations(op) for op in OPS},
-                    "skipped": [{"op": "numerical_gradient", "impl": "numpy", "batch": 1000,
-                                 "hidden": 50, "threads": None, "reason": "too slow"},
-                                {"op": "numerical_gradient", "impl": "numba-full", "batch": 1000,
-                                 "hidden": 50, "threads": "1", "reason": "too slow"},
-                                {"op": "numerical_gradient", "impl": "numba-full", "batch": 1000,
-                                 "hidden": 50, "threads": "all", "reason": "too slow"}]},
+        "machine": {
+            "cpu_model": "Test CPU",
+            "logical_cpus": 2,
+            "usable_cpus": 2,
+            "numba_threads": 2,
+            "jit_enabled": True,
+            "python": "3.11.7",
+            "numpy": "2.4.6",
+            "numba": "0.68.1",
+            "blas": "openblas 0.3.31",
+            "blas_threads": 1,
+            "blas_threads_limit": 1,
+            "platform": "Linux",
+            "date": "2026-01-01T00:00:00+00:00",
+            "loadavg_end": [0.5, 0.5, 0.5],
+        },
+        "fastnum": {
+            "profile": "quick",
+            "slow_rounds": 3,
+            "target_seconds": 0.25,
+            "min_rounds": 3,
+            "operations": OPS,
+            "implementations": {op: bench_plan.implementations(op) for op in OPS},
+            "skipped": [
+                {
+                    "op": "numerical_gradient",
+                    "impl": "numpy",
+                    "batch": 1000,
+                    "hidden": 50,
+                    "threads": None,
+                    "reason": "too slow",
+                },
+                {
+                    "op": "numerical_gradient",
+                    "impl": "numba-full",
+                    "batch": 1000,
+                    "hidden": 50,
+                    "threads": "1",
+                    "reason": "too slow",
+                },
+                {
+                    "op": "numerical_gradient",
+                    "impl": "numba-full",
+                    "batch": 1000,
+                    "hidden": 50,
+                    "threads": "all",
+                    "reason": "too slow",
+                },
+            ],
+        },
         "benchmarks": [_bench(*case) for case in CASES],
-        "compile": {"cache_files": 7,
-                    "cold": {"import_seconds": 0.5, "total_seconds": 25.0,
-                             "calls": [{"op": "forward", "impl": "numba", "first_call": 3.0}]},
-                    "warm": {"import_seconds": 0.4, "total_seconds": 0.9,
-                             "calls": [{"op": "forward", "impl": "numba", "first_call": 0.02}]}},
+        "compile": {
+            "cache_files": 7,
+            "cold": {
+                "import_seconds": 0.5,
+                "total_seconds": 25.0,
+                "calls": [{"op": "forward", "impl": "numba", "first_call": 3.0}],
+            },
+            "warm": {
+                "import_seconds": 0.4,
+                "total_seconds": 0.9,
+                "calls": [{"op": "forward", "impl": "numba", "first_call": 0.02}],
+            },
+        },
         # 30 iterations: 2 accuracy passes of 0.2 s, 0.5 s of data preparation.
-        "train": {"iters": 30, "seconds": 3.0, "loop_seconds": 2.5, "eval_seconds": 0.2,
-                  "threads": 2, "backend": "numba", "strategy": "delta",
-                  "final_train_acc": 0.5, "final_test_acc": 0.25},
+        "train": {
+            "iters": 30,
+            "seconds": 3.0,
+            "loop_seconds": 2.5,
+            "eval_seconds": 0.2,
+            "threads": 2,
+            "backend": "numba",
+            "strategy": "delta",
+            "final_train_acc": 0.5,
+            "final_test_acc": 0.25,
+        },
     }
 
 
@@ -130,14 +192,16 @@ def test_implementations_follow_the_registry_reference_first_yardsticks_last():
     labels = {i["name"]: i["label"] for i in bench_plan.implementations("numerical_gradient")}
     assert labels["numpy"] == "NumPy reference" and labels["numba-delta"] == "numba delta"
     assert labels["backprop"] == "backprop (yardstick)"
-    assert labels["book-float32"] == ("the book's code as published, float32 images "
-                                      "(yardstick)")
+    assert labels["book-float32"] == ("the book's code as published, float32 images (yardstick)")
 
 
 def test_the_book_as_published_is_timed_at_the_books_size_only():
     for profile in bench_plan.PROFILES.values():
-        book = [c for c in bench_plan.cases("numerical_gradient", profile, 2)
-                if c.impl == bench_plan.BOOK_AS_PUBLISHED]
+        book = [
+            c
+            for c in bench_plan.cases("numerical_gradient", profile, 2)
+            if c.impl == bench_plan.BOOK_AS_PUBLISHED
+        ]
         assert [(c.batch, c.hidden, c.threads) for c in book] == [(100, 50, None)]
         assert book[0].slow and bench_plan.skip_reason(book[0], profile) is None
 
@@ -165,10 +229,19 @@ def test_the_legend_records_the_blas_threads_threadpoolctl_reports(monkeypatch):
 
 def test_rows_are_sorted_reference_first_and_yardsticks_last(rows):
     book = [r.impl for r in rows if r.op == "numerical_gradient" and r.size == (100, "50")]
-    assert book == ["numpy", "numba-full", "numba-full", "numba-delta", "numba-delta",
-                    "backprop", "book-float32"]
-    assert [r.arch for r in rows if r.op == "multilayer_gradient" and r.impl == "numpy"] == \
-        ["50", "50x50"]
+    assert book == [
+        "numpy",
+        "numba-full",
+        "numba-full",
+        "numba-delta",
+        "numba-delta",
+        "backprop",
+        "book-float32",
+    ]
+    assert [r.arch for r in rows if r.op == "multilayer_gradient" and r.impl == "numpy"] == [
+        "50",
+        "50x50",
+    ]
 
 
 def test_smoke_entries_and_entries_without_arch(results):
@@ -182,8 +255,10 @@ def test_smoke_entries_and_entries_without_arch(results):
 
 def test_lookup_takes_all_threads_unless_told(rows):
     assert report.lookup(rows, "numerical_gradient", "numba-delta", (100, 50)).median == 0.005
-    assert report.lookup(rows, "numerical_gradient", "numba-delta", (100, 50),
-                         threads=1).median == 0.01
+    assert (
+        report.lookup(rows, "numerical_gradient", "numba-delta", (100, 50), threads=1).median
+        == 0.01
+    )
     assert report.lookup(rows, "multilayer_gradient", "numpy", (10, (50, 50))).median == 4.0
     assert report.lookup(rows, "numerical_gradient", "numpy", (1000, 50)) is None
 
@@ -193,17 +268,26 @@ def test_lookup_takes_all_threads_unless_told(rows):
 
 def test_table_shows_medians_and_both_ratios(results):
     md = report.markdown(results)
-    assert _table_row(md, "numerical_gradient", 100, 50, "numba delta", "2")[5:] == \
-        ["5 ms", "2,000×", "10×"]
-    assert _table_row(md, "numerical_gradient", 100, 50, "NumPy reference", "—")[4:] == \
-        ["3", "10 s", "1×", "20,000×"]
+    assert _table_row(md, "numerical_gradient", 100, 50, "numba delta", "2")[5:] == [
+        "5 ms",
+        "2,000×",
+        "10×",
+    ]
+    assert _table_row(md, "numerical_gradient", 100, 50, "NumPy reference", "—")[4:] == [
+        "3",
+        "10 s",
+        "1×",
+        "20,000×",
+    ]
     book = "the book's code as published, float32 images (yardstick)"
-    assert _table_row(md, "numerical_gradient", 100, 50, book, "—")[5:] == \
-        ["30 s", "0.333×", "60,000×"]
+    assert _table_row(md, "numerical_gradient", 100, 50, book, "—")[5:] == [
+        "30 s",
+        "0.333×",
+        "60,000×",
+    ]
     # No reference at batch 1000: a dash, and the reason it was not timed.
     assert _table_row(md, "numerical_gradient", 1000, 50, "numba delta", "1")[6] == "—"
-    assert ("- not timed at batch 1000, hidden 50: NumPy reference, numba full; too slow"
-            in md)
+    assert "- not timed at batch 1000, hidden 50: NumPy reference, numba full; too slow" in md
 
 
 def test_an_operation_without_yardstick_has_no_yardstick_column(results):
@@ -224,21 +308,28 @@ def test_every_timed_case_has_a_table_row(results, rows):
 def test_multilayer_rows_are_keyed_by_architecture(results):
     md = report.markdown(results)
     assert report.OP_NOTES["multilayer_gradient"] in md
-    assert _table_row(md, "multilayer_gradient", 10, "50x50", "numba delta", "2")[5:7] == \
-        ["20 ms", "200×"]
+    assert _table_row(md, "multilayer_gradient", 10, "50x50", "numba delta", "2")[5:7] == [
+        "20 ms",
+        "200×",
+    ]
 
 
 def test_headline_quotes_the_reference_the_fastest_kernel_and_both_yardsticks(results):
     headline = _section(report.markdown(results), "Headline")
-    assert ("`numerical_gradient` at the book's batch 100, hidden 50: NumPy reference 10 s "
-            "(median of 3 round(s)), numba delta 5 ms on 2 thread(s): **2,000× faster**"
-            in headline)
+    assert (
+        "`numerical_gradient` at the book's batch 100, hidden 50: NumPy reference 10 s "
+        "(median of 3 round(s)), numba delta 5 ms on 2 thread(s): **2,000× faster**" in headline
+    )
     assert "On 1 thread numba delta takes 10 ms: 1,000× faster." in headline
     assert "numba full 8 s (1.25× faster than NumPy)." in headline
-    assert ("backprop (yardstick): 500 µs; numba delta is 10× slower and the NumPy reference "
-            "20,000× slower." in headline)
-    assert ("the book's code as published, float32 images (yardstick): 30 s; numba delta is "
-            "6,000× faster and the NumPy reference 3× faster." in headline)
+    assert (
+        "backprop (yardstick): 500 µs; numba delta is 10× slower and the NumPy reference "
+        "20,000× slower." in headline
+    )
+    assert (
+        "the book's code as published, float32 images (yardstick): 30 s; numba delta is "
+        "6,000× faster and the NumPy reference 3× faster." in headline
+    )
     assert "`sgd_step` at the book's batch 100" in headline and "**2,000× faster**" in headline
 
 
@@ -259,8 +350,11 @@ def test_training_section_extrapolates_numba_and_both_numpy_loops(results):
 def test_extrapolation_scales_steps_and_accuracy_passes_apart():
     # 600 iterations make 2 accuracy passes (iterations 1 and the final one);
     # 10,000 make 18 (1, 601, ..., 9601 and the final one).
-    assert (report.evaluations(600), report.evaluations(601),
-            report.evaluations(10_000)) == (2, 2, 18)
+    assert (report.evaluations(600), report.evaluations(601), report.evaluations(10_000)) == (
+        2,
+        2,
+        18,
+    )
     run = {"iters": 600, "seconds": 10.0, "eval_seconds": 1.0}
     assert report.extrapolate(run) == pytest.approx(10_000 * 8.0 / 600 + 18 * 1.0)
     run = {"iters": 600, "seconds": 13.0, "loop_seconds": 10.0, "eval_seconds": 1.0}
@@ -270,10 +364,14 @@ def test_extrapolation_scales_steps_and_accuracy_passes_apart():
 def test_legend_names_machine_blas_threads_and_the_slow_cases(results):
     machine = _section(report.markdown(results), "Machine")
     assert "- **CPU**: Test CPU, 2 logical CPUs (2 usable by this process)" in machine
-    assert ("- **NumPy's BLAS**: openblas 0.3.31, threads: 1 (limited to 1 by --blas-threads)"
-            in machine)
-    assert ("slow cases (NumPy reference, numba full, the book's code as published, float32 "
-            "images (yardstick)) timed with 3 round(s)" in machine)
+    assert (
+        "- **NumPy's BLAS**: openblas 0.3.31, threads: 1 (limited to 1 by --blas-threads)"
+        in machine
+    )
+    assert (
+        "slow cases (NumPy reference, numba full, the book's code as published, float32 "
+        "images (yardstick)) timed with 3 round(s)" in machine
+    )
     results["machine"].update(blas_threads=2, blas_threads_limit=None)
     assert "threads: 2 (the library's default)" in report.markdown(results)
     # Results written before threadpoolctl named the environment variables instead.
@@ -303,14 +401,16 @@ def test_busy_warning_follows_the_load(results):
     assert "Busy machine" not in report.markdown(results)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(4.213e-3, "4.21 ms"), (12.5, "12.5 s"),
-                                               (3.2e-6, "3.2 µs"), (None, "—")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(4.213e-3, "4.21 ms"), (12.5, "12.5 s"), (3.2e-6, "3.2 µs"), (None, "—")]
+)
 def test_fmt_seconds(seconds, text):
     assert report.fmt_seconds(seconds) == text
 
 
-@pytest.mark.parametrize(("ratio", "text"), [(12655.2, "12,655×"), (1.0, "1×"),
-                                             (0.52, "0.52×"), (None, "—")])
+@pytest.mark.parametrize(
+    ("ratio", "text"), [(12655.2, "12,655×"), (1.0, "1×"), (0.52, "0.52×"), (None, "—")]
+)
 def test_fmt_ratio(ratio, text):
     assert report.fmt_ratio(ratio) == text
 
@@ -321,8 +421,9 @@ def test_fmt_ratio(ratio, text):
 def test_multilayer_time_is_plotted_against_the_architecture(results, rows):
     cat = report.catalog(results)
     fig, (ax,) = new_figure()
-    report.time_axis(ax, rows, cat["multilayer_gradient"], "multilayer_gradient",
-                     report.colors(cat))
+    report.time_axis(
+        ax, rows, cat["multilayer_gradient"], "multilayer_gradient", report.colors(cat)
+    )
     assert [t.get_text() for t in ax.get_xticklabels()] == ["h50", "h50x50"]
     assert "batch 10" in ax.get_title()
 
@@ -330,19 +431,27 @@ def test_multilayer_time_is_plotted_against_the_architecture(results, rows):
 def test_speedup_bars_have_one_series_per_implementation_and_thread_count(results, rows):
     cat = report.catalog(results)
     fig, (ax,) = new_figure()
-    report.speedup_axis(ax, rows, cat["numerical_gradient"], "numerical_gradient",
-                        report.colors(cat))
+    report.speedup_axis(
+        ax, rows, cat["numerical_gradient"], "numerical_gradient", report.colors(cat)
+    )
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["numba full, 1 thr", "numba full, 2 thr", "numba delta, 1 thr",
-                      "numba delta, 2 thr", "backprop (yardstick)",
-                      "the book's code as published, float32 images (yardstick)"]
+    assert labels == [
+        "numba full, 1 thr",
+        "numba full, 2 thr",
+        "numba delta, 1 thr",
+        "numba delta, 2 thr",
+        "backprop (yardstick)",
+        "the book's code as published, float32 images (yardstick)",
+    ]
 
 
 def test_colours_are_per_implementation_and_stable_across_operations(results):
     color = report.colors(report.catalog(results))
     assert color["numpy"] == "tab:gray"
-    assert len({color[n] for n in ("numba-full", "numba-delta", "numba", "backprop",
-                                   "book-float32")}) == 5
+    assert (
+        len({color[n] for n in ("numba-full", "numba-delta", "numba", "backprop", "book-float32")})
+        == 5
+    )
 
 
 def test_render_writes_png_markdown_and_reloadable_json(results, tmp_path):
@@ -360,17 +469,30 @@ def test_the_committed_results_still_render(tmp_path):
     assert rows and "The book's case was not timed." not in md
     for op in {r.op for r in rows}:
         section = md.split(f"### {op}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
-        assert len([line for line in section.splitlines() if re.match(r"\| \d", line)]) == \
-            sum(r.op == op for r in rows)
+        assert len([line for line in section.splitlines() if re.match(r"\| \d", line)]) == sum(
+            r.op == op for r in rows
+        )
 
 
 def test_command_line_renders_from_json(tmp_path, results):
     source = tmp_path / "results.json"
     source.write_text(json.dumps(results), encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_report.py"),
-                           "--from-json", str(source), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_report.py"),
+            "--from-json",
+            str(source),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout
-    assert (tmp_path / "out" / report.MD_NAME).read_text(encoding="utf-8") == \
-        report.markdown(report.trim(results))
+    assert (tmp_path / "out" / report.MD_NAME).read_text(encoding="utf-8") == report.markdown(
+        report.trim(results)
+    )

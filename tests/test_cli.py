@@ -15,8 +15,22 @@ from fastnum import cli
 from fastnum.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--grad", "backprop", "--iters", "12", "--batch-size", "20", "--train-size", "100",
-         "--test-size", "50", "--hidden", "5", "--backend", "numpy"]
+QUICK = [
+    "--grad",
+    "backprop",
+    "--iters",
+    "12",
+    "--batch-size",
+    "20",
+    "--train-size",
+    "100",
+    "--test-size",
+    "50",
+    "--hidden",
+    "5",
+    "--backend",
+    "numpy",
+]
 
 
 def one_error_line(capsys, *words):
@@ -28,12 +42,23 @@ def one_error_line(capsys, *words):
     return lines[0]
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--help"], ["examples:", "fastnum train --grad backprop", "exit codes"]),
-    (["train", "--help"], ["--grad {numerical,backprop}", "--resume", "history.json",
-                           "--train-size N", "examples:"]),
-    (["gradcheck", "--help"], ["--tol", "1e-05", "1e-7", "examples:"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--help"], ["examples:", "fastnum train --grad backprop", "exit codes"]),
+        (
+            ["train", "--help"],
+            [
+                "--grad {numerical,backprop}",
+                "--resume",
+                "history.json",
+                "--train-size N",
+                "examples:",
+            ],
+        ),
+        (["gradcheck", "--help"], ["--tol", "1e-05", "1e-7", "examples:"]),
+    ],
+)
 def test_help(capsys, argv, words):
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -46,18 +71,21 @@ def test_no_command_is_a_usage_error(capsys):
     assert "usage: fastnum" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train", "--lr", "-1"], ["fastnum train: error:", "--lr=-1.0", "> 0"]),
-    (["train", "--h", "0"], ["--h=0.0"]),
-    (["train", "--iters", "0"], ["--iters=0", "at least 1"]),
-    (["train", "--hidden", "0"], ["--hidden=0"]),
-    (["train", "--batch-size", "0"], ["--batch-size=0"]),
-    (["train", "--threads", "0"], ["--threads=0"]),
-    (["train", "--resume"], ["--resume needs --out DIR"]),
-    (["gradcheck", "--tol", "0"], ["fastnum gradcheck: error:", "--tol=0.0"]),
-    (["train", "--activation", "relu"], ["--activation='relu' needs --hidden-sizes"]),
-    (["train", "--hidden-sizes", "30,0"], ["--hidden-sizes[1]=0"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--lr", "-1"], ["fastnum train: error:", "--lr=-1.0", "> 0"]),
+        (["train", "--h", "0"], ["--h=0.0"]),
+        (["train", "--iters", "0"], ["--iters=0", "at least 1"]),
+        (["train", "--hidden", "0"], ["--hidden=0"]),
+        (["train", "--batch-size", "0"], ["--batch-size=0"]),
+        (["train", "--threads", "0"], ["--threads=0"]),
+        (["train", "--resume"], ["--resume needs --out DIR"]),
+        (["gradcheck", "--tol", "0"], ["fastnum gradcheck: error:", "--tol=0.0"]),
+        (["train", "--activation", "relu"], ["--activation='relu' needs --hidden-sizes"]),
+        (["train", "--hidden-sizes", "30,0"], ["--hidden-sizes[1]=0"]),
+    ],
+)
 def test_bad_values_fail_with_one_clear_line(capsys, argv, words):
     assert main(argv) == 2
     one_error_line(capsys, *words)
@@ -111,8 +139,9 @@ def test_unknown_backend_environment_variable_is_refused(capsys, monkeypatch):
     # Each command would also fail on its other options: the backend must be refused first.
     for command in (["train", "--lr", "-1"], ["gradcheck", "--tol", "0"]):
         assert main(command) == 2
-        one_error_line(capsys, "backend='cuda' (from $FASTNUM_BACKEND) is unknown",
-                       "unset FASTNUM_BACKEND")
+        one_error_line(
+            capsys, "backend='cuda' (from $FASTNUM_BACKEND) is unknown", "unset FASTNUM_BACKEND"
+        )
     # An explicit --backend wins: the error is now the next one, about --lr.
     assert main(["train", "--backend", "numpy", "--lr", "-1"]) == 2
     one_error_line(capsys, "--lr=-1.0")
@@ -128,13 +157,18 @@ def test_argparse_errors_return_2(capsys):
 
 def test_option_names_replace_python_names():
     message = "batch_size=200 is larger than the training set; use batch_size 100 or less"
-    assert cli._as_options(message) == ("--batch-size=200 is larger than the training set; "
-                                        "use --batch-size 100 or less")
-    assert cli._as_options("hidden_size=0 must be positive (h=1e-4)") == \
-        "--hidden=0 must be positive (--h=1e-4)"
+    assert cli._as_options(message) == (
+        "--batch-size=200 is larger than the training set; use --batch-size 100 or less"
+    )
+    assert (
+        cli._as_options("hidden_size=0 must be positive (h=1e-4)")
+        == "--hidden=0 must be positive (--h=1e-4)"
+    )
     assert cli._as_options("x_train has 5 features") == "x_train has 5 features"
-    assert cli._as_options("see runs/seed/lr.json, or a larger train_size.") == \
-        "see runs/seed/lr.json, or a larger --train-size."
+    assert (
+        cli._as_options("see runs/seed/lr.json, or a larger train_size.")
+        == "see runs/seed/lr.json, or a larger --train-size."
+    )
 
 
 def test_keyboard_interrupt_returns_130_with_a_resume_hint(capsys, monkeypatch, tmp_path):
@@ -151,20 +185,34 @@ def test_keyboard_interrupt_returns_130_with_a_resume_hint(capsys, monkeypatch, 
 
 def test_unknown_backend_variable_from_the_shell():
     env = {**os.environ, "FASTNUM_BACKEND": "cuda"}
-    proc = subprocess.run([sys.executable, "-m", "fastnum.cli", "train", "--iters", "1"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnum.cli", "train", "--iters", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == ("fastnum train: error: backend='cuda' (from $FASTNUM_BACKEND) "
-                                   "is unknown; use one of auto, numba, numpy, or unset "
-                                   "FASTNUM_BACKEND.")
+    assert proc.stderr.strip() == (
+        "fastnum train: error: backend='cuda' (from $FASTNUM_BACKEND) "
+        "is unknown; use one of auto, numba, numpy, or unset "
+        "FASTNUM_BACKEND."
+    )
 
 
 def test_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "fastnum.cli", "train", "--lr", "0"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnum.cli", "train", "--lr", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("fastnum train: error: --lr=0.0 must be a finite number > 0; "
-                                   "the book uses 0.1.")
+    assert proc.stderr.strip() == (
+        "fastnum train: error: --lr=0.0 must be a finite number > 0; the book uses 0.1."
+    )
 
 
 # --- on MNIST ---------------------------------------------------------------------------------
@@ -219,8 +267,9 @@ def test_train_resume_and_extend(capsys, tmp_path, data_dir):
     assert main(base) == 2  # the folder already holds a run
     one_error_line(capsys, "already holds a run", "--resume", "--overwrite")
     assert main([*base, "--resume", "--iters", "20"]) == 0
-    assert main(["train", *QUICK, *data_dir, "--iters", "20", "--out", str(tmp_path / "b"),
-                 "-q"]) == 0
+    assert (
+        main(["train", *QUICK, *data_dir, "--iters", "20", "--out", str(tmp_path / "b"), "-q"]) == 0
+    )
     with np.load(tmp_path / "a" / "params.npz") as a, np.load(tmp_path / "b" / "params.npz") as b:
         assert all(np.array_equal(a[k], b[k]) for k in ("W1", "b1", "W2", "b2"))
     assert main([*base, "--resume", "--lr", "0.5"]) == 2
@@ -229,21 +278,54 @@ def test_train_resume_and_extend(capsys, tmp_path, data_dir):
 
 def test_train_multilayer_relu(capsys, tmp_path, data_dir):
     out = tmp_path / "deep"
-    argv = ["train", *QUICK, *data_dir, "--hidden-sizes", "6,4", "--activation", "relu",
-            "--weight-init-std", "0.1", "--out", str(out), "-q"]
+    argv = [
+        "train",
+        *QUICK,
+        *data_dir,
+        "--hidden-sizes",
+        "6,4",
+        "--activation",
+        "relu",
+        "--weight-init-std",
+        "0.1",
+        "--out",
+        str(out),
+        "-q",
+    ]
     assert main(argv) == 0
     doc = json.loads((out / "history.json").read_text())
     assert doc["config"]["hidden_sizes"] == [6, 4] and doc["config"]["activation"] == "relu"
     with np.load(out / "params.npz") as params:
         assert {k: params[k].shape for k in params} == {
-            "W1": (784, 6), "b1": (6,), "W2": (6, 4), "b2": (4,), "W3": (4, 10), "b3": (10,)}
+            "W1": (784, 6),
+            "b1": (6,),
+            "W2": (6, 4),
+            "b2": (4,),
+            "W3": (4, 10),
+            "b3": (10,),
+        }
 
 
 def test_train_follows_fastnum_backend(capsys, tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("FASTNUM_BACKEND", "numpy")
     quick = [a for a in QUICK if a not in ("--backend", "numpy")]
-    assert main(["train", *quick, "--grad", "numerical", "--iters", "2", *data_dir,
-                 "--out", str(tmp_path), "-q"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *quick,
+                "--grad",
+                "numerical",
+                "--iters",
+                "2",
+                *data_dir,
+                "--out",
+                str(tmp_path),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "history.json").read_text())["backend"] == "numpy"
 
 
@@ -260,8 +342,9 @@ def test_full_disk_is_one_line_with_the_resume_hint(capsys, tmp_path, data_dir, 
     monkeypatch.setattr(fastnum.rundir, "write_text", disk_full)  # history.json's writer
     out = tmp_path / "run"
     assert main(["train", *QUICK, *data_dir, "--out", str(out), "-q"]) == 2
-    line = one_error_line(capsys, f"could not write {out / 'history.json'}: the disk is full",
-                          f"--resume --out {out}")
+    line = one_error_line(
+        capsys, f"could not write {out / 'history.json'}: the disk is full", f"--resume --out {out}"
+    )
     assert "Errno" not in line and (out / "checkpoint.npz").is_file()
     assert not (out / "run.lock").exists()
     monkeypatch.setattr(fastnum.rundir, "write_text", real_write_text)  # space freed
@@ -277,8 +360,11 @@ def test_train_divergence_exits_1(capsys, tmp_path, data_dir):
 
 def test_train_data_errors(capsys, tmp_path, data_dir):
     assert main(["train", *QUICK, *data_dir, "--batch-size", "101", "--out", str(tmp_path)]) == 2
-    one_error_line(capsys, "--batch-size=101 is larger than the training set (100 samples)",
-                   "or a larger --train-size")
+    one_error_line(
+        capsys,
+        "--batch-size=101 is larger than the training set (100 samples)",
+        "or a larger --train-size",
+    )
     assert main(["train", *QUICK, *data_dir, "--train-size", "70000"]) == 2
     one_error_line(capsys, "--train-size=70000 is larger than the 60000 samples")
 
@@ -295,8 +381,22 @@ def test_gradcheck_passes(capsys, data_dir):
 
 
 def test_gradcheck_fails_past_tolerance(capsys, data_dir):
-    assert main(["gradcheck", *data_dir, "--backend", "numpy", "--tol", "1e-12",
-                 "--atol", "1e-15", "--no-log-guard"]) == 1
+    assert (
+        main(
+            [
+                "gradcheck",
+                *data_dir,
+                "--backend",
+                "numpy",
+                "--tol",
+                "1e-12",
+                "--atol",
+                "1e-15",
+                "--no-log-guard",
+            ]
+        )
+        == 1
+    )
     assert "FAIL" in capsys.readouterr().out
 
 

@@ -38,25 +38,54 @@ GEOMETRIES = [
 ]
 # General stacks beyond SimpleConvNet: a pooling window of 3, two conv blocks, sigmoid, pad 2.
 STACKS = {
-    "pool3": ((("conv", "W1", "b1", 1, 1), ("relu",), ("pool", 3, 3, 1, 0),
-               ("affine", "W2", "b2")),
-              {"W1": (2, 3, 3, 3), "b1": (2,), "W2": (2 * 5 * 4, 3), "b2": (3,)}, (3, 7, 6)),
-    "two-blocks": ((("conv", "W1", "b1", 1, 1), ("relu",), ("pool", 2, 2, 2, 0),
-                    ("conv", "W2", "b2", 1, 0), ("sigmoid",), ("pool", 3, 3, 2, 1),
-                    ("affine", "W3", "b3"), ("relu",), ("affine", "W4", "b4")),
-                   {"W1": (3, 2, 3, 3), "b1": (3,), "W2": (2, 3, 2, 2), "b2": (2,),
-                    "W3": (2 * 2 * 3, 4), "b3": (4,), "W4": (4, 3), "b4": (3,)}, (2, 8, 12)),
-    "pad2-stride2-sigmoid": ((("conv", "W1", "b1", 2, 2), ("sigmoid",), ("pool", 2, 3, 1, 0),
-                              ("affine", "W2", "b2")),
-                             {"W1": (2, 1, 4, 4), "b1": (2,), "W2": (2 * 3 * 3, 4), "b2": (4,)},
-                             (1, 6, 8)),
+    "pool3": (
+        (("conv", "W1", "b1", 1, 1), ("relu",), ("pool", 3, 3, 1, 0), ("affine", "W2", "b2")),
+        {"W1": (2, 3, 3, 3), "b1": (2,), "W2": (2 * 5 * 4, 3), "b2": (3,)},
+        (3, 7, 6),
+    ),
+    "two-blocks": (
+        (
+            ("conv", "W1", "b1", 1, 1),
+            ("relu",),
+            ("pool", 2, 2, 2, 0),
+            ("conv", "W2", "b2", 1, 0),
+            ("sigmoid",),
+            ("pool", 3, 3, 2, 1),
+            ("affine", "W3", "b3"),
+            ("relu",),
+            ("affine", "W4", "b4"),
+        ),
+        {
+            "W1": (3, 2, 3, 3),
+            "b1": (3,),
+            "W2": (2, 3, 2, 2),
+            "b2": (2,),
+            "W3": (2 * 2 * 3, 4),
+            "b3": (4,),
+            "W4": (4, 3),
+            "b4": (3,),
+        },
+        (2, 8, 12),
+    ),
+    "pad2-stride2-sigmoid": (
+        (("conv", "W1", "b1", 2, 2), ("sigmoid",), ("pool", 2, 3, 1, 0), ("affine", "W2", "b2")),
+        {"W1": (2, 1, 4, 4), "b1": (2,), "W2": (2 * 3 * 3, 4), "b2": (4,)},
+        (1, 6, 8),
+    ),
 }
 
 
 def small_net(input_dim, conv_param, batch=3, seed=0, backend="numpy", weight_init_std=0.5):
     """A net with O(1) weights and non-zero biases, sparse inputs, and labels."""
-    net = SimpleConvNet(input_dim, conv_param, hidden_size=4, output_size=3,
-                        weight_init_std=weight_init_std, seed=seed, backend=backend)
+    net = SimpleConvNet(
+        input_dim,
+        conv_param,
+        hidden_size=4,
+        output_size=3,
+        weight_init_std=weight_init_std,
+        seed=seed,
+        backend=backend,
+    )
     rng = np.random.default_rng(seed + 100)
     for k in ("b1", "b2", "b3"):
         net.params[k] = rng.normal(0, 0.3, net.params[k].shape)
@@ -71,8 +100,11 @@ def stack_problem(name, batch=3, seed=0, scale=0.5):
     params = {k: rng.normal(0, scale, s) for k, s in shapes.items()}
     x = rng.random((batch, *input_dim))
     x[rng.random(x.shape) < 0.4] = 0.0
-    return ReferenceLayeredNet(stack, params), x, rng.integers(0, shapes[param_names(stack)[-1]][0],
-                                                               batch)
+    return (
+        ReferenceLayeredNet(stack, params),
+        x,
+        rng.integers(0, shapes[param_names(stack)[-1]][0], batch),
+    )
 
 
 def max_abs_diff(a, b):
@@ -90,11 +122,23 @@ def oracle_gradient(net, x, t):
 def test_the_book_network_shapes_stack_and_seeding():
     net = SimpleConvNet(seed=1, backend="numpy")
     shapes = {k: v.shape for k, v in net.params.items()}
-    assert shapes == {"W1": (30, 1, 5, 5), "b1": (30,), "W2": (4320, 100), "b2": (100,),
-                      "W3": (100, 10), "b3": (10,)}
+    assert shapes == {
+        "W1": (30, 1, 5, 5),
+        "b1": (30,),
+        "W2": (4320, 100),
+        "b2": (100,),
+        "W3": (100, 10),
+        "b3": (10,),
+    }
     assert sum(v.size for v in net.params.values()) == 433_890
-    assert net.stack == (("conv", "W1", "b1", 1, 0), ("relu",), ("pool", 2, 2, 2, 0),
-                         ("affine", "W2", "b2"), ("relu",), ("affine", "W3", "b3"))
+    assert net.stack == (
+        ("conv", "W1", "b1", 1, 0),
+        ("relu",),
+        ("pool", 2, 2, 2, 0),
+        ("affine", "W2", "b2"),
+        ("relu",),
+        ("affine", "W3", "b3"),
+    )
     assert list(net.layers) == ["Conv1", "Relu1", "Pool1", "Affine1", "Relu2", "Affine2"]
     assert 0.009 < net.params["W2"].std() < 0.011 and not net.params["b1"].any()
     again = ReferenceSimpleConvNet(seed=1)
@@ -148,23 +192,29 @@ def test_numerical_gradient_at_samples_the_full_gradient():
 # ----------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"input_dim": (1, 28, 29)}, r"input of 29: \(29 \+ 2\*0 - 5\) / 1.*convolution|"
-                                 r"output 24x25 .* cannot be max-pooled"),
-    ({"conv_param": {"filter_size": 5, "stride": 2}}, r"\(28 \+ 2\*0 - 5\) / 2"),
-    ({"conv_param": {"filter_size": 4}}, r"output 25x25 of input_dim=\(1, 28, 28\)"),
-    ({"conv_param": {"filter_size": 30}}, r"\(28 \+ 2\*0 - 30\)"),
-    ({"conv_param": {"filters": 3}}, r"unknown key\(s\) \['filters'\]"),
-    ({"conv_param": {"pad": -1}}, r"conv_param\['pad'\]=-1 must be at least 0"),
-    ({"conv_param": {"stride": 1.5}}, r"conv_param\['stride'\]=1.5"),
-    ({"input_dim": (28, 28)}, r"\(channels, height, width\)"),
-    ({"input_dim": (1, 0, 28)}, r"input_dim\[1\]=0"),
-    ({"hidden_size": 0}, "hidden_size=0"),
-    ({"output_size": 1}, "output_size=1 must be at least 2"),
-    ({"weight_init_std": float("nan")}, "weight_init_std=nan"),
-    ({"backend": "gpu"}, r"backend='gpu' .*is unknown"),
-    ({"strategy": "fast"}, "strategy='fast' is unknown"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"input_dim": (1, 28, 29)},
+            r"input of 29: \(29 \+ 2\*0 - 5\) / 1.*convolution|"
+            r"output 24x25 .* cannot be max-pooled",
+        ),
+        ({"conv_param": {"filter_size": 5, "stride": 2}}, r"\(28 \+ 2\*0 - 5\) / 2"),
+        ({"conv_param": {"filter_size": 4}}, r"output 25x25 of input_dim=\(1, 28, 28\)"),
+        ({"conv_param": {"filter_size": 30}}, r"\(28 \+ 2\*0 - 30\)"),
+        ({"conv_param": {"filters": 3}}, r"unknown key\(s\) \['filters'\]"),
+        ({"conv_param": {"pad": -1}}, r"conv_param\['pad'\]=-1 must be at least 0"),
+        ({"conv_param": {"stride": 1.5}}, r"conv_param\['stride'\]=1.5"),
+        ({"input_dim": (28, 28)}, r"\(channels, height, width\)"),
+        ({"input_dim": (1, 0, 28)}, r"input_dim\[1\]=0"),
+        ({"hidden_size": 0}, "hidden_size=0"),
+        ({"output_size": 1}, "output_size=1 must be at least 2"),
+        ({"weight_init_std": float("nan")}, "weight_init_std=nan"),
+        ({"backend": "gpu"}, r"backend='gpu' .*is unknown"),
+        ({"strategy": "fast"}, "strategy='fast' is unknown"),
+    ],
+)
 def test_bad_construction_is_refused_with_the_sizes(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         SimpleConvNet(**kwargs)
@@ -198,8 +248,12 @@ def test_replaced_parameters_are_checked_on_every_public_call():
     net, x, t = small_net(*GEOMETRIES[0])
     good = net.params["W2"]
     net.params["W2"] = good[:-1]
-    for call in (lambda: net.loss(x, t), lambda: net.numerical_gradient(x, t),
-                 lambda: net.predict(x), lambda: net.gradient(x, t)):
+    for call in (
+        lambda: net.loss(x, t),
+        lambda: net.numerical_gradient(x, t),
+        lambda: net.predict(x),
+        lambda: net.gradient(x, t),
+    ):
         with pytest.raises(ValueError, match=r"params\['W2'\] has shape \(7, 4\).*\(8, 4\)"):
             call()
     net.params["W2"] = good.astype(np.int64)
@@ -251,7 +305,8 @@ def test_engine_runs_general_stacks_like_the_oracle(name):
         comp_ = engine.numerical_gradient(net.stack, net.params, x, t, 1e-4, strategy)
         assert max_abs_diff(comp_, ref_) <= TOL, strategy
     assert engine.loss(net.stack, net.params, x, t) == pytest.approx(
-        ReferenceLayeredNet.loss(net, x, t), rel=1e-12, abs=0)
+        ReferenceLayeredNet.loss(net, x, t), rel=1e-12, abs=0
+    )
 
 
 def test_engine_sampled_gradient_matches_its_full_gradient():
@@ -278,8 +333,14 @@ def test_engine_on_real_mnist_small_network_every_parameter(mnist_source_dir):
     assert x.shape == (n, 1, 28, 28)
     x = x[:, :, 7:21, 7:21]  # the centre 14x14: every parameter stays quick in the oracle
     assert 0.3 < np.mean(x == 0) < 0.9  # real, sparse pixels
-    net = SimpleConvNet((1, 14, 14), {"filter_num": filters, "filter_size": 5}, hidden_size=4,
-                        weight_init_std=0.1, seed=3, backend="numpy")
+    net = SimpleConvNet(
+        (1, 14, 14),
+        {"filter_num": filters, "filter_size": 5},
+        hidden_size=4,
+        weight_init_std=0.1,
+        seed=3,
+        backend="numpy",
+    )
     x64 = x.astype(np.float64)
     ref_ = oracle_gradient(net, x64, t)
     assert np.abs(ref_["W1"]).max() > 0
@@ -303,8 +364,9 @@ def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
     assert net.loss(x, t) == pytest.approx(ref_loss, rel=1e-12, abs=0)
     assert np.allclose(net.predict(x), ref_probs, rtol=1e-12, atol=0)
     for strategy in STRATEGIES:
-        assert max_abs_diff(net.numerical_gradient_at(x, t, indices, strategy=strategy),
-                            ref_) <= TOL, strategy
+        assert (
+            max_abs_diff(net.numerical_gradient_at(x, t, indices, strategy=strategy), ref_) <= TOL
+        ), strategy
     comp_ = net.numerical_gradient(x, t)  # delta, all 433,890 parameters
     assert max_abs_diff({k: comp_[k].ravel()[i] for k, i in indices.items()}, ref_) <= TOL
 
@@ -312,8 +374,14 @@ def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
 @pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="needs compiled numba threads")
 def test_engine_results_do_not_depend_on_the_thread_count():
     # Enough filters, units and samples that work is split into more tasks on 2 threads.
-    net = SimpleConvNet((2, 12, 12), {"filter_num": 6, "filter_size": 5}, hidden_size=8,
-                        weight_init_std=0.3, seed=4, backend="numba")
+    net = SimpleConvNet(
+        (2, 12, 12),
+        {"filter_num": 6, "filter_size": 5},
+        hidden_size=8,
+        weight_init_std=0.3,
+        seed=4,
+        backend="numba",
+    )
     rng = np.random.default_rng(4)
     x = rng.random((33, 2, 12, 12))
     x[x < 0.5] = 0.0
@@ -371,8 +439,9 @@ def test_train_simpleconv_on_mnist_writes_outputs_and_resumes(mnist_images, tmp_
 
     (x, t), (x_test, t_test) = mnist_images
     data = (x[:200], t[:200]), (x_test[:100], t_test[:100])
-    config = TrainConfig(net="simpleconv", grad="backprop", iters=25, batch_size=20,
-                         hidden_size=6, seed=1)
+    config = TrainConfig(
+        net="simpleconv", grad="backprop", iters=25, batch_size=20, hidden_size=6, seed=1
+    )
     full = quiet_train(config, data, tmp_path / "full")
     assert full.net.params["W1"].shape == (30, 1, 5, 5) and full.net.params["W3"].shape == (6, 10)
     assert full.history["epoch_iter"] == [1, 11, 21] and len(full.history["loss"]) == 25
@@ -393,8 +462,15 @@ def test_numerical_training_runs_the_same_on_the_engine_and_the_oracle(mnist_ima
     (x, t), (x_test, t_test) = mnist_images
     crop = lambda a: a[:, :, 8:20, 8:20]  # noqa: E731 - 12x12 centres: a quick oracle
     data = (crop(x[:60]), t[:60]), (crop(x_test[:30]), t_test[:30])
-    config = dict(net="simpleconv", grad="numerical", iters=2, batch_size=5, hidden_size=3,
-                  weight_init_std=0.1, seed=2)
+    config = dict(
+        net="simpleconv",
+        grad="numerical",
+        iters=2,
+        batch_size=5,
+        hidden_size=3,
+        weight_init_std=0.1,
+        seed=2,
+    )
     ref_ = quiet_train(TrainConfig(backend="numpy", **config), data)
     comp_ = quiet_train(TrainConfig(backend="numba" if numba else "numpy", **config), data)
     assert comp_.net.input_dim == (1, 12, 12)
@@ -417,9 +493,28 @@ def test_cli_trains_simpleconv(capsys, tmp_path, mnist_source_dir):
     from fastnum.cli import main
 
     out = tmp_path / "conv"
-    argv = ["train", "--net", "simpleconv", "--grad", "backprop", "--iters", "3",
-            "--batch-size", "10", "--train-size", "50", "--test-size", "20", "--hidden", "5",
-            "--data-dir", str(mnist_source_dir), "--out", str(out), "-q"]
+    argv = [
+        "train",
+        "--net",
+        "simpleconv",
+        "--grad",
+        "backprop",
+        "--iters",
+        "3",
+        "--batch-size",
+        "10",
+        "--train-size",
+        "50",
+        "--test-size",
+        "20",
+        "--hidden",
+        "5",
+        "--data-dir",
+        str(mnist_source_dir),
+        "--out",
+        str(out),
+        "-q",
+    ]
     assert main(argv) == 0
     doc = json.loads((out / "history.json").read_text())
     assert doc["status"] == "completed" and doc["config"]["net"] == "simpleconv"
@@ -432,8 +527,17 @@ def test_cli_trains_simpleconv(capsys, tmp_path, mnist_source_dir):
 def test_cli_gradcheck_simpleconv_on_100_images_passes(capsys, mnist_source_dir):
     from fastnum.cli import main
 
-    code = main(["gradcheck", "--net", "simpleconv", "--batch-size", "100",
-                 "--data-dir", str(mnist_source_dir)])
+    code = main(
+        [
+            "gradcheck",
+            "--net",
+            "simpleconv",
+            "--batch-size",
+            "100",
+            "--data-dir",
+            str(mnist_source_dir),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PASS" in out and "30x1x5x5" in out and "4320x100" in out and "h=1e-08" in out
@@ -455,11 +559,18 @@ def test_registry_extrapolation_and_its_label_in_the_report():
     from benchmarks import report
 
     info = {"op": "convolution", "batch": 100, "hidden": 100, "threads": None}
-    results = {"benchmarks": [
-        {"extra_info": {**info, "impl": "numpy", "extrapolate_factor": factor},
-         "stats": {"median": 2.0, "rounds": 3}},
-        {"extra_info": {**info, "impl": "numba-delta", "threads": 2},
-         "stats": {"median": 0.5, "rounds": 5}}]}
+    results = {
+        "benchmarks": [
+            {
+                "extra_info": {**info, "impl": "numpy", "extrapolate_factor": factor},
+                "stats": {"median": 2.0, "rounds": 3},
+            },
+            {
+                "extra_info": {**info, "impl": "numba-delta", "threads": 2},
+                "stats": {"median": 0.5, "rounds": 5},
+            },
+        ]
+    }
     rows = report.rows_from(results)
     assert rows[0].median == 2.0 * factor and rows[1].median == 0.5
     impls = report.catalog(results)["convolution"]

@@ -25,52 +25,134 @@ TOL = 1e-9  # gradients, absolute
 REL = 1e-12  # losses and forward passes, relative
 STRATEGIES = ("delta", "full")
 
-SIMPLE = (("conv", "W1", "b1", 1, 0), ("relu",), ("pool", 2, 2, 2, 0), ("affine", "W2", "b2"),
-          ("relu",), ("affine", "W3", "b3"))
+SIMPLE = (
+    ("conv", "W1", "b1", 1, 0),
+    ("relu",),
+    ("pool", 2, 2, 2, 0),
+    ("affine", "W2", "b2"),
+    ("relu",),
+    ("affine", "W3", "b3"),
+)
 
 
 def simple_stack(stride=1, pad=0, pool=(2, 2, 2, 0)):
-    return (("conv", "W1", "b1", stride, pad), ("relu",), ("pool", *pool),
-            ("affine", "W2", "b2"), ("relu",), ("affine", "W3", "b3"))
+    return (
+        ("conv", "W1", "b1", stride, pad),
+        ("relu",),
+        ("pool", *pool),
+        ("affine", "W2", "b2"),
+        ("relu",),
+        ("affine", "W3", "b3"),
+    )
 
 
 # name -> (stack, parameter shapes, input shape per sample)
 STACKS = {
-    "simpleconv": (SIMPLE, {"W1": (3, 1, 3, 3), "b1": (3,), "W2": (27, 5), "b2": (5,),
-                            "W3": (5, 4), "b3": (4,)}, (1, 8, 8)),
-    "pad1-3ch-nonsquare": (simple_stack(pad=1), {"W1": (2, 3, 3, 3), "b1": (2,),
-                                                 "W2": (2 * 3 * 2, 4), "b2": (4,), "W3": (4, 3),
-                                                 "b3": (3,)}, (3, 6, 4)),
-    "pad2-filter4": (simple_stack(pad=2), {"W1": (2, 2, 4, 4), "b1": (2,), "W2": (2 * 3 * 4, 3),
-                                           "b2": (3,), "W3": (3, 3), "b3": (3,)}, (2, 5, 7)),
-    "stride2": (simple_stack(stride=2, pad=1), {"W1": (2, 1, 3, 3), "b1": (2,),
-                                                "W2": (2 * 2 * 3, 4), "b2": (4,), "W3": (4, 3),
-                                                "b3": (3,)}, (1, 7, 11)),
-    "pool3-stride2-pad1": (simple_stack(pool=(3, 3, 2, 1)), {"W1": (2, 1, 3, 3), "b1": (2,),
-                                                            "W2": (2 * 4 * 3, 3), "b2": (3,),
-                                                            "W3": (3, 3), "b3": (3,)}, (1, 9, 7)),
-    "sigmoid-pool-first": ((("conv", "W1", "b1", 1, 0), ("pool", 2, 3, 1, 0), ("sigmoid",),
-                            ("affine", "W2", "b2")),
-                           {"W1": (2, 1, 3, 3), "b1": (2,), "W2": (2 * 3 * 2, 4), "b2": (4,)},
-                           (1, 6, 6)),
-    "conv-only": ((("conv", "W1", "b1", 1, 1), ("affine", "W2", "b2")),
-                  {"W1": (2, 2, 3, 3), "b1": (2,), "W2": (2 * 4 * 3, 3), "b2": (3,)}, (2, 4, 3)),
+    "simpleconv": (
+        SIMPLE,
+        {"W1": (3, 1, 3, 3), "b1": (3,), "W2": (27, 5), "b2": (5,), "W3": (5, 4), "b3": (4,)},
+        (1, 8, 8),
+    ),
+    "pad1-3ch-nonsquare": (
+        simple_stack(pad=1),
+        {
+            "W1": (2, 3, 3, 3),
+            "b1": (2,),
+            "W2": (2 * 3 * 2, 4),
+            "b2": (4,),
+            "W3": (4, 3),
+            "b3": (3,),
+        },
+        (3, 6, 4),
+    ),
+    "pad2-filter4": (
+        simple_stack(pad=2),
+        {
+            "W1": (2, 2, 4, 4),
+            "b1": (2,),
+            "W2": (2 * 3 * 4, 3),
+            "b2": (3,),
+            "W3": (3, 3),
+            "b3": (3,),
+        },
+        (2, 5, 7),
+    ),
+    "stride2": (
+        simple_stack(stride=2, pad=1),
+        {
+            "W1": (2, 1, 3, 3),
+            "b1": (2,),
+            "W2": (2 * 2 * 3, 4),
+            "b2": (4,),
+            "W3": (4, 3),
+            "b3": (3,),
+        },
+        (1, 7, 11),
+    ),
+    "pool3-stride2-pad1": (
+        simple_stack(pool=(3, 3, 2, 1)),
+        {
+            "W1": (2, 1, 3, 3),
+            "b1": (2,),
+            "W2": (2 * 4 * 3, 3),
+            "b2": (3,),
+            "W3": (3, 3),
+            "b3": (3,),
+        },
+        (1, 9, 7),
+    ),
+    "sigmoid-pool-first": (
+        (("conv", "W1", "b1", 1, 0), ("pool", 2, 3, 1, 0), ("sigmoid",), ("affine", "W2", "b2")),
+        {"W1": (2, 1, 3, 3), "b1": (2,), "W2": (2 * 3 * 2, 4), "b2": (4,)},
+        (1, 6, 6),
+    ),
+    "conv-only": (
+        (("conv", "W1", "b1", 1, 1), ("affine", "W2", "b2")),
+        {"W1": (2, 2, 3, 3), "b1": (2,), "W2": (2 * 4 * 3, 3), "b2": (3,)},
+        (2, 4, 3),
+    ),
     # Not covered by the delta kernels: "delta" falls back to "full".
-    "two-convs": ((("conv", "W1", "b1", 1, 0), ("relu",), ("conv", "W2", "b2", 1, 0),
-                   ("affine", "W3", "b3")),
-                  {"W1": (2, 1, 2, 2), "b1": (2,), "W2": (2, 2, 2, 2), "b2": (2,),
-                   "W3": (2 * 3 * 3, 3), "b3": (3,)}, (1, 5, 5)),
+    "two-convs": (
+        (("conv", "W1", "b1", 1, 0), ("relu",), ("conv", "W2", "b2", 1, 0), ("affine", "W3", "b3")),
+        {
+            "W1": (2, 1, 2, 2),
+            "b1": (2,),
+            "W2": (2, 2, 2, 2),
+            "b2": (2,),
+            "W3": (2 * 3 * 3, 3),
+            "b3": (3,),
+        },
+        (1, 5, 5),
+    ),
     # Dense stacks; the first two take the hand-written fast paths at the book's guard.
-    "two-layer-sigmoid": ((("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2")),
-                          {"W1": (7, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)}, (7,)),
-    "dense-relu-3": ((("affine", "W1", "b1"), ("relu",), ("affine", "W2", "b2"), ("relu",),
-                      ("affine", "W3", "b3")),
-                     {"W1": (6, 5), "b1": (5,), "W2": (5, 4), "b2": (4,), "W3": (4, 3),
-                      "b3": (3,)}, (6,)),
-    "dense-mixed": ((("affine", "A", "a"), ("relu",), ("affine", "B", "b"), ("sigmoid",),
-                     ("affine", "C", "c"), ("sigmoid",)),
-                    {"A": (6, 4), "a": (4,), "B": (4, 5), "b": (5,), "C": (5, 3), "c": (3,)},
-                    (6,)),
+    "two-layer-sigmoid": (
+        (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2")),
+        {"W1": (7, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)},
+        (7,),
+    ),
+    "dense-relu-3": (
+        (
+            ("affine", "W1", "b1"),
+            ("relu",),
+            ("affine", "W2", "b2"),
+            ("relu",),
+            ("affine", "W3", "b3"),
+        ),
+        {"W1": (6, 5), "b1": (5,), "W2": (5, 4), "b2": (4,), "W3": (4, 3), "b3": (3,)},
+        (6,),
+    ),
+    "dense-mixed": (
+        (
+            ("affine", "A", "a"),
+            ("relu",),
+            ("affine", "B", "b"),
+            ("sigmoid",),
+            ("affine", "C", "c"),
+            ("sigmoid",),
+        ),
+        {"A": (6, 4), "a": (4,), "B": (4, 5), "b": (5,), "C": (5, 3), "c": (3,)},
+        (6,),
+    ),
 }
 
 
@@ -161,8 +243,9 @@ def test_gradient_at_sampled_indices(name, strategy):
 def test_gradient_with_another_guard_matches_its_own_central_differences(strategy):
     ref, params, x, t = problem("dense-relu-3", scale=1.5)
     h = 1e-4
-    comp_g = engine.numerical_gradient(ref.stack, params, x, t, h=h, strategy=strategy,
-                                       log_guard=0.0)
+    comp_g = engine.numerical_gradient(
+        ref.stack, params, x, t, h=h, strategy=strategy, log_guard=0.0
+    )
     for k in param_names(ref.stack):
         w = ref.params[k]
         for i in range(w.size):
@@ -178,7 +261,8 @@ def test_gradient_with_another_guard_matches_its_own_central_differences(strateg
 
 def test_delta_plan_covers_one_conv_block_and_dense_layers():
     assert engine._delta_plan(SIMPLE) == engine._DeltaPlan(
-        SIMPLE[0], SIMPLE[1:3], (("W2", "b2", layered.RELU), ("W3", "b3", layered.NONE)))
+        SIMPLE[0], SIMPLE[1:3], (("W2", "b2", layered.RELU), ("W3", "b3", layered.NONE))
+    )
     assert engine._delta_plan(STACKS["two-convs"][0]) is None  # falls back to full
     assert engine._delta_plan((("relu",), ("affine", "W", "b"))) is None
 
@@ -187,14 +271,18 @@ def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
     ref, params, x, t = problem("two-layer-sigmoid")
     from fastnum.kernels import two_layer
 
-    expected = two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, 1e-4,
-                                                    "delta")
+    expected = two_layer.numerical_gradient_trusted(
+        two_layer.as_params(params), x, t, 1e-4, "delta"
+    )
     comp_g = engine.numerical_gradient(ref.stack, params, x, t)
     assert max_abs_diff(comp_g, expected) == 0.0
     assert engine.loss(ref.stack, params, x, t) == two_layer.loss_trusted(
-        two_layer.as_params(params), x, t)
-    assert np.array_equal(engine.predict(ref.stack, params, x),
-                          two_layer.predict_trusted(two_layer.as_params(params), x))
+        two_layer.as_params(params), x, t
+    )
+    assert np.array_equal(
+        engine.predict(ref.stack, params, x),
+        two_layer.predict_trusted(two_layer.as_params(params), x),
+    )
     # Another guard cannot use the hand-written kernels (their guard is fixed).
     calls = []
     monkeypatch.setattr(engine, "_fast_path_kernels", lambda: calls.append(1))
@@ -236,9 +324,13 @@ def test_results_are_bit_identical_at_one_and_two_threads(name):
     try:
         for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(threads)
-            results.append((engine.numerical_gradient(ref.stack, params, x, t),
-                            engine.loss(ref.stack, params, x, t),
-                            engine.predict(ref.stack, params, x)))
+            results.append(
+                (
+                    engine.numerical_gradient(ref.stack, params, x, t),
+                    engine.loss(ref.stack, params, x, t),
+                    engine.predict(ref.stack, params, x),
+                )
+            )
     finally:
         numba.set_num_threads(before)
     (g1, l1, y1), (g2, l2, y2) = results

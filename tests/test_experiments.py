@@ -19,8 +19,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def tiny_spec(mnist_source_dir, **config):
     """A run of a few iterations on a 784-2-10 network: seconds even without numba."""
-    base = {"iters": 3, "batch_size": 10, "hidden_size": 2, "train_size": 30,
-            "test_size": 50, "threads": 1}
+    base = {
+        "iters": 3,
+        "batch_size": 10,
+        "hidden_size": 2,
+        "train_size": 30,
+        "test_size": 50,
+        "threads": 1,
+    }
     return {"name": "tiny", "config": {**base, **config}, "data_dir": str(mnist_source_dir)}
 
 
@@ -46,10 +52,12 @@ def test_train_config_hidden_sizes_and_activation():
     config = TrainConfig(hidden_sizes=[np.int64(4), 3], activation="relu")
     assert config.hidden_sizes == (4, 3) and config.to_dict()["hidden_sizes"] == [4, 3]
     assert TrainConfig(**json.loads(json.dumps(config.to_dict()))) == config
-    for bad, error, words in (({"hidden_sizes": [4, 0]}, ValueError, r"hidden_sizes\[1\]=0"),
-                              ({"hidden_sizes": "4"}, TypeError, "sequence of layer widths"),
-                              ({"activation": "tanh", "hidden_sizes": [4]}, ValueError, "tanh"),
-                              ({"activation": "relu"}, ValueError, "needs hidden_sizes")):
+    for bad, error, words in (
+        ({"hidden_sizes": [4, 0]}, ValueError, r"hidden_sizes\[1\]=0"),
+        ({"hidden_sizes": "4"}, TypeError, "sequence of layer widths"),
+        ({"activation": "tanh", "hidden_sizes": [4]}, ValueError, "tanh"),
+        ({"activation": "relu"}, ValueError, "needs hidden_sizes"),
+    ):
         with pytest.raises(error, match=words):
             TrainConfig(**bad)
 
@@ -57,18 +65,31 @@ def test_train_config_hidden_sizes_and_activation():
 @pytest.mark.parametrize("grad", ["backprop", "numerical"])
 def test_train_a_multilayer_net_and_resume_it(tmp_path, grad):
     data = (_blobs(120), _blobs(40, seed=1))
-    config = TrainConfig(grad=grad, iters=12, batch_size=10, lr=0.5, hidden_sizes=(4, 3),
-                         activation="relu", weight_init_std=0.3, backend="numpy")
+    config = TrainConfig(
+        grad=grad,
+        iters=12,
+        batch_size=10,
+        lr=0.5,
+        hidden_sizes=(4, 3),
+        activation="relu",
+        weight_init_std=0.3,
+        backend="numpy",
+    )
     whole = train(config, data, progress=False, log=None)
     assert list(whole.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
-    train(TrainConfig(**{**config.to_dict(), "iters": 5}), data, tmp_path, progress=False,
-          log=None)
+    train(TrainConfig(**{**config.to_dict(), "iters": 5}), data, tmp_path, progress=False, log=None)
     resumed = train(config, data, tmp_path, resume=True, progress=False, log=None)
     assert resumed.history == whole.history
     assert json.loads((tmp_path / "history.json").read_text())["config"]["hidden_sizes"] == [4, 3]
     with pytest.raises(ValueError, match="hidden_sizes"):
-        train(TrainConfig(**{**config.to_dict(), "hidden_sizes": [4, 4]}), data, tmp_path,
-              resume=True, progress=False, log=None)
+        train(
+            TrainConfig(**{**config.to_dict(), "hidden_sizes": [4, 4]}),
+            data,
+            tmp_path,
+            resume=True,
+            progress=False,
+            log=None,
+        )
 
 
 def test_count_params_matches_the_networks():
@@ -85,23 +106,36 @@ def test_equal_param_widths_stay_near_the_budget():
 
 
 def _result(status, iterations, evaluated_at):
-    return {"status": status, "iterations": iterations, "final_test_acc": 0.9,
-            "epochs": {"iteration": evaluated_at, "test_acc": [0.1 * k for k in
-                                                                range(len(evaluated_at))]}}
+    return {
+        "status": status,
+        "iterations": iterations,
+        "final_test_acc": 0.9,
+        "epochs": {
+            "iteration": evaluated_at,
+            "test_acc": [0.1 * k for k in range(len(evaluated_at))],
+        },
+    }
 
 
 def test_accuracy_curve_ends_with_the_final_parameters_of_a_completed_run():
-    assert grid.accuracy_curve(_result("completed", 20, [1, 11])) == ([1, 11, 20],
-                                                                      [0.0, 0.1, 0.9])
+    assert grid.accuracy_curve(_result("completed", 20, [1, 11])) == ([1, 11, 20], [0.0, 0.1, 0.9])
     # A run whose last evaluation is its last iteration gets no duplicate point.
     assert grid.accuracy_curve(_result("completed", 11, [1, 11])) == ([1, 11], [0.0, 0.1])
     # A stopped run's final accuracy is that of its last evaluation: nothing is added.
     assert grid.accuracy_curve(_result("stopped", 1, [1])) == ([1], [0.0])
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(42.04, "42.0 s"), (119.9, "119.9 s"),
-                                               (210, "3.5 min"), (131_040, "36.4 h"),
-                                               (None, "—"), (math.nan, "—")])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (42.04, "42.0 s"),
+        (119.9, "119.9 s"),
+        (210, "3.5 min"),
+        (131_040, "36.4 h"),
+        (None, "—"),
+        (math.nan, "—"),
+    ],
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
@@ -148,13 +182,14 @@ def test_a_non_finite_loss_is_recorded_as_diverged(mnist_source_dir, monkeypatch
 
 
 def test_dask_cluster_gives_the_same_results_as_a_local_run(mnist_source_dir):
-    distributed = pytest.importorskip("distributed", reason="Dask not installed: "
-                                      "pip install 'fastnum[distributed]'")
-    specs = [tiny_spec(mnist_source_dir, lr=lr, seed=seed) for lr, seed in
-             ((0.1, 0), (1.0, 1))]
+    distributed = pytest.importorskip(
+        "distributed", reason="Dask not installed: pip install 'fastnum[distributed]'"
+    )
+    specs = [tiny_spec(mnist_source_dir, lr=lr, seed=seed) for lr, seed in ((0.1, 0), (1.0, 1))]
     local = grid.run_grid(specs, log=None)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         remote = grid.run_grid(specs, scheduler=cluster, log=None)
     assert same(local, remote)
     assert [r["config"]["lr"] for r in remote] == [0.1, 1.0]
@@ -183,8 +218,7 @@ def _read_csv(path):
 
 def _run_quick(experiment, tmp_path, mnist_source_dir, capsys):
     out = tmp_path / experiment.__name__.rsplit(".", 1)[1]
-    assert experiment.main(["--quick", "--out", str(out),
-                            "--data-dir", str(mnist_source_dir)]) == 0
+    assert experiment.main(["--quick", "--out", str(out), "--data-dir", str(mnist_source_dir)]) == 0
     assert f"\nwrote {out}/" in capsys.readouterr().out
     summary = (out / "summary.md").read_text()
     assert summary.startswith(f"# {experiment.EXPERIMENT.title}\n")
@@ -225,8 +259,9 @@ def test_quick_learning_rate(tmp_path, mnist_source_dir, capsys):
 
 
 def test_missing_mnist_is_one_line_and_exit_2(tmp_path, capsys):
-    code = depth_width.main(["--quick", "--out", str(tmp_path),
-                             "--data-dir", str(tmp_path / "nowhere")])
+    code = depth_width.main(
+        ["--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nowhere")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("fastnum.experiments.depth_width: error: ")
     assert "Traceback" not in err and str(tmp_path / "nowhere") in err
@@ -235,8 +270,13 @@ def test_missing_mnist_is_one_line_and_exit_2(tmp_path, capsys):
 def test_experiments_run_as_modules():
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "fastnum.experiments.batch_size", "--help"],
-                          capture_output=True, text=True, check=False, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnum.experiments.batch_size", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: python -m fastnum.experiments.batch_size")
     assert "--scheduler" in proc.stdout and "RuntimeWarning" not in proc.stderr

@@ -32,8 +32,9 @@ def multi(seed=0, **kw):
 
 def conv(seed=0):
     np.random.seed(seed)
-    return book.SimpleConvNet((1, 6, 6), {"filter_num": 2, "filter_size": 3, "pad": 1,
-                                          "stride": 1}, 5, 3, 0.3)
+    return book.SimpleConvNet(
+        (1, 6, 6), {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 1}, 5, 3, 0.3
+    )
 
 
 def check(net, x=X, t=T, **kw):
@@ -60,13 +61,21 @@ def test_engine_and_generic_paths_agree():
         assert abs(engine.params[name].max_abs - generic.params[name].max_abs) < 1e-9
 
 
-@pytest.mark.parametrize("kw", [
-    {"use_batchnorm": True},
-    {"use_dropout": True, "dropout_ration": 0.3},
-    {"use_batchnorm": True, "use_dropout": True, "activation": "sigmoid",
-     "weight_init_std": "sigmoid"},
-    {"weight_decay_lambda": 0.1},
-], ids=["batchnorm", "dropout", "bn-dropout-sigmoid", "weight-decay"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"use_batchnorm": True},
+        {"use_dropout": True, "dropout_ration": 0.3},
+        {
+            "use_batchnorm": True,
+            "use_dropout": True,
+            "activation": "sigmoid",
+            "weight_init_std": "sigmoid",
+        },
+        {"weight_decay_lambda": 0.1},
+    ],
+    ids=["batchnorm", "dropout", "bn-dropout-sigmoid", "weight-decay"],
+)
 def test_chapter_6_networks_pass(kw):
     result = check(multi(**kw))
     assert result.passed, result.report()
@@ -151,11 +160,13 @@ def test_processes_give_the_serial_numbers():
 
 
 def test_dask_cluster_gives_the_serial_numbers():
-    distributed = pytest.importorskip("distributed", reason="Dask not installed: "
-                                      "pip install 'fastnum[distributed]'")
+    distributed = pytest.importorskip(
+        "distributed", reason="Dask not installed: pip install 'fastnum[distributed]'"
+    )
     serial = check(multi(use_dropout=True), method="generic")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         remote = check(multi(use_dropout=True), scheduler=cluster)
     assert "Dask" in remote.method
     assert serial.params == remote.params
@@ -289,16 +300,30 @@ def test_the_module_is_callable_and_stays_a_module():
 def test_defaults_are_documented():
     assert (DEFAULT_RTOL, DEFAULT_ATOL) == (1e-5, 1e-6)
     report = check(two_layer()).report()
-    for words in ("book error", "max abs err", "max rel err", "1e-07", "backprop ignores it",
-                  "12x5", "PASS"):
+    for words in (
+        "book error",
+        "max abs err",
+        "max rel err",
+        "1e-07",
+        "backprop ignores it",
+        "12x5",
+        "PASS",
+    ):
         assert words in report
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"h": 0}, "h=0"), ({"rtol": -1}, "rtol=-1"), ({"atol": float("nan")}, "atol=nan"),
-    ({"rtol": 0, "atol": 0}, "both 0"), ({"method": "fastest"}, "method='fastest'"),
-    ({"workers": 0}, "workers=0"), ({"directions": 0}, "directions=0"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"h": 0}, "h=0"),
+        ({"rtol": -1}, "rtol=-1"),
+        ({"atol": float("nan")}, "atol=nan"),
+        ({"rtol": 0, "atol": 0}, "both 0"),
+        ({"method": "fastest"}, "method='fastest'"),
+        ({"workers": 0}, "workers=0"),
+        ({"directions": 0}, "directions=0"),
+    ],
+)
 def test_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         check(two_layer(), **kw)
@@ -343,13 +368,15 @@ def run(mnist, mnist_source_dir, monkeypatch, capsys):
 
 BOOK = "tests/book_style_nets.py"
 TWO_LAYER_ARGS = '{"input_size": 784, "hidden_size": 6, "output_size": 10}'
-BATCH_NORM_ARGS = ('{"input_size": 784, "hidden_size_list": [5], "output_size": 10, '
-                   '"use_batchnorm": true}')
+BATCH_NORM_ARGS = (
+    '{"input_size": 784, "hidden_size_list": [5], "output_size": 10, "use_batchnorm": true}'
+)
 
 
 def test_cli_checks_a_readers_class(run):
-    code, out, _ = run("--model", f"{BOOK}:TwoLayerNet", "--model-args", TWO_LAYER_ARGS,
-                       "--first", "3")
+    code, out, _ = run(
+        "--model", f"{BOOK}:TwoLayerNet", "--model-args", TWO_LAYER_ARGS, "--first", "3"
+    )
     assert code == 0, out
     assert f"checking {BOOK}:TwoLayerNet on 3 MNIST training images" in out
     assert "PASS" in out and "784x6" in out
@@ -363,31 +390,51 @@ def test_cli_names_the_bug_in_a_readers_class(run, tmp_path):
         "    def __init__(self, **kw):\n"
         "        super().__init__(**kw)\n"
         "        self.layers['Affine2'] = book.AffineWrongBiasGrad(self.params['W2'], "
-        "self.params['b2'])\n")
-    code, out, _ = run("--model", f"{buggy}:BuggyNet", "--model-args", TWO_LAYER_ARGS,
-                       "--one-hot", "--fast")
+        "self.params['b2'])\n"
+    )
+    code, out, _ = run(
+        "--model", f"{buggy}:BuggyNet", "--model-args", TWO_LAYER_ARGS, "--one-hot", "--fast"
+    )
     assert code == 1
     assert "FAIL: b2" in out and "worst elements of b2" in out and "fast mode" in out
 
 
 def test_cli_multilayer(run):
-    code, out, _ = run("--net", "multilayer", "--hidden-sizes", "8,8", "--activation", "relu",
-                       "--weight-init-std", "0.1")
+    code, out, _ = run(
+        "--net",
+        "multilayer",
+        "--hidden-sizes",
+        "8,8",
+        "--activation",
+        "relu",
+        "--weight-init-std",
+        "0.1",
+    )
     assert code == 0, out
     assert "784x8" in out and "8x10" in out
 
 
 def test_cli_without_the_guard_and_with_richardson(run):
-    code, out, _ = run("--model", f"{BOOK}:TwoLayerNet", "--model-args", TWO_LAYER_ARGS,
-                       "--no-log-guard", "--richardson")
+    code, out, _ = run(
+        "--model",
+        f"{BOOK}:TwoLayerNet",
+        "--model-args",
+        TWO_LAYER_ARGS,
+        "--no-log-guard",
+        "--richardson",
+    )
     assert code == 0, out
     assert "log guard off" in out and "trunc. est" in out
 
 
 def test_cli_loads_parameters(run, tmp_path):
     rng = np.random.default_rng(0)
-    good = {"W1": rng.normal(0, 0.1, (784, 4)), "b1": rng.normal(0, 0.1, 4),
-            "W2": rng.normal(0, 0.1, (4, 10)), "b2": rng.normal(0, 0.1, 10)}
+    good = {
+        "W1": rng.normal(0, 0.1, (784, 4)),
+        "b1": rng.normal(0, 0.1, 4),
+        "W2": rng.normal(0, 0.1, (4, 10)),
+        "b2": rng.normal(0, 0.1, 10),
+    }
     np.savez(tmp_path / "params.npz", **good)
     code, out, _ = run("--params", str(tmp_path / "params.npz"), "--hidden", "4")
     assert code == 0, out
@@ -402,18 +449,30 @@ def test_cli_checks_simpleconv(run):
     assert "W1" in out and "b3" in out
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--model", "nowhere.py"], "must be FILE.py:CLASS"),
-    (["--model", "nowhere.py:Net"], "nowhere.py does not exist"),
-    (["--model", f"{BOOK}:NoSuchNet"], "defines no class 'NoSuchNet'"),
-    (["--model", f"{BOOK}:TwoLayerNet", "--model-args", "{input_size: 1}"], "not valid JSON"),
-    (["--model", f"{BOOK}:TwoLayerNet", "--model-args", "[1]"], "JSON object"),
-    (["--tol", "-1"], "--tol=-1.0"),
-    (["--workers", "0"], "--workers=0"),
-    (["--first", "0"], "--first=0"),
-    (["--model", f"{BOOK}:MultiLayerNetExtend", "--model-args", BATCH_NORM_ARGS, "--method",
-      "engine"], "--method engine is not possible"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--model", "nowhere.py"], "must be FILE.py:CLASS"),
+        (["--model", "nowhere.py:Net"], "nowhere.py does not exist"),
+        (["--model", f"{BOOK}:NoSuchNet"], "defines no class 'NoSuchNet'"),
+        (["--model", f"{BOOK}:TwoLayerNet", "--model-args", "{input_size: 1}"], "not valid JSON"),
+        (["--model", f"{BOOK}:TwoLayerNet", "--model-args", "[1]"], "JSON object"),
+        (["--tol", "-1"], "--tol=-1.0"),
+        (["--workers", "0"], "--workers=0"),
+        (["--first", "0"], "--first=0"),
+        (
+            [
+                "--model",
+                f"{BOOK}:MultiLayerNetExtend",
+                "--model-args",
+                BATCH_NORM_ARGS,
+                "--method",
+                "engine",
+            ],
+            "--method engine is not possible",
+        ),
+    ],
+)
 def test_cli_input_errors(run, argv, words):
     code, _, err = run(*argv)
     assert code == 2

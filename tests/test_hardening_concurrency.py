@@ -73,8 +73,14 @@ def test_threads_calling_kernels_at_once_get_the_sequential_numbers(layer):
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     if layer != "default":
         env["NUMBA_THREADING_LAYER"] = layer
-    proc = subprocess.run([sys.executable, "-c", THREADS_CHILD], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", THREADS_CHILD],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"child exited {proc.returncode}: {proc.stderr[-2000:]}"
     layer_used, _, mismatches = proc.stdout.split()[-3:]
     if layer != "default":
@@ -113,16 +119,30 @@ def test_four_processes_cold_starting_on_one_disk_cache_then_a_fifth_loads_it(tm
     # must then load every kernel from the cache (no recompile) with the same numbers.
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
     env.pop("FASTNUM_JIT_CACHE", None)
-    cold = [subprocess.Popen([sys.executable, "-c", CACHE_CHILD], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(4)]
+    cold = [
+        subprocess.Popen(
+            [sys.executable, "-c", CACHE_CHILD],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outputs = [proc.communicate(timeout=1200) for proc in cold]
     for proc, (_, err) in zip(cold, outputs, strict=True):
         assert proc.returncode == 0, f"cold child exited {proc.returncode}: {err[-2000:]}"
     results = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
     assert all(r["result"] == results[0]["result"] for r in results)
-    warm = subprocess.run([sys.executable, "-c", CACHE_CHILD], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    warm = subprocess.run(
+        [sys.executable, "-c", CACHE_CHILD],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert warm.returncode == 0, warm.stderr[-2000:]
     loaded = json.loads(warm.stdout.splitlines()[-1])
     assert loaded["result"] == results[0]["result"]

@@ -25,11 +25,54 @@ EPS = np.finfo(np.float64).eps
 TINY = np.finfo(np.float64).tiny
 # Special points and the edges of exp's range: overflow (~709.78), the last normal
 # result (~-708.40), the subnormal results down to the last non-zero (~-745.13).
-EXP_POINTS = [math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, TINY, 1e-300, 1.0, -1.0,
-              700.0, 709.78, 709.79, 710.0, 1e4, 1e308, -700.0, -708.39, -708.4, -720.0,
-              -740.0, -745.13, -745.14, -746.0, -1e4, -1e308]
-LOG_POINTS = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, -5e-324, 5e-324, 1e-320,
-              TINY / 2, TINY, 1e-300, 0.5, 1.0, 2.0, math.sqrt(2), 1e300, 1.7976931348623157e308]
+EXP_POINTS = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.0,
+    -0.0,
+    5e-324,
+    TINY,
+    1e-300,
+    1.0,
+    -1.0,
+    700.0,
+    709.78,
+    709.79,
+    710.0,
+    1e4,
+    1e308,
+    -700.0,
+    -708.39,
+    -708.4,
+    -720.0,
+    -740.0,
+    -745.13,
+    -745.14,
+    -746.0,
+    -1e4,
+    -1e308,
+]
+LOG_POINTS = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.0,
+    -0.0,
+    -1.0,
+    -5e-324,
+    5e-324,
+    1e-320,
+    TINY / 2,
+    TINY,
+    1e-300,
+    0.5,
+    1.0,
+    2.0,
+    math.sqrt(2),
+    1e300,
+    1.7976931348623157e308,
+]
 
 
 def _libm(f, x):
@@ -100,37 +143,53 @@ WEIGHTS = st.floats(-3.0, 5.0).map(lambda e: 10.0**e)
 EXAMPLES = 40 if JIT_ENABLED else 10  # the kernels run as Python without the JIT
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(scale=SCALES, h=STEPS, seed=st.integers(0, 2**16), weight_scale=WEIGHTS)
 def test_two_layer_delta_equals_the_reference_for_any_input_scale(scale, h, seed, weight_scale):
     x, t = _batch(seed, 4, 12)
     x *= scale
     net = reference.TwoLayerNet(12, 5, 3, weight_init_std=0.3 * weight_scale, seed=seed)
     ref_ = net.numerical_gradient(x, t, h)
-    comp_ = two_layer.numerical_gradient_trusted(two_layer.as_params(net.params), x, t, h,
-                                                 "delta")
-    tol = _tolerance(ref_.values(), net.loss(x, t), _reach(x, [net.params["W1"],
-                                                            net.params["W2"]]), h)
+    comp_ = two_layer.numerical_gradient_trusted(two_layer.as_params(net.params), x, t, h, "delta")
+    tol = _tolerance(
+        ref_.values(), net.loss(x, t), _reach(x, [net.params["W1"], net.params["W2"]]), h
+    )
     for k in ref_:
         assert np.isfinite(comp_[k]).all()
         assert np.abs(comp_[k] - ref_[k]).max() <= tol, (k, scale, h)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(scale=SCALES, h=STEPS, seed=st.integers(0, 2**16), weight_scale=WEIGHTS,
-       activation=st.sampled_from(["sigmoid", "relu"]))
-def test_multilayer_delta_equals_the_reference_for_any_input_scale(scale, h, seed, weight_scale,
-                                                                   activation):
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    scale=SCALES,
+    h=STEPS,
+    seed=st.integers(0, 2**16),
+    weight_scale=WEIGHTS,
+    activation=st.sampled_from(["sigmoid", "relu"]),
+)
+def test_multilayer_delta_equals_the_reference_for_any_input_scale(
+    scale, h, seed, weight_scale, activation
+):
     x, t = _batch(seed, 4, 10)
     x *= scale
-    net = ReferenceMultiLayerNet(10, (5, 4), 3, activation, weight_init_std=0.3 * weight_scale,
-                                 seed=seed)
+    net = ReferenceMultiLayerNet(
+        10, (5, 4), 3, activation, weight_init_std=0.3 * weight_scale, seed=seed
+    )
     ref_ = net.numerical_gradient(x, t, h)
     packed = multilayer_kernels.as_params([net.params[k] for k in net.param_names])
     comp_ = multilayer_kernels.numerical_gradient_trusted(
-        packed, x, t, h, ACTIVATIONS[activation].kernel_code, "delta")
+        packed, x, t, h, ACTIVATIONS[activation].kernel_code, "delta"
+    )
     weights = [net.params[f"W{k}"] for k in (1, 2, 3)]
     tol = _tolerance(ref_.values(), net.loss(x, t), _reach(x, weights), h)
     for k, comp in zip(net.param_names, comp_, strict=True):
@@ -154,6 +213,5 @@ def test_kernels_given_a_nan_parameter_return_nan_like_the_reference(strategy):
     ml.params["b2"][1] = np.nan
     packed = multilayer_kernels.as_params([ml.params[k] for k in ml.param_names])
     assert np.isnan(multilayer_kernels.loss_trusted(packed, x, t, SIGMOID))
-    grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, 1e-4, SIGMOID,
-                                                           strategy)
+    grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, 1e-4, SIGMOID, strategy)
     assert all(np.isnan(g).all() for g in grads)

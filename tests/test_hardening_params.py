@@ -36,8 +36,15 @@ def _fuzz_cases():
             for strategy in ("delta", "full"):
                 for param, array in params.items():
                     for how in _param_fuzz.mutations(array.shape):
-                        cases.append({"kind": kind, "backend": backend, "strategy": strategy,
-                                      "param": param, "how": how})
+                        cases.append(
+                            {
+                                "kind": kind,
+                                "backend": backend,
+                                "strategy": strategy,
+                                "param": param,
+                                "how": how,
+                            }
+                        )
     return cases
 
 
@@ -49,9 +56,14 @@ def _run_children(cases):
     """
     problems, start = {}, 0
     while start < len(cases):
-        proc = subprocess.run([sys.executable, "-m", "tests._param_fuzz"], cwd=REPO,
-                              input=json.dumps(cases[start:]), capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests._param_fuzz"],
+            cwd=REPO,
+            input=json.dumps(cases[start:]),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         running = None
         for line in proc.stdout.splitlines():
             word, index, *rest = line.split(" ", 2)
@@ -84,18 +96,26 @@ def test_fuzzed_parameter_shapes_and_dtypes_are_refused_or_computed_in_float64()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("make_net", [
-    lambda backend: TwoLayerNet(6, 3, 3, seed=0, backend=backend),
-    lambda backend: MultiLayerNet(6, (3, 4), 3, seed=0, backend=backend),
-])
+@pytest.mark.parametrize(
+    "make_net",
+    [
+        lambda backend: TwoLayerNet(6, 3, 3, seed=0, backend=backend),
+        lambda backend: MultiLayerNet(6, (3, 4), 3, seed=0, backend=backend),
+    ],
+)
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_parameters_are_refused_by_every_public_method(make_net, backend, value):
     net = make_net(backend)
     last_b = f"b{len(net.params) // 2}"
     net.params[last_b][1] = value
     x, t = np.ones((2, 6)), np.array([0, 2])
-    for call in (lambda: net.predict(x), lambda: net.loss(x, t), lambda: net.accuracy(x, t),
-                 lambda: net.numerical_gradient(x, t), lambda: net.gradient(x, t)):
+    for call in (
+        lambda: net.predict(x),
+        lambda: net.loss(x, t),
+        lambda: net.accuracy(x, t),
+        lambda: net.numerical_gradient(x, t),
+        lambda: net.gradient(x, t),
+    ):
         with pytest.raises(ValueError, match=rf"params\['{last_b}'\].*non-finite value {value}"):
             call()
 
@@ -121,15 +141,18 @@ def test_low_precision_parameters_give_the_float64_answer_on_every_backend(backe
     assert all(v.dtype == dtype for v in low.params.values())  # the caller's arrays untouched
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"input_size": True}, TypeError, "input_size=True must be an integer"),
-    ({"hidden_size": 50.0}, TypeError, "hidden_size=50.0 must be an integer"),
-    ({"output_size": 1}, ValueError, "output_size=1 must be at least 2"),
-    ({"weight_init_std": float("nan")}, ValueError, "weight_init_std=nan must be a finite"),
-    ({"weight_init_std": -1}, ValueError, "weight_init_std=-1 must be a finite number > 0"),
-    ({"weight_init_std": 0}, ValueError, "weight_init_std=0 must be a finite number > 0"),
-    ({"weight_init_std": "0.01"}, TypeError, "weight_init_std='0.01' must be a number"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"input_size": True}, TypeError, "input_size=True must be an integer"),
+        ({"hidden_size": 50.0}, TypeError, "hidden_size=50.0 must be an integer"),
+        ({"output_size": 1}, ValueError, "output_size=1 must be at least 2"),
+        ({"weight_init_std": float("nan")}, ValueError, "weight_init_std=nan must be a finite"),
+        ({"weight_init_std": -1}, ValueError, "weight_init_std=-1 must be a finite number > 0"),
+        ({"weight_init_std": 0}, ValueError, "weight_init_std=0 must be a finite number > 0"),
+        ({"weight_init_std": "0.01"}, TypeError, "weight_init_std='0.01' must be a number"),
+    ],
+)
 def test_two_layer_and_multilayer_nets_share_one_rule_per_argument(kwargs, error, message):
     args = {"input_size": 6, "hidden_size": 3, "output_size": 3} | kwargs
     with pytest.raises(error, match=message):
@@ -174,13 +197,16 @@ def test_the_smallest_step_still_gives_the_gradient_and_the_next_smaller_ones_do
         error(1e-3)
 
 
-@pytest.mark.parametrize(("t", "message"), [
-    (np.array([0, 2**63], dtype=np.uint64), "label 9223372036854775808, outside 0..2"),
-    (np.array([0, 1e30]), "label 1e\\+30, outside 0..2"),
-    (np.array([0, 0.5]), "non-integer values such as 0.5"),
-    (np.array([True, False]), "dtype bool"),
-    (np.array(["a", "b"]), "dtype <U1"),
-])
+@pytest.mark.parametrize(
+    ("t", "message"),
+    [
+        (np.array([0, 2**63], dtype=np.uint64), "label 9223372036854775808, outside 0..2"),
+        (np.array([0, 1e30]), "label 1e\\+30, outside 0..2"),
+        (np.array([0, 0.5]), "non-integer values such as 0.5"),
+        (np.array([True, False]), "dtype bool"),
+        (np.array(["a", "b"]), "dtype <U1"),
+    ],
+)
 def test_label_messages_name_the_value_as_given(t, message):
     with pytest.raises((ValueError, TypeError), match=message):
         as_labels(t, 2, 3)

@@ -53,8 +53,11 @@ def kernel_net(params):
 def check_operation(op, problem, skip=()):
     """Every implementation of ``op`` (but ``skip``) against the reference result, computed once."""
     ref_ = op.implementations[op.reference](*op.args(op.reference, problem))
-    others = {name: impl for name, impl in op.implementations.items()
-              if name != op.reference and name not in skip}
+    others = {
+        name: impl
+        for name, impl in op.implementations.items()
+        if name != op.reference and name not in skip
+    }
     assert others, f"{op.name} has nothing to compare with its reference"
     for name, impl in others.items():
         comp_ = impl(*op.args(name, problem))
@@ -77,8 +80,9 @@ def test_registry_operations_match_reference_on_mnist(op_name, mnist_batch):
     hidden = 10 if JIT_ENABLED else 2
     # "book-float32" is the reference's own loop on float32 images: the odd shapes check
     # it, and at this size it would repeat the slowest call of the suite (~20 s).
-    check_operation(COMPARISONS[op_name], make_problem(x, t, hidden_size=hidden, seed=3),
-                    skip=("book-float32",))
+    check_operation(
+        COMPARISONS[op_name], make_problem(x, t, hidden_size=hidden, seed=3), skip=("book-float32",)
+    )
 
 
 @pytest.mark.parametrize("hidden", [(3, 7), (7, 1, 3)], ids=lambda h: "h" + "x".join(map(str, h)))
@@ -87,8 +91,9 @@ def test_registry_multilayer_gradient_on_deeper_networks(hidden, activation):
     rng = np.random.default_rng(len(hidden))
     x = sparse_batch(rng, 5, 9)
     t = rng.integers(0, 4, 5)
-    problem = make_problem(x, t, hidden_size=hidden, seed=1, weight_init_std=0.7, output_size=4,
-                           activation=activation)
+    problem = make_problem(
+        x, t, hidden_size=hidden, seed=1, weight_init_std=0.7, output_size=4, activation=activation
+    )
     assert problem.label == "b5-h" + "x".join(map(str, hidden))
     # Non-zero biases keep relu's pre-activations off its kink at exactly 0, where a
     # central difference (slope 1/2) and backprop (slope 0) legitimately disagree.
@@ -216,8 +221,11 @@ def test_strategy_tables_drive_the_backend_and_the_registry():
     """The kernel modules' STRATEGIES tables are the one list of strategies."""
     assert tuple(two_layer.STRATEGIES) == tuple(multilayer_kernels.STRATEGIES) == backend.STRATEGIES
     assert backend.DEFAULT_STRATEGY in backend.STRATEGIES
-    tables = {"numerical_gradient": two_layer.STRATEGIES, "sgd_step": two_layer.STRATEGIES,
-              "multilayer_gradient": multilayer_kernels.STRATEGIES}
+    tables = {
+        "numerical_gradient": two_layer.STRATEGIES,
+        "sgd_step": two_layer.STRATEGIES,
+        "multilayer_gradient": multilayer_kernels.STRATEGIES,
+    }
     for op_name, table in tables.items():
         impls = list(COMPARISONS[op_name].implementations)
         assert [i for i in impls if i.startswith("numba-")] == [numba_impl(s) for s in table]

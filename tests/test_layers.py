@@ -64,7 +64,7 @@ def direct_convolution(x, W, b, stride, pad):
     oh, ow = (h + 2 * pad - fh) // stride + 1, (w + 2 * pad - fw) // stride + 1
     out = np.empty((n, fn, oh, ow))
     for i, f, r, c in np.ndindex(out.shape):
-        patch = xp[i, :, r * stride:r * stride + fh, c * stride:c * stride + fw]
+        patch = xp[i, :, r * stride : r * stride + fh, c * stride : c * stride + fw]
         out[i, f, r, c] = np.sum(patch * W[f]) + b[f]
     return out
 
@@ -76,29 +76,43 @@ def direct_max_pool(x, ph, pw, stride, pad):
     oh, ow = (h + 2 * pad - ph) // stride + 1, (w + 2 * pad - pw) // stride + 1
     out = np.empty((n, c, oh, ow))
     for i, k, r, q in np.ndindex(out.shape):
-        out[i, k, r, q] = xp[i, k, r * stride:r * stride + ph, q * stride:q * stride + pw].max()
+        out[i, k, r, q] = xp[i, k, r * stride : r * stride + ph, q * stride : q * stride + pw].max()
     return out
 
 
 def conv_problem(geometry, batch=2, filters=3, seed=0):
     c, h, w, fh, fw, stride, pad = geometry
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((batch, c, h, w)), rng.standard_normal((filters, c, fh, fw)),
-            rng.standard_normal(filters), stride, pad)
+    return (
+        rng.standard_normal((batch, c, h, w)),
+        rng.standard_normal((filters, c, fh, fw)),
+        rng.standard_normal(filters),
+        stride,
+        pad,
+    )
 
 
 # ----------------------------------------------------------------------------- geometry
 
 
-@pytest.mark.parametrize("in_size, filt, stride, pad, expected",
-                         [(28, 5, 1, 0, 24), (24, 2, 2, 0, 12), (7, 3, 2, 1, 4), (5, 4, 1, 2, 6),
-                          (3, 3, 1, 0, 1), (1, 3, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "in_size, filt, stride, pad, expected",
+    [
+        (28, 5, 1, 0, 24),
+        (24, 2, 2, 0, 12),
+        (7, 3, 2, 1, 4),
+        (5, 4, 1, 2, 6),
+        (3, 3, 1, 0, 1),
+        (1, 3, 1, 1, 1),
+    ],
+)
 def test_conv_output_size(in_size, filt, stride, pad, expected):
     assert layers.conv_output_size(in_size, filt, stride, pad) == expected
 
 
-@pytest.mark.parametrize("in_size, filt, stride, pad", [(28, 5, 2, 0), (23, 2, 2, 0),
-                                                        (3, 5, 1, 0), (10, 3, 3, 0)])
+@pytest.mark.parametrize(
+    "in_size, filt, stride, pad", [(28, 5, 2, 0), (23, 2, 2, 0), (3, 5, 1, 0), (10, 3, 3, 0)]
+)
 def test_conv_output_size_refuses_partial_windows_naming_the_sizes(in_size, filt, stride, pad):
     with pytest.raises(ValueError, match=rf"\({in_size} \+ 2\*{pad} - {filt}\) / {stride}"):
         layers.conv_output_size(in_size, filt, stride, pad)

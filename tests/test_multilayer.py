@@ -27,8 +27,9 @@ ACTIVATION_NAMES = list(ACTIVATIONS)
 
 def random_net_and_batch(hidden, activation, batch, seed=0, n_in=6, n_out=4, zero_frac=0.5):
     """A net with O(1) random weights and biases, sparse inputs and labels."""
-    net = MultiLayerNet(n_in, hidden, n_out, activation=activation, weight_init_std=0.7,
-                        seed=seed, backend="numpy")
+    net = MultiLayerNet(
+        n_in, hidden, n_out, activation=activation, weight_init_std=0.7, seed=seed, backend="numpy"
+    )
     rng = np.random.default_rng(seed + 100)
     for k in net.param_names:
         if k.startswith("b"):  # non-zero biases, so they are really exercised
@@ -74,8 +75,13 @@ def test_label_formats_dtypes_and_layouts_give_the_same_gradient(activation):
         assert max_abs_diff(base, oracle_gradient(net, x32.astype(np.float64), t)) <= TOL
         wide = np.zeros((5, 2 * x.shape[1]), dtype=np.float32)
         wide[:, ::2] = x32  # a strided view of the same values
-        for xv, tv in [(x32, t), (wide[:, ::2], t), (np.asfortranarray(x32), t),
-                       (x32, np.eye(4)[t]), (x32, t.astype(np.uint8))]:
+        for xv, tv in [
+            (x32, t),
+            (wide[:, ::2], t),
+            (np.asfortranarray(x32), t),
+            (x32, np.eye(4)[t]),
+            (x32, t.astype(np.uint8)),
+        ]:
             g = net.numerical_gradient(xv, tv, strategy=strategy)
             assert all(np.array_equal(g[k], base[k]) for k in base), strategy
 
@@ -153,8 +159,9 @@ def test_one_hidden_layer_is_the_two_layer_net():
     rng = np.random.default_rng(7)
     x, t = rng.random((5, 8)), rng.integers(0, 3, 5)
     two = TwoLayerNet(8, 4, 3, weight_init_std=0.3, seed=11, backend="numpy")
-    deep = MultiLayerNet(8, [4], 3, activation="sigmoid", weight_init_std=0.3, seed=11,
-                         backend="numpy")
+    deep = MultiLayerNet(
+        8, [4], 3, activation="sigmoid", weight_init_std=0.3, seed=11, backend="numpy"
+    )
     assert deep.param_names == TwoLayerNet.PARAM_NAMES
     assert all(np.array_equal(two.params[k], deep.params[k]) for k in two.params)
     assert deep.loss(x, t) == two.loss(x, t)
@@ -233,8 +240,11 @@ def test_bad_step_and_strategy_are_refused():
     [
         ([np.zeros((6, 3))], ValueError, "even number"),
         ([np.zeros((6, 3)), np.zeros(4)], ValueError, r"expected \(n_in, n_out\)"),
-        ([np.zeros((6, 3)), np.zeros(3), np.zeros((2, 4)), np.zeros(4)], ValueError,
-         "consecutive layer widths"),
+        (
+            [np.zeros((6, 3)), np.zeros(3), np.zeros((2, 4)), np.zeros(4)],
+            ValueError,
+            "consecutive layer widths",
+        ),
         ([np.zeros((6, 1)), np.zeros(1)], ValueError, "at least 2"),
         ([np.zeros((6, 3), dtype=int), np.zeros(3)], TypeError, "float arrays"),
     ],
@@ -260,12 +270,14 @@ def test_real_mnist_batch(mnist_source_dir, activation):
     hidden, n = ((16, 8), 20) if JIT_ENABLED else ((2,), 2)
     x, t = _mnist_test_batch(mnist_source_dir, n)
     assert x.dtype == np.float32 and 0.6 < np.mean(x == 0) < 0.95  # real, sparse pixels
-    net = on_kernels(MultiLayerNet(784, hidden, 10, activation=activation, weight_init_std=0.1,
-                                 seed=5))
+    net = on_kernels(
+        MultiLayerNet(784, hidden, 10, activation=activation, weight_init_std=0.1, seed=5)
+    )
     x64 = x.astype(np.float64)
     ref_ = oracle_gradient(net, x64, t)
     assert np.abs(ref_["W1"]).max() > 0  # the check is not vacuous
     for strategy in STRATEGIES:
         assert max_abs_diff(net.numerical_gradient(x, t, strategy=strategy), ref_) <= TOL
-    assert net.loss(x, t) == pytest.approx(reference.cross_entropy_error(
-        ReferenceMultiLayerNet.predict(net, x64), t), rel=1e-12)
+    assert net.loss(x, t) == pytest.approx(
+        reference.cross_entropy_error(ReferenceMultiLayerNet.predict(net, x64), t), rel=1e-12
+    )

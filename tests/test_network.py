@@ -78,8 +78,11 @@ def test_bad_input_gets_an_error_naming_the_value(x, t, error, message, backend_
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"hidden_size": 0}, "hidden_size=0"), ({"output_size": 1}, "output_size=1"),
-     ({"strategy": "fast"}, "strategy='fast'")],
+    [
+        ({"hidden_size": 0}, "hidden_size=0"),
+        ({"output_size": 1}, "output_size=1"),
+        ({"strategy": "fast"}, "strategy='fast'"),
+    ],
 )
 def test_bad_network_arguments(kwargs, message):
     args = {"input_size": 4, "hidden_size": 2, "output_size": 3, **kwargs}

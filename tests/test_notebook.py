@@ -18,9 +18,14 @@ def test_check_your_layers_notebook_runs(mnist_source_dir, monkeypatch):
     repo = str(NOTEBOOK.parents[2])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": repo}}).execute()
-    outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": repo}}
+    ).execute()
+    outputs = "".join(
+        o.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+    )
     assert "FAIL: b1" in outputs and "worst elements of b1" in outputs
     assert outputs.count("PASS") == 2 and "BatchNorm1" in outputs

@@ -51,8 +51,9 @@ def test_numerical_diff_of_function_1():
     assert R.numerical_diff(R.function_1, 10) == pytest.approx(0.3, abs=1e-9)
 
 
-@pytest.mark.parametrize(("point", "expected"), [([3.0, 4.0], [6, 8]), ([0.0, 2.0], [0, 4]),
-                                                  ([3.0, 0.0], [6, 0])])
+@pytest.mark.parametrize(
+    ("point", "expected"), [([3.0, 4.0], [6, 8]), ([0.0, 2.0], [0, 4]), ([3.0, 0.0], [6, 0])]
+)
 def test_numerical_gradient_of_function_2(point, expected):
     assert R.numerical_gradient(R.function_2, np.array(point)) == pytest.approx(expected)
 
@@ -69,8 +70,9 @@ def test_numerical_gradient_restores_noncontiguous_input_and_refuses_integers():
 
 
 def test_gradient_descent_book_learning_rates():
-    good, path = R.gradient_descent(R.function_2, [-3.0, 4.0], lr=0.1, step_num=100,
-                                    return_path=True)
+    good, path = R.gradient_descent(
+        R.function_2, [-3.0, 4.0], lr=0.1, step_num=100, return_path=True
+    )
     assert np.abs(good).max() < 1e-8
     assert path.shape == (101, 2) and np.array_equal(path[0], [-3.0, 4.0])
     diverged = R.gradient_descent(R.function_2, [-3.0, 4.0], lr=10.0, step_num=100)
@@ -93,7 +95,11 @@ def test_simplenet_book_values():
 def test_two_layer_net_shapes_seed_and_accuracy_forms():
     a, b = R.TwoLayerNet(784, 50, 10, seed=3), R.TwoLayerNet(784, 50, 10, seed=3)
     assert {k: v.shape for k, v in a.params.items()} == {
-        "W1": (784, 50), "b1": (50,), "W2": (50, 10), "b2": (10,)}
+        "W1": (784, 50),
+        "b1": (50,),
+        "W2": (50, 10),
+        "b2": (10,),
+    }
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     x = np.random.default_rng(0).random((6, 784))
     pred = a.predict(x).argmax(axis=1)

@@ -37,8 +37,15 @@ def blobs():
 
 def small(**kw):
     """30 iterations of 30 samples, 10 per epoch, on NumPy."""
-    base = dict(grad="backprop", iters=30, batch_size=30, lr=1.0, hidden_size=5,
-                weight_init_std=0.5, backend="numpy")
+    base = dict(
+        grad="backprop",
+        iters=30,
+        batch_size=30,
+        lr=1.0,
+        hidden_size=5,
+        weight_init_std=0.5,
+        backend="numpy",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -76,13 +83,37 @@ def _wait_for(path, seconds=120):
 
 
 def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
-        tmp_path, mnist_source_dir, capsys):
+    tmp_path, mnist_source_dir, capsys
+):
     out = tmp_path / "run"
-    argv = ["train", "--grad", "numerical", "--backend", "numpy", "--iters", "100000",
-            "--batch-size", "10", "--train-size", "100", "--test-size", "100", "--hidden", "3",
-            "--data-dir", str(mnist_source_dir), "--out", str(out), "-q"]
-    first = subprocess.Popen([sys.executable, "-m", "fastnum.cli", *argv], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = [
+        "train",
+        "--grad",
+        "numerical",
+        "--backend",
+        "numpy",
+        "--iters",
+        "100000",
+        "--batch-size",
+        "10",
+        "--train-size",
+        "100",
+        "--test-size",
+        "100",
+        "--hidden",
+        "3",
+        "--data-dir",
+        str(mnist_source_dir),
+        "--out",
+        str(out),
+        "-q",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "fastnum.cli", *argv],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for(out / "checkpoint.npz")
         owner = json.loads((out / "run.lock").read_text())
@@ -118,8 +149,9 @@ def _lock(out, pid, host=None):
 
 def test_lock_of_a_live_process_refuses_with_its_pid(blobs, tmp_path):
     _lock(tmp_path, os.getpid())
-    with pytest.raises(RunFolderError, match=f"in use by another fastnum run: process "
-                                             f"{os.getpid()}"):
+    with pytest.raises(
+        RunFolderError, match=f"in use by another fastnum run: process {os.getpid()}"
+    ):
         quiet_train(small(), blobs, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]  # nothing written
 
@@ -131,7 +163,8 @@ def test_stale_lock_is_reported_not_taken_over(blobs, tmp_path):
     with pytest.raises(RunFolderError, match="stale lock") as info:
         quiet_train(small(), blobs, tmp_path)
     assert f"process {gone.pid}" in str(info.value) and "then start the run again" in str(
-        info.value)
+        info.value
+    )
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == gone.pid  # untouched
 
 
@@ -163,8 +196,12 @@ def test_lock_is_released_however_the_run_ends(blobs, tmp_path):
 
 # --- leftovers of killed writes ---------------------------------------------------------------
 
-LEFTOVERS = (".checkpoint.npz.k2j3_x.part.npz", ".history.json.abc123.part.json",
-             ".params.npz.q.part.npz", ".loss.png.zz.part.png")
+LEFTOVERS = (
+    ".checkpoint.npz.k2j3_x.part.npz",
+    ".history.json.abc123.part.json",
+    ".params.npz.q.part.npz",
+    ".loss.png.zz.part.png",
+)
 
 
 @pytest.mark.parametrize("how", ["resume", "overwrite"])
@@ -175,8 +212,17 @@ def test_partial_files_of_killed_writes_are_removed(blobs, finished, how):
     (finished / ".history.json.keep").write_text("not ours")
     quiet_train(small(iters=40), blobs, finished, **{how: True})
     names = sorted(p.name for p in finished.iterdir())
-    assert names == sorted([".history.json.keep", "accuracy.png", "checkpoint.npz",
-                            "history.json", "loss.png", "notes.txt", "params.npz"])
+    assert names == sorted(
+        [
+            ".history.json.keep",
+            "accuracy.png",
+            "checkpoint.npz",
+            "history.json",
+            "loss.png",
+            "notes.txt",
+            "params.npz",
+        ]
+    )
 
 
 # --- the out folder ---------------------------------------------------------------------------
@@ -257,12 +303,17 @@ def test_edited_checkpoint_fails_its_checksum(blobs, finished, edit):
     assert "does not match its checksum" in _resume_error(blobs, finished)
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (_set_back, "iteration 20 but 30 recorded losses"),
-    (lambda m, a: (_set_back(m, a), _cut_loss(m, a), _cut_loss(m, a)),
-     "do not follow the schedule of 20 iterations"),
-    (lambda m, a: m["history"]["train_acc"].pop(), "epoch records have different lengths"),
-])
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (_set_back, "iteration 20 but 30 recorded losses"),
+        (
+            lambda m, a: (_set_back(m, a), _cut_loss(m, a), _cut_loss(m, a)),
+            "do not follow the schedule of 20 iterations",
+        ),
+        (lambda m, a: m["history"]["train_acc"].pop(), "epoch records have different lengths"),
+    ],
+)
 def test_resigned_checkpoint_must_agree_with_its_history(blobs, finished, edit, problem):
     path = finished / "checkpoint.npz"
     meta, arrays = read_checkpoint(path)
@@ -285,5 +336,9 @@ def test_checkpoint_with_nan_parameters_says_so(blobs, finished):
 def test_untouched_checkpoint_still_resumes(blobs, finished):
     meta, arrays = read_checkpoint(finished / "checkpoint.npz")
     write_checkpoint(finished / "checkpoint.npz", meta, arrays)  # rewritten, same content
-    assert quiet_train(small(iters=40), blobs, finished, resume=True).history["epoch_iter"] == \
-        [1, 11, 21, 31]
+    assert quiet_train(small(iters=40), blobs, finished, resume=True).history["epoch_iter"] == [
+        1,
+        11,
+        21,
+        31,
+    ]

@@ -38,8 +38,15 @@ def blobs():
 
 def small(**kw):
     """A config quick enough for tests: 30 iterations of 30 samples, 10 per epoch."""
-    base = dict(grad="backprop", iters=30, batch_size=30, lr=1.0, hidden_size=5,
-                weight_init_std=0.5, backend="numpy")
+    base = dict(
+        grad="backprop",
+        iters=30,
+        batch_size=30,
+        lr=1.0,
+        hidden_size=5,
+        weight_init_std=0.5,
+        backend="numpy",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -92,11 +99,14 @@ def test_history_follows_the_book_schedule(blobs):
     assert result.final_train_acc == result.net.accuracy(x_train, t_train)
 
 
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=[needs_jit,
-                                                                            pytest.mark.numba])])
+@pytest.mark.parametrize(
+    "backend", ["numpy", pytest.param("numba", marks=[needs_jit, pytest.mark.numba])]
+)
 def test_numerical_and_backprop_trajectories_agree(blobs, backend):
-    runs = [quiet_train(small(grad=g, iters=12, backend=backend), blobs)
-            for g in ("numerical", "backprop")]
+    runs = [
+        quiet_train(small(grad=g, iters=12, backend=backend), blobs)
+        for g in ("numerical", "backprop")
+    ]
     for k in PARAMS:
         np.testing.assert_allclose(runs[0].params[k], runs[1].params[k], rtol=0, atol=1e-6)
     np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], atol=1e-6)
@@ -106,16 +116,19 @@ def _blas_threads():
     return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=[needs_jit,
-                                                                            pytest.mark.numba])])
-def test_backprop_runs_where_asked_with_one_blas_thread_beside_numba(blobs, backend,
-                                                                     monkeypatch):
+@pytest.mark.parametrize(
+    "backend", ["numpy", pytest.param("numba", marks=[needs_jit, pytest.mark.numba])]
+)
+def test_backprop_runs_where_asked_with_one_blas_thread_beside_numba(blobs, backend, monkeypatch):
     """numba kernels between BLAS calls would fight BLAS's threads for the cores."""
     from fastnum.network import TwoLayerNet
 
     seen, real = [], TwoLayerNet.gradient_trusted
-    monkeypatch.setattr(TwoLayerNet, "gradient_trusted",
-                        lambda self, x, t: seen.append(_blas_threads()) or real(self, x, t))
+    monkeypatch.setattr(
+        TwoLayerNet,
+        "gradient_trusted",
+        lambda self, x, t: seen.append(_blas_threads()) or real(self, x, t),
+    )
     before = _blas_threads()
     result = quiet_train(small(grad="backprop", iters=3, backend=backend), blobs)
     assert result.backend == backend and result.net.backend == backend
@@ -194,10 +207,15 @@ def test_resume_is_bit_identical_with_numba(blobs, tmp_path):
     assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
 
 
-@pytest.mark.parametrize("change, word", [({"lr": 0.5}, "lr=1.0 there, 0.5 now"),
-                                          ({"seed": 3}, "seed"),
-                                          ({"grad": "numerical"}, "grad"),
-                                          ({"train_size": 200}, "train_size")])
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        ({"lr": 0.5}, "lr=1.0 there, 0.5 now"),
+        ({"seed": 3}, "seed"),
+        ({"grad": "numerical"}, "grad"),
+        ({"train_size": 200}, "train_size"),
+    ],
+)
 def test_resume_refuses_a_different_config(blobs, tmp_path, change, word):
     quiet_train(small(), blobs, tmp_path)
     with pytest.raises(ValueError, match="cannot resume") as info:
@@ -275,16 +293,31 @@ def test_divergence_without_out_dir(blobs):
 # --- validation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value, error", [
-    ("lr", 0.0, ValueError), ("lr", -0.1, ValueError), ("lr", float("nan"), ValueError),
-    ("lr", "0.1", TypeError), ("h", 0.0, ValueError), ("h", -1e-4, ValueError),
-    ("h", float("inf"), ValueError), ("batch_size", 0, ValueError),
-    ("batch_size", 2.5, TypeError), ("iters", 0, ValueError), ("iters", 1e4, TypeError),
-    ("hidden_size", 0, ValueError), ("weight_init_std", 0.0, ValueError),
-    ("seed", -1, ValueError), ("threads", 0, ValueError), ("train_size", 0, ValueError),
-    ("test_size", -5, ValueError), ("grad", "adam", ValueError),
-    ("backend", "cuda", ValueError), ("strategy", "fast", ValueError),
-])
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("lr", 0.0, ValueError),
+        ("lr", -0.1, ValueError),
+        ("lr", float("nan"), ValueError),
+        ("lr", "0.1", TypeError),
+        ("h", 0.0, ValueError),
+        ("h", -1e-4, ValueError),
+        ("h", float("inf"), ValueError),
+        ("batch_size", 0, ValueError),
+        ("batch_size", 2.5, TypeError),
+        ("iters", 0, ValueError),
+        ("iters", 1e4, TypeError),
+        ("hidden_size", 0, ValueError),
+        ("weight_init_std", 0.0, ValueError),
+        ("seed", -1, ValueError),
+        ("threads", 0, ValueError),
+        ("train_size", 0, ValueError),
+        ("test_size", -5, ValueError),
+        ("grad", "adam", ValueError),
+        ("backend", "cuda", ValueError),
+        ("strategy", "fast", ValueError),
+    ],
+)
 def test_config_errors_name_the_value(field, value, error):
     with pytest.raises(error) as info:
         TrainConfig(**{field: value})
@@ -302,18 +335,27 @@ def _replace(blobs, which, value):
     return (parts["x"], parts["t"]), (parts["xt"], parts["tt"])
 
 
-@pytest.mark.parametrize("which, make, match", [
-    ("x", lambda x: np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x),
-     "x_train contains a non-finite value nan"),
-    ("xt", lambda x: np.full_like(x, np.inf), "x_test contains a non-finite value inf"),
-    ("xt", lambda x: x[:, :5], "x_test has 5 features per sample but the network expects 6"),
-    ("x", lambda x: x.reshape(len(x), 2, 3), r"x_train has shape \(300, 2, 3\)"),
-    ("t", lambda t: t[:-1], r"t_train has shape \(299,\)"),
-    ("t", lambda t: np.where(np.arange(t.size) == 3, -2, t.astype(np.int64)),
-     "t_train contains label -2"),
-    ("tt", lambda t: np.full(t.shape, 9), "t_test contains label 9, outside 0..3"),
-    ("t", lambda t: t + 0.5, "t_train holds non-integer values"),
-])
+@pytest.mark.parametrize(
+    "which, make, match",
+    [
+        (
+            "x",
+            lambda x: np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x),
+            "x_train contains a non-finite value nan",
+        ),
+        ("xt", lambda x: np.full_like(x, np.inf), "x_test contains a non-finite value inf"),
+        ("xt", lambda x: x[:, :5], "x_test has 5 features per sample but the network expects 6"),
+        ("x", lambda x: x.reshape(len(x), 2, 3), r"x_train has shape \(300, 2, 3\)"),
+        ("t", lambda t: t[:-1], r"t_train has shape \(299,\)"),
+        (
+            "t",
+            lambda t: np.where(np.arange(t.size) == 3, -2, t.astype(np.int64)),
+            "t_train contains label -2",
+        ),
+        ("tt", lambda t: np.full(t.shape, 9), "t_test contains label 9, outside 0..3"),
+        ("t", lambda t: t + 0.5, "t_train holds non-integer values"),
+    ],
+)
 def test_data_errors_name_the_problem(blobs, which, make, match):
     (x, t), (xt, tt) = blobs
     original = {"x": x, "t": t, "xt": xt, "tt": tt}[which]
@@ -354,8 +396,11 @@ def test_outputs_are_complete_valid_and_atomic(blobs, tmp_path):
     assert doc["status"] == "completed" and doc["backend"] == "numpy"
     assert doc["config"] == small().to_dict()
     assert doc["history"] == result.history
-    assert doc["final"] == {"iteration": 30, "train_acc": result.final_train_acc,
-                            "test_acc": result.final_test_acc}
+    assert doc["final"] == {
+        "iteration": 30,
+        "train_acc": result.final_train_acc,
+        "test_acc": result.final_test_acc,
+    }
     assert doc["data"]["train_size"] == 300 and doc["data"]["n_classes"] == 4
     assert len(doc["timings"]["epoch_seconds"]) == 3 and doc["timings"]["total_seconds"] > 0
     with np.load(tmp_path / "params.npz") as z:
@@ -390,9 +435,9 @@ def test_progress_on_a_terminal_redraws_one_line():
         bar.update(i)
     lines = []
     bar.write(lambda m: lines.append((m, stream.getvalue())), "epoch line")
-    (message, screen), = lines
+    ((message, screen),) = lines
     assert message == "epoch line" and screen.endswith("\r")  # the bar was cleared first
-    assert stream.getvalue()[len(screen):].startswith("\r100%")  # and redrawn after
+    assert stream.getvalue()[len(screen) :].startswith("\r100%")  # and redrawn after
     before_close = stream.getvalue()
     bar.close()
     assert "\n" not in before_close and "\r" in before_close
@@ -412,12 +457,14 @@ def test_progress_in_a_real_jupyter_kernel():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     repo = str(Path(__file__).resolve().parents[1])
-    code = (f"import sys; sys.path.insert(0, {repo!r})\n"
-            "import numpy as np\n"
-            "from fastnum.train import TrainConfig, train\n"
-            "x = np.random.default_rng(0).random((60, 4)); t = (x[:, 0] > 0.5).astype(int)\n"
-            "config = TrainConfig(grad='backprop', iters=30, batch_size=6, backend='numpy')\n"
-            "result = train(config, ((x, t), (x, t)))\n")
+    code = (
+        f"import sys; sys.path.insert(0, {repo!r})\n"
+        "import numpy as np\n"
+        "from fastnum.train import TrainConfig, train\n"
+        "x = np.random.default_rng(0).random((60, 4)); t = (x[:, 0] > 0.5).astype(int)\n"
+        "config = TrainConfig(grad='backprop', iters=30, batch_size=6, backend='numpy')\n"
+        "result = train(config, ((x, t), (x, t)))\n"
+    )
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     nbclient.NotebookClient(notebook, timeout=300).execute()  # raises if the cell fails
     outputs = notebook.cells[0].outputs
@@ -456,25 +503,33 @@ def mnist(mnist_source_dir):
 
 
 def test_backprop_on_mnist_subset_beats_chance(mnist):
-    config = TrainConfig(grad="backprop", iters=200, lr=1.0, hidden_size=20, train_size=1000,
-                         test_size=500, backend="numpy")
+    config = TrainConfig(
+        grad="backprop",
+        iters=200,
+        lr=1.0,
+        hidden_size=20,
+        train_size=1000,
+        test_size=500,
+        backend="numpy",
+    )
     result = quiet_train(config, mnist)
     assert result.history["test_acc"][0] < 0.3  # starts near chance (0.1)
     assert result.final_test_acc > 0.6 and result.final_train_acc > 0.7
 
 
 def test_numerical_training_on_mnist_matches_backprop(mnist):
-    config = dict(iters=3, batch_size=10, hidden_size=3, train_size=100, test_size=100,
-                  backend="numpy")
-    num, bp = (quiet_train(TrainConfig(grad=g, **config), mnist) for g in ("numerical",
-                                                                          "backprop"))
+    config = dict(
+        iters=3, batch_size=10, hidden_size=3, train_size=100, test_size=100, backend="numpy"
+    )
+    num, bp = (quiet_train(TrainConfig(grad=g, **config), mnist) for g in ("numerical", "backprop"))
     for k in PARAMS:
         np.testing.assert_allclose(num.params[k], bp.params[k], rtol=0, atol=1e-6)
 
 
 def test_train_loads_mnist_itself(mnist_source_dir, tmp_path):
-    config = TrainConfig(grad="backprop", iters=5, train_size=200, test_size=100, hidden_size=5,
-                         backend="numpy")
+    config = TrainConfig(
+        grad="backprop", iters=5, train_size=200, test_size=100, hidden_size=5, backend="numpy"
+    )
     result = train(config, out_dir=tmp_path, data_dir=mnist_source_dir, progress=False, log=None)
     doc = json.loads((tmp_path / "history.json").read_text())
     assert doc["data"]["n_features"] == 784 and doc["data"]["n_classes"] == 10

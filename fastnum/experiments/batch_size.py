@@ -30,17 +30,49 @@ import sys
 from fastnum.experiments import command, grid, output
 from fastnum.plots import plain_ticks
 
-FULL = {"batch_sizes": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], "train_size": 60000,
-        "test_size": 10000, "hidden_size": 50, "lr": 0.1, "epochs": 1, "budget_seconds": 20.0,
-        "timing_seconds": 1.0, "seed": 0, "threads": 1}
-QUICK = {"batch_sizes": [1, 10, 100], "train_size": 100, "test_size": 50, "hidden_size": 2,
-         "lr": 0.1, "epochs": 1, "budget_seconds": 0.2, "timing_seconds": 0.05, "seed": 0,
-         "threads": 1}
+FULL = {
+    "batch_sizes": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    "train_size": 60000,
+    "test_size": 10000,
+    "hidden_size": 50,
+    "lr": 0.1,
+    "epochs": 1,
+    "budget_seconds": 20.0,
+    "timing_seconds": 1.0,
+    "seed": 0,
+    "threads": 1,
+}
+QUICK = {
+    "batch_sizes": [1, 10, 100],
+    "train_size": 100,
+    "test_size": 50,
+    "hidden_size": 2,
+    "lr": 0.1,
+    "epochs": 1,
+    "budget_seconds": 0.2,
+    "timing_seconds": 0.05,
+    "seed": 0,
+    "threads": 1,
+}
 
-COLUMNS = ["batch_size", "sec_per_iter", "iters_per_epoch", "sec_per_epoch", "epoch_iters",
-           "epoch_train_acc", "epoch_test_acc", "epoch_loss", "epoch_run_seconds",
-           "budget_iters", "budget_train_acc", "budget_test_acc", "budget_loss",
-           "budget_run_seconds", "backend", "host"]
+COLUMNS = [
+    "batch_size",
+    "sec_per_iter",
+    "iters_per_epoch",
+    "sec_per_epoch",
+    "epoch_iters",
+    "epoch_train_acc",
+    "epoch_test_acc",
+    "epoch_loss",
+    "epoch_run_seconds",
+    "budget_iters",
+    "budget_train_acc",
+    "budget_test_acc",
+    "budget_loss",
+    "budget_run_seconds",
+    "backend",
+    "host",
+]
 
 
 def iters_per_epoch(settings, batch_size):
@@ -49,24 +81,47 @@ def iters_per_epoch(settings, batch_size):
 
 
 def _spec(settings, batch_size, iters, kind, data_dir, timing):
-    config = {key: settings[key] for key in ("train_size", "test_size", "hidden_size", "lr",
-                                              "seed", "threads")}
-    return {"name": f"{kind} batch {batch_size}", "tags": {"batch_size": batch_size, "kind": kind},
-            "config": {**config, "batch_size": batch_size, "iters": iters},
-            "timing_seconds": settings["timing_seconds"] if timing else 0,
-            "data_dir": data_dir}
+    config = {
+        key: settings[key]
+        for key in ("train_size", "test_size", "hidden_size", "lr", "seed", "threads")
+    }
+    return {
+        "name": f"{kind} batch {batch_size}",
+        "tags": {"batch_size": batch_size, "kind": kind},
+        "config": {**config, "batch_size": batch_size, "iters": iters},
+        "timing_seconds": settings["timing_seconds"] if timing else 0,
+        "data_dir": data_dir,
+    }
 
 
 def epoch_specs(settings, data_dir=None):
     """The timed, fixed-epoch runs: one spec per batch size."""
-    return [_spec(settings, b, settings["epochs"] * iters_per_epoch(settings, b), "epochs",
-                  data_dir, timing=True) for b in settings["batch_sizes"]]
+    return [
+        _spec(
+            settings,
+            b,
+            settings["epochs"] * iters_per_epoch(settings, b),
+            "epochs",
+            data_dir,
+            timing=True,
+        )
+        for b in settings["batch_sizes"]
+    ]
 
 
 def budget_specs(settings, sec_per_iter, data_dir=None):
     """The fixed-wall-time runs, given the measured seconds per iteration of each batch size."""
-    return [_spec(settings, b, max(1, int(settings["budget_seconds"] / sec_per_iter[b])),
-                  "budget", data_dir, timing=False) for b in settings["batch_sizes"]]
+    return [
+        _spec(
+            settings,
+            b,
+            max(1, int(settings["budget_seconds"] / sec_per_iter[b])),
+            "budget",
+            data_dir,
+            timing=False,
+        )
+        for b in settings["batch_sizes"]
+    ]
 
 
 def measure(settings, scheduler=None, data_dir=None, log=print):
@@ -77,20 +132,29 @@ def measure(settings, scheduler=None, data_dir=None, log=print):
     rows = []
     for e, b in zip(epoch_runs, budget_runs, strict=True):
         size = e["tags"]["batch_size"]
-        rows.append({"batch_size": size, "sec_per_iter": sec[size],
-                     "iters_per_epoch": iters_per_epoch(settings, size),
-                     "sec_per_epoch": sec[size] * iters_per_epoch(settings, size),
-                     "backend": e["backend"], "host": e["host"],
-                     **_prefixed("epoch", e), **_prefixed("budget", b)})
+        rows.append(
+            {
+                "batch_size": size,
+                "sec_per_iter": sec[size],
+                "iters_per_epoch": iters_per_epoch(settings, size),
+                "sec_per_epoch": sec[size] * iters_per_epoch(settings, size),
+                "backend": e["backend"],
+                "host": e["host"],
+                **_prefixed("epoch", e),
+                **_prefixed("budget", b),
+            }
+        )
     return rows
 
 
 def _prefixed(prefix, result):
-    return {f"{prefix}_iters": result["iterations"],
-            f"{prefix}_train_acc": result["final_train_acc"],
-            f"{prefix}_test_acc": result["final_test_acc"],
-            f"{prefix}_loss": result["final_loss"],
-            f"{prefix}_run_seconds": result["train_seconds"]}
+    return {
+        f"{prefix}_iters": result["iterations"],
+        f"{prefix}_train_acc": result["final_train_acc"],
+        f"{prefix}_test_acc": result["final_test_acc"],
+        f"{prefix}_loss": result["final_loss"],
+        f"{prefix}_run_seconds": result["train_seconds"],
+    }
 
 
 def plot(rows, settings, path):
@@ -100,21 +164,36 @@ def plot(rows, settings, path):
     a.loglog(sizes, [1000 * r["sec_per_iter"] for r in rows], "o-")
     a.set(xlabel="batch size", ylabel="ms per iteration", title="Time per iteration")
     b.semilogx(sizes, [r["sec_per_epoch"] for r in rows], "o-")
-    b.set(xlabel="batch size", ylabel="seconds per epoch", ylim=(0, None),
-          title=f"Time per epoch ({settings['train_size']} images)")
-    for key, label, color in (("epoch", _epochs(settings["epochs"]), "C0"),
-                              ("budget", f"{settings['budget_seconds']:g} s budget", "C1")):
-        c.semilogx(sizes, [r[f"{key}_test_acc"] for r in rows], "o-", color=color,
-                   label=f"{label}, test")
-        c.semilogx(sizes, [r[f"{key}_train_acc"] for r in rows], "o:", color=color, alpha=0.5,
-                   label=f"{label}, train")
+    b.set(
+        xlabel="batch size",
+        ylabel="seconds per epoch",
+        ylim=(0, None),
+        title=f"Time per epoch ({settings['train_size']} images)",
+    )
+    for key, label, color in (
+        ("epoch", _epochs(settings["epochs"]), "C0"),
+        ("budget", f"{settings['budget_seconds']:g} s budget", "C1"),
+    ):
+        c.semilogx(
+            sizes, [r[f"{key}_test_acc"] for r in rows], "o-", color=color, label=f"{label}, test"
+        )
+        c.semilogx(
+            sizes,
+            [r[f"{key}_train_acc"] for r in rows],
+            "o:",
+            color=color,
+            alpha=0.5,
+            label=f"{label}, train",
+        )
     c.set(xlabel="batch size", ylabel="accuracy", ylim=(0, 1), title="Accuracy after the budget")
     c.legend(fontsize="small")
     for ax in (a, b, c):
         plain_ticks(ax.xaxis, sizes)
     plain_ticks(a.yaxis)
-    fig.suptitle("Batch size, numerical gradients (784-"
-                 f"{settings['hidden_size']}-10, lr {settings['lr']:g}, 1 numba thread)")
+    fig.suptitle(
+        "Batch size, numerical gradients (784-"
+        f"{settings['hidden_size']}-10, lr {settings['lr']:g}, 1 numba thread)"
+    )
     return output.save_png(fig, path)
 
 
@@ -123,13 +202,18 @@ def _epochs(n):
 
 
 def _table(rows, settings):
-    lines = [f"| batch | ms/iter | s/epoch | test acc after {_epochs(settings['epochs'])} "
-             f"| iters in {settings['budget_seconds']:g} s | test acc after "
-             f"{settings['budget_seconds']:g} s |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| batch | ms/iter | s/epoch | test acc after {_epochs(settings['epochs'])} "
+        f"| iters in {settings['budget_seconds']:g} s | test acc after "
+        f"{settings['budget_seconds']:g} s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['batch_size']} | {1000 * r['sec_per_iter']:.3g} | "
-                     f"{r['sec_per_epoch']:.3g} | {r['epoch_test_acc']:.3f} | "
-                     f"{r['budget_iters']} | {r['budget_test_acc']:.3f} |")
+        lines.append(
+            f"| {r['batch_size']} | {1000 * r['sec_per_iter']:.3g} | "
+            f"{r['sec_per_epoch']:.3g} | {r['epoch_test_acc']:.3f} | "
+            f"{r['budget_iters']} | {r['budget_test_acc']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -141,8 +225,11 @@ def _findings(rows, settings):
     fastest = min(rows, key=lambda r: r["sec_per_epoch"])
     epoch_seconds = [r["sec_per_epoch"] for r in rows]
     budget_wall = [r["budget_run_seconds"] for r in rows]
-    overhead = (", so small batches pay a fixed cost per iteration"
-                if per_sample[0] > 2 * per_sample[-1] else "")
+    overhead = (
+        ", so small batches pay a fixed cost per iteration"
+        if per_sample[0] > 2 * per_sample[-1]
+        else ""
+    )
     return (
         f"- One iteration takes {1000 * first['sec_per_iter']:.3g} ms at batch "
         f"{first['batch_size']} and {1000 * last['sec_per_iter']:.3g} ms at batch "
@@ -169,7 +256,7 @@ def summary(rows, settings):
 is that times the iterations per epoch.  The wall-time budget is run as
 `budget / (time per iteration)` iterations, so it is reproducible given the
 measured times in `results.csv`.  Accuracies are on the first
-{settings['train_size']} training and {settings['test_size']} test images.
+{settings["train_size"]} training and {settings["test_size"]} test images.
 
 {_table(rows, settings)}
 
@@ -190,9 +277,13 @@ def run(settings, out, scheduler=None, data_dir=None):
 
 
 EXPERIMENT = command.Experiment(
-    name="batch_size", title="Batch size with numerical gradients",
+    name="batch_size",
+    title="Batch size with numerical gradients",
     description="Batch size vs time and accuracy with numerical gradients.",
-    full=FULL, quick=QUICK, run=run)
+    full=FULL,
+    quick=QUICK,
+    run=run,
+)
 
 
 def main(argv=None):

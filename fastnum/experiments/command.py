@@ -49,21 +49,33 @@ def parser(experiment):
         With ``--quick``, ``--out``, ``--scheduler``, ``--data-dir``.
     """
     name = experiment.name
-    p = argparse.ArgumentParser(prog=f"python -m {experiment.module}",
-                                description=experiment.description)
-    p.add_argument("--quick", action="store_true",
-                   help="small settings that finish in seconds (what CI runs)")
-    p.add_argument("--out", metavar="DIR", type=Path,
-                   help=f"output folder (default: docs/experiments/{name}, or "
-                        f"runs/experiments/{name}-quick with --quick; both relative to the "
-                        "current folder)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run the grid on this Dask scheduler (tcp://host:8786), or 'local' for "
-                        "an in-process one; needs pip install 'fastnum[distributed]' "
-                        "(default: run here, one run after the other)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder with the four MNIST .gz files on every machine that runs "
-                        "(default: $FASTNUM_MNIST_DIR, else fastnum's cache)")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {experiment.module}", description=experiment.description
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small settings that finish in seconds (what CI runs)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help=f"output folder (default: docs/experiments/{name}, or "
+        f"runs/experiments/{name}-quick with --quick; both relative to the "
+        "current folder)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the grid on this Dask scheduler (tcp://host:8786), or 'local' for "
+        "an in-process one; needs pip install 'fastnum[distributed]' "
+        "(default: run here, one run after the other)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the four MNIST .gz files on every machine that runs "
+        "(default: $FASTNUM_MNIST_DIR, else fastnum's cache)",
+    )
     return p
 
 
@@ -71,8 +83,11 @@ def default_out(args, name):
     """``--out``, else ``runs/experiments/<name>-quick`` or ``docs/experiments/<name>``."""
     if args.out is not None:
         return args.out
-    return Path("runs/experiments") / f"{name}-quick" if args.quick else \
-        Path("docs/experiments") / name
+    return (
+        Path("runs/experiments") / f"{name}-quick"
+        if args.quick
+        else Path("docs/experiments") / name
+    )
 
 
 def main(experiment, argv=None):
@@ -92,8 +107,9 @@ def main(experiment, argv=None):
     start = time.perf_counter()
     try:
         files, body = experiment.run(settings, out, args.scheduler, args.data_dir)
-        write_summary(out / "summary.md", experiment.title, command,
-                      time.perf_counter() - start, body)
+        write_summary(
+            out / "summary.md", experiment.title, command, time.perf_counter() - start, body
+        )
     except (ValueError, ImportError, OSError) as err:
         print(f"{experiment.module}: error: {err}", file=sys.stderr)
         return 2

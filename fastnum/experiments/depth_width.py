@@ -21,20 +21,59 @@ import sys
 
 from fastnum.experiments import command, grid, output
 
-FULL = {"depths": [1, 2, 3, 4, 5], "base_width": 20,
-        "activations": [["sigmoid", 0.01], ["relu", 0.1]], "iters": 2000, "batch_size": 20,
-        "lr": 0.1, "train_size": 5000, "test_size": 10000, "timing_seconds": 1.0, "seed": 0,
-        "threads": 1}
-QUICK = {"depths": [1, 2, 3], "base_width": 2,
-         "activations": [["sigmoid", 0.01], ["relu", 0.1]], "iters": 6, "batch_size": 10,
-         "lr": 0.1, "train_size": 30, "test_size": 50, "timing_seconds": 0.02, "seed": 0,
-         "threads": 1}
+FULL = {
+    "depths": [1, 2, 3, 4, 5],
+    "base_width": 20,
+    "activations": [["sigmoid", 0.01], ["relu", 0.1]],
+    "iters": 2000,
+    "batch_size": 20,
+    "lr": 0.1,
+    "train_size": 5000,
+    "test_size": 10000,
+    "timing_seconds": 1.0,
+    "seed": 0,
+    "threads": 1,
+}
+QUICK = {
+    "depths": [1, 2, 3],
+    "base_width": 2,
+    "activations": [["sigmoid", 0.01], ["relu", 0.1]],
+    "iters": 6,
+    "batch_size": 10,
+    "lr": 0.1,
+    "train_size": 30,
+    "test_size": 50,
+    "timing_seconds": 0.02,
+    "seed": 0,
+    "threads": 1,
+}
 
-RUN_COLUMNS = ["network", "activation", "weight_init_std", "depth", "hidden_sizes", "n_params",
-               "sec_per_iter", "iterations", "final_train_acc", "final_test_acc", "final_loss",
-               "train_seconds", "backend", "host"]
-CURVE_COLUMNS = ["network", "activation", "depth", "iteration", "est_train_seconds", "loss",
-                 "train_acc", "test_acc"]
+RUN_COLUMNS = [
+    "network",
+    "activation",
+    "weight_init_std",
+    "depth",
+    "hidden_sizes",
+    "n_params",
+    "sec_per_iter",
+    "iterations",
+    "final_train_acc",
+    "final_test_acc",
+    "final_loss",
+    "train_seconds",
+    "backend",
+    "host",
+]
+CURVE_COLUMNS = [
+    "network",
+    "activation",
+    "depth",
+    "iteration",
+    "est_train_seconds",
+    "loss",
+    "train_acc",
+    "test_acc",
+]
 
 
 def count_params(hidden_sizes, input_size=784, output_size=10):
@@ -81,17 +120,28 @@ def equal_param_widths(depths, base_width, input_size=784, output_size=10):
 
 def specs(settings, data_dir=None):
     """One spec per (activation, depth)."""
-    config = {key: settings[key] for key in ("iters", "batch_size", "lr", "train_size",
-                                              "test_size", "seed", "threads")}
+    config = {
+        key: settings[key]
+        for key in ("iters", "batch_size", "lr", "train_size", "test_size", "seed", "threads")
+    }
     out = []
     for activation, std in settings["activations"]:
         for hidden in equal_param_widths(settings["depths"], settings["base_width"]):
             name = f"{activation} {'-'.join(map(str, hidden))}"
-            out.append({"name": name,
-                        "tags": {"activation": activation, "depth": len(hidden)},
-                        "config": {**config, "hidden_sizes": list(hidden),
-                                   "activation": activation, "weight_init_std": std},
-                        "timing_seconds": settings["timing_seconds"], "data_dir": data_dir})
+            out.append(
+                {
+                    "name": name,
+                    "tags": {"activation": activation, "depth": len(hidden)},
+                    "config": {
+                        **config,
+                        "hidden_sizes": list(hidden),
+                        "activation": activation,
+                        "weight_init_std": std,
+                    },
+                    "timing_seconds": settings["timing_seconds"],
+                    "data_dir": data_dir,
+                }
+            )
     return out
 
 
@@ -100,16 +150,32 @@ def rows_of(results):
     runs, curves = [], []
     for r in results:
         c = r["config"]
-        base = {"network": r["name"], "activation": c["activation"],
-                "depth": len(c["hidden_sizes"])}
-        runs.append({**base, **r, "weight_init_std": c["weight_init_std"],
-                     "hidden_sizes": c["hidden_sizes"],
-                     "n_params": count_params(c["hidden_sizes"])})
+        base = {
+            "network": r["name"],
+            "activation": c["activation"],
+            "depth": len(c["hidden_sizes"]),
+        }
+        runs.append(
+            {
+                **base,
+                **r,
+                "weight_init_std": c["weight_init_std"],
+                "hidden_sizes": c["hidden_sizes"],
+                "n_params": count_params(c["hidden_sizes"]),
+            }
+        )
         e = r["epochs"]
         for i, it in enumerate(e["iteration"]):
-            curves.append({**base, "iteration": it, "est_train_seconds": it * r["sec_per_iter"],
-                           "loss": e["loss"][i], "train_acc": e["train_acc"][i],
-                           "test_acc": e["test_acc"][i]})
+            curves.append(
+                {
+                    **base,
+                    "iteration": it,
+                    "est_train_seconds": it * r["sec_per_iter"],
+                    "loss": e["loss"][i],
+                    "train_acc": e["train_acc"][i],
+                    "test_acc": e["test_acc"][i],
+                }
+            )
     return runs, curves
 
 
@@ -124,30 +190,48 @@ def plot(results, settings, path):
         a.plot(its, acc, **kw)
         b.plot([i * r["sec_per_iter"] for i in its], acc, **kw)
     a.set(xlabel="iteration", ylabel="test accuracy", ylim=(0, 1), title="Accuracy per iteration")
-    b.set(xlabel="training seconds (iterations x time per iteration)", ylabel="test accuracy",
-          ylim=(0, 1), title="Accuracy per second")
+    b.set(
+        xlabel="training seconds (iterations x time per iteration)",
+        ylabel="test accuracy",
+        ylim=(0, 1),
+        title="Accuracy per second",
+    )
     a.legend(fontsize="x-small", ncols=2, loc="lower right", bbox_to_anchor=(1, 0.15))
     for act in styles:
         mine = [r for r in results if r["tags"]["activation"] == act]
-        c.plot([r["tags"]["depth"] for r in mine], [1000 * r["sec_per_iter"] for r in mine],
-               "o" + styles[act], label=act)
-    c.set(xlabel="hidden layers", ylabel="ms per iteration", ylim=(0, None),
-          title=f"Time per iteration (batch {settings['batch_size']})")
+        c.plot(
+            [r["tags"]["depth"] for r in mine],
+            [1000 * r["sec_per_iter"] for r in mine],
+            "o" + styles[act],
+            label=act,
+        )
+    c.set(
+        xlabel="hidden layers",
+        ylabel="ms per iteration",
+        ylim=(0, None),
+        title=f"Time per iteration (batch {settings['batch_size']})",
+    )
     c.xaxis.get_major_locator().set_params(integer=True)
     c.legend()
     n = count_params([settings["base_width"]])
-    fig.suptitle(f"Depth vs width at about {n} parameters, numerical gradients "
-                 f"(lr {settings['lr']:g}, 1 numba thread)")
+    fig.suptitle(
+        f"Depth vs width at about {n} parameters, numerical gradients "
+        f"(lr {settings['lr']:g}, 1 numba thread)"
+    )
     return output.save_png(fig, path)
 
 
 def _table(runs):
-    lines = ["| network | params | ms/iter | test acc | train acc | loss |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| network | params | ms/iter | test acc | train acc | loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in runs:
-        lines.append(f"| {r['network']} (std {r['weight_init_std']:g}) | {r['n_params']} | "
-                     f"{1000 * r['sec_per_iter']:.3g} | {r['final_test_acc']:.3f} | "
-                     f"{r['final_train_acc']:.3f} | {r['final_loss']:.3f} |")
+        lines.append(
+            f"| {r['network']} (std {r['weight_init_std']:g}) | {r['n_params']} | "
+            f"{1000 * r['sec_per_iter']:.3g} | {r['final_test_acc']:.3f} | "
+            f"{r['final_train_acc']:.3f} | {r['final_loss']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -158,8 +242,10 @@ def _layers(n):
 def _findings(runs, settings):
     lines = []
     counts = [r["n_params"] for r in runs]
-    lines.append(f"- Parameter counts range {min(counts)}–{max(counts)}: with 784 inputs the "
-                 "first layer holds most weights, so equal budgets give almost equal widths.")
+    lines.append(
+        f"- Parameter counts range {min(counts)}–{max(counts)}: with 784 inputs the "
+        "first layer holds most weights, so equal budgets give almost equal widths."
+    )
     for act, _ in settings["activations"]:
         mine = sorted((r for r in runs if r["activation"] == act), key=lambda r: r["depth"])
         shallow, deep = mine[0], mine[-1]
@@ -171,26 +257,31 @@ def _findings(runs, settings):
             f"{_layers(shallow['depth'])}, {1000 * deep['sec_per_iter']:.3g} ms with "
             f"{_layers(deep['depth'])} (x{ratio:.1f}; by depth: {times} ms); test "
             f"accuracy {shallow['final_test_acc']:.3f} against {deep['final_test_acc']:.3f}."
-            + (f" Not learning (below 0.2, chance is 0.1): {', '.join(stuck)}." if stuck else ""))
+            + (f" Not learning (below 0.2, chance is 0.1): {', '.join(stuck)}." if stuck else "")
+        )
     accs = [r["final_test_acc"] for r in runs]
     if min(accs) < 0.2 and max(accs) > 0.5:  # some learned, others did not
-        lines.append("- A network that does not learn is consistent with vanishing gradients: "
-                     "small initial weights shrink the signal and its gradient at every layer "
-                     "(by much more for the sigmoid, whose slope is at most 1/4).")
+        lines.append(
+            "- A network that does not learn is consistent with vanishing gradients: "
+            "small initial weights shrink the signal and its gradient at every layer "
+            "(by much more for the sigmoid, whose slope is at most 1/4)."
+        )
     best = max(runs, key=lambda r: r["final_test_acc"])
-    lines.append(f"- Best after {settings['iters']} iterations: {best['network']} "
-                 f"({best['final_test_acc']:.3f} test accuracy).  One seed per network: "
-                 "differences of a point or so are within seed-to-seed noise.")
+    lines.append(
+        f"- Best after {settings['iters']} iterations: {best['network']} "
+        f"({best['final_test_acc']:.3f} test accuracy).  One seed per network: "
+        "differences of a point or so are within seed-to-seed noise."
+    )
     return "\n".join(lines)
 
 
 def summary(runs, settings):
     """The body of summary.md: settings, the table and what it shows."""
     return f"""Settings: `{settings}`.  Widths are chosen per depth so that the parameter count
-is nearest to that of 784-{settings['base_width']}-10.  Time per iteration is the
+is nearest to that of 784-{settings["base_width"]}-10.  Time per iteration is the
 median of timed SGD iterations (numerical gradient, update, batch loss).
-Accuracies are of the final parameters, on the first {settings['train_size']}
-training and {settings['test_size']} test images; the loss is the mean batch loss
+Accuracies are of the final parameters, on the first {settings["train_size"]}
+training and {settings["test_size"]} test images; the loss is the mean batch loss
 of the last tenth of the iterations.
 
 {_table(runs)}
@@ -215,9 +306,13 @@ def run(settings, out, scheduler=None, data_dir=None):
 
 
 EXPERIMENT = command.Experiment(
-    name="depth_width", title="Depth versus width with numerical gradients",
+    name="depth_width",
+    title="Depth versus width with numerical gradients",
     description="Depth versus width at equal parameter count.",
-    full=FULL, quick=QUICK, run=run)
+    full=FULL,
+    quick=QUICK,
+    run=run,
+)
 
 
 def main(argv=None):

@@ -40,12 +40,28 @@ import numpy as np
 from fastnum._dask import dask_client
 from fastnum._validate import as_float_batch, as_labels
 
-__all__ = ["DETERMINISTIC_KEYS", "accuracy_curve", "deterministic", "run_grid", "run_one",
-           "time_per_iteration"]
+__all__ = [
+    "DETERMINISTIC_KEYS",
+    "accuracy_curve",
+    "deterministic",
+    "run_grid",
+    "run_one",
+    "time_per_iteration",
+]
 
 #: Result keys that are equal for equal specs, wherever and whenever they run.
-DETERMINISTIC_KEYS = ("name", "tags", "config", "status", "stopped_at", "iterations",
-                      "final_loss", "final_train_acc", "final_test_acc", "epochs")
+DETERMINISTIC_KEYS = (
+    "name",
+    "tags",
+    "config",
+    "status",
+    "stopped_at",
+    "iterations",
+    "final_loss",
+    "final_train_acc",
+    "final_test_acc",
+    "epochs",
+)
 
 # Runs in one process take turns.  Kernel launches are thread-safe on every numba
 # threading layer (fastnum._jit serialises them), so this is not about crashes: each
@@ -94,8 +110,8 @@ def time_per_iteration(config, x, t, min_seconds=0.5, min_iters=3):
 
     n_classes = int(np.max(t)) + 1
     net = build_net(config, x.shape[1], n_classes)
-    x = x[:config.train_size]
-    t = as_labels(t[:config.train_size], len(x), n_classes)
+    x = x[: config.train_size]
+    t = as_labels(t[: config.train_size], len(x), n_classes)
     rng = np.random.default_rng(config.seed)
 
     def step():
@@ -115,10 +131,16 @@ def time_per_iteration(config, x, t, min_seconds=0.5, min_iters=3):
 
 def _outcome(status, stopped_at, iterations, losses, train_acc, test_acc, epochs):
     # The batch loss is noisy: report the mean over the last tenth of the losses.
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"status": status, "stopped_at": stopped_at, "iterations": iterations,
-            "final_loss": float(np.mean(tail)) if tail else math.nan,
-            "final_train_acc": train_acc, "final_test_acc": test_acc, "epochs": epochs}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "status": status,
+        "stopped_at": stopped_at,
+        "iterations": iterations,
+        "final_loss": float(np.mean(tail)) if tail else math.nan,
+        "final_train_acc": train_acc,
+        "final_test_acc": test_acc,
+        "epochs": epochs,
+    }
 
 
 def _train(config, data, stop_loss):
@@ -140,13 +162,34 @@ def _train(config, data, stop_loss):
         result = train(config, data, progress=False, log=None, callback=on_epoch)
     except TrainingDivergedError as err:
         # Only the per-epoch losses survive; the last one before the blow-up is reported.
-        return _outcome("diverged", err.iteration, err.iteration - 1, epochs["loss"][-1:],
-                        last("train_acc"), last("test_acc"), epochs)
+        return _outcome(
+            "diverged",
+            err.iteration,
+            err.iteration - 1,
+            epochs["loss"][-1:],
+            last("train_acc"),
+            last("test_acc"),
+            epochs,
+        )
     except _LossAboveLimitError:
-        return _outcome("stopped", last("iteration"), last("iteration"), epochs["loss"][-1:],
-                        last("train_acc"), last("test_acc"), epochs)
-    return _outcome("completed", None, config.iters, result.history["loss"],
-                    result.final_train_acc, result.final_test_acc, epochs)
+        return _outcome(
+            "stopped",
+            last("iteration"),
+            last("iteration"),
+            epochs["loss"][-1:],
+            last("train_acc"),
+            last("test_acc"),
+            epochs,
+        )
+    return _outcome(
+        "completed",
+        None,
+        config.iters,
+        result.history["loss"],
+        result.final_train_acc,
+        result.final_test_acc,
+        epochs,
+    )
 
 
 def run_one(spec):
@@ -188,10 +231,16 @@ def run_one(spec):
         t0 = time.perf_counter()
         outcome = _train(config, data, spec.get("stop_loss"))
         seconds = time.perf_counter() - t0
-    return {"name": spec.get("name"), "tags": dict(spec.get("tags", {})),
-            "config": config.to_dict(), **outcome, "sec_per_iter": sec_per_iter,
-            "train_seconds": seconds, "backend": resolve_backend(config.backend),
-            "host": platform.node()}
+    return {
+        "name": spec.get("name"),
+        "tags": dict(spec.get("tags", {})),
+        "config": config.to_dict(),
+        **outcome,
+        "sec_per_iter": sec_per_iter,
+        "train_seconds": seconds,
+        "backend": resolve_backend(config.backend),
+        "host": platform.node(),
+    }
 
 
 def deterministic(result):

@@ -71,8 +71,10 @@ def machine_info():
     """
     from fastnum.backend import describe_backend, resolve_backend
 
-    return (f"{platform.machine()} with {os.cpu_count()} logical CPUs, "
-            f"Python {platform.python_version()}, {describe_backend(resolve_backend(None))}")
+    return (
+        f"{platform.machine()} with {os.cpu_count()} logical CPUs, "
+        f"Python {platform.python_version()}, {describe_backend(resolve_backend(None))}"
+    )
 
 
 def write_summary(path, title, command, seconds, body):
@@ -95,7 +97,9 @@ def write_summary(path, title, command, seconds, body):
     Path
         ``path``.
     """
-    text = (f"# {title}\n\nCommand: `{command}` — took {format_duration(seconds)} on "
-            f"{machine_info()}.\n\n{body.strip()}\n")
+    text = (
+        f"# {title}\n\nCommand: `{command}` — took {format_duration(seconds)} on "
+        f"{machine_info()}.\n\n{body.strip()}\n"
+    )
     write_text(path, text)
     return Path(path)

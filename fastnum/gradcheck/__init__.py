@@ -38,18 +38,23 @@ from fastnum.gradcheck._report import (
 )
 from fastnum.reference import LOG_GUARD, H
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "METHODS", "GradcheckResult", "ParamCheck",
-           "gradcheck"]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "METHODS", "GradcheckResult", "ParamCheck", "gradcheck"]
 
 #: How the numerical gradient is computed: auto picks engine for recognised stacks.
 METHODS = ("auto", "engine", "generic")
 
 
 def _check_tolerance(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={value!r} must be a finite number >= 0 "
-                         f"(defaults: rtol {DEFAULT_RTOL:g}, atol {DEFAULT_ATOL:g}).")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"{name}={value!r} must be a finite number >= 0 "
+            f"(defaults: rtol {DEFAULT_RTOL:g}, atol {DEFAULT_ATOL:g})."
+        )
     return float(value)
 
 
@@ -62,18 +67,24 @@ def _check_count(name, value, minimum=1):
 def _check_net(net):
     params = getattr(net, "params", None)
     if not isinstance(params, Mapping) or not params:
-        raise TypeError(f"{type(net).__name__} has no params dict; gradcheck needs the book's "
-                        "interface: net.params (name -> array), net.loss(x, t), "
-                        "net.gradient(x, t).")
+        raise TypeError(
+            f"{type(net).__name__} has no params dict; gradcheck needs the book's "
+            "interface: net.params (name -> array), net.loss(x, t), "
+            "net.gradient(x, t)."
+        )
     for method in ("loss", "gradient"):
         if not callable(getattr(net, method, None)):
-            raise TypeError(f"{type(net).__name__} has no {method}(x, t) method; gradcheck "
-                            "needs net.loss(x, t) and net.gradient(x, t).")
+            raise TypeError(
+                f"{type(net).__name__} has no {method}(x, t) method; gradcheck "
+                "needs net.loss(x, t) and net.gradient(x, t)."
+            )
     for name, value in params.items():
         if not isinstance(value, np.ndarray) or value.dtype != np.float64:
-            raise TypeError(f"net.params[{name!r}] is {type(value).__name__} "
-                            f"{getattr(value, 'dtype', '')}; central differences with h ~ 1e-4 "
-                            "need float64 NumPy arrays that the loss reads in place.")
+            raise TypeError(
+                f"net.params[{name!r}] is {type(value).__name__} "
+                f"{getattr(value, 'dtype', '')}; central differences with h ~ 1e-4 "
+                "need float64 NumPy arrays that the loss reads in place."
+            )
 
 
 def _true_class_probabilities(net, x, t):
@@ -104,7 +115,8 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
     if not abs(engine_loss - own_loss) <= 1e-9 * max(1.0, abs(own_loss)):
         raise _stack.EngineUnsupportedError(
             f"its loss {own_loss!r} differs from that of the recognised layers {engine_loss!r}, "
-            "so its own loss is differentiated")
+            "so its own loss is differentiated"
+        )
     if require_jit and not JIT_ENABLED:
         raise _stack.EngineUnsupportedError("numba's JIT is off, so the kernels are slow")
     cache = {}
@@ -124,11 +136,15 @@ def _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for):
     grads = []
     for i in range(len(steps)):
         flat = {name: [] for name in params}
-        step_values = values[i * len(blocks):(i + 1) * len(blocks)]
+        step_values = values[i * len(blocks) : (i + 1) * len(blocks)]
         for (name, _start, _stop), value in zip(blocks, step_values, strict=True):
             flat[name].append(value)
-        grads.append({name: np.concatenate(parts).reshape(np.shape(params[name]))
-                      for name, parts in flat.items()})
+        grads.append(
+            {
+                name: np.concatenate(parts).reshape(np.shape(params[name]))
+                for name, parts in flat.items()
+            }
+        )
     return grads
 
 
@@ -144,9 +160,24 @@ def _directions(params, bp, k, seed):
     return out
 
 
-def gradcheck(net, x, t, *, h=H, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, log_guard=True,
-              fast=False, directions=4, seed=0, method="auto", workers=None, scheduler=None,
-              richardson=False, worst=5):
+def gradcheck(
+    net,
+    x,
+    t,
+    *,
+    h=H,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    log_guard=True,
+    fast=False,
+    directions=4,
+    seed=0,
+    method="auto",
+    workers=None,
+    scheduler=None,
+    richardson=False,
+    worst=5,
+):
     """Compare the numerical gradient of ``net.loss`` with ``net.gradient`` (backprop).
 
     Parameters
@@ -235,22 +266,56 @@ def gradcheck(net, x, t, *, h=H, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, log_guard
         raise ValueError(f"x has {len(x)} samples but t has {len(t)}; pass one label per sample.")
     rng_state = np.random.get_state()  # noqa: NPY002 - the book's dropout draws from it
     try:
-        return _check(net, x, t, h, rtol, atol, log_guard, fast, directions, seed, method,
-                      workers, scheduler, richardson, worst, rng_state)
+        return _check(
+            net,
+            x,
+            t,
+            h,
+            rtol,
+            atol,
+            log_guard,
+            fast,
+            directions,
+            seed,
+            method,
+            workers,
+            scheduler,
+            richardson,
+            worst,
+            rng_state,
+        )
     finally:
         np.random.set_state(rng_state)  # noqa: NPY002
 
 
-def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method, workers,
-           scheduler, richardson, worst, rng_state):
+def _check(
+    net,
+    x,
+    t,
+    h,
+    rtol,
+    atol,
+    log_guard,
+    fast,
+    n_directions,
+    seed,
+    method,
+    workers,
+    scheduler,
+    richardson,
+    worst,
+    rng_state,
+):
     notes = []
     unguarded = False
     if not log_guard:
-        unguarded, reason = _generic.unguarded_mode(net, x, t, rng_state,
-                                                    _stack.fastnum_stack(net) is not None)
+        unguarded, reason = _generic.unguarded_mode(
+            net, x, t, rng_state, _stack.fastnum_stack(net) is not None
+        )
         if reason:
-            notes.append(f"log_guard=False is not possible: {reason}; the numbers include "
-                         "the guard.")
+            notes.append(
+                f"log_guard=False is not possible: {reason}; the numbers include the guard."
+            )
     data = _generic.payload(net, x, t, rng_state, unguarded)  # before backprop touches the net
     own = _generic.evaluator_from(data)
     own_loss = own.loss()
@@ -261,11 +326,19 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
     np.random.set_state(rng_state)  # noqa: NPY002 - backprop sees the same dropout mask
     bp = net.gradient(x, t)
     if not isinstance(bp, Mapping):
-        raise TypeError(f"net.gradient(x, t) returned {type(bp).__name__}; expected a dict "
-                        "name -> array like net.params.")
+        raise TypeError(
+            f"net.gradient(x, t) returned {type(bp).__name__}; expected a dict "
+            "name -> array like net.params."
+        )
     params = net.params
-    common = dict(h=h, rtol=rtol, atol=atol, log_guard=not unguarded, guard_effect=guard_effect,
-                  guard_slack=guard_slack)
+    common = dict(
+        h=h,
+        rtol=rtol,
+        atol=atol,
+        log_guard=not unguarded,
+        guard_effect=guard_effect,
+        guard_slack=guard_slack,
+    )
 
     shapes_match = all(np.shape(bp.get(name)) == np.shape(p) for name, p in params.items())
     if fast and not shapes_match:
@@ -278,8 +351,13 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
             ok = abs(along_num - along_bp) <= atol + rtol * abs(along_bp) + slack
             results.append((along_num, along_bp, bool(ok)))
         if all(ok for *_, ok in results):
-            return GradcheckResult({}, method="fast mode: the network's own loss, serially",
-                                   notes=tuple(notes), directions=tuple(results), **common)
+            return GradcheckResult(
+                {},
+                method="fast mode: the network's own loss, serially",
+                notes=tuple(notes),
+                directions=tuple(results),
+                **common,
+            )
         notes.append("fast mode found a mismatch, so every element is checked below")
 
     steps = (h, h / 2) if richardson else (h,)
@@ -287,8 +365,9 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
     if method != "generic":
         try:
             stack = _stack.recognise(net)
-            grads, engine_at = _engine_gradients(net, stack, x, t, steps, not unguarded, own_loss,
-                                      require_jit=method == "auto")
+            grads, engine_at = _engine_gradients(
+                net, stack, x, t, steps, not unguarded, own_loss, require_jit=method == "auto"
+            )
             how = "engine fast path: fastnum's kernels on a copy of the parameters"
         except _stack.EngineUnsupportedError as exc:
             if method == "engine":
@@ -298,20 +377,29 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
         # On a cluster the worker count is unknown here: plan blocks for a generous one.
         n_blocks_for = _generic.CLUSTER_WORKERS if scheduler is not None else workers
         grads = _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for)
-        where = ("on a Dask cluster" if scheduler is not None
-                 else "serially" if workers == 1 else f"on {workers} processes")
+        where = (
+            "on a Dask cluster"
+            if scheduler is not None
+            else "serially"
+            if workers == 1
+            else f"on {workers} processes"
+        )
         how = f"generic path: the network's own loss, {where}"
 
     num, truncation = grads[0], {name: None for name in params}
     if richardson:
         extrapolated = {n: (4 * grads[1][n] - grads[0][n]) / 3 for n in params}
-        truncation = {n: float(np.max(np.abs(grads[0][n] - extrapolated[n]), initial=0))
-                      for n in params}
+        truncation = {
+            n: float(np.max(np.abs(grads[0][n] - extrapolated[n]), initial=0)) for n in params
+        }
         num = extrapolated
         rounding = np.finfo(np.float64).eps * abs(own_loss) / h
-        notes.append(f"Richardson: the verdict uses (4 D(h/2) - D(h)) / 3; trunc. est = "
-                     f"max |D(h) - extrapolated|; rounding error ~ eps |L| / h = {rounding:.1e}. "
-                     "An error far above both is a bug, not the step size.")
+        notes.append(
+            f"Richardson: the verdict uses (4 D(h/2) - D(h)) / 3; trunc. est = "
+            f"max |D(h) - extrapolated|; rounding error ~ eps |L| / h = {rounding:.1e}. "
+            "An error far above both is a bug, not the step size."
+        )
+
     def is_kink(name, q, bp_q, tol):
         # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
         for step in (h / 100, h / 1000):
@@ -319,15 +407,30 @@ def _check(net, x, t, h, rtol, atol, log_guard, fast, n_directions, seed, method
             rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / step
             # On the engine path one more kernel call gives every element's central
             # difference at the small step: enough where no corner sits exactly at theta.
-            if engine_at is not None and abs(engine_at(step)[name].flat[q] - bp_q) <= \
-                    tol + rounding:
+            if (
+                engine_at is not None
+                and abs(engine_at(step)[name].flat[q] - bp_q) <= tol + rounding
+            ):
                 return True
             if at_kink(bp_q, tol, own.one_sided(name, q, step, own_loss), rounding):
                 return True
         return False
 
-    checks = {name: compare(name, np.shape(p), num[name], bp.get(name), rtol, atol, worst,
-                            truncation[name], is_kink, guard_slack) for name, p in params.items()}
+    checks = {
+        name: compare(
+            name,
+            np.shape(p),
+            num[name],
+            bp.get(name),
+            rtol,
+            atol,
+            worst,
+            truncation[name],
+            is_kink,
+            guard_slack,
+        )
+        for name, p in params.items()
+    }
     return GradcheckResult(checks, method=how, notes=tuple(notes), **common)
 
 

@@ -154,8 +154,11 @@ def plan_blocks(params, n_workers):
     """Split every parameter into flat blocks: (name, start, stop), in params order."""
     total = sum(int(np.size(p)) for p in params.values())
     size = max(1, -(-total // (BLOCKS_PER_WORKER * n_workers)))
-    return [(name, start, min(start + size, int(np.size(p))))
-            for name, p in params.items() for start in range(0, int(np.size(p)), size)]
+    return [
+        (name, start, min(start + size, int(np.size(p))))
+        for name, p in params.items()
+        for start in range(0, int(np.size(p)), size)
+    ]
 
 
 # -------------------------------------------------------------- worker processes
@@ -228,14 +231,17 @@ def run_tasks(data, tasks, workers=1, scheduler=None):
             return client.gather(futures)
     if workers <= 1:
         worker = evaluator_from(data)
-        return [worker.block(*arg, h) if kind == "block" else worker.directional(arg, h)
-                for kind, arg, h in tasks]
+        return [
+            worker.block(*arg, h) if kind == "block" else worker.directional(arg, h)
+            for kind, arg, h in tasks
+        ]
     # fork where the platform has it: the workers inherit the imported modules, so a
     # class from a script passed with --model needs no importable module.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(data,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(data,)
+    ) as pool:
         return list(pool.map(_worker_task, tasks))
 
 
@@ -254,8 +260,10 @@ def unguarded_mode(net, x, t, rng_state, probabilities_from_predict):
     """
     name = last_layer_name(net)
     if name is None and not probabilities_from_predict:
-        return False, ("the network has no lastLayer / last_layer whose forward could be "
-                       "replaced, so its loss keeps whatever guard it has")
+        return False, (
+            "the network has no lastLayer / last_layer whose forward could be "
+            "replaced, so its loss keeps whatever guard it has"
+        )
     mode = "layer" if name else "probabilities"
     guarded = evaluator_from(payload(net, x, t, rng_state, False))
     before = guarded.loss()
@@ -267,6 +275,8 @@ def unguarded_mode(net, x, t, rng_state, probabilities_from_predict):
     p = np.asarray(y)[np.arange(len(x)), labels]
     expected = float(np.mean(np.log(p) - np.log(p + LOG_GUARD)))
     if not abs(before - after - expected) <= 1e-9 * max(1.0, abs(before)):
-        return False, (f"{name or 'predict'} does not give the book's softmax cross-entropy "
-                       f"(loss {before!r} vs {after!r} without the guard)")
+        return False, (
+            f"{name or 'predict'} does not give the book's softmax cross-entropy "
+            f"(loss {before!r} vs {after!r} without the guard)"
+        )
     return mode, ""

@@ -86,8 +86,19 @@ def at_kink(bp, tol, slopes, rounding):
     return min(forward, backward) - tol - rounding <= bp <= max(forward, backward) + tol + rounding
 
 
-def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None, guard_slack=0.0,
-            max_probes=512):
+def compare(
+    name,
+    shape,
+    num,
+    bp,
+    rtol,
+    atol,
+    k,
+    truncation=None,
+    is_kink=None,
+    guard_slack=0.0,
+    max_probes=512,
+):
     """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
 
     The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.
@@ -97,13 +108,29 @@ def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None, 
     """
     size = int(np.prod(shape))
     if bp is None:
-        return ParamCheck(name, shape, np.nan, np.nan, np.nan, size, (),
-                          problem=f"gradient(x, t) returned no entry {name!r}")
+        return ParamCheck(
+            name,
+            shape,
+            np.nan,
+            np.nan,
+            np.nan,
+            size,
+            (),
+            problem=f"gradient(x, t) returned no entry {name!r}",
+        )
     bp = np.asarray(bp, dtype=np.float64)
     if bp.shape != tuple(shape):
-        return ParamCheck(name, shape, np.nan, np.nan, np.nan, size, (),
-                          problem=f"backprop gradient has shape {bp.shape}, the parameter "
-                                  f"{tuple(shape)} (a transposed gradient?)")
+        return ParamCheck(
+            name,
+            shape,
+            np.nan,
+            np.nan,
+            np.nan,
+            size,
+            (),
+            problem=f"backprop gradient has shape {bp.shape}, the parameter "
+            f"{tuple(shape)} (a transposed gradient?)",
+        )
     diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
     floor = atol + guard_slack * float(np.max(np.abs(bp), initial=0))
@@ -112,16 +139,35 @@ def compare(name, shape, num, bp, rtol, atol, k, truncation=None, is_kink=None, 
     kinks = set()
     if is_kink is not None:
         probed = failing[np.argsort(-excess.flat[failing], kind="stable")][:max_probes]
-        kinks = {int(q) for q in probed
-                 if is_kink(name, int(q), bp.flat[q], floor + rtol * abs(bp.flat[q]))}
+        kinks = {
+            int(q)
+            for q in probed
+            if is_kink(name, int(q), bp.flat[q], floor + rtol * abs(bp.flat[q]))
+        }
     scale = max(float(np.max(np.abs(num), initial=0)), float(np.max(np.abs(bp), initial=0)))
     max_abs = float(np.max(diff, initial=0))
     rel = 0.0 if scale <= atol else max_abs / scale
     order = np.argsort(-excess, axis=None, kind="stable")[:k]
-    worst = tuple((tuple(int(i) for i in np.unravel_index(q, bp.shape)),
-                   float(num.flat[q]), float(bp.flat[q]), int(q) in kinks) for q in order)
-    return ParamCheck(name, tuple(shape), float(np.mean(diff)) if diff.size else 0.0, max_abs,
-                      rel, len(failing) - len(kinks), worst, len(kinks), truncation)
+    worst = tuple(
+        (
+            tuple(int(i) for i in np.unravel_index(q, bp.shape)),
+            float(num.flat[q]),
+            float(bp.flat[q]),
+            int(q) in kinks,
+        )
+        for q in order
+    )
+    return ParamCheck(
+        name,
+        tuple(shape),
+        float(np.mean(diff)) if diff.size else 0.0,
+        max_abs,
+        rel,
+        len(failing) - len(kinks),
+        worst,
+        len(kinks),
+        truncation,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +246,16 @@ class GradcheckResult:
         -------
         str
         """
-        lines = [f"gradient check: numerical (central differences, h={self.h:g}) vs backprop; "
-                 f"{self.method}"]
+        lines = [
+            f"gradient check: numerical (central differences, h={self.h:g}) vs backprop; "
+            f"{self.method}"
+        ]
         lines += [f"note: {note}" for note in self.notes]
         if self.directions:
-            lines.append(f"fast mode: {len(self.directions)} random directions v, "
-                         "(L(theta + h v) - L(theta - h v)) / 2h against v . backprop")
+            lines.append(
+                f"fast mode: {len(self.directions)} random directions v, "
+                "(L(theta + h v) - L(theta - h v)) / 2h against v . backprop"
+            )
             for i, (num, bp, ok) in enumerate(self.directions):
                 lines.append(f"  v{i}: {num: .9e} {bp: .9e}  {'ok' if ok else 'MISMATCH'}")
         if self.params:
@@ -217,45 +267,60 @@ class GradcheckResult:
             what = "element" if self.params else "direction"
             lines.append(f"PASS: every {what} within {tol}")
         elif self.params:
-            bad = ", ".join(f"{c.name} ({c.problem or f'{c.n_fail} of {np.prod(c.shape):.0f}'})"
-                            for c in self.params.values() if not c.passed)
+            bad = ", ".join(
+                f"{c.name} ({c.problem or f'{c.n_fail} of {np.prod(c.shape):.0f}'})"
+                for c in self.params.values()
+                if not c.passed
+            )
             lines.append(f"FAIL: {bad} outside {tol}")
         else:
             lines.append(f"FAIL: a directional derivative is outside {tol}")
-        lines.append("book's error = mean |backprop - numerical|, the figure the book's "
-                     "gradient_check.py prints.")
+        lines.append(
+            "book's error = mean |backprop - numerical|, the figure the book's "
+            "gradient_check.py prints."
+        )
         if self.log_guard:
             lines.append(GUARD_EXPLANATION)
             if self.guard_effect is not None:
-                lines.append(f"In this batch the smallest true-class probability gives an "
-                             f"expected guard effect of {self.guard_effect:.1e} relative to each "
-                             "sample's share of a gradient; shares cancel in the sum but their\n"
-                             "errors need not, hence the slack of 5x that effect times the "
-                             "parameter's max |bp|.")
+                lines.append(
+                    f"In this batch the smallest true-class probability gives an "
+                    f"expected guard effect of {self.guard_effect:.1e} relative to each "
+                    "sample's share of a gradient; shares cancel in the sum but their\n"
+                    "errors need not, hence the slack of 5x that effect times the "
+                    "parameter's max |bp|."
+                )
         else:
-            lines.append("log guard off: the numerical side evaluates -log(y) without the "
-                         f"book's {LOG_GUARD:g}.")
+            lines.append(
+                "log guard off: the numerical side evaluates -log(y) without the "
+                f"book's {LOG_GUARD:g}."
+            )
         return "\n".join(lines)
 
     def _table(self, worst):
         richardson = any(c.truncation is not None for c in self.params.values())
-        head = (f"{'param':<8} {'shape':<14} {'book error':>11} {'max abs err':>12} "
-                f"{'max rel err':>12} {'fails':>7}")
+        head = (
+            f"{'param':<8} {'shape':<14} {'book error':>11} {'max abs err':>12} "
+            f"{'max rel err':>12} {'fails':>7}"
+        )
         lines = [head + (f" {'trunc. est':>11}" if richardson else "")]
         for c in self.params.values():
             shape = "x".join(map(str, c.shape))
-            row = (f"{c.name:<8} {shape:<14} {c.book_error:11.3e} {c.max_abs:12.3e} "
-                   f"{c.rel:12.3e} {c.n_fail:7d}")
+            row = (
+                f"{c.name:<8} {shape:<14} {c.book_error:11.3e} {c.max_abs:12.3e} "
+                f"{c.rel:12.3e} {c.n_fail:7d}"
+            )
             if richardson:
                 row += f" {c.truncation:11.3e}" if c.truncation is not None else f" {'':>11}"
             lines.append(row)
         kinks = sum(c.n_kinks for c in self.params.values())
         if kinks:
-            lines.append(f"{kinks} element(s) sit within h of a kink of the loss (a ReLU or "
-                         "max-pooling input at its corner, e.g. zero pixels with zero biases): "
-                         "backprop lies between their one-sided slopes at a step of h/100 or "
-                         "h/1000, "
-                         "so they are not counted as failures.")
+            lines.append(
+                f"{kinks} element(s) sit within h of a kink of the loss (a ReLU or "
+                "max-pooling input at its corner, e.g. zero pixels with zero biases): "
+                "backprop lies between their one-sided slopes at a step of h/100 or "
+                "h/1000, "
+                "so they are not counted as failures."
+            )
         for c in self.params.values():
             if c.passed:
                 continue
@@ -264,6 +329,7 @@ class GradcheckResult:
                 continue
             lines.append(f"worst elements of {c.name}:  index, numerical, backprop")
             for index, num, bp, kink in c.worst[:worst]:
-                lines.append(f"  {c.name}{list(index)}  {num: .9e}  {bp: .9e}"
-                             + ("  (kink)" if kink else ""))
+                lines.append(
+                    f"  {c.name}{list(index)}  {num: .9e}  {bp: .9e}" + ("  (kink)" if kink else "")
+                )
         return lines

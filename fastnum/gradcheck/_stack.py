@@ -27,8 +27,10 @@ def _param_name(params, array, layer_key, attr):
     for name, value in params.items():
         if value is array:
             return name
-    raise EngineUnsupportedError(f"layers[{layer_key!r}].{attr} is not one of the arrays in "
-                            "net.params (a copy?), so its gradient could not be named")
+    raise EngineUnsupportedError(
+        f"layers[{layer_key!r}].{attr} is not one of the arrays in "
+        "net.params (a copy?), so its gradient could not be named"
+    )
 
 
 def _layer_spec(key, layer, params):
@@ -45,8 +47,10 @@ def _layer_spec(key, layer, params):
         return ("pool", int(layer.pool_h), int(layer.pool_w), int(layer.stride), int(layer.pad))
     if kind in ("relu", "sigmoid"):
         return (kind,)
-    raise EngineUnsupportedError(f"layer {key!r} ({type(layer).__name__}) is not one of the book's "
-                            "Affine, Relu, Sigmoid, Convolution, Pooling")
+    raise EngineUnsupportedError(
+        f"layer {key!r} ({type(layer).__name__}) is not one of the book's "
+        "Affine, Relu, Sigmoid, Convolution, Pooling"
+    )
 
 
 def fastnum_stack(net):
@@ -82,8 +86,9 @@ def recognise(net):
     used = [name for spec in stack if spec[0] in ("affine", "conv") for name in spec[1:3]]
     if sorted(used) != sorted(params):
         extra = sorted(set(params) - set(used))
-        raise EngineUnsupportedError(f"net.params has entries {extra} that no recognised layer "
-                                     "uses")
+        raise EngineUnsupportedError(
+            f"net.params has entries {extra} that no recognised layer uses"
+        )
     if not stack or stack[-1][0] != "affine":
         raise EngineUnsupportedError("the layer before the softmax-with-loss is not an Affine")
     return stack
@@ -96,14 +101,14 @@ def _labels(t):
 
 def _engine_inputs(stack, params, x, t, log_guard):
     """The engine's trusted arguments: float64 C-contiguous copies, int labels, the guard."""
-    params = {name: np.ascontiguousarray(value, dtype=np.float64)
-              for name, value in params.items()}
+    params = {name: np.ascontiguousarray(value, dtype=np.float64) for name, value in params.items()}
     x = np.asarray(x, dtype=np.float64)
     if stack[0][0] != "conv":  # the book's Affine flattens (N, ...) itself
         x = x.reshape(len(x), -1)
     elif x.ndim != 4:
-        raise EngineUnsupportedError(f"a convolution needs images (N, C, H, W); x has shape "
-                                     f"{x.shape}")
+        raise EngineUnsupportedError(
+            f"a convolution needs images (N, C, H, W); x has shape {x.shape}"
+        )
     return params, np.ascontiguousarray(x), _labels(t), BOOK_LOG_GUARD if log_guard else 0.0
 
 

@@ -20,11 +20,12 @@ module                   serves                                       entry poin
                          of any ``@njit`` scalar function
 ``_vmath``               vectorizable ``fexp``/``flog`` for the       (helpers)
                          kernels above
-``layered``              :mod:`fastnum.engine`: sequential stacks of  ``fastnum.engine.predict``,
-                         conv, pool, affine and activation layers     ``loss``, ``numerical_gradient``,
-                         (:class:`fastnum.convnet.SimpleConvNet`,     ``numerical_gradient_at``
-                         the gradient check's fast path); registry    (full, delta); ``two_layer``
-                         op ``convolution``                           and ``multilayer`` are its
+``layered``              :mod:`fastnum.engine`: sequential stacks of  ``engine.predict``,
+                         conv, pool, affine and activation layers     ``engine.loss``,
+                         (:class:`fastnum.convnet.SimpleConvNet`,     ``engine.numerical_gradient``
+                         the gradient check's fast path); registry    (``_at``; full, delta);
+                         op ``convolution``                           ``two_layer`` and
+                                                                      ``multilayer`` are its
                                                                       fast paths
 =======================  ===========================================  ==========================
 

@@ -91,8 +91,8 @@ def _conv_channel(xs, C, H, W, Wt, b, f, stride, pad, OH, OW, out):
                     i = oh * stride + kh - pad
                     if i < 0 or i >= H:
                         continue
-                    src = xs[(c * H + i) * W:(c * H + i + 1) * W]
-                    dst = out[oh * OW:(oh + 1) * OW]
+                    src = xs[(c * H + i) * W : (c * H + i + 1) * W]
+                    dst = out[oh * OW : (oh + 1) * OW]
                     for ow in range(ow_lo, ow_hi):
                         dst[ow] += src[ow * stride + kw - pad] * wv
     for o in range(OH * OW):
@@ -181,8 +181,18 @@ def _pool_batch(x, C, H, W, ph, pw, stride, pad, OH, OW, out):
     """out (N, C*OH*OW) = max pooling of x (N, C*H*W)."""
     for n in prange(x.shape[0]):
         for c in range(C):
-            _pool_map(x[n, c * H * W:(c + 1) * H * W], H, W, ph, pw, stride, pad, OH, OW,
-                      out[n, c * OH * OW:(c + 1) * OH * OW])
+            _pool_map(
+                x[n, c * H * W : (c + 1) * H * W],
+                H,
+                W,
+                ph,
+                pw,
+                stride,
+                pad,
+                OH,
+                OW,
+                out[n, c * OH * OW : (c + 1) * OH * OW],
+            )
 
 
 @njit(parallel=True)
@@ -269,15 +279,25 @@ def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
         for f in range(FN):
             size = OH * OW
             start = FN * st_off[0] + f * size
-            _conv_channel(x[n], C, H, W, Wt, b, f, stride, pad, OH, OW, S[n, start:start + size])
+            _conv_channel(x[n], C, H, W, Wt, b, f, stride, pad, OH, OW, S[n, start : start + size])
             for o in range(n_ops):
-                src = S[n, start:start + size]
+                src = S[n, start : start + size]
                 size = ops[o, 7] * ops[o, 8]
                 start = FN * st_off[o + 1] + f * size
-                dst = S[n, start:start + size]
+                dst = S[n, start : start + size]
                 if ops[o, 0] == POOL:
-                    _pool_map(src, ops[o, 5], ops[o, 6], ops[o, 1], ops[o, 2], ops[o, 3],
-                              ops[o, 4], ops[o, 7], ops[o, 8], dst)
+                    _pool_map(
+                        src,
+                        ops[o, 5],
+                        ops[o, 6],
+                        ops[o, 1],
+                        ops[o, 2],
+                        ops[o, 3],
+                        ops[o, 4],
+                        ops[o, 7],
+                        ops[o, 8],
+                        dst,
+                    )
                 else:
                     _act_map(src, size, ops[o, 0], dst)
             for q in range(size):
@@ -293,13 +313,13 @@ def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
             n_in = sizes[layer]
             n_out = sizes[layer + 1]
             out = z_off[layer] + s * n_out
-            zrow = Z[out:out + n_out]
+            zrow = Z[out : out + n_out]
             for k in range(n_out):
                 zrow[k] = 0.0
             for i in range(n_in):
                 a = F[s, i] if layer == 0 else A[z_off[layer - 1] + s * n_in + i]
                 if a != 0.0:
-                    wrow = w[w_off[layer] + i * n_out:w_off[layer] + (i + 1) * n_out]
+                    wrow = w[w_off[layer] + i * n_out : w_off[layer] + (i + 1) * n_out]
                     for k in range(n_out):
                         zrow[k] += a * wrow[k]
             for k in range(n_out):
@@ -308,8 +328,7 @@ def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
 
 
 @njit
-def _propagate(m, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard, mx, sm,
-               out):
+def _propagate(m, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard, mx, sm, out):
     """Losses of sample s for the n_q evaluations whose layer-m pre-activations are the
     columns of z1[:d_{m+1}, :n_q]; every later layer is the cached pre-activation plus
     the activation changes times the weights."""
@@ -392,8 +411,31 @@ def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out)
 
 
 @njit
-def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off, Z, A, nz_ptr,
-                      nz_idx, amax, sel_ptr, sel_idx, use_all, max_q, width, n_tasks, gT):
+def _dense_delta_task(
+    task,
+    layer,
+    F,
+    w,
+    w_off,
+    sizes,
+    acts,
+    t,
+    h,
+    guard,
+    z_off,
+    Z,
+    A,
+    nz_ptr,
+    nz_idx,
+    amax,
+    sel_ptr,
+    sel_idx,
+    use_all,
+    max_q,
+    width,
+    n_tasks,
+    gT,
+):
     """gT[j, r] = sum_n (L_n(+) - L_n(-)) for W_l[r, j] (r < n_in) and b_l[j] (r = n_in).
 
     One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks).  Tasks
@@ -459,8 +501,26 @@ def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off,
                 for q in range(nr):
                     z1[j, q] = zj + h * vals[q]
                     z1[j, nr + q] = zj - h * vals[q]
-                _propagate(layer, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A,
-                           t, guard, mx, sm, out)
+                _propagate(
+                    layer,
+                    n_q,
+                    s,
+                    z1,
+                    z2,
+                    dq,
+                    w,
+                    w_off,
+                    sizes,
+                    acts,
+                    z_off,
+                    Z,
+                    A,
+                    t,
+                    guard,
+                    mx,
+                    sm,
+                    out,
+                )
             else:
                 aj = A[z_off[layer] + s * n_out + j]
                 for q in range(nr):
@@ -476,8 +536,7 @@ def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off,
                 zs = z_off[layer + 1] + s * n_next
                 row = w_off[layer + 1] + j * n_next
                 if layer == n_layers - 2 and acts[n_layers - 1] == NONE:
-                    _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm,
-                                       out)
+                    _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm, out)
                     for q in range(nr):
                         g[rows[q]] += out[q] - out[nr + q]
                     continue
@@ -486,8 +545,26 @@ def _dense_delta_task(task, layer, F, w, w_off, sizes, acts, t, h, guard, z_off,
                     wjc = w[row + c]
                     for q in range(n_q):
                         z1[c, q] = zc + chg[q] * wjc
-                _propagate(layer + 1, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z,
-                           A, t, guard, mx, sm, out)
+                _propagate(
+                    layer + 1,
+                    n_q,
+                    s,
+                    z1,
+                    z2,
+                    dq,
+                    w,
+                    w_off,
+                    sizes,
+                    acts,
+                    z_off,
+                    Z,
+                    A,
+                    t,
+                    guard,
+                    mx,
+                    sm,
+                    out,
+                )
             for q in range(nr):
                 g[rows[q]] += out[q] - out[nr + q]
 
@@ -516,8 +593,7 @@ def _window_tables(ops, lo_h, hi_h, lo_w, hi_w):
 
 
 @njit
-def _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w,
-                   hi_w):
+def _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w, hi_w):
     """Push the dirty stage-0 positions of one channel through the pipeline ops.
 
     ``work`` holds this channel's stages (stage k at st_off[k]) equal to the cache
@@ -552,7 +628,7 @@ def _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, 
                             d_row[o + 1, n_cand] = oh
                             d_col[o + 1, n_cand] = ow
                             n_cand += 1
-            src = work[w_in:w_in + H * W]
+            src = work[w_in : w_in + H * W]
             for d in range(n_cand):
                 q = dirty[o + 1, d]
                 oh = d_row[o + 1, d]
@@ -602,9 +678,42 @@ def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
 
 
 @njit
-def _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, stride, pad, OH,
-                     OW, ops, st_off, st_size, S, w, w_off, sizes, acts, t, h, guard, z_off, Z, A,
-                     sel, grp_ptr, grp_idx, width, n_tasks, out_sums):
+def _conv_delta_task(
+    task,
+    x,
+    xnz_ptr,
+    xnz_row,
+    xnz_col,
+    xnz_val,
+    C,
+    H,
+    W,
+    Wt,
+    stride,
+    pad,
+    OH,
+    OW,
+    ops,
+    st_off,
+    st_size,
+    S,
+    w,
+    w_off,
+    sizes,
+    acts,
+    t,
+    h,
+    guard,
+    z_off,
+    Z,
+    A,
+    sel,
+    grp_ptr,
+    grp_idx,
+    width,
+    n_tasks,
+    out_sums,
+):
     """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
     Wt, then the bias), samples in ascending order inside one task.
 
@@ -712,8 +821,20 @@ def _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, s
                         d_row[0, d] = trow[d]
                         d_col[0, d] = tcol[d]
                     n_dirty[0] = nt
-                    _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark,
-                                   lo_h, hi_h, lo_w, hi_w)
+                    _pipeline_step(
+                        ops,
+                        st_off,
+                        work,
+                        dirty,
+                        d_row,
+                        d_col,
+                        n_dirty,
+                        mark,
+                        lo_h,
+                        hi_h,
+                        lo_w,
+                        hi_w,
+                    )
                     n_moved[sign] = n_dirty[last]
                     for d in range(n_dirty[last]):
                         q = dirty[last, d]
@@ -730,13 +851,14 @@ def _conv_delta_task(task, x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W, Wt, s
                     for q in range(n_moved[sign]):
                         row = moved_idx[sign, q] * d1
                         d = moved_d[sign, q]
-                        wrow = w[row:row + d1]
+                        wrow = w[row : row + d1]
                         for c in range(d1):
                             zacc[c] += d * wrow[c]
                     for c in range(d1):
                         z1[c, sign] = zacc[c]
-                _propagate(0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard,
-                           mx, sm, res)
+                _propagate(
+                    0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard, mx, sm, res
+                )
                 acc[p] += res[0] - res[1]
         for g in range(grp_ptr[f], grp_ptr[f + 1]):
             out_sums[grp_idx[g]] = acc[grp_idx[g]]

@@ -105,7 +105,7 @@ def _dense(w, b, w_off, b_off, layer, n_in, n_out, src, dst, act_kind, hidden):
         if a != 0.0:
             # A slice, not w[row + k]: numba's negative-index check on a
             # computed index stops LLVM from vectorizing the loop (4x slower).
-            wrow = w[base + i * n_out:base + (i + 1) * n_out]
+            wrow = w[base + i * n_out : base + (i + 1) * n_out]
             for k in range(n_out):
                 dst[k] += a * wrow[k]
     for k in range(n_out):
@@ -127,7 +127,7 @@ def _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1
     for p in range(nz_ptr[s], nz_ptr[s + 1]):
         i = nz_idx[p]
         a = x[s, i]
-        wrow = w[i * n_out:(i + 1) * n_out]
+        wrow = w[i * n_out : (i + 1) * n_out]
         for k in range(n_out):
             buf1[k] += a * wrow[k]
     for k in range(n_out):
@@ -136,8 +136,19 @@ def _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1
     src = buf1
     dst = buf2
     for layer in range(1, n_layers):
-        _dense(w, b, w_off, b_off, layer, sizes[layer], sizes[layer + 1], src, dst, act_kind,
-               layer < n_layers - 1)
+        _dense(
+            w,
+            b,
+            w_off,
+            b_off,
+            layer,
+            sizes[layer],
+            sizes[layer + 1],
+            src,
+            dst,
+            act_kind,
+            layer < n_layers - 1,
+        )
         src, dst = dst, src
     return src
 
@@ -175,8 +186,7 @@ def _logits(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, act_kind, width, n_tas
         buf1 = np.empty(width)
         buf2 = np.empty(width)
         for s in range(task * n // n_tasks, (task + 1) * n // n_tasks):
-            z = _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1,
-                             buf2)
+            z = _logits_into(w, b, w_off, b_off, sizes, x, s, nz_ptr, nz_idx, act_kind, buf1, buf2)
             for c in range(k):
                 out[s, c] = z[c]
 
@@ -192,14 +202,14 @@ def _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_
             n_in = sizes[layer]
             n_out = sizes[layer + 1]
             out = z_off[layer] + s * n_out
-            zrow = Z[out:out + n_out]  # slices keep the loops vectorizable (see _dense)
-            arow = A[out:out + n_out]
+            zrow = Z[out : out + n_out]  # slices keep the loops vectorizable (see _dense)
+            arow = A[out : out + n_out]
             for k in range(n_out):
                 zrow[k] = 0.0
             for i in range(n_in):
                 a = x[s, i] if layer == 0 else A[z_off[layer - 1] + s * n_in + i]
                 if a != 0.0:
-                    wrow = w[w_off[layer] + i * n_out:w_off[layer] + (i + 1) * n_out]
+                    wrow = w[w_off[layer] + i * n_out : w_off[layer] + (i + 1) * n_out]
                     for k in range(n_out):
                         zrow[k] += a * wrow[k]
             for k in range(n_out):
@@ -233,8 +243,34 @@ def _column_losses(zt, k, n_e, label, mx, sm, out):
 
 
 @njit
-def _row_losses(layer, s, r, a, w, b, w_off, b_off, sizes, t, h, act_kind, z_off, Z, A,
-                loss_n, delta, chg, jrow, which, z1, z2, mx, sm, lq, out):
+def _row_losses(
+    layer,
+    s,
+    r,
+    a,
+    w,
+    b,
+    w_off,
+    b_off,
+    sizes,
+    t,
+    h,
+    act_kind,
+    z_off,
+    Z,
+    A,
+    loss_n,
+    delta,
+    chg,
+    jrow,
+    which,
+    z1,
+    z2,
+    mx,
+    sm,
+    lq,
+    out,
+):
     # Losses of sample s (input a on row r of layer `layer`; r == n_in is the
     # bias) with each parameter of that row moved by +h (out[j]) and by -h
     # (out[n_out + j]).  The 2 * n_out evaluations run side by side as the
@@ -318,8 +354,9 @@ def _row_losses(layer, s, r, a, w, b, w_off, b_off, sizes, t, h, act_kind, z_off
 
 
 @njit(parallel=True)
-def _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, A, loss_n,
-                 width, n_tasks, gw, gb):
+def _delta_layer(
+    layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, A, loss_n, width, n_tasks, gw, gb
+):
     # Gradient of W_l and b_l.  Row r < n_in of the task space is W_l[r, :],
     # row n_in is b_l (an input of 1 for every sample).  A task owns whole
     # rows and sums each cell over the samples in ascending order.
@@ -355,8 +392,34 @@ def _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, 
                 if a == 0.0:
                     # This sample's loss is the same at theta+h and theta-h.
                     continue
-                _row_losses(layer, s, r, a, w, b, w_off, b_off, sizes, t, h, act_kind, z_off,
-                            Z, A, loss_n, delta, chg, jrow, which, z1, z2, mx, sm, lq, out)
+                _row_losses(
+                    layer,
+                    s,
+                    r,
+                    a,
+                    w,
+                    b,
+                    w_off,
+                    b_off,
+                    sizes,
+                    t,
+                    h,
+                    act_kind,
+                    z_off,
+                    Z,
+                    A,
+                    loss_n,
+                    delta,
+                    chg,
+                    jrow,
+                    which,
+                    z1,
+                    z2,
+                    mx,
+                    sm,
+                    lq,
+                    out,
+                )
                 for j in range(n_out):
                     acc[j] += out[j] - out[n_out + j]
             for j in range(n_out):
@@ -367,8 +430,9 @@ def _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, 
 
 
 @njit
-def _perturbed_loss_difference(vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t,
-                               act_kind, buf1, buf2):
+def _perturbed_loss_difference(
+    vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2
+):
     """L(theta + h e_q) - L(theta - h e_q) for element q of ``vec`` (``wc`` or ``bc``)."""
     saved = vec[q]
     vec[q] = saved + h
@@ -380,8 +444,9 @@ def _perturbed_loss_difference(vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr
 
 
 @njit(parallel=True)
-def _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind, width, n_tasks,
-                   gw, gb):
+def _full_gradient(
+    w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind, width, n_tasks, gw, gb
+):
     # Parameters are numbered 0..len(w)-1 for the weights, then the biases.
     n_w = w.shape[0]
     n_params = n_w + b.shape[0]
@@ -393,8 +458,9 @@ def _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind,
         buf2 = np.empty(width)
         for p in range(task, n_params, n_tasks):
             vec, q = (wc, p) if p < n_w else (bc, p - n_w)
-            diff = _perturbed_loss_difference(vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr,
-                                              nz_idx, t, act_kind, buf1, buf2)
+            diff = _perturbed_loss_difference(
+                vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2
+            )
             if p < n_w:
                 gw[q] = diff / (2.0 * h)
             else:
@@ -484,8 +550,8 @@ def _unpack(packed, gw, gb):
     for layer in range(len(sizes) - 1):
         n_in, n_out = int(sizes[layer]), int(sizes[layer + 1])
         wo, bo = int(packed.w_off[layer]), int(packed.b_off[layer])
-        out.append(gw[wo:wo + n_in * n_out].reshape(n_in, n_out))
-        out.append(gb[bo:bo + n_out])
+        out.append(gw[wo : wo + n_in * n_out].reshape(n_in, n_out))
+        out.append(gb[bo : bo + n_out])
     return out
 
 
@@ -507,8 +573,20 @@ def logits_trusted(packed, x, act_kind):
     """
     out = np.empty((x.shape[0], int(packed.sizes[-1])))
     nz_ptr, nz_idx = _nonzeros(x)
-    _logits(packed.w, packed.b, packed.w_off, packed.b_off, packed.sizes, x, nz_ptr, nz_idx,
-            act_kind, int(packed.sizes[1:].max()), _n_tasks(x.shape[0]), out)
+    _logits(
+        packed.w,
+        packed.b,
+        packed.w_off,
+        packed.b_off,
+        packed.sizes,
+        x,
+        nz_ptr,
+        nz_idx,
+        act_kind,
+        int(packed.sizes[1:].max()),
+        _n_tasks(x.shape[0]),
+        out,
+    )
     return out
 
 
@@ -543,8 +621,23 @@ def _full_strategy(packed, x, t, h, act_kind, gw, gb):
     """The full strategy: every parameter's batch loss at theta +- h, from scratch."""
     sizes, w, b, w_off, b_off = packed
     nz_ptr, nz_idx = _nonzeros(x)
-    _full_gradient(w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind,
-                   int(sizes[1:].max()), _n_tasks(w.shape[0] + b.shape[0]), gw, gb)
+    _full_gradient(
+        w,
+        b,
+        w_off,
+        b_off,
+        sizes,
+        x,
+        nz_ptr,
+        nz_idx,
+        t,
+        h,
+        act_kind,
+        int(sizes[1:].max()),
+        _n_tasks(w.shape[0] + b.shape[0]),
+        gw,
+        gb,
+    )
 
 
 def _delta_strategy(packed, x, t, h, act_kind, gw, gb):
@@ -564,8 +657,26 @@ def _delta_strategy(packed, x, t, h, act_kind, gw, gb):
         return
     width = int(sizes[1:].max())  # widest layer output: the size of every scratch row
     for layer in range(n_layers):
-        _delta_layer(layer, w, b, w_off, b_off, sizes, x, t, h, act_kind, z_off, Z, A, loss_n,
-                     width, _n_tasks(sizes[layer] + 1), gw, gb)
+        _delta_layer(
+            layer,
+            w,
+            b,
+            w_off,
+            b_off,
+            sizes,
+            x,
+            t,
+            h,
+            act_kind,
+            z_off,
+            Z,
+            A,
+            loss_n,
+            width,
+            _n_tasks(sizes[layer] + 1),
+            gw,
+            gb,
+        )
 
 
 #: The numerical-gradient strategies, simplest first (the order of the registry's
@@ -599,6 +710,7 @@ def numerical_gradient_trusted(packed, x, t, h, act_kind, strategy):
     """
     gw = np.empty_like(packed.w)
     gb = np.empty_like(packed.b)
-    STRATEGIES[strategy](packed, x, np.ascontiguousarray(t, dtype=np.int64), float(h), act_kind,
-                         gw, gb)
+    STRATEGIES[strategy](
+        packed, x, np.ascontiguousarray(t, dtype=np.int64), float(h), act_kind, gw, gb
+    )
     return _unpack(packed, gw, gb)
