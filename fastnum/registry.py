@@ -398,6 +398,10 @@ COMPARISONS = {
             atol=1e-9,  # identical with numba; the NumPy fallback without numba is within 1e-9
             rtol=0.0,
             reference="numba-delta",
+            labels={
+                "numba-delta": "numba delta, trusted kernel call",
+                "numba": "TwoLayerNet.numerical_gradient (validated)",
+            },
         ),
         CONVOLUTION,
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastnum import backend, reference
+from fastnum import backend, constants, reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
 from fastnum.kernels import losses, two_layer
 from fastnum.kernels import multilayer as multilayer_kernels
-from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
+from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog, flog_guarded
 from fastnum.network import TwoLayerNet
 from fastnum.registry import COMPARISONS, make_problem, max_errors, numba_impl
 from tests._backends import on_kernels
@@ -215,6 +215,14 @@ def test_fast_exp_and_log_are_within_two_ulp_of_libm():
     assert np.all(np.abs(comp_ - ref_) <= 2 * np.spacing(np.abs(ref_)) + 1e-300)
     small = rng.uniform(-SMALL_EXP_BOUND, SMALL_EXP_BOUND, 2000)
     assert np.all(np.abs([fexp_small(v) for v in small] - np.exp(small)) <= np.spacing(1.0))
+
+
+def test_guarded_log_equals_the_full_log_on_guarded_probabilities_and_keeps_nan():
+    rng = np.random.default_rng(1)
+    ps = np.concatenate([rng.uniform(0.0, 1.0, 2000), [0.0, 1.0, 1e-300, 5e-324]])
+    xs = ps + constants.LOG_GUARD  # what the kernels take the log of
+    assert all(flog_guarded(v) == flog(v) for v in xs)
+    assert np.isnan(flog_guarded(np.nan))
 
 
 def test_strategy_tables_drive_the_backend_and_the_registry():

@@ -43,7 +43,7 @@ from fastnum.constants import LOG_GUARD
 
 # Vectorizable exp/log, full double precision (within 2 ulp of libm): the
 # perturbed-loss loops are dominated by exp, which libm would keep scalar.
-from fastnum.kernels._vmath import fexp, flog
+from fastnum.kernels._vmath import fexp, flog_guarded
 
 # Activation codes, the ``act_kind`` argument of the kernels: :func:`_act` computes
 # each one.  The layered engine's kernels use the same codes (one home, here); names
@@ -90,7 +90,7 @@ def _sample_loss(z, start, k, label):
     s = 0.0
     for c in range(k):
         s += fexp(z[start + c] - m)
-    return -flog(fexp(z[start + label] - m) / s + LOG_GUARD)
+    return -flog_guarded(fexp(z[start + label] - m) / s + LOG_GUARD)
 
 
 @njit
@@ -239,7 +239,7 @@ def _column_losses(zt, k, n_e, label, mx, sm, out):
         for e in range(n_e):
             sm[e] += fexp(zt[c, e] - mx[e])
     for e in range(n_e):
-        out[e] = -flog(fexp(zt[label, e] - mx[e]) / sm[e] + LOG_GUARD)
+        out[e] = -flog_guarded(fexp(zt[label, e] - mx[e]) / sm[e] + LOG_GUARD)
 
 
 @njit

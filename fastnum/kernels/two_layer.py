@@ -27,7 +27,7 @@ import numpy as np
 
 from fastnum._jit import njit, prange
 from fastnum.constants import LOG_GUARD
-from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
+from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog_guarded
 from fastnum.kernels.losses import _row_cross_entropy, _softmax_cross_entropy_rows
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
@@ -301,7 +301,7 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
                         for v in range(width):
                             y_label[v] = ek * fexp(change[v] * w)
             for v in range(nv):  # -log(y+ + g) - (-log(y- + g)), contiguous so it vectorizes
-                diff[v] = flog(y_label[nv + v] / total[nv + v] + LOG_GUARD) - flog(
+                diff[v] = flog_guarded(y_label[nv + v] / total[nv + v] + LOG_GUARD) - flog_guarded(
                     y_label[v] / total[v] + LOG_GUARD
                 )
             row = offsets[n]
@@ -328,9 +328,9 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
                 e_minus = fexp(sk - step[u])
                 y_plus = e_plus if k == label else e_row[label]
                 y_minus = e_minus if k == label else e_row[label]
-                d_out[n, k, u] = flog(y_minus / ((before + e_minus) + after) + LOG_GUARD) - flog(
-                    y_plus / ((before + e_plus) + after) + LOG_GUARD
-                )
+                d_out[n, k, u] = flog_guarded(
+                    y_minus / ((before + e_minus) + after) + LOG_GUARD
+                ) - flog_guarded(y_plus / ((before + e_plus) + after) + LOG_GUARD)
 
 
 @njit(parallel=True)
