@@ -4,6 +4,10 @@
   checked through the engine fast path, against the book's loop (the numerical gradient
   of every parameter through the network's own loss, then backprop), as the book's
   ``gradient_check.py`` does it.
+- ``gradcheck_book_conv``: the chapter 7 SimpleConvNet at batch 10 through the engine
+  fast path, against the book's loop timed on a random sample of parameters and
+  **extrapolated** to all 433,890 (``extra_info["extrapolate_factor"]``): the whole
+  loop would take over an hour.
 - ``gradcheck_processes``: the generic path (a batch-norm network that the kernels do
   not know) serially and on 2 worker processes; results must be identical.
 
@@ -15,30 +19,24 @@ pytest-benchmark table or JSON of one run.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import fastnum
 from fastnum import reference
 from fastnum._jit import JIT_ENABLED
+from fastnum.constants import H
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE_PIXELS = np.array([r * 28 + c for r in range(12, 16) for c in range(12, 16)])
 RESULTS = {}
 
 
 @pytest.fixture(scope="module")
 def book():
-    """tests/book_style_nets.py, loaded by path (the benchmarks do not import the tests)."""
-    spec = importlib.util.spec_from_file_location(
-        "book_style_nets", REPO / "tests" / "book_style_nets.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The book-style test classes (a reader's chapter 5-7 code, written for the tests)."""
+    from tests import book_style_nets
+
+    return book_style_nets
 
 
 def _batch(mnist_train, batch, smoke):
@@ -84,6 +82,75 @@ def test_gradcheck_book_two_layer(benchmark, book, mnist_train, impl):
     if other is not None:  # the same book figures from both, to the guard's precision
         for name in figures:
             assert abs(figures[name] - other[name]) < 1e-9, name
+
+
+def _sampled_book_loop(net, x, t, sample):
+    # The book's loop (perturb, evaluate the network's own loss, restore) over sampled elements.
+    out = {}
+    for name, idx in sample.items():
+        flat = net.params[name].reshape(-1)  # a view: the layers read the same array
+        values = []
+        for i in idx:
+            saved = flat[i]
+            flat[i] = saved + H
+            f_plus = net.loss(x, t)
+            flat[i] = saved - H
+            f_minus = net.loss(x, t)
+            flat[i] = saved
+            values.append((f_plus - f_minus) / (2 * H))
+        out[name] = np.array(values)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["engine", "book-loop-sampled"])
+def test_gradcheck_book_conv(benchmark, book, mnist_train, impl):
+    smoke = benchmark.disabled
+    if impl == "engine" and not JIT_ENABLED and not smoke:
+        pytest.skip("the engine fast path needs numba compiled")
+    x, t = mnist_train
+    batch = 2 if smoke else 10
+    x = np.asarray(x[:batch], dtype=np.float64).reshape(batch, 1, 28, 28)
+    t = np.asarray(t[:batch])
+    if smoke:  # a tiny network on the centre 8x8 of the images
+        x = np.ascontiguousarray(x[:, :, 10:18, 10:18])
+        kwargs = {
+            "input_dim": (1, 8, 8),
+            "hidden_size": 4,
+            "conv_param": {"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1},
+        }
+    else:
+        kwargs = {"hidden_size": 100}
+    np.random.seed(0)  # noqa: NPY002 - the book's classes draw from the global generator
+    net = book.SimpleConvNet(**kwargs)
+    n_params = sum(p.size for p in net.params.values())
+    rng = np.random.default_rng(0)
+    per_tensor = 2 if smoke else 16
+    sample = {
+        name: rng.choice(p.size, min(per_tensor, p.size), replace=False)
+        for name, p in net.params.items()
+    }
+    n_sampled = sum(len(i) for i in sample.values())
+    benchmark.group = "gradcheck_book_conv"
+    benchmark.extra_info.update(gradcheck=impl, batch=batch, params=n_params, smoke=smoke)
+    stack = fastnum.gradcheck._stack.recognise(net)
+    if impl == "engine":
+        fastnum.gradcheck(net, x, t, method="engine", workers=1)  # compile outside the timing
+        benchmark.pedantic(
+            fastnum.gradcheck,
+            args=(net, x, t),
+            kwargs={"method": "engine", "workers": 1},
+            rounds=1 if smoke else 5,
+            warmup_rounds=0,
+        )
+    else:
+        benchmark.extra_info["extrapolate_factor"] = n_params / n_sampled
+        comp_ = benchmark.pedantic(
+            _sampled_book_loop, args=(net, x, t, sample), rounds=1 if smoke else 3, warmup_rounds=0
+        )
+        # The loop and the engine compute the same central difference.
+        ref_ = fastnum.gradcheck._stack._engine_numerical_gradient(stack, net.params, x, t, H)
+        for name, idx in sample.items():
+            assert np.abs(ref_[name].reshape(-1)[idx] - comp_[name]).max() <= 1e-9, name
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -75,11 +75,11 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import JIT_ENABLED, get_num_threads
-from fastnum.backend import check_strategy
+from fastnum.backend import DEFAULT_STRATEGY, check_strategy
+from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kernels hard-code it
+from fastnum.constants import H
 from fastnum.kernels import layered as kern
 
-#: The book's guard inside log(); the fast-path kernels hard-code this value.
-BOOK_LOG_GUARD = 1e-7
 # Parallel tasks per thread: a few per thread evens out uneven work (border
 # pixels are nearly always zero).  Which task computes a gradient cell never
 # changes its value.
@@ -620,7 +620,9 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
 # ---------------------------------------------------------------------------- public gradient
 
 
-def numerical_gradient(stack, params, x, t, h=1e-4, strategy="delta", log_guard=BOOK_LOG_GUARD):
+def numerical_gradient(
+    stack, params, x, t, h=H, strategy=DEFAULT_STRATEGY, log_guard=BOOK_LOG_GUARD
+):
     """Central-difference gradient of the batch-mean loss over every parameter.
 
     Parameters
@@ -654,7 +656,7 @@ def numerical_gradient(stack, params, x, t, h=1e-4, strategy="delta", log_guard=
 
 
 def numerical_gradient_at(
-    stack, params, x, t, indices, h=1e-4, strategy="delta", log_guard=BOOK_LOG_GUARD
+    stack, params, x, t, indices, h=H, strategy=DEFAULT_STRATEGY, log_guard=BOOK_LOG_GUARD
 ):
     """Central-difference gradient at some parameters only.
 

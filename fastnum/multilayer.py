@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastnum import reference
+from fastnum import engine, reference
 from fastnum._frontend import NetworkFrontend
 from fastnum._validate import check_choice, check_int, check_positive
 from fastnum.backend import DEFAULT_STRATEGY
@@ -198,25 +198,23 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
             self.params[f"W{L}"].shape[1],
         )
 
-    # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
-    # packed on every call: cheap next to any kernel, and it sees parameters the
-    # caller replaced or updated in place.
+    @property
+    def stack(self):
+        """The layers as a stack of :mod:`fastnum.engine` (affine, activation, ..., affine)."""
+        specs = []
+        for k in range(1, self.n_layers + 1):
+            specs += [("affine", f"W{k}", f"b{k}"), (self.activation,)]
+        return tuple(specs[:-1])
 
-    def _packed(self, params):
-        return kernels.as_params([params[k] for k in self.param_names])
+    # The numba hooks of NetworkFrontend; inputs and parameters arrive validated.  The
+    # engine picks the kernel: the two-layer kernel for one sigmoid hidden layer, the
+    # multilayer kernel for ``full``, its own layered kernels for ``delta``.
 
     def _numba_predict(self, x, params):
-        return kernels.predict_trusted(
-            self._packed(params), x, ACTIVATIONS[self.activation].kernel_code
-        )
+        return engine.predict(self.stack, params, x)
 
     def _numba_loss(self, x, t, params):
-        return kernels.loss_trusted(
-            self._packed(params), x, t, ACTIVATIONS[self.activation].kernel_code
-        )
+        return engine.loss(self.stack, params, x, t)
 
     def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        grads = kernels.numerical_gradient_trusted(
-            self._packed(params), x, t, h, ACTIVATIONS[self.activation].kernel_code, strategy
-        )
-        return dict(zip(self.param_names, grads, strict=True))
+        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)

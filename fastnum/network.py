@@ -64,20 +64,23 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
         """(input_size, hidden_size, output_size)."""
         return self.params["W1"].shape + (self.params["W2"].shape[1],)
 
-    # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
-    # packed on every call so that in-place updates and replaced arrays are seen.
+    #: The layers as a stack of :mod:`fastnum.engine`, which runs them on the
+    #: hand-written two-layer kernels (its fast path for exactly this network).
+    stack = (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2"))
+
+    # The numba hooks of NetworkFrontend; inputs and parameters arrive validated.
 
     def _numba_predict(self, x, params):
-        from fastnum.kernels import two_layer
+        from fastnum import engine
 
-        return two_layer.predict_trusted(two_layer.as_params(params), x)
+        return engine.predict(self.stack, params, x)
 
     def _numba_loss(self, x, t, params):
-        from fastnum.kernels import two_layer
+        from fastnum import engine
 
-        return two_layer.loss_trusted(two_layer.as_params(params), x, t)
+        return engine.loss(self.stack, params, x, t)
 
     def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        from fastnum.kernels import two_layer
+        from fastnum import engine
 
-        return two_layer.numerical_gradient_trusted(two_layer.as_params(params), x, t, h, strategy)
+        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)
