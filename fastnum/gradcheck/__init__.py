@@ -35,6 +35,7 @@ from fastnum.gradcheck._report import (
     ParamCheck,
     at_kink,
     compare,
+    failing_elements,
 )
 from fastnum.reference import LOG_GUARD, H
 
@@ -103,7 +104,8 @@ def _true_class_probabilities(net, x, t):
 def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit):
     """Numerical gradients at each step from the kernels, after checking the stack is the net.
 
-    Returns the gradients and a cached ``at(step)`` giving the gradient at any other step.
+    Returns the gradients and ``at(step, indices)``: the gradient at another step, at the
+    flat ``indices[name]`` only (the elements a kink may explain), as 1-D arrays.
     """
     params = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in net.params.items()}
     x = np.asarray(x, dtype=np.float64)
@@ -119,14 +121,12 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
         )
     if require_jit and not JIT_ENABLED:
         raise _stack.EngineUnsupportedError("numba's JIT is off, so the kernels are slow")
-    cache = {}
+    grads = [_stack._engine_numerical_gradient(stack, params, x, t, s, log_guard) for s in steps]
 
-    def at(step):
-        if step not in cache:
-            cache[step] = _stack._engine_numerical_gradient(stack, params, x, t, step, log_guard)
-        return cache[step]
+    def at(step, indices):
+        return _stack._engine_numerical_gradient_at(stack, params, x, t, step, indices, log_guard)
 
-    return [at(step) for step in steps], at
+    return grads, at
 
 
 def _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for):
@@ -400,18 +400,34 @@ def _check(
             "An error far above both is a bug, not the step size."
         )
 
+    # On the engine path one more kernel call per small step gives the central
+    # difference of every failing element (those compare() will probe) at that step:
+    # enough where no corner sits exactly at theta.
+    suspects = {
+        name: failing_elements(num[name], bp[name], rtol, atol, guard_slack)[3]
+        for name in params
+        if np.shape(bp.get(name)) == np.shape(params[name])
+    }
+    small_steps = {}
+
+    def engine_small(step, name, q):
+        if step not in small_steps:
+            values = engine_at(step, suspects)
+            small_steps[step] = {
+                k: dict(zip(suspects[k].tolist(), values[k].tolist(), strict=True))
+                for k in suspects
+            }
+        return small_steps[step][name].get(q)
+
     def is_kink(name, q, bp_q, tol):
         # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
         for step in (h / 100, h / 1000):
             # Rounding error of a slope at this step, with a factor 10 for the loss's sums.
             rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / step
-            # On the engine path one more kernel call gives every element's central
-            # difference at the small step: enough where no corner sits exactly at theta.
-            if (
-                engine_at is not None
-                and abs(engine_at(step)[name].flat[q] - bp_q) <= tol + rounding
-            ):
-                return True
+            if engine_at is not None:
+                at_step = engine_small(step, name, q)
+                if at_step is not None and abs(at_step - bp_q) <= tol + rounding:
+                    return True
             if at_kink(bp_q, tol, own.one_sided(name, q, step, own_loss), rounding):
                 return True
         return False

@@ -86,6 +86,27 @@ def at_kink(bp, tol, slopes, rounding):
     return min(forward, backward) - tol - rounding <= bp <= max(forward, backward) + tol + rounding
 
 
+#: Failing elements of one parameter that are probed for a kink, worst first.
+MAX_KINK_PROBES = 512
+
+
+def failing_elements(num, bp, rtol, atol, guard_slack, max_probes=MAX_KINK_PROBES):
+    """(excess, floor, failing, probed) of one parameter.
+
+    ``excess`` is ``|num - bp|`` over its tolerance ``floor + rtol * |bp|`` per element
+    (inf where either is not finite), ``failing`` the flat indices above 1 and
+    ``probed`` the worst ``max_probes`` of them, worst first.
+    """
+    bp = np.asarray(bp, dtype=np.float64)
+    diff = np.abs(num - bp)
+    diff[~np.isfinite(diff)] = np.inf
+    floor = atol + guard_slack * float(np.max(np.abs(bp), initial=0))
+    excess = diff / (floor + rtol * np.abs(bp))
+    failing = np.flatnonzero(excess > 1)
+    probed = failing[np.argsort(-excess.flat[failing], kind="stable")][:max_probes]
+    return excess, floor, failing, probed
+
+
 def compare(
     name,
     shape,
@@ -97,14 +118,13 @@ def compare(
     truncation=None,
     is_kink=None,
     guard_slack=0.0,
-    max_probes=512,
 ):
     """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
 
     The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.
 
     ``is_kink(name, q, bp, tol)`` tells whether failing flat element ``q`` sits
-    on a kink of the loss; at most ``max_probes`` failing elements are asked.
+    on a kink of the loss; at most ``MAX_KINK_PROBES`` failing elements are asked.
     """
     size = int(np.prod(shape))
     if bp is None:
@@ -131,14 +151,11 @@ def compare(
             problem=f"backprop gradient has shape {bp.shape}, the parameter "
             f"{tuple(shape)} (a transposed gradient?)",
         )
+    excess, floor, failing, probed = failing_elements(num, bp, rtol, atol, guard_slack)
     diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
-    floor = atol + guard_slack * float(np.max(np.abs(bp), initial=0))
-    excess = diff / (floor + rtol * np.abs(bp))
-    failing = np.flatnonzero(excess > 1)
     kinks = set()
     if is_kink is not None:
-        probed = failing[np.argsort(-excess.flat[failing], kind="stable")][:max_probes]
         kinks = {
             int(q)
             for q in probed

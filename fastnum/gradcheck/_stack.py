@@ -126,3 +126,12 @@ def _engine_numerical_gradient(stack, params, x, t, h, log_guard=True):
 
     params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
     return engine.numerical_gradient(stack, params, x, t, h=h, log_guard=guard)
+
+
+def _engine_numerical_gradient_at(stack, params, x, t, h, indices, log_guard=True):
+    """The same central differences at the flat ``indices[name]`` only: dict name -> 1-D."""
+    from fastnum import engine
+
+    params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
+    indices = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in indices.items()}
+    return engine.numerical_gradient_at(stack, params, x, t, indices, h=h, log_guard=guard)
