@@ -48,7 +48,7 @@ def fastnum_machine_info():
     dict
         JSON-serialisable facts about this machine and process.
     """
-    import numba
+    from fastnum._jit import numba
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -63,7 +63,7 @@ def fastnum_machine_info():
         "jit_enabled": JIT_ENABLED,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "numba": numba.__version__,
+        "numba": numba.__version__ if numba is not None else "not installed",
         "blas": blas,
         "blas_threads": blas_threads,  # what the library runs with, any limit applied
         "blas_threads_limit": blas_threads_limit(),  # --blas-threads, or None: the default

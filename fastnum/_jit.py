@@ -87,10 +87,13 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the kernels' thread count; ``n`` must be in 1..numba.config.NUMBA_NUM_THREADS."""
-    if not HAVE_NUMBA:
-        return
-    limit = numba.config.NUMBA_NUM_THREADS
+    """Set the kernels' thread count; ``n`` must be in 1..numba.config.NUMBA_NUM_THREADS.
+
+    Without numba the count is still checked (against the CPU count, numba's default
+    limit), so that a bad ``--threads`` fails the same way on every install.
+    """
+    limit = numba.config.NUMBA_NUM_THREADS if HAVE_NUMBA else (os.cpu_count() or 1)
     if not 1 <= int(n) <= limit:
         raise ValueError(f"threads={n} is out of range: use a value from 1 to {limit}.")
-    numba.set_num_threads(int(n))
+    if HAVE_NUMBA:
+        numba.set_num_threads(int(n))
