@@ -39,8 +39,10 @@ class Activation(NamedTuple):
 #: The one table of activations: name -> NumPy forward and backward, and kernel code.
 #: The sigmoid's backward keeps the product order of the book's TwoLayerNet.gradient.
 ACTIVATIONS = {
-    "sigmoid": Activation(reference.sigmoid, lambda g, a: g * a * (1 - a), kernels.SIGMOID),
-    "relu": Activation(relu, lambda g, a: g * (a > 0), kernels.RELU),
+    "sigmoid": Activation(
+        reference.sigmoid, lambda g, a: g * a * (1 - a), kernels.ACTIVATION_CODES["sigmoid"]
+    ),
+    "relu": Activation(relu, lambda g, a: g * (a > 0), kernels.ACTIVATION_CODES["relu"]),
 }
 
 

@@ -42,14 +42,14 @@ import numpy as np
 
 from fastnum._jit import njit, prange
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
-from fastnum.kernels.multilayer import RELU, SIGMOID
+
+# The activation codes are the multilayer kernels' (one table); the engine reads them here.
+from fastnum.kernels.multilayer import ACTIVATION_CODES, RELU, SIGMOID  # noqa: F401
 
 # Pipeline codes: the activations' codes are those of the multilayer kernels (``_act``
 # computes them here); NONE passes a value through and POOL marks a pooling step.
 NONE = 0
 POOL = 3
-#: Activation name -> code.
-ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID}
 
 
 # ------------------------------------------------------------------------------ map pieces

@@ -50,6 +50,9 @@ from fastnum.kernels._vmath import fexp, flog_guarded
 # map to codes in fastnum.multilayer.ACTIVATIONS, the one table of activations.
 RELU = 1
 SIGMOID = 2
+#: Activation name -> code: the kernels' half of the one activation table (the NumPy half
+#: is fastnum.multilayer.ACTIVATIONS, built from this).
+ACTIVATION_CODES = {"sigmoid": SIGMOID, "relu": RELU}
 # Tasks per thread for the parallel loops: a few per thread evens out uneven
 # rows (border pixels are almost always zero) under numba's static schedule.
 TASKS_PER_THREAD = 4
