@@ -1,7 +1,7 @@
 """One numba engine for sequential layer stacks: forward pass, loss and numerical gradient.
 
 A *stack* is a tuple of layer specs applied in order, followed implicitly by
-softmax-with-loss (see ENGINE_CONTRACT.md)::
+softmax-with-loss::
 
     ("conv", W_name, b_name, stride, pad)   # W (FN, C, FH, FW), b (FN,)
     ("pool", pool_h, pool_w, stride, pad)   # max pooling, zero padding

@@ -5,7 +5,7 @@ Affine, ``stride``/``pad`` of a Convolution, ``pool_h``/``pool_w`` of a
 Pooling, the class names ``Relu`` and ``Sigmoid``); nothing of the reader's is
 imported.  Parameter names come from the identity of each layer's arrays with
 the entries of ``net.params``.  The result is the engine's stack spec (see
-ENGINE_CONTRACT.md); :func:`_engine_numerical_gradient` is the one place that
+:mod:`fastnum.engine`); the ``_engine_*`` functions below are the one place that
 computes with it.
 """
 
