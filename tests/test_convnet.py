@@ -17,6 +17,7 @@ import pytest
 from fastnum import SimpleConvNet, reference
 from fastnum._jit import JIT_ENABLED
 from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
+from tests._training import quiet_train
 
 try:  # only the thread-count test needs numba itself
     import numba
@@ -412,12 +413,6 @@ def test_accuracy_in_chunks_equals_one_pass(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- training, CLI
-
-
-def quiet_train(config, data=None, out_dir=None, **kw):
-    from fastnum.train import train
-
-    return train(config, data, out_dir, progress=False, log=None, **kw)
 
 
 @pytest.fixture(scope="module")

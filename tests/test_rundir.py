@@ -17,7 +17,7 @@ import pytest
 from fastnum import rundir
 from fastnum.cli import main
 from fastnum.rundir import CheckpointError, RunFolderError
-from fastnum.train import TrainConfig, train
+from tests._training import blob_data, quiet_train, small
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,32 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def blobs():
     """Four Gaussian blobs in 6-D: 300 training and 100 test samples."""
-    rng = np.random.default_rng(7)
-    centers = rng.random((4, 6)) * 2
-
-    def sample(n):
-        labels = rng.integers(0, 4, n)
-        return centers[labels] + 0.15 * rng.standard_normal((n, 6)), labels
-
-    return sample(300), sample(100)
-
-
-def small(**kw):
-    """30 iterations of 30 samples, 10 per epoch, on NumPy."""
-    base = dict(
-        grad="backprop",
-        iters=30,
-        batch_size=30,
-        lr=1.0,
-        hidden_size=5,
-        weight_init_std=0.5,
-        backend="numpy",
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def quiet_train(config, data, out_dir=None, **kw):
-    return train(config, data, out_dir, progress=False, log=None, **kw)
+    return blob_data(7)
 
 
 def read_checkpoint(path):

@@ -16,42 +16,17 @@ from fastnum import backend as fb
 from fastnum._jit import JIT_ENABLED
 from fastnum.progress import Progress
 from fastnum.train import TrainConfig, TrainingDivergedError, train
+from tests._training import blob_data, quiet_train, small
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PARAMS = ("W1", "b1", "W2", "b2")
 needs_jit = pytest.mark.skipif(not JIT_ENABLED, reason="numba JIT not available or disabled")
 
 
-def _blobs(rng, n, centers):
-    labels = rng.integers(0, len(centers), n)
-    x = centers[labels] + 0.15 * rng.standard_normal((n, centers.shape[1]))
-    return x.astype(np.float32), labels.astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def blobs():
-    """Four well separated Gaussian blobs in 6-D: 300 training and 100 test samples."""
-    rng = np.random.default_rng(42)
-    centers = rng.random((4, 6)) * 2
-    return _blobs(rng, 300, centers), _blobs(rng, 100, centers)
-
-
-def small(**kw):
-    """A config quick enough for tests: 30 iterations of 30 samples, 10 per epoch."""
-    base = dict(
-        grad="backprop",
-        iters=30,
-        batch_size=30,
-        lr=1.0,
-        hidden_size=5,
-        weight_init_std=0.5,
-        backend="numpy",
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def quiet_train(config, data, out_dir=None, **kw):
-    return train(config, data, out_dir, progress=False, log=None, **kw)
+    """Four well separated Gaussian blobs in 6-D, float32 images and uint8 labels as MNIST's."""
+    return blob_data(42, np.float32, np.uint8)
 
 
 def assert_same_run(a, b):

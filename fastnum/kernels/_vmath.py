@@ -62,7 +62,7 @@ _ONE_BITS = 0x3FF0000000000000
 # just outside that range keeps the integer exponent k small without changing a
 # result.
 _EXP_LOW, _EXP_HIGH = -746.0, 710.0
-_TINY = 2.2250738585072014e-308  # smallest normal float64
+SMALLEST_NORMAL = 2.2250738585072014e-308  # the smallest normal float64
 _TWO_52 = 4503599627370496.0  # 2**52: lifts a subnormal into the normal range
 
 
@@ -132,7 +132,7 @@ def flog(x):
 
     A subnormal x is first multiplied by 2**52 (exact), and its exponent corrected.
     """
-    subnormal = x < _TINY
+    subnormal = x < SMALLEST_NORMAL
     y = _log_positive_normal(x * _TWO_52 if subnormal else x)
     y = y - 52.0 * (_LN2_HI + _LN2_LO) if subnormal else y
     y = x if x == np.inf else y

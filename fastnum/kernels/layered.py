@@ -42,6 +42,7 @@ import numpy as np
 
 from fastnum._jit import njit, prange
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
+from fastnum.kernels.losses import column_losses
 
 # The activation codes are the multilayer kernels' (one table); the engine reads them here.
 from fastnum.kernels.multilayer import ACTIVATION_CODES, RELU, SIGMOID  # noqa: F401
@@ -250,24 +251,6 @@ def _ordered_sum(v):
 # ------------------------------------------------------------------------------ delta cache
 
 
-@njit
-def _column_losses(z, k, n_e, label, guard, mx, sm, out):
-    """out[e] = softmax cross-entropy of column e of z[:k, :n_e] (columns are evaluations)."""
-    for e in range(n_e):
-        mx[e] = z[0, e]
-    for c in range(1, k):
-        for e in range(n_e):
-            if z[c, e] > mx[e]:
-                mx[e] = z[c, e]
-    for e in range(n_e):
-        sm[e] = 0.0
-    for c in range(k):
-        for e in range(n_e):
-            sm[e] += fexp(z[c, e] - mx[e])
-    for e in range(n_e):
-        out[e] = -flog(fexp(z[label, e] - mx[e]) / sm[e] + guard)
-
-
 @njit(parallel=True)
 def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
     """S (N, FN * stage sizes): per channel, the conv output (stage 0) and the output of
@@ -366,7 +349,7 @@ def _propagate(m, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, gua
                         dst[c, q] += dq[q] * wkc
         src, dst = dst, src
         m += 1
-    _column_losses(src, sizes[n_layers], n_q, t[s], guard, mx, sm, out)
+    column_losses(src, sizes[n_layers], n_q, t[s], guard, mx, sm, out)
 
 
 # ------------------------------------------------------------------------------ delta: dense

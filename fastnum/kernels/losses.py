@@ -1,4 +1,4 @@
-"""Fused softmax + cross-entropy over a batch of logits (numba, parallel over rows)."""
+"""Softmax + cross-entropy kernels: fused over a batch of rows, and over columns of evaluations."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 from fastnum._jit import njit, prange
 from fastnum._validate import as_float_batch, as_labels
 from fastnum.constants import LOG_GUARD
+from fastnum.kernels._vmath import SMALLEST_NORMAL, fexp, flog, flog_guarded
 
 
 @njit
@@ -19,6 +20,34 @@ def _row_cross_entropy(a, n, label, guard):
     for k in range(a.shape[1]):
         s += np.exp(a[n, k] - m)
     return -np.log(np.exp(a[n, label] - m) / s + guard)
+
+
+@njit
+def column_losses(z, k, n_e, label, guard, mx, sm, out):
+    """out[e] = -log(softmax(z[:k, e])[label] + guard) for each column e < n_e.
+
+    The numerical-gradient kernels keep one perturbed evaluation per column, so the loop
+    over columns is innermost and runs on contiguous memory.  With a guard of at least
+    the smallest normal float, log's argument is normal and the cheaper ``flog_guarded``
+    serves; the engine's unguarded loss (guard 0) needs ``flog``.
+    """
+    for e in range(n_e):
+        mx[e] = z[0, e]
+    for c in range(1, k):
+        for e in range(n_e):
+            if z[c, e] > mx[e]:
+                mx[e] = z[c, e]
+    for e in range(n_e):
+        sm[e] = 0.0
+    for c in range(k):
+        for e in range(n_e):
+            sm[e] += fexp(z[c, e] - mx[e])
+    if guard >= SMALLEST_NORMAL:
+        for e in range(n_e):
+            out[e] = -flog_guarded(fexp(z[label, e] - mx[e]) / sm[e] + guard)
+    else:
+        for e in range(n_e):
+            out[e] = -flog(fexp(z[label, e] - mx[e]) / sm[e] + guard)
 
 
 @njit(parallel=True)

@@ -44,6 +44,7 @@ from fastnum.constants import LOG_GUARD
 # Vectorizable exp/log, full double precision (within 2 ulp of libm): the
 # perturbed-loss loops are dominated by exp, which libm would keep scalar.
 from fastnum.kernels._vmath import fexp, flog_guarded
+from fastnum.kernels.losses import column_losses
 
 # Activation codes, the ``act_kind`` argument of the kernels: :func:`_act` computes
 # each one.  The layered engine's kernels use the same codes (one home, here); names
@@ -226,26 +227,6 @@ def _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_
 
 
 @njit
-def _column_losses(zt, k, n_e, label, mx, sm, out):
-    # out[e] = softmax cross-entropy of column e of zt[:k, :n_e], the same
-    # operations in the same order as _sample_loss, with the loop over
-    # columns innermost so it runs on contiguous memory.
-    for e in range(n_e):
-        mx[e] = zt[0, e]
-    for c in range(1, k):
-        for e in range(n_e):
-            if zt[c, e] > mx[e]:
-                mx[e] = zt[c, e]
-    for e in range(n_e):
-        sm[e] = 0.0
-    for c in range(k):
-        for e in range(n_e):
-            sm[e] += fexp(zt[c, e] - mx[e])
-    for e in range(n_e):
-        out[e] = -flog_guarded(fexp(zt[label, e] - mx[e]) / sm[e] + LOG_GUARD)
-
-
-@njit
 def _row_losses(
     layer,
     s,
@@ -296,7 +277,7 @@ def _row_losses(
                 z1[c, e] = Z[zs + c]
         for e in range(n_e):
             z1[e % n_out, e] += delta[e]
-        _column_losses(z1, n_out, n_e, t[s], mx, sm, out)
+        column_losses(z1, n_out, n_e, t[s], LOG_GUARD, mx, sm, out)
         return
     # Keep only the evaluations whose activation moves: a relu unit that stays
     # off leaves every later layer, hence the loss, exactly at the cached values.
@@ -351,7 +332,7 @@ def _row_losses(
                         dst[c, q] += src[k, q] * wkc
         src, dst = dst, src
         m += 1
-    _column_losses(src, sizes[n_layers], n_act, t[s], mx, sm, lq)
+    column_losses(src, sizes[n_layers], n_act, t[s], LOG_GUARD, mx, sm, lq)
     for q in range(n_act):
         out[which[q]] = lq[q]
 
