@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum import reference
+from fastnum._jit import one_blas_thread
 from fastnum._validate import (
     as_float_batch,
     as_labels,
@@ -384,19 +385,11 @@ def run_backend(config):
     return resolve_backend(config.backend)
 
 
-_blas = None  # threadpoolctl's controller, found once: looking up the libraries costs ~0.2 ms
-
-
 def _blas_threads(backend):
     """A context giving BLAS one thread where numba kernels run between BLAS calls."""
-    global _blas
     if backend != "numba":
         return contextlib.nullcontext()  # NumPy alone: BLAS keeps all its threads
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")  # ~6 us a step
+    return one_blas_thread()
 
 
 def build_net(config, n_features, n_classes, input_dim=None):

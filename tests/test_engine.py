@@ -124,9 +124,14 @@ STACKS = {
         },
         (1, 5, 5),
     ),
-    # Dense stacks; the first two take the hand-written fast paths at the book's guard.
+    # Dense stacks; the first three take the hand-written fast paths at the book's guard.
     "two-layer-sigmoid": (
         (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2")),
+        {"W1": (7, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)},
+        (7,),
+    ),
+    "two-layer-relu": (
+        (("affine", "W1", "b1"), ("relu",), ("affine", "W2", "b2")),
         {"W1": (7, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)},
         (7,),
     ),
@@ -223,7 +228,9 @@ def test_every_parameter_matches_reference(name, strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("name", ["simpleconv", "pool3-stride2-pad1", "dense-mixed", "two-convs"])
+@pytest.mark.parametrize(
+    "name", ["simpleconv", "pool3-stride2-pad1", "dense-mixed", "two-convs", "two-layer-relu"]
+)
 def test_gradient_at_sampled_indices(name, strategy):
     ref, params, x, t = problem(name, seed=3)
     rng = np.random.default_rng(7)
@@ -291,6 +298,26 @@ def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
     assert calls == []
     with pytest.raises(AttributeError):  # at the book's guard the (patched) fast path is asked
         engine.numerical_gradient(ref.stack, params, x, t)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_layer_kernel_takes_relu_and_matches_at_its_corner(strategy):
+    # Units whose input sits exactly at ReLU's corner, within h of it on either side,
+    # and far below it (the kernel skips those): every case the delta kernel branches on.
+    from fastnum.kernels import two_layer
+
+    ref, params, x, t = problem("two-layer-relu", batch=4)
+    h = 1e-4
+    a1 = x @ params["W1"]
+    for j, offset in enumerate((0.0, 0.5 * h, -0.5 * h, -2.0, 3 * h)):
+        params["b1"][j] = ref.params["b1"][j] = offset - a1[1, j]
+    ref_g = ref.numerical_gradient(x, t)
+    comp_g = two_layer.numerical_gradient_trusted(
+        two_layer.as_params(params), x, t, h, strategy, layered.RELU
+    )
+    assert max_abs_diff(comp_g, ref_g) <= TOL
+    if strategy == "delta":  # the engine hands the stack to this kernel
+        assert max_abs_diff(engine.numerical_gradient(ref.stack, params, x, t), comp_g) == 0.0
 
 
 def test_dense_stacks_of_one_activation_take_the_multilayer_kernels_for_full():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fastnum
 from fastnum import gradcheck as gradcheck_module
@@ -265,6 +267,19 @@ def test_a_relu_corner_within_h_is_reported_not_failed(method):
     result = check(net, method=method)
     assert result.passed, result.report()
     assert result.params["b1"].n_kinks >= 1
+
+
+@given(
+    st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, np.inf, np.nan]), min_size=1, max_size=40),
+    st.integers(1, 45),
+)
+def test_worst_elements_are_those_a_stable_argsort_ranks_first(values, k):
+    # The report's top-k (a partition, not a full sort) with ties, inf and NaN.
+    from fastnum.gradcheck._report import _largest
+
+    values = np.array(values)
+    ref_order = np.argsort(-values, kind="stable")[:k]
+    assert _largest(values, k).tolist() == ref_order.tolist()
 
 
 # ------------------------------------------------------------- fastnum's own networks

@@ -16,6 +16,7 @@ not hide the module.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fastnum._jit import JIT_ENABLED
+from fastnum._jit import JIT_ENABLED, one_blas_thread
 from fastnum._validate import as_labels, check_step
 from fastnum.gradcheck import _generic, _stack
 from fastnum.gradcheck._report import (
@@ -148,6 +149,63 @@ def _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for):
     return grads
 
 
+def _find_kinks(num, bp, params, rtol, atol, guard_slack, h, own, own_loss, engine_at):
+    """name -> flat indices of failing elements that sit on a kink of the loss (see at_kink).
+
+    Only the elements :func:`failing_elements` probes are asked.  On the engine path one
+    more kernel call per small step gives all their central differences at that step,
+    enough where no corner sits exactly at theta; the rest get the network's own
+    one-sided slopes.
+    """
+    pending = {
+        name: failing_elements(num[name], bp[name], rtol, atol, guard_slack)[1:4:2]
+        for name in params
+        if np.shape(bp.get(name)) == np.shape(params[name])
+    }
+    pending = {name: (floor, probed) for name, (floor, probed) in pending.items() if len(probed)}
+    kinks = {name: set() for name in pending}
+    # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
+    for step in (h / 100, h / 1000):
+        if not pending:
+            break
+        # Rounding error of a slope at this step, with a factor 10 for the loss's sums.
+        rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / step
+        at_step = None
+        if engine_at is not None:
+            at_step = engine_at(step, {name: probed for name, (_, probed) in pending.items()})
+        for name, (floor, probed) in list(pending.items()):
+            bp_q = np.asarray(bp[name], dtype=np.float64).flat[probed]
+            tol = floor + rtol * np.abs(bp_q)
+            found = np.zeros(len(probed), dtype=bool)
+            if at_step is not None:
+                found = np.abs(at_step[name] - bp_q) <= tol + rounding
+            for i in np.flatnonzero(~found):
+                slopes = own.one_sided(name, int(probed[i]), step, own_loss)
+                found[i] = at_kink(bp_q[i], tol[i], slopes, rounding)
+            kinks[name].update(probed[found].tolist())
+            if found.all():
+                del pending[name]
+            else:
+                pending[name] = (floor, probed[~found])
+    return kinks
+
+
+def _blas_limit(net, method):
+    """One BLAS thread while the engine's kernels run between the network's own matrix products.
+
+    Otherwise BLAS threads spinning after ``net.loss`` / ``net.gradient`` take the cores
+    from the kernels: the chapter 5 network's check took ~4x longer on 2 cores.  The
+    generic path keeps BLAS as it is (its worker processes take one thread each).
+    """
+    if method == "generic" or not JIT_ENABLED:
+        return contextlib.nullcontext()
+    try:
+        _stack.recognise(net)
+    except _stack.EngineUnsupportedError:
+        return contextlib.nullcontext()
+    return one_blas_thread()
+
+
 def _directions(params, bp, k, seed):
     """k random unit directions over all parameters, and backprop's derivative along each."""
     rng = np.random.default_rng(seed)
@@ -266,24 +324,25 @@ def gradcheck(
         raise ValueError(f"x has {len(x)} samples but t has {len(t)}; pass one label per sample.")
     rng_state = np.random.get_state()  # noqa: NPY002 - the book's dropout draws from it
     try:
-        return _check(
-            net,
-            x,
-            t,
-            h,
-            rtol,
-            atol,
-            log_guard,
-            fast,
-            directions,
-            seed,
-            method,
-            workers,
-            scheduler,
-            richardson,
-            worst,
-            rng_state,
-        )
+        with _blas_limit(net, method):
+            return _check(
+                net,
+                x,
+                t,
+                h,
+                rtol,
+                atol,
+                log_guard,
+                fast,
+                directions,
+                seed,
+                method,
+                workers,
+                scheduler,
+                richardson,
+                worst,
+                rng_state,
+            )
     finally:
         np.random.set_state(rng_state)  # noqa: NPY002
 
@@ -400,38 +459,7 @@ def _check(
             "An error far above both is a bug, not the step size."
         )
 
-    # On the engine path one more kernel call per small step gives the central
-    # difference of every failing element (those compare() will probe) at that step:
-    # enough where no corner sits exactly at theta.
-    suspects = {
-        name: failing_elements(num[name], bp[name], rtol, atol, guard_slack)[3]
-        for name in params
-        if np.shape(bp.get(name)) == np.shape(params[name])
-    }
-    small_steps = {}
-
-    def engine_small(step, name, q):
-        if step not in small_steps:
-            values = engine_at(step, suspects)
-            small_steps[step] = {
-                k: dict(zip(suspects[k].tolist(), values[k].tolist(), strict=True))
-                for k in suspects
-            }
-        return small_steps[step][name].get(q)
-
-    def is_kink(name, q, bp_q, tol):
-        # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
-        for step in (h / 100, h / 1000):
-            # Rounding error of a slope at this step, with a factor 10 for the loss's sums.
-            rounding = 10 * np.finfo(np.float64).eps * max(1.0, abs(own_loss)) / step
-            if engine_at is not None:
-                at_step = engine_small(step, name, q)
-                if at_step is not None and abs(at_step - bp_q) <= tol + rounding:
-                    return True
-            if at_kink(bp_q, tol, own.one_sided(name, q, step, own_loss), rounding):
-                return True
-        return False
-
+    kinks = _find_kinks(num, bp, params, rtol, atol, guard_slack, h, own, own_loss, engine_at)
     checks = {
         name: compare(
             name,
@@ -442,7 +470,7 @@ def _check(
             atol,
             worst,
             truncation[name],
-            is_kink,
+            kinks.get(name, ()),
             guard_slack,
         )
         for name, p in params.items()

@@ -107,6 +107,23 @@ def failing_elements(num, bp, rtol, atol, guard_slack, max_probes=MAX_KINK_PROBE
     return excess, floor, failing, probed
 
 
+def _largest(values, k):
+    """Flat indices of the k largest values, largest first, ties in index order.
+
+    The same as ``np.argsort(-values, kind="stable")[:k]`` (NaN last) without sorting
+    every element: a partition finds the k-th largest, only those at or above it are
+    sorted (~10x faster for the 39,200 weights of the book's W1).
+    """
+    flat = np.where(np.isnan(values), -np.inf, values).reshape(-1)
+    if k < flat.size:
+        kth = np.partition(flat, flat.size - k)[flat.size - k]
+        candidates = np.flatnonzero(flat >= kth)
+    else:
+        candidates = np.arange(flat.size)
+    # NaN became -inf: after every number, in index order, as argsort puts NaN.
+    return candidates[np.argsort(-flat[candidates], kind="stable")][:k]
+
+
 def compare(
     name,
     shape,
@@ -116,15 +133,14 @@ def compare(
     atol,
     k,
     truncation=None,
-    is_kink=None,
+    kinks=(),
     guard_slack=0.0,
 ):
     """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
 
-    The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.
-
-    ``is_kink(name, q, bp, tol)`` tells whether failing flat element ``q`` sits
-    on a kink of the loss; at most ``MAX_KINK_PROBES`` failing elements are asked.
+    The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.  ``kinks`` are
+    the flat indices of failing elements found on a kink of the loss (at most
+    ``MAX_KINK_PROBES`` of them are probed): reported, not failed.
     """
     size = int(np.prod(shape))
     if bp is None:
@@ -151,20 +167,14 @@ def compare(
             problem=f"backprop gradient has shape {bp.shape}, the parameter "
             f"{tuple(shape)} (a transposed gradient?)",
         )
-    excess, floor, failing, probed = failing_elements(num, bp, rtol, atol, guard_slack)
+    excess, _, failing, _ = failing_elements(num, bp, rtol, atol, guard_slack)
     diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
-    kinks = set()
-    if is_kink is not None:
-        kinks = {
-            int(q)
-            for q in probed
-            if is_kink(name, int(q), bp.flat[q], floor + rtol * abs(bp.flat[q]))
-        }
+    kinks = {int(q) for q in kinks}
     scale = max(float(np.max(np.abs(num), initial=0)), float(np.max(np.abs(bp), initial=0)))
     max_abs = float(np.max(diff, initial=0))
     rel = 0.0 if scale <= atol else max_abs / scale
-    order = np.argsort(-excess, axis=None, kind="stable")[:k]
+    order = _largest(excess, k)
     worst = tuple(
         (
             tuple(int(i) for i in np.unravel_index(q, bp.shape)),

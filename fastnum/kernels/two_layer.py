@@ -1,5 +1,9 @@
 """Numba kernels for the book's two-layer network (affine, sigmoid, affine, softmax + CE).
 
+The numerical gradient also takes ReLU as the hidden activation (``activation=RELU``,
+the chapter 5 network), so the engine hands both two-layer stacks to these kernels;
+``predict`` and ``loss`` are the sigmoid network's.
+
 Every function here trusts its inputs (float64 C-contiguous arrays, int64
 labels in range, finite values): the public ``*_trusted`` entry points allocate,
 the ``_private`` kernels fill preallocated arrays.  Validation happens once, in
@@ -29,6 +33,7 @@ from fastnum._jit import njit, prange
 from fastnum.constants import LOG_GUARD
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog_guarded
 from fastnum.kernels.losses import _row_cross_entropy, _softmax_cross_entropy_rows
+from fastnum.kernels.multilayer import RELU, SIGMOID, _act
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 # The full strategy splits the parameters into this many chunks, each with its own
@@ -47,8 +52,8 @@ _SIMD_WIDTH = 8
 
 
 @njit
-def _hidden_row(x, n, W1, b1, z):
-    """z[:] = sigmoid(x[n] @ W1 + b1), skipping zero pixels (0 * w adds nothing)."""
+def _hidden_row(x, n, W1, b1, z, activation):
+    """z[:] = act(x[n] @ W1 + b1), skipping zero pixels (0 * w adds nothing)."""
     z[:] = 0.0
     for i in range(x.shape[1]):
         xi = x[n, i]
@@ -56,7 +61,10 @@ def _hidden_row(x, n, W1, b1, z):
             for j in range(W1.shape[1]):
                 z[j] += xi * W1[i, j]
     for j in range(W1.shape[1]):
-        z[j] = 1.0 / (1.0 + np.exp(-(z[j] + b1[j])))
+        if activation == RELU:
+            z[j] = _act(z[j] + b1[j], RELU)
+        else:
+            z[j] = 1.0 / (1.0 + np.exp(-(z[j] + b1[j])))
 
 
 @njit
@@ -74,7 +82,7 @@ def _forward_logits(x, W1, b1, W2, b2, a2):
     """Fill the logits a2 (N, K) for the batch x, one sample per parallel task."""
     for n in prange(x.shape[0]):
         z = np.empty(W1.shape[1])
-        _hidden_row(x, n, W1, b1, z)
+        _hidden_row(x, n, W1, b1, z, SIGMOID)
         _logits_row(z, W2, b2, a2, n)
 
 
@@ -115,30 +123,30 @@ def loss_trusted(params, x, t):
 
 
 @njit
-def _batch_loss(x, t, W1, b1, W2, b2, z, a2):
+def _batch_loss(x, t, W1, b1, W2, b2, z, a2, activation):
     """Batch-mean loss, evaluated sample by sample in a fixed order (no parallelism)."""
     total = 0.0
     for n in range(x.shape[0]):
-        _hidden_row(x, n, W1, b1, z)
+        _hidden_row(x, n, W1, b1, z, activation)
         _logits_row(z, W2, b2, a2, 0)
         total += _row_cross_entropy(a2, 0, t[n], LOG_GUARD)
     return total / x.shape[0]
 
 
 @njit
-def _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2):
+def _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2, activation):
     """L(theta + h e_q) - L(theta - h e_q) for element q of ``flat`` (a view of one array)."""
     saved = flat[q]
     flat[q] = saved + h
-    f_plus = _batch_loss(x, t, w1, c1, w2, c2, z, a2)
+    f_plus = _batch_loss(x, t, w1, c1, w2, c2, z, a2, activation)
     flat[q] = saved - h
-    f_minus = _batch_loss(x, t, w1, c1, w2, c2, z, a2)
+    f_minus = _batch_loss(x, t, w1, c1, w2, c2, z, a2, activation)
     flat[q] = saved
     return f_plus - f_minus
 
 
 @njit(parallel=True)
-def _numerical_gradient_full(x, t, W1, b1, W2, b2, h, grad):
+def _numerical_gradient_full(x, t, W1, b1, W2, b2, h, activation, grad):
     """grad (flat: W1, b1, W2, b2 raveled) by the book's perturb / re-run / restore loop."""
     n_params = grad.shape[0]
     n_chunks = min(n_params, _FULL_CHUNKS)
@@ -160,7 +168,7 @@ def _numerical_gradient_full(x, t, W1, b1, W2, b2, h, grad):
                 flat, q = w2_flat, p - end_b1
             else:
                 flat, q = c2, p - end_w2
-            diff = _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2)
+            diff = _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2, activation)
             grad[p] = diff / (2.0 * h)
 
 
@@ -202,7 +210,9 @@ def _distinct_inputs(x, values, n_values, value_index, one_index):
 
 
 @njit(parallel=True)
-def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hidden, d_out):
+def _delta_sample_terms(
+    x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out
+):
     """For every sample, the loss differences L_n(+) - L_n(-) of each distinct perturbation.
 
     ``d_hidden[offsets[n] + v, j]``: step of h * values[n, v] on hidden unit j's input.
@@ -222,8 +232,11 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
         exp_neg_a1 = np.empty(n_hidden)
         z1 = np.empty(n_hidden)
         for j in range(n_hidden):
-            exp_neg_a1[j] = fexp(-a1[j])
-            z1[j] = 1.0 / (1.0 + exp_neg_a1[j])
+            if activation == RELU:
+                z1[j] = _act(a1[j], RELU)
+            else:
+                exp_neg_a1[j] = fexp(-a1[j])
+                z1[j] = 1.0 / (1.0 + exp_neg_a1[j])
         shifted = b2.copy()  # the logits minus their max
         for k in range(n_out):
             for j in range(n_hidden):
@@ -252,14 +265,26 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
         total = np.empty(width)
         y_label = np.empty(width)
         diff = np.empty(nv)
+        row = offsets[n]
         for j in range(n_hidden):
+            if activation == RELU and a1[j] + reach <= 0.0:
+                # Every perturbed input stays at or below ReLU's corner (rounding is
+                # monotonic), so z1'[j] = z1[j] = 0 and both losses are the unperturbed
+                # one: their difference is exactly 0, as the full evaluation gives.
+                for v in range(nv):
+                    d_hidden[row + v, j] = 0.0
+                continue
             # z1'[j] - z1[j].  exp(-(a1 + s)) = exp(-a1) * exp(-s) saves an exp per
             # perturbation, but only while neither factor nor the product can overflow
             # or underflow (|a1| + |s| <= _PRODUCT_SAFE); beyond that (huge inputs or
             # steps) a factor saturates to 0 or inf where the true exp does not, so
             # the sum a1 + s is exponentiated as the reference does.
             biggest = 0.0
-            if abs(a1[j]) + reach <= _PRODUCT_SAFE:
+            if activation == RELU:
+                for v in range(width):
+                    change[v] = _act(a1[j] + step[v], RELU) - z1[j]
+                    biggest = max(biggest, abs(change[v]))
+            elif abs(a1[j]) + reach <= _PRODUCT_SAFE:
                 for v in range(width):
                     change[v] = 1.0 / (1.0 + exp_neg_a1[j] * exp_neg_step[v]) - z1[j]
                     biggest = max(biggest, abs(change[v]))
@@ -304,7 +329,6 @@ def _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hi
                 diff[v] = flog_guarded(y_label[nv + v] / total[nv + v] + LOG_GUARD) - flog_guarded(
                     y_label[v] / total[v] + LOG_GUARD
                 )
-            row = offsets[n]
             for v in range(nv):
                 d_hidden[row + v, j] = diff[v]
 
@@ -358,7 +382,7 @@ def _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, gW1
     gb2 *= scale
 
 
-def _delta_strategy(params, x, t, h):
+def _delta_strategy(params, x, t, h, activation=SIGMOID):
     """The delta strategy: cached activations, one evaluation per distinct pixel value."""
     W1, b1, W2, b2 = params
     n_batch, n_pixels = x.shape
@@ -372,7 +396,9 @@ def _delta_strategy(params, x, t, h):
     np.cumsum(n_values, out=offsets[1:])
     d_hidden = np.empty((offsets[-1], n_hidden))
     d_out = np.empty((n_batch, n_out, n_hidden + 1))
-    _delta_sample_terms(x, t, W1, b1, W2, b2, h, values, n_values, offsets, d_hidden, d_out)
+    _delta_sample_terms(
+        x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out
+    )
     grads = {k: np.zeros(a.shape) for k, a in zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True)}
     # (L(+) - L(-)) / 2h with L the batch mean, as a sum of per-sample differences.
     scale = 1.0 / (2.0 * h * n_batch)
@@ -386,10 +412,10 @@ def _delta_strategy(params, x, t, h):
     return grads
 
 
-def _full_strategy(params, x, t, h):
+def _full_strategy(params, x, t, h, activation=SIGMOID):
     """The full strategy: the book's perturb / re-run / restore loop, parallel over parameters."""
     flat = np.empty(sum(p.size for p in params))
-    _numerical_gradient_full(x, t, *params, h, flat)
+    _numerical_gradient_full(x, t, *params, h, activation, flat)
     grads, start = {}, 0
     for name, p in zip(PARAM_NAMES, params, strict=True):
         grads[name] = flat[start : start + p.size].reshape(p.shape)
@@ -399,7 +425,8 @@ def _full_strategy(params, x, t, h):
 
 #: The numerical-gradient strategies, simplest first (the order of the registry's
 #: implementations, the benchmarks and the CLI choices): name -> function
-#: ``(params, x, t, h) -> {name: gradient}`` with ``params`` from :func:`as_params`.
+#: ``(params, x, t, h, activation=SIGMOID) -> {name: gradient}`` with ``params`` from
+#: :func:`as_params` and ``activation`` a code of ``multilayer.ACTIVATION_CODES``.
 STRATEGIES = {"full": _full_strategy, "delta": _delta_strategy}
 
 
@@ -411,7 +438,7 @@ def as_params(params):
     return tuple(np.ascontiguousarray(params[k], dtype=np.float64) for k in PARAM_NAMES)
 
 
-def numerical_gradient_trusted(params, x, t, h, strategy):
+def numerical_gradient_trusted(params, x, t, h, strategy, activation=SIGMOID):
     """Central-difference gradient for validated inputs; returns a dict keyed like ``params``.
 
     Parameters
@@ -426,10 +453,12 @@ def numerical_gradient_trusted(params, x, t, h, strategy):
         Positive step.
     strategy : str
         A key of :data:`STRATEGIES`.
+    activation : int, default SIGMOID
+        The hidden activation's code (``SIGMOID`` or ``RELU``).
 
     Returns
     -------
     dict of str to ndarray
         One gradient per parameter, with its shape.
     """
-    return STRATEGIES[strategy](params, x, t, h)
+    return STRATEGIES[strategy](params, x, t, h, activation)
