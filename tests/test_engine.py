@@ -343,7 +343,7 @@ def test_unknown_strategy_and_layer_kind_are_refused():
 
 
 @pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="thread counts need compiled numba")
-@pytest.mark.parametrize("name", ["simpleconv", "dense-mixed"])
+@pytest.mark.parametrize("name", ["simpleconv", "dense-mixed", "two-layer-relu"])
 def test_results_are_bit_identical_at_one_and_two_threads(name):
     ref, params, x, t = problem(name, batch=7)
     before = numba.get_num_threads()
