@@ -6,9 +6,10 @@ Map
 module                   serves                                       entry points
 =======================  ===========================================  ==========================
 ``two_layer``            :class:`fastnum.network.TwoLayerNet`         ``predict_trusted``,
-                         (the book's affine-sigmoid-affine-softmax);  ``loss_trusted``,
-                         registry ops ``numerical_gradient``,         ``numerical_gradient_trusted``
-                         ``forward``, ``sgd_step``                    (``STRATEGIES``: full, delta)
+                         (the book's affine-sigmoid-affine-softmax;   ``loss_trusted``,
+                         the gradient also with ReLU, chapter 5);     ``numerical_gradient_trusted``
+                         registry ops ``numerical_gradient``,         (``STRATEGIES``: full, delta)
+                         ``forward``, ``sgd_step``
 ``multilayer``           :class:`fastnum.multilayer.MultiLayerNet`    ``predict_trusted``,
                          (any depth, any activation of the table);    ``loss_trusted``,
                          registry op ``multilayer_gradient``          ``numerical_gradient_trusted``
