@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastnum import backend, constants, reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
@@ -187,6 +189,18 @@ def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
     finally:
         set_num_threads(all_threads)
     assert all(np.array_equal(one[k], many[k]) for k in one)
+
+
+@given(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 3.0]), min_size=1, max_size=300))
+def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
+    # The delta kernel's shell sort (it replaced np.argsort to cut the cold compile).
+    keys = np.array(keys)
+    items = np.arange(len(keys))
+    comp_keys, comp_items = keys.copy(), items.copy()
+    two_layer._sort_by_key(comp_keys, comp_items, len(keys))
+    assert np.array_equal(comp_keys, np.sort(keys))
+    assert sorted(comp_items.tolist()) == items.tolist()  # a permutation ...
+    assert np.array_equal(keys[comp_items], comp_keys)  # ... that moved with its key
 
 
 def test_fused_softmax_cross_entropy_is_stable_and_label_agnostic():

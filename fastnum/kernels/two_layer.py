@@ -175,6 +175,30 @@ def _numerical_gradient_full(x, t, W1, b1, W2, b2, h, activation, grad):
 # ------------------------------------------------------ delta numerical gradient
 
 
+@njit
+def _sort_by_key(keys, payload, m):
+    """Sort keys[:m] ascending in place, payload[:m] moving along; equal keys in any order.
+
+    A shell sort (Tokuda's gaps) rather than np.argsort, whose quicksort took ~2 s of
+    the book's cold compile; as fast for MNIST's ~150 non-zero pixels per image.
+    """
+    gap = 1.0
+    while 2.25 * gap + 1.0 < m:
+        gap = 2.25 * gap + 1.0
+    while True:
+        g = int(np.ceil(gap))
+        for i in range(g, m):
+            key, item = keys[i], payload[i]
+            j = i
+            while j >= g and keys[j - g] > key:
+                keys[j], payload[j] = keys[j - g], payload[j - g]
+                j -= g
+            keys[j], payload[j] = key, item
+        if g == 1:
+            return
+        gap = (gap - 1.0) / 2.25
+
+
 @njit(parallel=True)
 def _distinct_inputs(x, values, n_values, value_index, one_index):
     """Per sample: sorted distinct non-zero pixel values plus 1.0 (the bias input).
@@ -195,10 +219,9 @@ def _distinct_inputs(x, values, n_values, value_index, one_index):
                 m += 1
         pixel[m] = -1  # the bias's constant input
         vals[m] = 1.0
-        order = np.argsort(vals[: m + 1])
+        _sort_by_key(vals, pixel, m + 1)
         count = 0
-        for r in range(m + 1):
-            p = order[r]
+        for p in range(m + 1):
             if count == 0 or vals[p] != values[n, count - 1]:
                 values[n, count] = vals[p]
                 count += 1
