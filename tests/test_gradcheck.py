@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import fastnum
 from fastnum import gradcheck as gradcheck_module
+from fastnum._jit import JIT_ENABLED
 from fastnum.gradcheck import DEFAULT_ATOL, DEFAULT_RTOL, GradcheckResult, gradcheck
 from fastnum.network import TwoLayerNet as FastnumTwoLayerNet
 from tests import book_style_nets as book
@@ -53,6 +54,27 @@ def test_book_two_layer_net_passes_without_its_numerical_gradient(method):
     assert list(result.params) == ["W1", "b1", "W2", "b2"]
     assert result.params["W1"].shape == (12, 5)
     assert 1e-9 < result.max_rel_err < 1e-5  # the log guard's ~1e-6, as documented
+
+
+@pytest.mark.skipif(not JIT_ENABLED, reason="BLAS is limited only around compiled kernels")
+def test_blas_has_one_thread_during_an_engine_check_and_its_own_count_after():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen = []
+
+    class Recording(book.TwoLayerNet):
+        def gradient(self, x, t):
+            seen.append(blas_threads())
+            return super().gradient(x, t)
+
+    np.random.seed(0)
+    before = blas_threads()
+    assert check(Recording(12, 5, 3, weight_init_std=0.3), method="engine").passed
+    assert blas_threads() == before
+    assert seen == [[1] * len(before)]
 
 
 def test_engine_and_generic_paths_agree():
@@ -159,6 +181,37 @@ def test_processes_give_the_serial_numbers():
     parallel = check(multi(use_batchnorm=True, use_dropout=True), workers=2)
     assert "2 processes" in parallel.method
     assert serial.params == parallel.params
+
+
+@pytest.mark.parametrize(
+    "kw", [{"workers": 1}, {"workers": 2}, {"scheduler": "local"}], ids=["serial", "2", "dask"]
+)
+def test_the_readers_class_is_left_as_it_was(kw):
+    # A class defined in a function (like one in a notebook) travels by value in
+    # cloudpickle; unpickled in this process it would rebind the class's methods to
+    # copies whose closures no longer see the reader's later changes.
+    if "scheduler" in kw:
+        pytest.importorskip("distributed", reason="Dask not installed")
+    scale = [1.0]
+
+    class Quadratic:
+        def __init__(self):
+            self.params = {"W": np.arange(24.0).reshape(12, 2) / 100}
+
+        def loss(self, x, t):
+            return scale[0] * float(np.sum((x @ self.params["W"]) ** 2))
+
+        def gradient(self, x, t):
+            return {"W": scale[0] * 2 * x.T @ (x @ self.params["W"])}
+
+    def methods():
+        return {name: f for name, f in vars(Quadratic).items() if callable(f)}
+
+    before = methods()
+    assert check(Quadratic(), **kw).passed
+    assert methods() == before
+    scale[0] = 0.0
+    assert Quadratic().loss(X, T) == 0.0
 
 
 def test_dask_cluster_gives_the_serial_numbers():

@@ -130,10 +130,10 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
     return grads, at
 
 
-def _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for):
+def _generic_gradients(snap, params, steps, workers, scheduler, n_blocks_for):
     blocks = _generic.plan_blocks(params, n_blocks_for)
     tasks = [("block", block, step) for step in steps for block in blocks]
-    values = _generic.run_tasks(data, tasks, workers, scheduler)
+    values = _generic.run_tasks(snap, tasks, workers, scheduler)
     grads = []
     for i in range(len(steps)):
         flat = {name: [] for name in params}
@@ -157,12 +157,12 @@ def _find_kinks(num, bp, params, rtol, atol, guard_slack, h, own, own_loss, engi
     enough where no corner sits exactly at theta; the rest get the network's own
     one-sided slopes.
     """
-    pending = {
-        name: failing_elements(num[name], bp[name], rtol, atol, guard_slack)[1:4:2]
-        for name in params
-        if np.shape(bp.get(name)) == np.shape(params[name])
-    }
-    pending = {name: (floor, probed) for name, (floor, probed) in pending.items() if len(probed)}
+    pending = {}  # name -> (the parameter's tolerance floor, its elements still to probe)
+    for name in params:
+        if np.shape(bp.get(name)) == np.shape(params[name]):
+            _, floor, _, probed = failing_elements(num[name], bp[name], rtol, atol, guard_slack)
+            if len(probed):
+                pending[name] = (floor, probed)
     kinks = {name: set() for name in pending}
     # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
     for step in (h / 100, h / 1000):
@@ -375,8 +375,8 @@ def _check(
             notes.append(
                 f"log_guard=False is not possible: {reason}; the numbers include the guard."
             )
-    data = _generic.payload(net, x, t, rng_state, unguarded)  # before backprop touches the net
-    own = _generic.evaluator_from(data)
+    snap = _generic.snapshot(net, x, t, rng_state, unguarded)  # before backprop touches the net
+    own = _generic.evaluator_from(snap)
     own_loss = own.loss()
     p_true = _true_class_probabilities(own.net, x, t)
     guard_effect = None if p_true is None else LOG_GUARD / float(np.min(p_true))
@@ -435,7 +435,7 @@ def _check(
     if grads is None:
         # On a cluster the worker count is unknown here: plan blocks for a generous one.
         n_blocks_for = _generic.CLUSTER_WORKERS if scheduler is not None else workers
-        grads = _generic_gradients(data, params, steps, workers, scheduler, n_blocks_for)
+        grads = _generic_gradients(snap, params, steps, workers, scheduler, n_blocks_for)
         where = (
             "on a Dask cluster"
             if scheduler is not None

@@ -1,19 +1,27 @@
 """The generic path: central differences of the network's own ``loss``, block by block.
 
 Every block of parameter elements is evaluated on its own copy of the network,
-unpickled from one payload, so a serial loop, worker processes and a Dask
-cluster run the same code on the same bytes and give identical results.
+taken from one snapshot, so a serial loop, worker processes and a Dask cluster run
+the same code on the same numbers and give identical results.
+
+In this process the copies are deep copies, never unpickled: unpickling a class
+that cloudpickle carried by value (one defined in a notebook, a script or a
+function) in the process that defined it rebinds the class's methods to copies
+with frozen globals, so the reader's own class would stop seeing later changes
+of their globals.  Only worker processes unpickle.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import inspect
 import multiprocessing
 import os
 import pickle
 import threading
+import uuid
 from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
@@ -140,14 +148,25 @@ def dumps(obj):
     return cloudpickle.dumps(obj)
 
 
-def payload(net, x, t, rng_state, unguarded):
-    """The bytes every worker turns into its own :class:`Evaluator`."""
-    return dumps((net, x, t, rng_state, unguarded))
+class Snapshot(NamedTuple):
+    """A private copy of the network and the batch, taken before backprop touches the net."""
+
+    net: object
+    x: np.ndarray
+    t: np.ndarray
+    rng_state: tuple
+    unguarded: object
+    token: str  # tells one snapshot from another on a Dask worker
 
 
-def evaluator_from(data):
-    """A fresh :class:`Evaluator` from :func:`payload` bytes."""
-    return Evaluator(*pickle.loads(data))
+def snapshot(net, x, t, rng_state, unguarded):
+    """The :class:`Snapshot` every evaluator of one check starts from (a deep copy)."""
+    return Snapshot(*copy.deepcopy((net, x, t, rng_state, unguarded)), uuid.uuid4().hex)
+
+
+def evaluator_from(snap):
+    """A fresh :class:`Evaluator` on its own deep copy of ``snap``."""
+    return Evaluator(*copy.deepcopy(tuple(snap[:-1])))
 
 
 def plan_blocks(params, n_workers):
@@ -174,7 +193,7 @@ def _init_worker(data):
         threadpool_limits(1)
     except ImportError:  # pragma: no cover
         pass
-    _WORKER = evaluator_from(data)
+    _WORKER = Evaluator(*pickle.loads(data)[:-1])  # in the worker process: safe to unpickle
 
 
 def _worker_task(task):
@@ -192,25 +211,33 @@ _DASK_LOCAL = threading.local()  # one evaluator per worker thread and payload
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 
-def _dask_task(data, task):
-    key = hashlib.sha1(data).hexdigest()
+# Snapshots of the checks running in this process, by token: an in-process Dask worker
+# (LocalCluster(processes=False), scheduler="local") takes its copy from here instead of
+# unpickling the payload in the process that defined the reader's class.
+_LOCAL_SNAPSHOTS = {}
+
+
+def _dask_task(data, token, task):
     cache = _DASK_LOCAL.__dict__.setdefault("evaluators", {})
-    if key not in cache:
+    if token not in cache:
         cache.clear()
-        cache[key] = evaluator_from(data)
-    worker = cache[key]
+        snap = _LOCAL_SNAPSHOTS.get(token)
+        cache[token] = (
+            evaluator_from(snap) if snap is not None else Evaluator(*pickle.loads(data)[:-1])
+        )
+    worker = cache[token]
     kind, arg, h = task
     with _GLOBAL_RNG_LOCK:
         return worker.block(*arg, h) if kind == "block" else worker.directional(arg, h)
 
 
-def run_tasks(data, tasks, workers=1, scheduler=None):
+def run_tasks(snap, tasks, workers=1, scheduler=None):
     """Run ``("block", (name, start, stop), h)`` / ``("direction", v, h)`` tasks, in order.
 
     Parameters
     ----------
-    data : bytes
-        From :func:`payload`.
+    snap : Snapshot
+        From :func:`snapshot`.
     tasks : list of tuple
     workers : int
         1 runs in this process; more starts that many worker processes.
@@ -225,12 +252,20 @@ def run_tasks(data, tasks, workers=1, scheduler=None):
     if scheduler is not None:
         from fastnum._dask import dask_client
 
-        with dask_client(scheduler) as client:
-            shared = client.scatter(data, broadcast=True)
-            futures = [client.submit(_dask_task, shared, task, pure=False) for task in tasks]
-            return client.gather(futures)
+        _LOCAL_SNAPSHOTS[snap.token] = snap
+        try:
+            with dask_client(scheduler) as client:
+                # Bytes: Dask moves them without unpickling what is inside.
+                shared = client.scatter(dumps(snap), broadcast=True)
+                futures = [
+                    client.submit(_dask_task, shared, snap.token, task, pure=False)
+                    for task in tasks
+                ]
+                return client.gather(futures)
+        finally:
+            del _LOCAL_SNAPSHOTS[snap.token]
     if workers <= 1:
-        worker = evaluator_from(data)
+        worker = evaluator_from(snap)
         return [
             worker.block(*arg, h) if kind == "block" else worker.directional(arg, h)
             for kind, arg, h in tasks
@@ -240,7 +275,7 @@ def run_tasks(data, tasks, workers=1, scheduler=None):
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(data,)
+        workers, mp_context=context, initializer=_init_worker, initargs=(dumps(snap),)
     ) as pool:
         return list(pool.map(_worker_task, tasks))
 
@@ -265,10 +300,10 @@ def unguarded_mode(net, x, t, rng_state, probabilities_from_predict):
             "replaced, so its loss keeps whatever guard it has"
         )
     mode = "layer" if name else "probabilities"
-    guarded = evaluator_from(payload(net, x, t, rng_state, False))
+    guarded = evaluator_from(snapshot(net, x, t, rng_state, False))
     before = guarded.loss()
     y = getattr(getattr(guarded.net, name), "y", None) if name else guarded.net.predict(x)
-    after = evaluator_from(payload(net, x, t, rng_state, mode)).loss()
+    after = evaluator_from(snapshot(net, x, t, rng_state, mode)).loss()
     if y is None or np.shape(y)[0] != len(x):
         return False, f"{name} keeps no probabilities y, so it is not the book's softmax-with-loss"
     labels = t.argmax(axis=1) if t.ndim == 2 else t
