@@ -158,6 +158,15 @@ def test_transposed_gradient_of_another_shape_is_named():
     assert "shape (5, 12)" in result.params["W1"].problem and "transposed" in result.report()
 
 
+def test_a_parameter_the_loss_does_not_read_is_named():
+    net = two_layer()
+    net.params["W1"] = net.params["W1"].copy()  # the layers keep the old array
+    result = check(net)
+    assert result.failed == ["W1"]
+    assert "does loss(x, t) read net.params['W1'] in place?" in result.report()
+    assert "net.params['b1']" not in result.report()
+
+
 @pytest.mark.parametrize("layer, name", [("Affine1", "b1"), ("Affine2", "b2")])
 def test_wrong_bias_gradient_is_named(layer, name):
     net = two_layer()

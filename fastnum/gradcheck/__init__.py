@@ -446,6 +446,14 @@ def _check(
         how = f"generic path: the network's own loss, {where}"
 
     num, truncation = grads[0], {name: None for name in params}
+    for name, p in params.items():
+        if np.shape(bp.get(name)) == np.shape(p) and not np.any(num[name]) and np.any(bp[name]):
+            notes.append(
+                f"the loss did not change when any element of {name} moved by +-h, while "
+                f"backprop says it should: does loss(x, t) read net.params[{name!r}] in place? "
+                "(a layer holding a copy of it, or a params entry replaced after the layers "
+                "were built)"
+            )
     if richardson:
         extrapolated = {n: (4 * grads[1][n] - grads[0][n]) / 3 for n in params}
         truncation = {
