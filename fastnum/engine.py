@@ -82,6 +82,7 @@ from fastnum.backend import DEFAULT_STRATEGY, check_strategy
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kernels hard-code it
 from fastnum.constants import H
 from fastnum.kernels import layered as kern
+from fastnum.kernels import losses as kernel_losses
 
 # Parallel tasks per thread: a few per thread evens out uneven work (border
 # pixels are nearly always zero).  Which task computes a gradient cell never
@@ -213,7 +214,7 @@ def _logits(stack, params, x):
 def _mean_loss(stack, params, x, t, log_guard):
     z = _logits(stack, params, x)
     losses = np.empty(z.shape[0])
-    kern._sample_losses(z, t, float(log_guard), losses)
+    kernel_losses._softmax_cross_entropy_rows(z, t, float(log_guard), losses)
     return kern._ordered_sum(losses) / z.shape[0]
 
 

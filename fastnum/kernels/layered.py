@@ -45,7 +45,7 @@ from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
 from fastnum.kernels.losses import column_losses
 
 # The activation codes are the multilayer kernels' (one table); the engine reads them here.
-from fastnum.kernels.multilayer import ACTIVATION_CODES, RELU, SIGMOID  # noqa: F401
+from fastnum.kernels.multilayer import ACTIVATION_CODES, RELU, SIGMOID, _affine_into  # noqa: F401
 
 # Pipeline codes: the activations' codes are those of the multilayer kernels (``_act``
 # computes them here); NONE passes a value through and POOL marks a pooling step.
@@ -203,40 +203,13 @@ def _act_batch(x, kind, out):
         _act_map(x[n], x.shape[1], kind, out[n])
 
 
-@njit
-def _affine_row(src, Wm, b, dst):
-    """dst = src @ Wm + b for one sample, skipping zero inputs (they add exactly nothing)."""
-    n_out = Wm.shape[1]
-    for k in range(n_out):
-        dst[k] = 0.0
-    for i in range(Wm.shape[0]):
-        a = src[i]
-        if a != 0.0:
-            wrow = Wm[i]
-            for k in range(n_out):
-                dst[k] += a * wrow[k]
-    for k in range(n_out):
-        dst[k] += b[k]
-
-
 @njit(parallel=True)
 def _affine_batch(x, Wm, b, out):
     """out (N, M) = x (N, D) @ Wm (D, M) + b, parallel over samples."""
+    D, M = Wm.shape
+    w = Wm.reshape(D * M)  # a view: Wm is C-contiguous
     for n in prange(x.shape[0]):
-        _affine_row(x[n], Wm, b, out[n])
-
-
-@njit(parallel=True)
-def _sample_losses(z, t, guard, out):
-    """out[n] = -log(softmax(z[n])[t[n]] + guard), shifted by the row max."""
-    for n in prange(z.shape[0]):
-        m = z[n, 0]
-        for k in range(1, z.shape[1]):
-            m = max(m, z[n, k])
-        s = 0.0
-        for k in range(z.shape[1]):
-            s += np.exp(z[n, k] - m)
-        out[n] = -np.log(np.exp(z[n, t[n]] - m) / s + guard)
+        _affine_into(x[n], D, w, 0, b, 0, M, out[n])
 
 
 @njit
@@ -297,16 +270,13 @@ def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
             n_out = sizes[layer + 1]
             out = z_off[layer] + s * n_out
             zrow = Z[out : out + n_out]
+            src = (
+                F[s]
+                if layer == 0
+                else A[z_off[layer - 1] + s * n_in : z_off[layer - 1] + (s + 1) * n_in]
+            )
+            _affine_into(src, n_in, w, w_off[layer], b, b_off[layer], n_out, zrow)
             for k in range(n_out):
-                zrow[k] = 0.0
-            for i in range(n_in):
-                a = F[s, i] if layer == 0 else A[z_off[layer - 1] + s * n_in + i]
-                if a != 0.0:
-                    wrow = w[w_off[layer] + i * n_out : w_off[layer] + (i + 1) * n_out]
-                    for k in range(n_out):
-                        zrow[k] += a * wrow[k]
-            for k in range(n_out):
-                zrow[k] += b[b_off[layer] + k]
                 A[out + k] = _act(zrow[k], acts[layer])
 
 

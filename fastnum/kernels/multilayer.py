@@ -98,9 +98,9 @@ def _sample_loss(z, start, k, label):
 
 
 @njit
-def _dense(w, b, w_off, b_off, layer, n_in, n_out, src, dst, act_kind, hidden):
-    # dst = act(src @ W_l + b_l) for one sample (no activation on the output layer).
-    base = w_off[layer]
+def _affine_into(src, n_in, w, w_base, b, b_base, n_out, dst):
+    """dst[:n_out] = src[:n_in] @ W + b for one sample; W is row-major from w[w_base],
+    b from b[b_base].  The one affine loop of the dense kernels (multilayer and layered)."""
     for k in range(n_out):
         dst[k] = 0.0
     for i in range(n_in):
@@ -109,12 +109,20 @@ def _dense(w, b, w_off, b_off, layer, n_in, n_out, src, dst, act_kind, hidden):
         if a != 0.0:
             # A slice, not w[row + k]: numba's negative-index check on a
             # computed index stops LLVM from vectorizing the loop (4x slower).
-            wrow = w[base + i * n_out : base + (i + 1) * n_out]
+            wrow = w[w_base + i * n_out : w_base + (i + 1) * n_out]
             for k in range(n_out):
                 dst[k] += a * wrow[k]
     for k in range(n_out):
-        v = dst[k] + b[b_off[layer] + k]
-        dst[k] = _act(v, act_kind) if hidden else v
+        dst[k] += b[b_base + k]
+
+
+@njit
+def _dense(w, b, w_off, b_off, layer, n_in, n_out, src, dst, act_kind, hidden):
+    # dst = act(src @ W_l + b_l) for one sample (no activation on the output layer).
+    _affine_into(src, n_in, w, w_off[layer], b, b_off[layer], n_out, dst)
+    if hidden:
+        for k in range(n_out):
+            dst[k] = _act(dst[k], act_kind)
 
 
 @njit
@@ -206,18 +214,15 @@ def _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_
             n_in = sizes[layer]
             n_out = sizes[layer + 1]
             out = z_off[layer] + s * n_out
-            zrow = Z[out : out + n_out]  # slices keep the loops vectorizable (see _dense)
+            zrow = Z[out : out + n_out]  # slices keep the loops vectorizable (see _affine_into)
             arow = A[out : out + n_out]
+            src = (
+                x[s]
+                if layer == 0
+                else A[z_off[layer - 1] + s * n_in : z_off[layer - 1] + (s + 1) * n_in]
+            )
+            _affine_into(src, n_in, w, w_off[layer], b, b_off[layer], n_out, zrow)
             for k in range(n_out):
-                zrow[k] = 0.0
-            for i in range(n_in):
-                a = x[s, i] if layer == 0 else A[z_off[layer - 1] + s * n_in + i]
-                if a != 0.0:
-                    wrow = w[w_off[layer] + i * n_out : w_off[layer] + (i + 1) * n_out]
-                    for k in range(n_out):
-                        zrow[k] += a * wrow[k]
-            for k in range(n_out):
-                zrow[k] += b[b_off[layer] + k]
                 arow[k] = _act(zrow[k], act_kind) if layer < n_layers - 1 else zrow[k]
         last = n_layers - 1
         loss_n[s] = _sample_loss(Z, z_off[last] + s * sizes[last + 1], sizes[last + 1], t[s])
