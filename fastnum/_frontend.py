@@ -2,8 +2,8 @@
 
 :class:`NetworkFrontend` goes first in a public network's bases, before its
 reference class, so that ``super()`` reaches the NumPy oracle.  A subclass
-supplies ``param_names`` and the three ``_numba_*`` hooks that call its trusted
-kernels.
+supplies ``param_names`` and ``stack``, its layers as :mod:`fastnum.engine` specs:
+the numba backend hands that stack to the engine, which picks the kernel.
 
 Each public method validates, then calls its ``*_trusted`` twin (the naming the
 kernels' entry points share), which trusts its inputs (float64 C-contiguous
@@ -59,6 +59,24 @@ class NetworkFrontend:
         shadow = copy.copy(self)
         shadow.params = params
         return super(NetworkFrontend, shadow)
+
+    # The numba backend: the engine runs the network's stack on the fastest kernel
+    # that covers it (imported on first use, so that importing fastnum compiles nothing).
+
+    def _numba_predict(self, x, params):
+        from fastnum import engine
+
+        return engine.predict(self.stack, params, x)
+
+    def _numba_loss(self, x, t, params):
+        from fastnum import engine
+
+        return engine.loss(self.stack, params, x, t)
+
+    def _numba_numerical_gradient(self, x, t, h, strategy, params):
+        from fastnum import engine
+
+        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)
 
     def predict(self, x):
         """Class probabilities for a batch.

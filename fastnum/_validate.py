@@ -92,9 +92,7 @@ def as_float_batch(x, n_features=None, name="x"):
     Integer, float16 and float32 inputs are converted to float64: every backend
     computes in float64.
     """
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise TypeError(f"{name} has dtype {x.dtype}; pass a numeric array (float32 or float64).")
+    x = _numeric(x, name)
     if x.ndim == 1:
         x = x.reshape(1, -1)
     if x.ndim != 2:
@@ -108,6 +106,31 @@ def as_float_batch(x, n_features=None, name="x"):
             f"pass inputs of shape (batch, {n_features}) or build the network with "
             f"input_size={x.shape[1]}."
         )
+    return _finished_batch(x, name)
+
+
+def as_image_batch(x, input_dim, name="x"):
+    """Return ``x`` as a C-contiguous float64 (N, C, H, W) batch of ``input_dim`` images."""
+    x = _numeric(x, name)
+    if x.ndim != 4 or x.shape[1:] != tuple(input_dim):
+        c, h, w = input_dim
+        raise ValueError(
+            f"{name} has shape {x.shape}; the network expects images of shape (batch, {c}, {h}, "
+            f"{w}). Load MNIST with load_mnist(flatten=False), or reshape with "
+            f"x.reshape(-1, {c}, {h}, {w})."
+        )
+    return _finished_batch(x, name)
+
+
+def _numeric(x, name):
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{name} has dtype {x.dtype}; pass a numeric array (float32 or float64).")
+    return x
+
+
+def _finished_batch(x, name):
+    """A batch of the right shape, checked non-empty and finite, as C-contiguous float64."""
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one sample.")
     x = np.ascontiguousarray(x, dtype=np.float64)
@@ -162,6 +185,38 @@ def as_labels(t, batch, n_classes, name="t"):
     return np.ascontiguousarray(t, dtype=np.int64)
 
 
+def as_shaped_params(params, shapes):
+    """Check parameters against fixed shapes (``name -> shape``); float64 C-contiguous.
+
+    For networks whose parameters do not chain as dense layers do (a convolution's
+    filters); the same checks and messages otherwise as :func:`as_network_params`.
+    """
+    out = {}
+    for name, shape in shapes.items():
+        if name not in params:
+            raise KeyError(f"params is missing {name!r}; this network needs {', '.join(shapes)}.")
+        value = np.asarray(params[name])
+        if value.shape != shape or value.dtype.kind != "f":
+            raise ValueError(
+                f"params[{name!r}] has shape {value.shape} and dtype {value.dtype} but this "
+                f"network needs a float array of shape {shape}; assign arrays of the "
+                "original shapes."
+            )
+        out[name] = _finite_param(value, name)
+    return out
+
+
+def _finite_param(a, name):
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    check_finite(
+        a,
+        f"params[{name!r}]",
+        "re-initialise the network or load finite parameters "
+        "(training diverged? lower the learning rate).",
+    )
+    return a
+
+
 def as_network_params(params, names):
     """Check a network's parameters and return them as C-contiguous float64 arrays.
 
@@ -211,15 +266,7 @@ def as_network_params(params, names):
                 f"{w_name} {W.shape}. Assign an array of the network's shape."
             )
         width = W.shape[1]
-        for name, a in ((w_name, W), (b_name, b)):
-            a = np.ascontiguousarray(a, dtype=np.float64)
-            check_finite(
-                a,
-                f"params[{name!r}]",
-                "re-initialise the network or load finite parameters "
-                "(training diverged? lower the learning rate).",
-            )
-            out[name] = a
+        out[w_name], out[b_name] = _finite_param(W, w_name), _finite_param(b, b_name)
     if width < 2:
         raise ValueError(
             f"params[{names[-1]!r}] gives {width} output(s); a softmax needs at least 2."

@@ -19,8 +19,9 @@ import numpy as np
 from fastnum import layers, reference
 from fastnum._frontend import NetworkFrontend
 from fastnum._validate import (
+    as_image_batch,
     as_labels,
-    check_finite,
+    as_shaped_params,
     check_int,
     check_positive,
     check_step,
@@ -237,30 +238,6 @@ def _check_conv_param(conv_param):
     return {k: check_int(f"conv_param[{k!r}]", v, 0 if k == "pad" else 1) for k, v in conv.items()}
 
 
-def as_image_batch(x, input_dim, name="x"):
-    """Return ``x`` as a C-contiguous float64 (N, C, H, W) batch of ``input_dim`` images."""
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise TypeError(f"{name} has dtype {x.dtype}; pass a numeric array (float32 or float64).")
-    if x.ndim != 4 or x.shape[1:] != tuple(input_dim):
-        c, h, w = input_dim
-        raise ValueError(
-            f"{name} has shape {x.shape}; the network expects images of shape (batch, {c}, {h}, "
-            f"{w}). Load MNIST with load_mnist(flatten=False), or reshape with "
-            f"x.reshape(-1, {c}, {h}, {w})."
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one sample.")
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        bad = tuple(np.argwhere(~np.isfinite(x))[0].tolist())
-        raise ValueError(
-            f"{name} contains a non-finite value {x[bad]} at index {bad}; "
-            "clean the data (np.nan_to_num) before training."
-        )
-    return x
-
-
 class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
     """The book's chapter 7 convolutional network, with the numba engine behind it.
 
@@ -325,7 +302,9 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
 
     def _checked(self, x, t=None):
         """(params, x) or (params, x, t), validated: the frontend's one check for this net."""
-        params = self._engine_params()
+        # Parameters checked against the built shapes on every call: they may have been
+        # replaced or edited in place, and the trusted engine must not misread them.
+        params = as_shaped_params(self.params, self._shapes)
         x = as_image_batch(x, self.input_dim)
         if t is None:
             return params, x
@@ -389,44 +368,3 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         return self._oracle({k: v.copy() for k, v in params.items()}).numerical_gradient_at(
             x, t, checked, h
         )
-
-    # The numba hooks of NetworkFrontend; inputs arrive validated.  Parameters are
-    # checked on every call: cheap next to the engine, and it sees parameters the
-    # caller replaced or updated in place, which the trusted engine must not misread.
-
-    def _engine_params(self):
-        """The parameters as float64 C-contiguous arrays, checked against the built shapes."""
-        out = {}
-        for name, shape in self._shapes.items():
-            if name not in self.params:
-                raise KeyError(
-                    f"params is missing {name!r}; this network needs {', '.join(self._shapes)}."
-                )
-            value = np.asarray(self.params[name])
-            if value.shape != shape or value.dtype.kind != "f":
-                raise ValueError(
-                    f"params[{name!r}] has shape {value.shape} and dtype {value.dtype} but this "
-                    f"network needs a float array of shape {shape}; assign arrays of the "
-                    "original shapes."
-                )
-            value = np.ascontiguousarray(value, dtype=np.float64)
-            check_finite(
-                value, f"params[{name!r}]", "re-initialise the network or reload a checkpoint."
-            )
-            out[name] = value
-        return out
-
-    def _numba_predict(self, x, params):
-        from fastnum import engine
-
-        return engine.predict(self.stack, params, x)
-
-    def _numba_loss(self, x, t, params):
-        from fastnum import engine
-
-        return engine.loss(self.stack, params, x, t)
-
-    def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        from fastnum import engine
-
-        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastnum import engine, reference
+from fastnum import reference
 from fastnum._frontend import NetworkFrontend
 from fastnum._validate import check_choice, check_int, check_positive
 from fastnum.backend import DEFAULT_STRATEGY
@@ -207,16 +207,3 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
         for k in range(1, self.n_layers + 1):
             specs += [("affine", f"W{k}", f"b{k}"), (self.activation,)]
         return tuple(specs[:-1])
-
-    # The numba hooks of NetworkFrontend; inputs and parameters arrive validated.  The
-    # engine picks the kernel: the two-layer kernel for one sigmoid hidden layer, the
-    # multilayer kernel for ``full``, its own layered kernels for ``delta``.
-
-    def _numba_predict(self, x, params):
-        return engine.predict(self.stack, params, x)
-
-    def _numba_loss(self, x, t, params):
-        return engine.loss(self.stack, params, x, t)
-
-    def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)

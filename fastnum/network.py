@@ -67,20 +67,3 @@ class TwoLayerNet(NetworkFrontend, reference.TwoLayerNet):
     #: The layers as a stack of :mod:`fastnum.engine`, which runs them on the
     #: hand-written two-layer kernels (its fast path for exactly this network).
     stack = (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2"))
-
-    # The numba hooks of NetworkFrontend; inputs and parameters arrive validated.
-
-    def _numba_predict(self, x, params):
-        from fastnum import engine
-
-        return engine.predict(self.stack, params, x)
-
-    def _numba_loss(self, x, t, params):
-        from fastnum import engine
-
-        return engine.loss(self.stack, params, x, t)
-
-    def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        from fastnum import engine
-
-        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)

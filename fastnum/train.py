@@ -30,6 +30,7 @@ from fastnum import reference
 from fastnum._jit import one_blas_thread
 from fastnum._validate import (
     as_float_batch,
+    as_image_batch,
     as_labels,
     check_choice,
     check_int,
@@ -323,8 +324,6 @@ def _prepare_data(config, data, data_dir):
         ) from None
     n_classes = n_classes or _n_classes(t_train)
     if config.net == "simpleconv":  # (N, C, H, W) images, validated by the network's checks
-        from fastnum.convnet import as_image_batch
-
         x_train = np.asarray(_first(x_train, config.train_size, "x_train", "train_size"))
         if x_train.ndim != 4:
             raise ValueError(
