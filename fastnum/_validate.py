@@ -48,13 +48,15 @@ def check_int(name, value, minimum=1, hint="", optional=False):
     return int(value)
 
 
-def check_positive(name, value, hint=""):
-    """Return ``value`` as a float, or raise unless it is a finite real number > 0."""
+def check_positive(name, value, hint="", allow_zero=False):
+    """Return ``value`` as a float, or raise unless it is a finite real number > 0
+    (>= 0 with ``allow_zero``)."""
     hint = f"; {hint}" if hint else "."
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} must be a number{hint}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0{hint}")
+    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r} must be a finite number {bound}{hint}")
     return float(value)
 
 

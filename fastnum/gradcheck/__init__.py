@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import numbers
 import sys
 import types
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastnum._jit import JIT_ENABLED, one_blas_thread
-from fastnum._validate import as_labels, check_step
+from fastnum._validate import check_choice, check_int, check_positive, check_step
 from fastnum.gradcheck import _generic, _stack
 from fastnum.gradcheck._report import (
     DEFAULT_ATOL,
@@ -44,26 +43,6 @@ __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "METHODS", "GradcheckResult", "ParamC
 
 #: How the numerical gradient is computed: auto picks engine for recognised stacks.
 METHODS = ("auto", "engine", "generic")
-
-
-def _check_tolerance(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(
-            f"{name}={value!r} must be a finite number >= 0 "
-            f"(defaults: rtol {DEFAULT_RTOL:g}, atol {DEFAULT_ATOL:g})."
-        )
-    return float(value)
-
-
-def _check_count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return int(value)
 
 
 def _check_net(net):
@@ -98,8 +77,7 @@ def _true_class_probabilities(net, x, t):
     y = np.asarray(y) if y is not None else None
     if y is None or y.ndim != 2 or y.shape[0] != len(x):
         return None
-    labels = np.asarray(t).argmax(axis=1) if np.ndim(t) == 2 else np.asarray(t)
-    return y[np.arange(len(x)), labels]
+    return y[np.arange(len(x)), _generic.label_indices(t)]
 
 
 def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit):
@@ -108,13 +86,10 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
     Returns the gradients and ``at(step, indices)``: the gradient at another step, at the
     flat ``indices[name]`` only (the elements a kink may explain), as 1-D arrays.
     """
-    params = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in net.params.items()}
-    x = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError("x contains NaN or inf; clean the data before the gradient check.")
-    last = [spec for spec in stack if spec[0] == "affine"][-1]
-    as_labels(t, len(x), params[last[1]].shape[1])
-    engine_loss = _stack._engine_loss(stack, params, x, t, log_guard)
+    from fastnum import engine
+
+    params, x, t, guard = _stack.engine_inputs(stack, net.params, x, t, log_guard)
+    engine_loss = engine.loss(stack, params, x, t, log_guard=guard)
     if not abs(engine_loss - own_loss) <= 1e-9 * max(1.0, abs(own_loss)):
         raise _stack.EngineUnsupportedError(
             f"its loss {own_loss!r} differs from that of the recognised layers {engine_loss!r}, "
@@ -122,10 +97,10 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
         )
     if require_jit and not JIT_ENABLED:
         raise _stack.EngineUnsupportedError("numba's JIT is off, so the kernels are slow")
-    grads = [_stack._engine_numerical_gradient(stack, params, x, t, s, log_guard) for s in steps]
+    grads = [engine.numerical_gradient(stack, params, x, t, h=s, log_guard=guard) for s in steps]
 
     def at(step, indices):
-        return _stack._engine_numerical_gradient_at(stack, params, x, t, step, indices, log_guard)
+        return engine.numerical_gradient_at(stack, params, x, t, indices, h=step, log_guard=guard)
 
     return grads, at
 
@@ -310,15 +285,15 @@ def gradcheck(
     """
     _check_net(net)
     h = check_step(h)
-    atol = _check_tolerance("atol", atol)
-    rtol = _check_tolerance("rtol", rtol)
+    defaults = f"defaults: rtol {DEFAULT_RTOL:g}, atol {DEFAULT_ATOL:g}"
+    atol = check_positive("atol", atol, defaults, allow_zero=True)
+    rtol = check_positive("rtol", rtol, defaults, allow_zero=True)
     if rtol == 0 and atol == 0:
         raise ValueError("rtol and atol are both 0: no floating-point gradient can pass.")
-    directions = _check_count("directions", directions)
-    worst = _check_count("worst", worst)
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; use one of {', '.join(METHODS)}.")
-    workers = _generic.default_workers() if workers is None else _check_count("workers", workers)
+    directions = check_int("directions", directions)
+    worst = check_int("worst", worst)
+    check_choice("method", method, METHODS)
+    workers = _generic.default_workers() if workers is None else check_int("workers", workers)
     x, t = np.asarray(x), np.asarray(t)
     if len(x) != len(t):
         raise ValueError(f"x has {len(x)} samples but t has {len(t)}; pass one label per sample.")

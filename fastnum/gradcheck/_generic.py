@@ -49,6 +49,12 @@ def last_layer_name(net):
     return None
 
 
+def label_indices(t):
+    """Class indices from integer or one-hot labels."""
+    t = np.asarray(t)
+    return t.argmax(axis=1) if t.ndim == 2 else t
+
+
 class _UnguardedSoftmaxWithLoss:
     """Stands in for the last layer's ``forward``: softmax cross-entropy without the 1e-7."""
 
@@ -58,7 +64,7 @@ class _UnguardedSoftmaxWithLoss:
     def __call__(self, x, t):
         z = x - x.max(axis=1, keepdims=True)
         log_y = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        labels = t.argmax(axis=1) if t.ndim == 2 else t
+        labels = label_indices(t)
         # Keep the attributes the book's backward reads, so the layer stays usable.
         self.layer.t, self.layer.y = t, np.exp(log_y)
         self.layer.loss = -log_y[np.arange(len(x)), labels].sum() / len(x)
@@ -93,7 +99,7 @@ class Evaluator:
         """The loss at the current parameters, random state restored first."""
         np.random.set_state(self.rng_state)  # noqa: NPY002 - the book's dropout draws from it
         if self.unguarded == "probabilities":
-            labels = self.t.argmax(axis=1) if self.t.ndim == 2 else self.t
+            labels = label_indices(self.t)
             p = self.net.predict(self.x)[np.arange(len(self.x)), labels]
             return float(-np.log(p).sum() / len(self.x))
         return float(self.net.loss(self.x, self.t, **self.kwargs))
@@ -300,13 +306,13 @@ def unguarded_mode(net, x, t, rng_state, probabilities_from_predict):
             "replaced, so its loss keeps whatever guard it has"
         )
     mode = "layer" if name else "probabilities"
-    guarded = evaluator_from(snapshot(net, x, t, rng_state, False))
+    guarded = Evaluator(*copy.deepcopy((net, x, t, rng_state, False)))
     before = guarded.loss()
     y = getattr(getattr(guarded.net, name), "y", None) if name else guarded.net.predict(x)
-    after = evaluator_from(snapshot(net, x, t, rng_state, mode)).loss()
+    after = Evaluator(*copy.deepcopy((net, x, t, rng_state, mode))).loss()
     if y is None or np.shape(y)[0] != len(x):
         return False, f"{name} keeps no probabilities y, so it is not the book's softmax-with-loss"
-    labels = t.argmax(axis=1) if t.ndim == 2 else t
+    labels = label_indices(t)
     p = np.asarray(y)[np.arange(len(x)), labels]
     expected = float(np.mean(np.log(p) - np.log(p + LOG_GUARD)))
     if not abs(before - after - expected) <= 1e-9 * max(1.0, abs(before)):

@@ -5,8 +5,8 @@ Affine, ``stride``/``pad`` of a Convolution, ``pool_h``/``pool_w`` of a
 Pooling, the class names ``Relu`` and ``Sigmoid``); nothing of the reader's is
 imported.  Parameter names come from the identity of each layer's arrays with
 the entries of ``net.params``.  The result is the engine's stack spec (see
-:mod:`fastnum.engine`); the ``_engine_*`` functions below are the one place that
-computes with it.
+:mod:`fastnum.engine`); :func:`engine_inputs` checks and converts what the engine
+is then given.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fastnum._validate import as_labels, check_finite
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD
 from fastnum.gradcheck._generic import last_layer_name
 
@@ -94,13 +95,9 @@ def recognise(net):
     return stack
 
 
-def _labels(t):
-    t = np.asarray(t)
-    return np.ascontiguousarray(t.argmax(axis=1) if t.ndim == 2 else t, dtype=np.int64)
-
-
-def _engine_inputs(stack, params, x, t, log_guard):
-    """The engine's trusted arguments: float64 C-contiguous copies, int labels, the guard."""
+def engine_inputs(stack, params, x, t, log_guard):
+    """The engine's trusted arguments, checked once: float64 C-contiguous parameters and
+    images or rows, int64 labels in range, and the guard (0.0 when ``log_guard`` is off)."""
     params = {name: np.ascontiguousarray(value, dtype=np.float64) for name, value in params.items()}
     x = np.asarray(x, dtype=np.float64)
     if stack[0][0] != "conv":  # the book's Affine flattens (N, ...) itself
@@ -109,29 +106,8 @@ def _engine_inputs(stack, params, x, t, log_guard):
         raise EngineUnsupportedError(
             f"a convolution needs images (N, C, H, W); x has shape {x.shape}"
         )
-    return params, np.ascontiguousarray(x), _labels(t), BOOK_LOG_GUARD if log_guard else 0.0
-
-
-def _engine_loss(stack, params, x, t, log_guard=True):
-    """Batch-mean loss of ``stack`` (the cross-check that the stack is the network)."""
-    from fastnum import engine
-
-    params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
-    return engine.loss(stack, params, x, t, log_guard=guard)
-
-
-def _engine_numerical_gradient(stack, params, x, t, h, log_guard=True):
-    """Central-difference gradient of ``stack`` at ``params`` by fastnum's engine (delta)."""
-    from fastnum import engine
-
-    params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
-    return engine.numerical_gradient(stack, params, x, t, h=h, log_guard=guard)
-
-
-def _engine_numerical_gradient_at(stack, params, x, t, h, indices, log_guard=True):
-    """The same central differences at the flat ``indices[name]`` only: dict name -> 1-D."""
-    from fastnum import engine
-
-    params, x, t, guard = _engine_inputs(stack, params, x, t, log_guard)
-    indices = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in indices.items()}
-    return engine.numerical_gradient_at(stack, params, x, t, indices, h=h, log_guard=guard)
+    x = np.ascontiguousarray(x)
+    check_finite(x, "x", "clean the data before the gradient check.")
+    last = [spec for spec in stack if spec[0] == "affine"][-1]
+    t = as_labels(t, len(x), params[last[1]].shape[1])
+    return params, x, t, BOOK_LOG_GUARD if log_guard else 0.0
