@@ -83,6 +83,7 @@ from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kerne
 from fastnum.constants import H
 from fastnum.kernels import layered as kern
 from fastnum.kernels import losses as kernel_losses
+from fastnum.layers import conv_output_size
 
 # Parallel tasks per thread: a few per thread evens out uneven work (border
 # pixels are nearly always zero).  Which task computes a gradient cell never
@@ -93,21 +94,14 @@ _TASKS_PER_THREAD = 4
 # ---------------------------------------------------------------------------- layer table
 
 
-def _out_size(size, filt, stride, pad):
-    span = size + 2 * pad - filt
-    if span < 0 or span % stride:
-        raise ValueError(
-            f"input size {size} with filter/window {filt}, stride {stride}, pad {pad} gives "
-            f"(size + 2*pad - filter) / stride = {span}/{stride}, not a whole number >= 0; "
-            "change the padding or stride."
-        )
-    return span // stride + 1
-
-
 def _conv_shape(spec, params, shape):
     FN, C, FH, FW = params[spec[1]].shape
     _, H, W = shape
-    return (FN, _out_size(H, FH, spec[3], spec[4]), _out_size(W, FW, spec[3], spec[4]))
+    return (
+        FN,
+        conv_output_size(H, FH, spec[3], spec[4]),
+        conv_output_size(W, FW, spec[3], spec[4]),
+    )
 
 
 def _conv_forward(spec, params, a, shape):
@@ -124,7 +118,7 @@ def _conv_forward(spec, params, a, shape):
 def _pool_shape(spec, params, shape):
     C, H, W = shape
     _, ph, pw, stride, pad = spec
-    return (C, _out_size(H, ph, stride, pad), _out_size(W, pw, stride, pad))
+    return (C, conv_output_size(H, ph, stride, pad), conv_output_size(W, pw, stride, pad))
 
 
 def _pool_forward(spec, params, a, shape):
@@ -360,7 +354,7 @@ def _ops_table(ops, shape):
         _, H, W = shape
         if spec[0] == "pool":
             _, ph, pw, stride, pad = spec
-            OH, OW = _out_size(H, ph, stride, pad), _out_size(W, pw, stride, pad)
+            OH, OW = conv_output_size(H, ph, stride, pad), conv_output_size(W, pw, stride, pad)
             rows.append((kern.POOL, ph, pw, stride, pad, H, W, OH, OW))
             shape = (shape[0], OH, OW)
         else:

@@ -104,23 +104,8 @@ class Evaluator:
             return float(-np.log(p).sum() / len(self.x))
         return float(self.net.loss(self.x, self.t, **self.kwargs))
 
-    def block(self, name, start, stop, h):
-        """Central differences of elements ``start:stop`` (flat, C order) of ``params[name]``."""
-        arr = self.net.params[name]
-        out = np.empty(stop - start)
-        for q in range(start, stop):
-            idx = np.unravel_index(q, arr.shape)
-            saved = arr[idx]
-            arr[idx] = saved + h
-            f_plus = self.loss()
-            arr[idx] = saved - h
-            f_minus = self.loss()
-            arr[idx] = saved
-            out[q - start] = (f_plus - f_minus) / (2 * h)
-        return out
-
-    def one_sided(self, name, q, step, f0):
-        """Forward and backward slopes (L(+step) - L) / step, (L - L(-step)) / step of element q."""
+    def _losses_around(self, name, q, step):
+        """L with flat element q of ``params[name]`` moved by +step, then by -step (restored)."""
         arr = self.net.params[name]
         idx = np.unravel_index(q, arr.shape)
         saved = arr[idx]
@@ -129,6 +114,19 @@ class Evaluator:
         arr[idx] = saved - step
         f_minus = self.loss()
         arr[idx] = saved
+        return f_plus, f_minus
+
+    def block(self, name, start, stop, h):
+        """Central differences of elements ``start:stop`` (flat, C order) of ``params[name]``."""
+        out = np.empty(stop - start)
+        for q in range(start, stop):
+            f_plus, f_minus = self._losses_around(name, q, h)
+            out[q - start] = (f_plus - f_minus) / (2 * h)
+        return out
+
+    def one_sided(self, name, q, step, f0):
+        """Forward and backward slopes (L(+step) - L) / step, (L - L(-step)) / step of element q."""
+        f_plus, f_minus = self._losses_around(name, q, step)
         return (f_plus - f0) / step, (f0 - f_minus) / step
 
     def directional(self, direction, h):

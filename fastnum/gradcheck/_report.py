@@ -142,31 +142,19 @@ def compare(
     the flat indices of failing elements found on a kink of the loss (at most
     ``MAX_KINK_PROBES`` of them are probed): reported, not failed.
     """
-    size = int(np.prod(shape))
+    problem = ""
     if bp is None:
+        problem = f"gradient(x, t) returned no entry {name!r}"
+    elif np.shape(bp) != tuple(shape):
+        problem = (
+            f"backprop gradient has shape {np.shape(bp)}, the parameter {tuple(shape)} "
+            "(a transposed gradient?)"
+        )
+    if problem:  # nothing to compare: every element counts as failing
         return ParamCheck(
-            name,
-            shape,
-            np.nan,
-            np.nan,
-            np.nan,
-            size,
-            (),
-            problem=f"gradient(x, t) returned no entry {name!r}",
+            name, shape, np.nan, np.nan, np.nan, int(np.prod(shape)), (), problem=problem
         )
     bp = np.asarray(bp, dtype=np.float64)
-    if bp.shape != tuple(shape):
-        return ParamCheck(
-            name,
-            shape,
-            np.nan,
-            np.nan,
-            np.nan,
-            size,
-            (),
-            problem=f"backprop gradient has shape {bp.shape}, the parameter "
-            f"{tuple(shape)} (a transposed gradient?)",
-        )
     excess, _, failing, _ = failing_elements(num, bp, rtol, atol, guard_slack)
     diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
