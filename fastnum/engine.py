@@ -400,6 +400,7 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
     Z = np.empty(n * int(sizes[1:].sum()))
     A = np.empty_like(Z)
     kern._tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A)
+    tail = (w, w_off, sizes, acts, z_off, Z, A)  # what the delta tasks read (kernels' order)
     scale = 1.0 / (2.0 * h * n)
     grads = {}
 
@@ -448,16 +449,10 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
                 st_off,
                 st_size,
                 S,
-                w,
-                w_off,
-                sizes,
-                acts,
+                tail,
                 t,
                 float(h),
                 guard,
-                z_off,
-                Z,
-                A,
                 sel,
                 grp_ptr,
                 grp_idx,
@@ -515,16 +510,10 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
             n_tasks,
             layer,
             F,
-            w,
-            w_off,
-            sizes,
-            acts,
+            tail,
             t,
             float(h),
             guard,
-            z_off,
-            Z,
-            A,
             nz_ptr,
             nz_idx,
             amax,

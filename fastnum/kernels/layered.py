@@ -281,10 +281,15 @@ def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
 
 
 @njit
-def _propagate(m, n_q, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard, mx, sm, out):
+def _propagate(m, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out):
     """Losses of sample s for the n_q evaluations whose layer-m pre-activations are the
     columns of z1[:d_{m+1}, :n_q]; every later layer is the cached pre-activation plus
-    the activation changes times the weights."""
+    the activation changes times the weights.
+
+    ``tail`` is the dense tail as the delta kernels share it: (w, w_off, sizes, acts,
+    z_off, Z, A), the packed weights and the unperturbed pass of :func:`_tail_cache`.
+    """
+    w, w_off, sizes, acts, z_off, Z, A = tail
     n_layers = sizes.shape[0] - 1
     src = z1
     dst = z2
@@ -368,16 +373,10 @@ def _dense_delta_task(
     task,
     layer,
     F,
-    w,
-    w_off,
-    sizes,
-    acts,
+    tail,
     t,
     h,
     guard,
-    z_off,
-    Z,
-    A,
     nz_ptr,
     nz_idx,
     amax,
@@ -395,8 +394,10 @@ def _dense_delta_task(
     own whole units j (interleaved); for one sample, every selected row r whose
     input is non-zero is evaluated side by side (2 columns per row: +h, then -h).
     ``use_all`` selects every row (the CSR nz_ptr/nz_idx lists the non-zero inputs);
-    otherwise unit j's rows are sel_idx[sel_ptr[j]:sel_ptr[j + 1]].
+    otherwise unit j's rows are sel_idx[sel_ptr[j]:sel_ptr[j + 1]].  ``tail`` as for
+    :func:`_propagate`.
     """
+    w, w_off, sizes, acts, z_off, Z, A = tail
     n = F.shape[0]
     n_layers = sizes.shape[0] - 1
     n_in = sizes[layer]
@@ -461,13 +462,7 @@ def _dense_delta_task(
                     z1,
                     z2,
                     dq,
-                    w,
-                    w_off,
-                    sizes,
-                    acts,
-                    z_off,
-                    Z,
-                    A,
+                    tail,
                     t,
                     guard,
                     mx,
@@ -505,13 +500,7 @@ def _dense_delta_task(
                     z1,
                     z2,
                     dq,
-                    w,
-                    w_off,
-                    sizes,
-                    acts,
-                    z_off,
-                    Z,
-                    A,
+                    tail,
                     t,
                     guard,
                     mx,
@@ -650,16 +639,10 @@ def _conv_delta_task(
     st_off,
     st_size,
     S,
-    w,
-    w_off,
-    sizes,
-    acts,
+    tail,
     t,
     h,
     guard,
-    z_off,
-    Z,
-    A,
     sel,
     grp_ptr,
     grp_idx,
@@ -675,8 +658,9 @@ def _conv_delta_task(
     grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
     once for all of the filter's parameters.  The non-zero pixels of channel c of
     sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1] of xnz_row,
-    xnz_col (position) and xnz_val (value).
+    xnz_col (position) and xnz_val (value).  ``tail`` as for :func:`_propagate`.
     """
+    w, w_off, sizes, acts, z_off, Z, A = tail
     n = x.shape[0]
     FN = Wt.shape[0]
     FH = Wt.shape[2]
@@ -809,9 +793,7 @@ def _conv_delta_task(
                             zacc[c] += d * wrow[c]
                     for c in range(d1):
                         z1[c, sign] = zacc[c]
-                _propagate(
-                    0, 2, s, z1, z2, dq, w, w_off, sizes, acts, z_off, Z, A, t, guard, mx, sm, res
-                )
+                _propagate(0, 2, s, z1, z2, dq, tail, t, guard, mx, sm, res)
                 acc[p] += res[0] - res[1]
         for g in range(grp_ptr[f], grp_ptr[f + 1]):
             out_sums[grp_idx[g]] = acc[grp_idx[g]]
