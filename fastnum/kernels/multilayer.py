@@ -232,39 +232,15 @@ def _forward_cache(w, b, w_off, b_off, sizes, x, t, act_kind, z_off, Z, A, loss_
 
 
 @njit
-def _row_losses(
-    layer,
-    s,
-    r,
-    a,
-    w,
-    b,
-    w_off,
-    b_off,
-    sizes,
-    t,
-    h,
-    act_kind,
-    z_off,
-    Z,
-    A,
-    loss_n,
-    delta,
-    chg,
-    jrow,
-    which,
-    z1,
-    z2,
-    mx,
-    sm,
-    lq,
-    out,
-):
+def _row_losses(layer, s, r, a, net, t, h, act_kind, loss_n, scratch, out):
     # Losses of sample s (input a on row r of layer `layer`; r == n_in is the
     # bias) with each parameter of that row moved by +h (out[j]) and by -h
     # (out[n_out + j]).  The 2 * n_out evaluations run side by side as the
     # columns of z1/z2: unit j's pre-activation is recomputed from its cached
     # value, and every later layer in full from the activation changes.
+    # net: the weights and unperturbed pass, scratch: the task's buffers (_delta_layer).
+    w, b, w_off, b_off, sizes, z_off, Z, A = net
+    delta, chg, jrow, which, z1, z2, mx, sm, lq = scratch
     n_layers = sizes.shape[0] - 1
     n_in = sizes[layer]
     n_out = sizes[layer + 1]
@@ -354,6 +330,7 @@ def _delta_layer(
     n_out = sizes[layer + 1]
     n_rows = n_in + 1
     scale = 1.0 / (2.0 * h * n)
+    net = (w, b, w_off, b_off, sizes, z_off, Z, A)
     for task in prange(n_tasks):
         acc = np.empty(n_out)
         delta = np.empty(2 * width)
@@ -366,6 +343,7 @@ def _delta_layer(
         which = np.empty(2 * width, dtype=np.int64)
         z1 = np.empty((width, 2 * width))
         z2 = np.empty((width, 2 * width))
+        scratch = (delta, chg, jrow, which, z1, z2, mx, sm, lq)
         # Interleaved rows balance the load (border pixels are nearly always
         # zero); which task owns a row does not change its value.
         for r in range(task, n_rows, n_tasks):
@@ -381,34 +359,7 @@ def _delta_layer(
                 if a == 0.0:
                     # This sample's loss is the same at theta+h and theta-h.
                     continue
-                _row_losses(
-                    layer,
-                    s,
-                    r,
-                    a,
-                    w,
-                    b,
-                    w_off,
-                    b_off,
-                    sizes,
-                    t,
-                    h,
-                    act_kind,
-                    z_off,
-                    Z,
-                    A,
-                    loss_n,
-                    delta,
-                    chg,
-                    jrow,
-                    which,
-                    z1,
-                    z2,
-                    mx,
-                    sm,
-                    lq,
-                    out,
-                )
+                _row_losses(layer, s, r, a, net, t, h, act_kind, loss_n, scratch, out)
                 for j in range(n_out):
                     acc[j] += out[j] - out[n_out + j]
             for j in range(n_out):
