@@ -17,6 +17,7 @@ import pytest
 from fastnum import SimpleConvNet, reference
 from fastnum._jit import JIT_ENABLED
 from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
+from tests._stacks import BACKPROP_STACKS, max_abs_diff, problem
 from tests._training import quiet_train
 
 try:  # only the thread-count test needs numba itself
@@ -37,43 +38,6 @@ GEOMETRIES = [
     ((3, 7, 11), {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 2}),
     ((1, 8, 12), {"filter_num": 2, "filter_size": 4, "pad": 1, "stride": 2}),
 ]
-# General stacks beyond SimpleConvNet: a pooling window of 3, two conv blocks, sigmoid, pad 2.
-STACKS = {
-    "pool3": (
-        (("conv", "W1", "b1", 1, 1), ("relu",), ("pool", 3, 3, 1, 0), ("affine", "W2", "b2")),
-        {"W1": (2, 3, 3, 3), "b1": (2,), "W2": (2 * 5 * 4, 3), "b2": (3,)},
-        (3, 7, 6),
-    ),
-    "two-blocks": (
-        (
-            ("conv", "W1", "b1", 1, 1),
-            ("relu",),
-            ("pool", 2, 2, 2, 0),
-            ("conv", "W2", "b2", 1, 0),
-            ("sigmoid",),
-            ("pool", 3, 3, 2, 1),
-            ("affine", "W3", "b3"),
-            ("relu",),
-            ("affine", "W4", "b4"),
-        ),
-        {
-            "W1": (3, 2, 3, 3),
-            "b1": (3,),
-            "W2": (2, 3, 2, 2),
-            "b2": (2,),
-            "W3": (2 * 2 * 3, 4),
-            "b3": (4,),
-            "W4": (4, 3),
-            "b4": (3,),
-        },
-        (2, 8, 12),
-    ),
-    "pad2-stride2-sigmoid": (
-        (("conv", "W1", "b1", 2, 2), ("sigmoid",), ("pool", 2, 3, 1, 0), ("affine", "W2", "b2")),
-        {"W1": (2, 1, 4, 4), "b1": (2,), "W2": (2 * 3 * 3, 4), "b2": (4,)},
-        (1, 6, 8),
-    ),
-}
 
 
 def small_net(input_dim, conv_param, batch=3, seed=0, backend="numpy", weight_init_std=0.5):
@@ -93,24 +57,6 @@ def small_net(input_dim, conv_param, batch=3, seed=0, backend="numpy", weight_in
     x = rng.random((batch, *input_dim))
     x[rng.random(x.shape) < 0.4] = 0.0  # zeros, like MNIST's background
     return net, x, rng.integers(0, 3, batch)
-
-
-def stack_problem(name, batch=3, seed=0, scale=0.5):
-    stack, shapes, input_dim = STACKS[name]
-    rng = np.random.default_rng(seed)
-    params = {k: rng.normal(0, scale, s) for k, s in shapes.items()}
-    x = rng.random((batch, *input_dim))
-    x[rng.random(x.shape) < 0.4] = 0.0
-    return (
-        ReferenceLayeredNet(stack, params),
-        x,
-        rng.integers(0, shapes[param_names(stack)[-1]][0], batch),
-    )
-
-
-def max_abs_diff(a, b):
-    assert a.keys() == b.keys()
-    return max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
 
 
 def oracle_gradient(net, x, t):
@@ -159,14 +105,14 @@ def test_numerical_gradient_matches_backprop(input_dim, conv_param, monkeypatch)
     assert max_abs_diff(net.numerical_gradient(x, t), net.gradient(x, t)) <= UNGUARDED_TOL
 
 
-@pytest.mark.parametrize("name", STACKS)
+@pytest.mark.parametrize("name", BACKPROP_STACKS)
 def test_general_stacks_numerical_gradient_matches_backprop(name, monkeypatch):
-    net, x, t = stack_problem(name, scale=0.1)
+    net, _, x, t = problem(name, scale=0.1)
     num, bp = ReferenceLayeredNet.numerical_gradient(net, x, t), net.gradient(x, t)
     assert list(num) == list(param_names(net.stack))
     assert max_abs_diff(num, bp) <= GUARD_TOL
     monkeypatch.setattr(reference, "LOG_GUARD", 0.0)
-    net, x, t = stack_problem(name)
+    net, _, x, t = problem(name)
     num, bp = ReferenceLayeredNet.numerical_gradient(net, x, t), net.gradient(x, t)
     assert np.abs(bp["W1"]).max() > 1e-4  # the check is not vacuous
     assert max_abs_diff(num, bp) <= UNGUARDED_TOL
@@ -294,20 +240,6 @@ def test_engine_matches_the_oracle_on_every_parameter(input_dim, conv_param):
         assert max_abs_diff(comp_, ref_) <= TOL, strategy
     assert net.loss(x, t) == pytest.approx(ref_loss, rel=1e-12, abs=0)
     assert np.allclose(net.predict(x), ref_probs, rtol=1e-12, atol=0)
-
-
-@pytest.mark.parametrize("name", STACKS)
-def test_engine_runs_general_stacks_like_the_oracle(name):
-    from fastnum import engine
-
-    net, x, t = stack_problem(name)
-    ref_ = oracle_gradient(net, x, t)
-    for strategy in STRATEGIES:
-        comp_ = engine.numerical_gradient(net.stack, net.params, x, t, 1e-4, strategy)
-        assert max_abs_diff(comp_, ref_) <= TOL, strategy
-    assert engine.loss(net.stack, net.params, x, t) == pytest.approx(
-        ReferenceLayeredNet.loss(net, x, t), rel=1e-12, abs=0
-    )
 
 
 def test_engine_sampled_gradient_matches_its_full_gradient():
