@@ -124,20 +124,17 @@ def _generic_gradients(snap, params, steps, workers, scheduler, n_blocks_for):
     return grads
 
 
-def _find_kinks(num, bp, params, rtol, atol, guard_slack, h, own, own_loss, engine_at):
+def _find_kinks(elements, bp, rtol, h, own, own_loss, engine_at):
     """name -> flat indices of failing elements that sit on a kink of the loss (see at_kink).
 
-    Only the elements :func:`failing_elements` probes are asked.  On the engine path one
+    ``elements[name]`` is :func:`failing_elements` of each comparable parameter; only
+    the elements it probes are asked.  On the engine path one
     more kernel call per small step gives all their central differences at that step,
     enough where no corner sits exactly at theta; the rest get the network's own
     one-sided slopes.
     """
-    pending = {}  # name -> (the parameter's tolerance floor, its elements still to probe)
-    for name in params:
-        if np.shape(bp.get(name)) == np.shape(params[name]):
-            _, floor, _, probed = failing_elements(num[name], bp[name], rtol, atol, guard_slack)
-            if len(probed):
-                pending[name] = (floor, probed)
+    # name -> (the parameter's tolerance floor, its elements still to probe)
+    pending = {name: (e[1], e[3]) for name, e in elements.items() if len(e[3])}
     kinks = {name: set() for name in pending}
     # h/100 first; h/1000 for corners closer still (tiny pixels times tiny weights).
     for step in (h / 100, h / 1000):
@@ -442,19 +439,23 @@ def _check(
             "An error far above both is a bug, not the step size."
         )
 
-    kinks = _find_kinks(num, bp, params, rtol, atol, guard_slack, h, own, own_loss, engine_at)
+    elements = {
+        name: failing_elements(num[name], bp[name], rtol, atol, guard_slack)
+        for name, p in params.items()
+        if np.shape(bp.get(name)) == np.shape(p)
+    }
+    kinks = _find_kinks(elements, bp, rtol, h, own, own_loss, engine_at)
     checks = {
         name: compare(
             name,
             np.shape(p),
             num[name],
             bp.get(name),
-            rtol,
+            elements.get(name),
             atol,
             worst,
             truncation[name],
             kinks.get(name, ()),
-            guard_slack,
         )
         for name, p in params.items()
     }

@@ -124,23 +124,15 @@ def _largest(values, k):
     return candidates[np.argsort(-flat[candidates], kind="stable")][:k]
 
 
-def compare(
-    name,
-    shape,
-    num,
-    bp,
-    rtol,
-    atol,
-    k,
-    truncation=None,
-    kinks=(),
-    guard_slack=0.0,
-):
+def compare(name, shape, num, bp, elements, atol, k, truncation=None, kinks=()):
     """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
 
-    The tolerance is ``atol + rtol * |bp| + guard_slack * max|bp|``.  ``kinks`` are
-    the flat indices of failing elements found on a kink of the loss (at most
-    ``MAX_KINK_PROBES`` of them are probed): reported, not failed.
+    ``elements`` is :func:`failing_elements` of this parameter (the tolerance
+    ``atol + rtol * |bp| + guard_slack * max|bp|`` applied; computed once by the caller,
+    which also probes its kinks), None where ``bp`` is missing or misshaped.  ``kinks``
+    are the flat indices of failing elements found on a kink of the loss (at most
+    ``MAX_KINK_PROBES`` of them are probed): reported, not failed.  ``atol`` decides
+    when both gradients count as zero (relative error 0).
     """
     problem = ""
     if bp is None:
@@ -155,7 +147,7 @@ def compare(
             name, shape, np.nan, np.nan, np.nan, int(np.prod(shape)), (), problem=problem
         )
     bp = np.asarray(bp, dtype=np.float64)
-    excess, _, failing, _ = failing_elements(num, bp, rtol, atol, guard_slack)
+    excess, _, failing, _ = elements
     diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
     kinks = {int(q) for q in kinks}
