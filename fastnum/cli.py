@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from fastnum._validate import check_int, check_positive
 from fastnum.backend import BACKEND_ENV, BACKENDS, STRATEGIES, describe_backend, resolve_backend
 from fastnum.convnet import CONV_CHECK
 from fastnum.gradcheck import DEFAULT_ATOL, DEFAULT_RTOL, METHODS
@@ -112,7 +112,15 @@ _OPTION_NAMES = {
     "tol": "--tol",
     "hidden_sizes": "--hidden-sizes",
     "activation": "--activation",
+    # gradcheck()'s arguments
+    "rtol": "--tol",
+    "atol": "--atol",
+    "workers": "--workers",
+    "directions": "--directions",
+    "worst": "--worst",
 }
+# Phrases rewritten as they stand: "method" alone is too common a word to rewrite.
+_OPTION_PHRASES = {"method='engine'": "--method engine"}
 # Whole words only, and never inside a path such as runs/seed/history.json.
 _OPTION_RE = re.compile(r"(?<![\w\-/.])(" + "|".join(_OPTION_NAMES) + r")(?![\w\-/])")
 # A Python tuple of layer widths, ``hidden_sizes=(100, 50)``: the CLI spells it ``100,50``.
@@ -126,6 +134,8 @@ def _as_options(message):
     written as the parser accepts it (``hidden_sizes=(50,)`` becomes ``--hidden-sizes 50``).
     """
     message = _WIDTHS_RE.sub(lambda m: "hidden_sizes " + re.sub(r"\s", "", m.group(1)), message)
+    for phrase, option in _OPTION_PHRASES.items():
+        message = message.replace(phrase, option)
     return _OPTION_RE.sub(lambda m: _OPTION_NAMES[m.group(1)], message)
 
 
@@ -624,32 +634,19 @@ def _load_params_into(net, path):
     """Copy FILE.npz's arrays into net.params in place (layers keep pointing at them)."""
     import numpy as np
 
+    from fastnum._validate import as_shaped_params
+
     with np.load(path) as data:
         stored = {name: data[name] for name in data.files}
-    missing = [name for name in net.params if name not in stored]
-    if missing:
+    try:
+        checked = as_shaped_params(stored, {name: v.shape for name, v in net.params.items()})
+    except (KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ValueError(
-            f"--params {path} lacks {', '.join(missing)} (it has {', '.join(stored) or 'nothing'})."
-        )
+            f"--params {path}: {message} Build the same network (e.g. --hidden N)."
+        ) from None
     for name, value in net.params.items():
-        if stored[name].shape != value.shape:
-            raise ValueError(
-                f"--params {path}: {name} has shape {stored[name].shape} but the "
-                f"network's is {value.shape}; build the same network (e.g. "
-                "--hidden N)."
-            )
-        value[...] = stored[name]
-
-
-# gradcheck()'s argument names -> the options a CLI user types.
-_GRADCHECK_OPTIONS = {
-    "rtol=": "--tol=",
-    "atol=": "--atol=",
-    "workers=": "--workers=",
-    "directions=": "--directions=",
-    "worst=": "--worst=",
-    "method='engine'": "--method engine",
-}
+        value[...] = checked[name]
 
 
 def _cmd_gradcheck(args):
@@ -658,17 +655,13 @@ def _cmd_gradcheck(args):
     from fastnum.data import load_mnist
     from fastnum.gradcheck import gradcheck
 
-    for option, value in (("--tol", args.tol), ("--atol", args.atol)):
-        if not (math.isfinite(value) and value >= 0):  # before the slow MNIST load
-            raise ValueError(
-                f"{option}={value!r} must be a finite number >= 0 (defaults: "
-                f"--tol {DEFAULT_RTOL:g}, --atol {DEFAULT_ATOL:g})."
-            )
-    if args.tol == 0:
-        raise ValueError(f"--tol={args.tol!r} must be > 0 (default {DEFAULT_RTOL:g}).")
-    if args.seed < 0:
-        raise ValueError(f"--seed={args.seed} must be a non-negative integer such as 0.")
-    if args.net == "simpleconv" and not args.model:
+    # Checked before the slow MNIST load, as gradcheck() checks them.
+    defaults = f"defaults: --tol {DEFAULT_RTOL:g}, --atol {DEFAULT_ATOL:g}"
+    check_positive("--tol", args.tol, defaults, allow_zero=True)
+    check_positive("--atol", args.atol, defaults, allow_zero=True)
+    check_int("--seed", args.seed, 0, "a non-negative integer such as 0.")
+    conv = args.net == "simpleconv" and not args.model  # fastnum's own CNN
+    if conv:
         from fastnum._jit import JIT_ENABLED
 
         if not JIT_ENABLED:  # before the slow MNIST load
@@ -679,7 +672,7 @@ def _cmd_gradcheck(args):
             )
     if args.verbose:
         _say_backend(args)
-    (x_train, t_train), _ = load_mnist(data_dir=args.data_dir)
+    (x_train, t_train), _ = load_mnist(data_dir=args.data_dir, one_hot_label=args.one_hot)
     if args.first is not None:
         if not 1 <= args.first <= len(x_train):
             raise ValueError(f"--first={args.first} must be between 1 and {len(x_train)}.")
@@ -691,12 +684,9 @@ def _cmd_gradcheck(args):
             )
         idx = np.random.default_rng(args.seed).choice(len(x_train), args.batch_size, replace=False)
     x, t = x_train[idx], t_train[idx]
-    if args.image or (args.net == "simpleconv" and not args.model):
+    if args.image or conv:
         x = x.reshape(len(x), 1, 28, 28)
-    if args.one_hot:
-        t = np.eye(10)[t]
     # Per-network defaults: SimpleConvNet is checked off the kinks of relu and pooling.
-    conv = args.net == "simpleconv" and not args.model
     defaults = CONV_CHECK if conv else _DEFAULTS
     if args.weight_init_std is None:
         args.weight_init_std = defaults.weight_init_std
@@ -707,29 +697,23 @@ def _cmd_gradcheck(args):
         _load_params_into(net, args.params)
     what = args.model or f"--net {args.net}"
     print(f"checking {what} on {len(x)} MNIST training images")
-    try:
-        result = gradcheck(
-            net,
-            x,
-            t,
-            h=args.h,
-            rtol=args.tol,
-            atol=args.atol,
-            log_guard=not args.no_log_guard,
-            fast=args.fast,
-            directions=args.directions,
-            seed=args.seed,
-            method=args.method,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            richardson=args.richardson,
-            worst=args.worst,
-        )
-    except ValueError as exc:
-        message = str(exc)
-        for name, option in _GRADCHECK_OPTIONS.items():
-            message = message.replace(name, option)
-        raise ValueError(message) from None
+    result = gradcheck(  # errors name gradcheck's arguments; _fail spells them as options
+        net,
+        x,
+        t,
+        h=args.h,
+        rtol=args.tol,
+        atol=args.atol,
+        log_guard=not args.no_log_guard,
+        fast=args.fast,
+        directions=args.directions,
+        seed=args.seed,
+        method=args.method,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        richardson=args.richardson,
+        worst=args.worst,
+    )
     print(result.report(worst=args.worst))
     if conv:
         print(CONV_CHECK.why)

@@ -232,12 +232,6 @@ class RunFolder:
             with contextlib.suppress(FileNotFoundError):
                 self.lock.unlink()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # --- writing ------------------------------------------------------------------------------
 
     def _write_failure(self, path, exc):

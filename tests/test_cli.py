@@ -81,7 +81,7 @@ def test_no_command_is_a_usage_error(capsys):
         (["train", "--batch-size", "0"], ["--batch-size=0"]),
         (["train", "--threads", "0"], ["--threads=0"]),
         (["train", "--resume"], ["--resume needs --out DIR"]),
-        (["gradcheck", "--tol", "0"], ["fastnum gradcheck: error:", "--tol=0.0"]),
+        (["gradcheck", "--tol", "-1"], ["fastnum gradcheck: error:", "--tol=-1.0"]),
         (["train", "--activation", "relu"], ["--activation='relu' needs --hidden-sizes"]),
         (["train", "--hidden-sizes", "30,0"], ["--hidden-sizes[1]=0"]),
     ],
@@ -137,7 +137,7 @@ def test_out_on_a_file_names_it(capsys, tmp_path):
 def test_unknown_backend_environment_variable_is_refused(capsys, monkeypatch):
     monkeypatch.setenv("FASTNUM_BACKEND", "cuda")
     # Each command would also fail on its other options: the backend must be refused first.
-    for command in (["train", "--lr", "-1"], ["gradcheck", "--tol", "0"]):
+    for command in (["train", "--lr", "-1"], ["gradcheck", "--tol", "-1"]):
         assert main(command) == 2
         one_error_line(
             capsys, "backend='cuda' (from $FASTNUM_BACKEND) is unknown", "unset FASTNUM_BACKEND"

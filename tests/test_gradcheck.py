@@ -516,7 +516,11 @@ def test_cli_loads_parameters(run, tmp_path):
     code, out, _ = run("--params", str(tmp_path / "params.npz"), "--hidden", "4")
     assert code == 0, out
     code, _, err = run("--params", str(tmp_path / "params.npz"), "--hidden", "5")
-    assert code == 2 and "W1 has shape (784, 4) but the network's is (784, 5)" in err
+    assert code == 2 and "params['W1'] has shape (784, 4)" in err and "(784, 5)" in err
+    bad = {**good, "b2": np.full(10, np.nan)}  # a diverged run's weights are refused too
+    np.savez(tmp_path / "params.npz", **bad)
+    code, _, err = run("--params", str(tmp_path / "params.npz"), "--hidden", "4")
+    assert code == 2 and "params['b2'] contains a non-finite value nan" in err
 
 
 @pytest.mark.numba  # the generic path (no JIT) would take minutes on 28x28 images
@@ -535,6 +539,7 @@ def test_cli_checks_simpleconv(run):
         (["--model", f"{BOOK}:TwoLayerNet", "--model-args", "{input_size: 1}"], "not valid JSON"),
         (["--model", f"{BOOK}:TwoLayerNet", "--model-args", "[1]"], "JSON object"),
         (["--tol", "-1"], "--tol=-1.0"),
+        (["--tol", "0", "--atol", "0"], "--tol and --atol are both 0"),
         (["--workers", "0"], "--workers=0"),
         (["--first", "0"], "--first=0"),
         (
