@@ -62,6 +62,21 @@ def numerical_gradient(f, x, h=H):
     return grad
 
 
+def numerical_gradient_at(f, x, flat_indices, h=H):
+    """:func:`numerical_gradient` at the flat (C-order) ``flat_indices`` of ``x`` only."""
+    grad = np.empty(len(flat_indices))
+    for k, i in enumerate(flat_indices):
+        idx = np.unravel_index(i, x.shape)
+        saved = x[idx]
+        x[idx] = saved + h
+        f_plus = f(x)
+        x[idx] = saved - h
+        f_minus = f(x)
+        x[idx] = saved
+        grad[k] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
 def gradient_descent(f, init_x, lr=0.01, step_num=100, return_path=False):
     """Plain gradient descent from ``init_x``; optionally also the path of visited points."""
     x = np.array(init_x, dtype=np.float64)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastnum import reference
 from fastnum.reference import LOG_GUARD
 
 # Blocks per worker: a few each evens out blocks that take longer than others.
@@ -118,11 +119,9 @@ class Evaluator:
 
     def block(self, name, start, stop, h):
         """Central differences of elements ``start:stop`` (flat, C order) of ``params[name]``."""
-        out = np.empty(stop - start)
-        for q in range(start, stop):
-            f_plus, f_minus = self._losses_around(name, q, h)
-            out[q - start] = (f_plus - f_minus) / (2 * h)
-        return out
+        return reference.numerical_gradient_at(
+            lambda _: self.loss(), self.net.params[name], range(start, stop), h
+        )
 
     def one_sided(self, name, q, step, f0):
         """Forward and backward slopes (L(+step) - L) / step, (L - L(-step)) / step of element q."""
