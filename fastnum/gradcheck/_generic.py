@@ -188,7 +188,7 @@ def plan_blocks(params, n_workers):
 _WORKER = None
 
 
-def _init_worker(data):
+def _init_worker(snap):
     global _WORKER
     try:  # one BLAS thread per process: the processes are the parallelism
         from threadpoolctl import threadpool_limits
@@ -196,7 +196,9 @@ def _init_worker(data):
         threadpool_limits(1)
     except ImportError:  # pragma: no cover
         pass
-    _WORKER = Evaluator(*pickle.loads(data)[:-1])  # in the worker process: safe to unpickle
+    if isinstance(snap, bytes):  # spawned: in the worker process, safe to unpickle
+        snap = pickle.loads(snap)
+    _WORKER = Evaluator(*snap[:-1])
 
 
 def _worker_task(task):
@@ -273,12 +275,17 @@ def run_tasks(snap, tasks, workers=1, scheduler=None):
             worker.block(*arg, h) if kind == "block" else worker.directional(arg, h)
             for kind, arg, h in tasks
         ]
-    # fork where the platform has it: the workers inherit the imported modules, so a
-    # class from a script passed with --model needs no importable module.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    # fork where the platform has it: the workers inherit the snapshot and the imported
+    # modules, so nothing is pickled (a class defined in a notebook, a function or a
+    # --model script needs neither an importable module nor cloudpickle).  Spawned
+    # workers get the snapshot pickled, with cloudpickle when it is installed.
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if fork else None)
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(dumps(snap),)
+        workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(snap if fork else dumps(snap),),
     ) as pool:
         return list(pool.map(_worker_task, tasks))
 
