@@ -1,4 +1,4 @@
-"""Shared test setup: the MNIST folder, and the ``numba`` marker (skip unless compiled)."""
+"""Shared test setup: the MNIST folder, and the ``numba`` and ``threads`` markers."""
 
 from __future__ import annotations
 
@@ -26,10 +26,43 @@ def mnist_source_dir():
     return Path(d)
 
 
+@pytest.fixture(scope="session")
+def mnist(mnist_source_dir):
+    """MNIST as ``load_mnist()`` gives it by default, parsed once per session (read only)."""
+    from fastnum.data import load_mnist
+
+    return load_mnist(data_dir=mnist_source_dir)
+
+
+@pytest.fixture
+def mnist_parsed_once(mnist, mnist_source_dir, monkeypatch):
+    """``fastnum.data.load_mnist`` answering from the session's parse, one-hot labels on request.
+
+    For command-line tests, which would otherwise parse the 60,000 images per command.
+    """
+    import fastnum.data
+
+    def cached(*args, data_dir=None, one_hot_label=False, **kwargs):
+        assert data_dir == str(mnist_source_dir)
+        if not one_hot_label:
+            return mnist
+        return tuple((x, fastnum.data.one_hot(t)) for x, t in mnist)
+
+    monkeypatch.setattr(fastnum.data, "load_mnist", cached)
+    return mnist_source_dir
+
+
 def pytest_runtest_setup(item):
-    """Skip tests marked ``numba`` (with the reason) unless the kernels are really compiled."""
+    """Skip tests marked ``numba`` unless the kernels are really compiled, and tests marked
+    ``threads`` unless, besides, numba may run 2 threads (a 1-thread run compares nothing)."""
     from fastnum._jit import HAVE_NUMBA, JIT_ENABLED  # after the environment set above
 
-    if item.get_closest_marker("numba") is not None and not JIT_ENABLED:
+    needs_jit = item.get_closest_marker("numba") or item.get_closest_marker("threads")
+    if needs_jit and not JIT_ENABLED:
         why = "NUMBA_DISABLE_JIT=1" if HAVE_NUMBA else "numba is not installed"
         pytest.skip(f"needs numba-compiled kernels ({why})")
+    if item.get_closest_marker("threads"):
+        import numba
+
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("compares 1 and 2 threads; numba may use only 1 here")

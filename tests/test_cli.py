@@ -218,24 +218,10 @@ def test_runs_as_a_module():
 # --- on MNIST ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mnist(mnist_source_dir):
-    from fastnum.data import load_mnist
-
-    return load_mnist(data_dir=mnist_source_dir)
-
-
 @pytest.fixture
-def data_dir(mnist, mnist_source_dir, monkeypatch):
-    """``--data-dir`` options; MNIST is parsed once per module, not once per command."""
-    import fastnum.data
-
-    def cached(*args, data_dir=None, **kwargs):
-        assert data_dir == str(mnist_source_dir)
-        return mnist
-
-    monkeypatch.setattr(fastnum.data, "load_mnist", cached)
-    return ["--data-dir", str(mnist_source_dir)]
+def data_dir(mnist_parsed_once):
+    """``--data-dir`` options; MNIST is parsed once per session, not once per command."""
+    return ["--data-dir", str(mnist_parsed_once)]
 
 
 def test_train_reads_mnist_and_writes_outputs(capsys, tmp_path, mnist_source_dir):

@@ -4,7 +4,7 @@ The oracle's central differences are checked against backprop (they differ by
 the book's 1e-7 log guard, ~1e-6) at tiny, odd geometries; the engine must then
 match the oracle's numerical gradient to 1e-9 absolute.  Engine tests force
 ``backend = "numba"``, which runs the engine as plain Python where numba is
-missing or disabled, so only the thread-count test needs numba itself.
+missing or disabled, so only the thread-count and book-size tests need numba compiled.
 """
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ import numpy as np
 import pytest
 
 from fastnum import SimpleConvNet, reference
-from fastnum._jit import JIT_ENABLED
+from fastnum._jit import HAVE_NUMBA, JIT_ENABLED, get_num_threads, set_num_threads
 from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
+from tests._backends import on_kernels
 from tests._stacks import BACKPROP_STACKS, max_abs_diff, problem
 from tests._training import quiet_train
-
-try:  # only the thread-count test needs numba itself
-    import numba
-except ImportError:  # pragma: no cover - exercised by the no-numba CI leg
-    numba = None
 
 TOL = 1e-9  # engine vs the oracle's numerical gradient, absolute
 GUARD_TOL = 2e-6  # numerical (guarded loss) vs backprop (unguarded), absolute, at O(0.1) weights
@@ -222,18 +218,12 @@ def test_float32_and_one_hot_inputs_give_the_float64_result():
 # ----------------------------------------------------------------------------- the engine
 
 
-def to_engine(net):
-    # Dispatch to the engine even where numba is missing (it then runs as Python).
-    net.backend = "numba"
-    return net
-
-
 @pytest.mark.parametrize("input_dim, conv_param", GEOMETRIES)
 def test_engine_matches_the_oracle_on_every_parameter(input_dim, conv_param):
     net, x, t = small_net(input_dim, conv_param)
     ref_ = oracle_gradient(net, x, t)
     ref_loss, ref_probs = ReferenceLayeredNet.loss(net, x, t), ReferenceLayeredNet.predict(net, x)
-    to_engine(net)
+    on_kernels(net)
     for strategy in STRATEGIES:
         comp_ = net.numerical_gradient(x, t, strategy=strategy)
         assert all(comp_[k].shape == net.params[k].shape for k in comp_)
@@ -244,7 +234,7 @@ def test_engine_matches_the_oracle_on_every_parameter(input_dim, conv_param):
 
 def test_engine_sampled_gradient_matches_its_full_gradient():
     net, x, t = small_net(*GEOMETRIES[4])
-    to_engine(net)
+    on_kernels(net)
     rng = np.random.default_rng(1)
     indices = {k: rng.choice(v.size, min(4, v.size), replace=False) for k, v in net.params.items()}
     for strategy in STRATEGIES:
@@ -277,13 +267,13 @@ def test_engine_on_real_mnist_small_network_every_parameter(mnist_source_dir):
     x64 = x.astype(np.float64)
     ref_ = oracle_gradient(net, x64, t)
     assert np.abs(ref_["W1"]).max() > 0
-    to_engine(net)
+    on_kernels(net)
     for strategy in STRATEGIES:
         assert max_abs_diff(net.numerical_gradient(x, t, strategy=strategy), ref_) <= TOL
     assert net.loss(x, t) == pytest.approx(ReferenceLayeredNet.loss(net, x64, t), rel=1e-12)
 
 
-@pytest.mark.skipif(not JIT_ENABLED, reason="the book-size network is too slow as plain Python")
+@pytest.mark.numba  # the book-size network is too slow as plain Python
 def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
     x, t = _mnist_images(mnist_source_dir, 100)
     net = SimpleConvNet(seed=0, weight_init_std=0.01, backend="numpy")
@@ -293,7 +283,7 @@ def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
     ref_ = net.numerical_gradient_at(x64, t, indices)
     ref_loss = ReferenceLayeredNet.loss(net, x64, t)
     ref_probs = ReferenceLayeredNet.predict(net, x64)
-    to_engine(net)
+    on_kernels(net)
     assert net.loss(x, t) == pytest.approx(ref_loss, rel=1e-12, abs=0)
     assert np.allclose(net.predict(x), ref_probs, rtol=1e-12, atol=0)
     for strategy in STRATEGIES:
@@ -304,7 +294,7 @@ def test_engine_on_real_mnist_book_network_sampled_parameters(mnist_source_dir):
     assert max_abs_diff({k: comp_[k].ravel()[i] for k, i in indices.items()}, ref_) <= TOL
 
 
-@pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="needs compiled numba threads")
+@pytest.mark.threads
 def test_engine_results_do_not_depend_on_the_thread_count():
     # Enough filters, units and samples that work is split into more tasks on 2 threads.
     net = SimpleConvNet(
@@ -320,17 +310,16 @@ def test_engine_results_do_not_depend_on_the_thread_count():
     x[x < 0.5] = 0.0
     t = rng.integers(0, 10, 33)
     results = {}
-    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-        numba.set_num_threads(threads)
+    before = get_num_threads()
+    for threads in (1, 2):
+        set_num_threads(threads)
         try:
             results[threads] = [net.numerical_gradient(x, t, strategy=s) for s in STRATEGIES]
             results[threads].append({"loss": net.loss(x, t), "p": net.predict(x)})
         finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    first, *others = results.values()
-    for other in others:
-        for a, b in zip(first, other, strict=True):
-            assert all(np.array_equal(a[k], b[k]) for k in a)
+            set_num_threads(before)
+    for a, b in zip(results[1], results[2], strict=True):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_accuracy_in_chunks_equals_one_pass(monkeypatch):
@@ -383,6 +372,7 @@ def test_train_simpleconv_on_mnist_writes_outputs_and_resumes(mnist_images, tmp_
     assert (tmp_path / "cut" / "accuracy.png").stat().st_size > 0
 
 
+@pytest.mark.skipif(not HAVE_NUMBA, reason="backend='numba' needs numba installed")
 def test_numerical_training_runs_the_same_on_the_engine_and_the_oracle(mnist_images):
     from fastnum.train import TrainConfig
 
@@ -399,7 +389,7 @@ def test_numerical_training_runs_the_same_on_the_engine_and_the_oracle(mnist_ima
         seed=2,
     )
     ref_ = quiet_train(TrainConfig(backend="numpy", **config), data)
-    comp_ = quiet_train(TrainConfig(backend="numba" if numba else "numpy", **config), data)
+    comp_ = quiet_train(TrainConfig(backend="numba", **config), data)
     assert comp_.net.input_dim == (1, 12, 12)
     assert max_abs_diff(comp_.params, ref_.params) <= 2 * 0.1 * TOL
 
@@ -450,7 +440,7 @@ def test_cli_trains_simpleconv(capsys, tmp_path, mnist_source_dir):
     assert len(json.loads((out / "history.json").read_text())["history"]["loss"]) == 4
 
 
-@pytest.mark.skipif(not JIT_ENABLED, reason="433,890 parameters need the compiled engine")
+@pytest.mark.numba  # 433,890 parameters need the compiled engine
 def test_cli_gradcheck_simpleconv_on_100_images_passes(capsys, mnist_source_dir):
     from fastnum.cli import main
 

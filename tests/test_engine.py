@@ -3,7 +3,7 @@
 Every stack is checked at tiny sizes for every parameter (both strategies, and
 at sampled indices), so the module also runs as plain Python under
 NUMBA_DISABLE_JIT=1 and without numba.  The book-size SimpleConvNet on real
-MNIST is checked at sampled parameters (compiled only).
+MNIST is checked at sampled parameters in tests/test_convnet.py (compiled only).
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 
 from fastnum import engine
-from fastnum._jit import JIT_ENABLED
-from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
+from fastnum._jit import get_num_threads, set_num_threads
+from fastnum.convnet import ReferenceLayeredNet, param_names
 from fastnum.kernels import layered
 from tests._stacks import SIMPLE, STACKS, max_abs_diff, problem
-
-try:  # only the thread-count test needs numba itself
-    import numba
-except ImportError:  # pragma: no cover - exercised by the no-numba CI leg
-    numba = None
 
 TOL = 1e-9  # gradients, absolute
 REL = 1e-12  # losses and forward passes, relative
@@ -190,15 +185,15 @@ def test_unknown_strategy_and_layer_kind_are_refused():
         engine.param_names((("dropout",),))
 
 
-@pytest.mark.skipif(numba is None or not JIT_ENABLED, reason="thread counts need compiled numba")
+@pytest.mark.threads
 @pytest.mark.parametrize("name", ["simpleconv", "dense-mixed", "two-layer-relu"])
 def test_results_are_bit_identical_at_one_and_two_threads(name):
     ref, params, x, t = problem(name, batch=7)
-    before = numba.get_num_threads()
+    before = get_num_threads()
     results = []
     try:
-        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(threads)
+        for threads in (1, 2):
+            set_num_threads(threads)
             results.append(
                 (
                     engine.numerical_gradient(ref.stack, params, x, t),
@@ -207,27 +202,6 @@ def test_results_are_bit_identical_at_one_and_two_threads(name):
                 )
             )
     finally:
-        numba.set_num_threads(before)
+        set_num_threads(before)
     (g1, l1, y1), (g2, l2, y2) = results
     assert max_abs_diff(g1, g2) == 0.0 and l1 == l2 and np.array_equal(y1, y2)
-
-
-@pytest.mark.skipif(not JIT_ENABLED, reason="the book-size network is too slow as plain Python")
-def test_book_simple_conv_net_on_mnist_at_sampled_parameters(mnist_source_dir):
-    from fastnum.data import load_mnist
-
-    (x_train, t_train), _ = load_mnist(normalize=True, flatten=False, data_dir=mnist_source_dir)
-    x = np.ascontiguousarray(x_train[:100], dtype=np.float64)
-    t = t_train[:100].astype(np.int64)
-    ref = ReferenceSimpleConvNet(seed=0)
-    params = {k: v.copy() for k, v in ref.params.items()}
-    rng = np.random.default_rng(0)
-    indices = {k: rng.choice(v.size, min(v.size, 3), replace=False) for k, v in params.items()}
-    ref_g = ref.numerical_gradient_at(x, t, indices)
-    delta_all = engine.numerical_gradient(ref.stack, params, x, t)
-    for strategy in STRATEGIES:
-        comp_g = engine.numerical_gradient_at(ref.stack, params, x, t, indices, strategy=strategy)
-        assert max_abs_diff(comp_g, ref_g) <= TOL
-    assert max_abs_diff({k: delta_all[k].ravel()[i] for k, i in indices.items()}, ref_g) <= TOL
-    ref_loss = ref.loss(x, t)
-    assert abs(engine.loss(ref.stack, params, x, t) - ref_loss) <= REL * ref_loss

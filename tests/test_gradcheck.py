@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import fastnum
 from fastnum import gradcheck as gradcheck_module
-from fastnum._jit import JIT_ENABLED
 from fastnum.gradcheck import DEFAULT_ATOL, DEFAULT_RTOL, GradcheckResult, gradcheck
 from fastnum.network import TwoLayerNet as FastnumTwoLayerNet
 from tests import book_style_nets as book
@@ -56,7 +55,7 @@ def test_book_two_layer_net_passes_without_its_numerical_gradient(method):
     assert 1e-9 < result.max_rel_err < 1e-5  # the log guard's ~1e-6, as documented
 
 
-@pytest.mark.skipif(not JIT_ENABLED, reason="BLAS is limited only around compiled kernels")
+@pytest.mark.numba  # BLAS is limited only around compiled kernels
 def test_blas_has_one_thread_during_an_engine_check_and_its_own_count_after():
     from threadpoolctl import threadpool_info
 
@@ -420,23 +419,13 @@ def test_bad_networks_and_batches():
 # --------------------------------------------------------------------- the command line
 
 
-@pytest.fixture(scope="module")
-def mnist(mnist_source_dir):
-    from fastnum.data import load_mnist
-
-    return load_mnist(data_dir=mnist_source_dir)
-
-
 @pytest.fixture
-def run(mnist, mnist_source_dir, monkeypatch, capsys):
+def run(mnist_parsed_once, capsys):
     """Run ``fastnum gradcheck ARGS`` on MNIST parsed once; return (exit code, stdout, stderr)."""
-    import fastnum.data
     from fastnum.cli import main
 
-    monkeypatch.setattr(fastnum.data, "load_mnist", lambda *a, **kw: mnist)
-
     def run_(*argv):
-        code = main(["gradcheck", "--data-dir", str(mnist_source_dir), "--workers", "1", *argv])
+        code = main(["gradcheck", "--data-dir", str(mnist_parsed_once), "--workers", "1", *argv])
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -174,7 +174,7 @@ def test_numerical_sgd_trajectory_matches_reference():
     assert max_errors(ref_net.params, comp_net.params)[0] <= 1e-9
 
 
-@pytest.mark.numba  # the thread count only exists compiled
+@pytest.mark.threads
 @pytest.mark.parametrize("strategy", backend.STRATEGIES)
 def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
     x, t = mnist_batch
@@ -184,7 +184,7 @@ def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
     try:
         set_num_threads(1)
         one = net.numerical_gradient(x, t, strategy=strategy)
-        set_num_threads(all_threads)
+        set_num_threads(2)
         many = net.numerical_gradient(x, t, strategy=strategy)
     finally:
         set_num_threads(all_threads)

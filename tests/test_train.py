@@ -13,14 +13,12 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from fastnum import backend as fb
-from fastnum._jit import JIT_ENABLED
 from fastnum.progress import Progress
 from fastnum.train import TrainConfig, TrainingDivergedError, train
 from tests._training import blob_data, quiet_train, small
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PARAMS = ("W1", "b1", "W2", "b2")
-needs_jit = pytest.mark.skipif(not JIT_ENABLED, reason="numba JIT not available or disabled")
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +72,7 @@ def test_history_follows_the_book_schedule(blobs):
     assert result.final_train_acc == result.net.accuracy(x_train, t_train)
 
 
-@pytest.mark.parametrize(
-    "backend", ["numpy", pytest.param("numba", marks=[needs_jit, pytest.mark.numba])]
-)
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.numba)])
 def test_numerical_and_backprop_trajectories_agree(blobs, backend):
     runs = [
         quiet_train(small(grad=g, iters=12, backend=backend), blobs)
@@ -91,9 +87,7 @@ def _blas_threads():
     return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
-@pytest.mark.parametrize(
-    "backend", ["numpy", pytest.param("numba", marks=[needs_jit, pytest.mark.numba])]
-)
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.numba)])
 def test_backprop_runs_where_asked_with_one_blas_thread_beside_numba(blobs, backend, monkeypatch):
     """numba kernels between BLAS calls would fight BLAS's threads for the cores."""
     from fastnum.network import TwoLayerNet
@@ -172,7 +166,7 @@ def test_resume_can_extend_a_finished_run(blobs, tmp_path):
     assert_same_run(full, again)
 
 
-@needs_jit
+@pytest.mark.numba
 @pytest.mark.numba
 def test_resume_is_bit_identical_with_numba(blobs, tmp_path):
     config = small(grad="numerical", iters=25, backend="numba", strategy="delta")
@@ -468,13 +462,6 @@ def test_progress_after_resume_counts_from_the_checkpoint():
 
 
 # --- real MNIST -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mnist(mnist_source_dir):
-    from fastnum.data import load_mnist
-
-    return load_mnist(data_dir=mnist_source_dir)
 
 
 def test_backprop_on_mnist_subset_beats_chance(mnist):
