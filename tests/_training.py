@@ -1,4 +1,5 @@
-"""What the training tests share: small labelled blobs, a quick config, a quiet train()."""
+"""What the training tests share: small labelled blobs, a quick config, a quiet train(),
+an interruption from the epoch callback."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def small(**kw):
         backend="numpy",
     )
     return TrainConfig(**{**base, **kw})
+
+
+class SimulatedInterruptError(Exception):
+    """Simulates an interruption from the epoch callback."""
+
+
+def stop_at_epoch(n):
+    """An epoch callback that interrupts the run when epoch ``n`` ends."""
+
+    def callback(info):
+        if info["epoch"] == n:
+            raise SimulatedInterruptError(info["iteration"])
+
+    return callback
 
 
 def quiet_train(config, data=None, out_dir=None, **kw):

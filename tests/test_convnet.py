@@ -19,7 +19,7 @@ from fastnum._jit import HAVE_NUMBA, JIT_ENABLED, get_num_threads, set_num_threa
 from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet, param_names
 from tests._backends import on_kernels
 from tests._stacks import BACKPROP_STACKS, max_abs_diff, problem
-from tests._training import quiet_train
+from tests._training import SimulatedInterruptError, quiet_train, stop_at_epoch
 
 TOL = 1e-9  # engine vs the oracle's numerical gradient, absolute
 GUARD_TOL = 2e-6  # numerical (guarded loss) vs backprop (unguarded), absolute, at O(0.1) weights
@@ -346,13 +346,6 @@ def mnist_images(mnist_source_dir):
 def test_train_simpleconv_on_mnist_writes_outputs_and_resumes(mnist_images, tmp_path):
     from fastnum.train import TrainConfig
 
-    class StopError(Exception):
-        pass
-
-    def stop_at_epoch_2(info):
-        if info["epoch"] == 2:
-            raise StopError
-
     (x, t), (x_test, t_test) = mnist_images
     data = (x[:200], t[:200]), (x_test[:100], t_test[:100])
     config = TrainConfig(
@@ -362,8 +355,8 @@ def test_train_simpleconv_on_mnist_writes_outputs_and_resumes(mnist_images, tmp_
     assert full.net.params["W1"].shape == (30, 1, 5, 5) and full.net.params["W3"].shape == (6, 10)
     assert full.history["epoch_iter"] == [1, 11, 21] and len(full.history["loss"]) == 25
     assert np.mean(full.history["loss"][-5:]) < np.mean(full.history["loss"][:5])
-    with pytest.raises(StopError):
-        quiet_train(config, data, tmp_path / "cut", callback=stop_at_epoch_2)
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, data, tmp_path / "cut", callback=stop_at_epoch(2))
     resumed = quiet_train(config, data, tmp_path / "cut", resume=True)
     assert resumed.history == full.history
     assert all(np.array_equal(resumed.params[k], full.params[k]) for k in full.params)

@@ -12,7 +12,8 @@ import pytest
 
 from fastnum._format import format_duration
 from fastnum.experiments import batch_size, depth_width, grid, learning_rate, output
-from fastnum.train import TrainConfig, TrainingDivergedError, train
+from fastnum.train import TrainConfig, TrainingDivergedError
+from tests._training import blob_data, quiet_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,12 +43,6 @@ def _square(spec):
     return spec["x"] ** 2
 
 
-def _blobs(n, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    return rng.standard_normal((3, 5))[labels] + 0.1 * rng.standard_normal((n, 5)), labels
-
-
 def test_train_config_hidden_sizes_and_activation():
     config = TrainConfig(hidden_sizes=[np.int64(4), 3], activation="relu")
     assert config.hidden_sizes == (4, 3) and config.to_dict()["hidden_sizes"] == [4, 3]
@@ -64,7 +59,7 @@ def test_train_config_hidden_sizes_and_activation():
 
 @pytest.mark.parametrize("grad", ["backprop", "numerical"])
 def test_train_a_multilayer_net_and_resume_it(tmp_path, grad):
-    data = (_blobs(120), _blobs(40, seed=1))
+    data = blob_data(0)
     config = TrainConfig(
         grad=grad,
         iters=12,
@@ -75,20 +70,15 @@ def test_train_a_multilayer_net_and_resume_it(tmp_path, grad):
         weight_init_std=0.3,
         backend="numpy",
     )
-    whole = train(config, data, progress=False, log=None)
+    whole = quiet_train(config, data)
     assert list(whole.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
-    train(TrainConfig(**{**config.to_dict(), "iters": 5}), data, tmp_path, progress=False, log=None)
-    resumed = train(config, data, tmp_path, resume=True, progress=False, log=None)
+    quiet_train(TrainConfig(**{**config.to_dict(), "iters": 5}), data, tmp_path)
+    resumed = quiet_train(config, data, tmp_path, resume=True)
     assert resumed.history == whole.history
     assert json.loads((tmp_path / "history.json").read_text())["config"]["hidden_sizes"] == [4, 3]
     with pytest.raises(ValueError, match="hidden_sizes"):
-        train(
-            TrainConfig(**{**config.to_dict(), "hidden_sizes": [4, 4]}),
-            data,
-            tmp_path,
-            resume=True,
-            progress=False,
-            log=None,
+        quiet_train(
+            TrainConfig(**{**config.to_dict(), "hidden_sizes": [4, 4]}), data, tmp_path, resume=True
         )
 
 

@@ -17,7 +17,7 @@ import pytest
 from fastnum import rundir
 from fastnum.cli import main
 from fastnum.rundir import CheckpointError, RunFolderError
-from tests._training import blob_data, quiet_train, small
+from tests._training import SimulatedInterruptError, blob_data, quiet_train, small, stop_at_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,18 +149,10 @@ def test_unreadable_lock_says_how_to_clear_it(blobs, tmp_path):
         quiet_train(small(), blobs, tmp_path)
 
 
-class StopError(Exception):
-    """Raised from the epoch callback."""
-
-
-def _stop(info):
-    raise StopError
-
-
 def test_lock_is_released_however_the_run_ends(blobs, tmp_path):
     quiet_train(small(), blobs, tmp_path / "done")
-    with pytest.raises(StopError):
-        quiet_train(small(), blobs, tmp_path / "stopped", callback=_stop)
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(small(), blobs, tmp_path / "stopped", callback=stop_at_epoch(1))
     with pytest.raises(Exception, match="diverged"):
         quiet_train(small(lr=1e308), blobs, tmp_path / "diverged")
     with pytest.raises(CheckpointError):

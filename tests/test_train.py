@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_info
 from fastnum import backend as fb
 from fastnum.progress import Progress
 from fastnum.train import TrainConfig, TrainingDivergedError, train
-from tests._training import blob_data, quiet_train, small
+from tests._training import SimulatedInterruptError, blob_data, quiet_train, small, stop_at_epoch
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PARAMS = ("W1", "b1", "W2", "b2")
@@ -32,18 +32,6 @@ def assert_same_run(a, b):
         assert np.array_equal(a.params[k], b.params[k]), k
     assert a.history == b.history
     assert (a.final_train_acc, a.final_test_acc) == (b.final_train_acc, b.final_test_acc)
-
-
-class SimulatedInterruptError(Exception):
-    """Simulates an interruption from the epoch callback."""
-
-
-def stop_at_epoch(n):
-    def callback(info):
-        if info["epoch"] == n:
-            raise SimulatedInterruptError(info["iteration"])
-
-    return callback
 
 
 # --- learning ---------------------------------------------------------------------------------
