@@ -50,21 +50,12 @@ def numerical_gradient(f, x, h=H):
             f"numerical_gradient needs a float array, got dtype {x.dtype}: an integer array "
             "cannot hold x + h. Convert it first, e.g. x.astype(np.float64)."
         )
-    grad = np.zeros(x.shape, dtype=x.dtype)
-    for idx in np.ndindex(x.shape):
-        saved = x[idx]
-        x[idx] = saved + h
-        f_plus = f(x)
-        x[idx] = saved - h
-        f_minus = f(x)
-        x[idx] = saved
-        grad[idx] = (f_plus - f_minus) / (2 * h)
-    return grad
+    return numerical_gradient_at(f, x, range(x.size), h).reshape(x.shape)
 
 
 def numerical_gradient_at(f, x, flat_indices, h=H):
     """:func:`numerical_gradient` at the flat (C-order) ``flat_indices`` of ``x`` only."""
-    grad = np.empty(len(flat_indices))
+    grad = np.empty(len(flat_indices), dtype=x.dtype)
     for k, i in enumerate(flat_indices):
         idx = np.unravel_index(i, x.shape)
         saved = x[idx]

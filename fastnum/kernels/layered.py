@@ -455,20 +455,7 @@ def _dense_delta_task(
                 for q in range(nr):
                     z1[j, q] = zj + h * vals[q]
                     z1[j, nr + q] = zj - h * vals[q]
-                _propagate(
-                    layer,
-                    n_q,
-                    s,
-                    z1,
-                    z2,
-                    dq,
-                    tail,
-                    t,
-                    guard,
-                    mx,
-                    sm,
-                    out,
-                )
+                _propagate(layer, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
             else:
                 aj = A[z_off[layer] + s * n_out + j]
                 for q in range(nr):
@@ -493,20 +480,7 @@ def _dense_delta_task(
                     wjc = w[row + c]
                     for q in range(n_q):
                         z1[c, q] = zc + chg[q] * wjc
-                _propagate(
-                    layer + 1,
-                    n_q,
-                    s,
-                    z1,
-                    z2,
-                    dq,
-                    tail,
-                    t,
-                    guard,
-                    mx,
-                    sm,
-                    out,
-                )
+                _propagate(layer + 1, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
             for q in range(nr):
                 g[rows[q]] += out[q] - out[nr + q]
 
