@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from fastnum._jit import get_num_threads
-from fastnum.registry import COMPARISONS, hidden_label
+from fastnum.registry import BOOK_AS_PUBLISHED, COMPARISONS, hidden_label, numba_impl
 
 #: numba's thread count at start-up: the "all threads" setting of the numba cases.
 ALL_THREADS = get_num_threads()
@@ -47,8 +47,7 @@ DEPTH_SERIES = ((50, 50), (50, 50, 50))
 # The implementations that cost seconds per gradient at the book's size, timed with a
 # few fixed rounds: the NumPy reference, the book's algorithm compiled ("full") and
 # the book's code as published.  The last is timed at the book's size only.
-FULL_IMPL = "numba-full"
-BOOK_AS_PUBLISHED = "book-float32"
+FULL_IMPL = numba_impl("full")
 SLOW_IMPLS = ("numpy", FULL_IMPL, BOOK_AS_PUBLISHED)
 
 
@@ -149,12 +148,18 @@ def active_profile():
     if name not in PROFILES:
         raise ValueError(f"{PROFILE_ENV}={name!r} is unknown; use one of {', '.join(PROFILES)}.")
     profile = PROFILES[name]
-    rounds = os.environ.get(SLOW_ROUNDS_ENV)
-    if rounds:
-        if not rounds.isdigit() or int(rounds) < 1:
-            raise ValueError(f"{SLOW_ROUNDS_ENV}={rounds!r} must be a positive integer.")
-        profile = dataclasses.replace(profile, slow_rounds=int(rounds))
-    return profile
+    rounds = _positive_int_env(SLOW_ROUNDS_ENV)
+    return profile if rounds is None else dataclasses.replace(profile, slow_rounds=rounds)
+
+
+def _positive_int_env(name):
+    """The positive integer in ``$name``, None when unset or empty, or raise naming it."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer.")
+    return int(value)
 
 
 def blas_threads_limit():
@@ -165,12 +170,7 @@ def blas_threads_limit():
     ValueError
         The value is not a positive integer.
     """
-    value = os.environ.get(BLAS_THREADS_ENV)
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{BLAS_THREADS_ENV}={value!r} must be a positive integer.")
-    return int(value)
+    return _positive_int_env(BLAS_THREADS_ENV)
 
 
 def implementations(op_name):

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 import fastnum
+from benchmarks.conftest import SMOKE_PIXELS
 from fastnum import engine, reference
 from fastnum._jit import JIT_ENABLED
 from fastnum.constants import H
 
-SMOKE_PIXELS = np.array([r * 28 + c for r in range(12, 16) for c in range(12, 16)])
 RESULTS = {}
 
 
@@ -123,7 +123,6 @@ def test_gradcheck_book_conv(benchmark, book, mnist_train, impl):
     n_sampled = sum(len(i) for i in sample.values())
     benchmark.group = "gradcheck_book_conv"
     benchmark.extra_info.update(gradcheck=impl, batch=batch, params=n_params, smoke=smoke)
-    stack = fastnum.gradcheck._stack.recognise(net)
     if impl == "engine":
         fastnum.gradcheck(net, x, t, method="engine", workers=1)  # compile outside the timing
         benchmark.pedantic(
@@ -134,6 +133,7 @@ def test_gradcheck_book_conv(benchmark, book, mnist_train, impl):
             warmup_rounds=0,
         )
     else:
+        stack = fastnum.gradcheck._stack.recognise(net)
         benchmark.extra_info["extrapolate_factor"] = n_params / n_sampled
         comp_ = benchmark.pedantic(
             _sampled_book_loop, args=(net, x, t, sample), rounds=1 if smoke else 3, warmup_rounds=0

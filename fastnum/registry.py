@@ -227,13 +227,17 @@ def _book_as_published_args(pr):
     return (reference_net(pr.params), pr.x.astype(np.float32), onehot, pr.h)
 
 
+#: The yardstick name of the book's code as published (float32 images).
+BOOK_AS_PUBLISHED = "book-float32"
+
+
 def _with_book_as_published(op):
     """``op`` plus the yardstick "book-float32": the book's loop on the book's input types.
 
     It computes the reference's function (up to float64 rounding in the products),
     so its yardstick tolerance is loose only against summation-order differences.
     """
-    name = "book-float32"
+    name = BOOK_AS_PUBLISHED
     return dataclasses.replace(
         op,
         setup={**op.setup, name: _book_as_published_args},

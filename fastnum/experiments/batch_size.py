@@ -124,11 +124,11 @@ def budget_specs(settings, sec_per_iter, data_dir=None):
     ]
 
 
-def measure(settings, scheduler=None, data_dir=None, log=print):
+def measure(settings, scheduler=None, data_dir=None):
     """Run both grids; return one row (dict of COLUMNS) per batch size."""
-    epoch_runs = grid.run_grid(epoch_specs(settings, data_dir), scheduler, log=log)
+    epoch_runs = grid.run_grid(epoch_specs(settings, data_dir), scheduler)
     sec = {r["tags"]["batch_size"]: r["sec_per_iter"] for r in epoch_runs}
-    budget_runs = grid.run_grid(budget_specs(settings, sec, data_dir), scheduler, log=log)
+    budget_runs = grid.run_grid(budget_specs(settings, sec, data_dir), scheduler)
     rows = []
     for e, b in zip(epoch_runs, budget_runs, strict=True):
         size = e["tags"]["batch_size"]

@@ -305,10 +305,11 @@ def run_grid(specs, scheduler=None, func=run_one, log=print):
         return results
     with dask_client(scheduler) as client:
         futures = client.map(func, specs, pure=False)
+        results = []
         for i, (spec, future) in enumerate(zip(specs, futures, strict=True), 1):
-            future.result()  # raises the run's own exception, if any
+            results.append(future.result())  # raises the run's own exception, if any
             _log_done(log, i, len(specs), spec)
-        return client.gather(futures)
+        return results
 
 
 def _log_done(log, i, n, spec):

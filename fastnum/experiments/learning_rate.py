@@ -73,15 +73,15 @@ RUN_COLUMNS = [
 CURVE_COLUMNS = ["lr", "iteration", "loss", "train_acc", "test_acc"]
 
 
-def gradient_descent_paths(gd=GD):
-    """The book's gradient descent for each learning rate; one row per visited point."""
+def gradient_descent_paths():
+    """The book's gradient descent for each learning rate of GD; one row per visited point."""
     rows = []
-    for lr in gd["lrs"]:
+    for lr in GD["lrs"]:
         _, path = reference.gradient_descent(
             reference.function_2,
-            np.array(gd["init"]),
+            np.array(GD["init"]),
             lr=lr,
-            step_num=gd["step_num"],
+            step_num=GD["step_num"],
             return_path=True,
         )
         for step, (x0, x1) in enumerate(path):
