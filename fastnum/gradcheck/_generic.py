@@ -105,18 +105,6 @@ class Evaluator:
             return float(-np.log(p).sum() / len(self.x))
         return float(self.net.loss(self.x, self.t, **self.kwargs))
 
-    def _losses_around(self, name, q, step):
-        """L with flat element q of ``params[name]`` moved by +step, then by -step (restored)."""
-        arr = self.net.params[name]
-        idx = np.unravel_index(q, arr.shape)
-        saved = arr[idx]
-        arr[idx] = saved + step
-        f_plus = self.loss()
-        arr[idx] = saved - step
-        f_minus = self.loss()
-        arr[idx] = saved
-        return f_plus, f_minus
-
     def block(self, name, start, stop, h):
         """Central differences of elements ``start:stop`` (flat, C order) of ``params[name]``."""
         return reference.numerical_gradient_at(
@@ -125,7 +113,14 @@ class Evaluator:
 
     def one_sided(self, name, q, step, f0):
         """Forward and backward slopes (L(+step) - L) / step, (L - L(-step)) / step of element q."""
-        f_plus, f_minus = self._losses_around(name, q, step)
+        arr = self.net.params[name]
+        idx = np.unravel_index(q, arr.shape)
+        saved = arr[idx]
+        arr[idx] = saved + step
+        f_plus = self.loss()
+        arr[idx] = saved - step
+        f_minus = self.loss()
+        arr[idx] = saved
         return (f_plus - f0) / step, (f0 - f_minus) / step
 
     def directional(self, direction, h):
