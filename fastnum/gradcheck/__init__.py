@@ -128,10 +128,9 @@ def _find_kinks(elements, bp, rtol, h, own, own_loss, engine_at):
     """name -> flat indices of failing elements that sit on a kink of the loss (see at_kink).
 
     ``elements[name]`` is :func:`failing_elements` of each comparable parameter; only
-    the elements it probes are asked.  On the engine path one
-    more kernel call per small step gives all their central differences at that step,
-    enough where no corner sits exactly at theta; the rest get the network's own
-    one-sided slopes.
+    the elements it probes are asked.  On the engine path one more kernel call per small
+    step gives all their central differences at that step, enough where no corner sits
+    exactly at theta; the rest get the network's own one-sided slopes.
     """
     # name -> (the parameter's tolerance floor, its elements still to probe)
     pending = {name: (e[1], e[3]) for name, e in elements.items() if len(e[3])}
