@@ -32,7 +32,7 @@ Fast paths: with ``log_guard == 1e-7`` the book's sigmoid two-layer stack runs o
 it is not slower and compiles nothing new through the engine; so does the ``delta``
 gradient of the chapter 5 ReLU two-layer stack (1.6 ms vs the engine's 11.8 ms at
 784-50-10, batch 100, 2 threads; this is what makes ``fastnum.gradcheck`` of that
-network ~1,400x the book's loop); the ``full``
+network over 1,000x the book's loop); the ``full``
 gradient of a dense stack of one hidden activation runs on
 :mod:`fastnum.kernels.multilayer` (parallel over parameters).  Its ``delta``
 stays on the engine, which was faster on every dense stack measured side by
