@@ -5,18 +5,22 @@ Bad input, errors raised by a ``--model``'s own code and training failures end w
 one line on stderr, never a traceback (``--verbose`` adds the traceback for debugging).
 Exit codes: 0 success, 1 training diverged or gradient check failed, 2 bad option,
 input or an error in the ``--model``'s code, 3 no verdict possible (the loss is not
-deterministic or moved the parameters), 130 interrupted.
+deterministic or moved the parameters), 130 interrupted, 143 terminated (SIGTERM, which
+``fastnum train`` turns into a clean stop: its run folder is unlocked, not left stale).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +44,7 @@ __all__ = ["build_parser", "main"]
 
 # 1 is a verdict ("the check failed"), never an error; 3 says no verdict was possible.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
 
 _DEFAULTS = TrainConfig()
 
@@ -57,7 +62,8 @@ examples:
 exit codes: 0 success, 1 training diverged or gradient check failed,
 2 bad option or input, or an error raised by --model's own code,
 3 no verdict possible (gradcheck: the loss is not deterministic or moved the
-parameters), 130 interrupted (Ctrl-C).
+parameters), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: train stops
+cleanly, its --out folder unlocked and resumable).
 Run `fastnum COMMAND --help` for the options of each command.
 """
 
@@ -920,6 +926,32 @@ def _fail(args, exc, prefix="error"):
     print(f"fastnum {getattr(args, 'command', '')}: {prefix}: {message}", file=sys.stderr)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler) arrived during ``fastnum train``."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises :class:`_Terminated`: the run unwinds and releases run.lock.
+
+    Python's default for SIGTERM ends the process on the spot, leaving run.lock behind, and
+    the next run in the folder is refused for a stale lock that the user must delete.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals need it
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     """Run the ``fastnum`` command line and return its exit code.
 
@@ -935,8 +967,9 @@ def main(argv=None):
         input, or the ``--model``'s own code raised (on import, in its constructor, loss
         or gradient, or a worker running it died); 3 no verdict possible
         (:class:`~fastnum.gradcheck._errors.GradcheckRefusedError`: the loss is not
-        deterministic or moved the parameters); 130 interrupted.  Every error is one
-        line on stderr (``--verbose`` adds the traceback).
+        deterministic or moved the parameters); 130 interrupted; 143 terminated
+        (SIGTERM during ``train``, which stops cleanly and unlocks its folder).  Every
+        error is one line on stderr (``--verbose`` adds the traceback).
     """
     try:
         args = build_parser().parse_args(argv)
@@ -945,7 +978,8 @@ def main(argv=None):
     try:
         if hasattr(args, "backend"):  # --backend, else $FASTNUM_BACKEND: refused before any work
             resolve_backend(args.backend)
-        return args.func(args)
+        with _sigterm_unwinds() if args.command == "train" else contextlib.nullcontext():
+            return args.func(args)
     except TrainingDivergedError as exc:
         _fail(args, exc, "diverged")
         return EXIT_FAILED
@@ -955,9 +989,10 @@ def main(argv=None):
     except UserCodeError as exc:
         _fail(args, exc)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"\nfastnum {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\nfastnum {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except (ValueError, TypeError, OSError, ImportError) as exc:
         _fail(args, exc)
         return EXIT_USAGE

@@ -57,11 +57,9 @@ def _wait_for(path, seconds=120):
         time.sleep(0.05)
 
 
-def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
-    tmp_path, mnist_source_dir, capsys
-):
-    out = tmp_path / "run"
-    argv = [
+def _endless_run(out, mnist_source_dir):
+    """``fastnum train`` arguments of a run that lasts until stopped, checkpointing often."""
+    return [
         "train",
         "--grad",
         "numerical",
@@ -83,6 +81,13 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
         str(out),
         "-q",
     ]
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
+    tmp_path, mnist_source_dir, capsys
+):
+    out = tmp_path / "run"
+    argv = _endless_run(out, mnist_source_dir)
     first = subprocess.Popen(
         [sys.executable, "-m", "fastnum.cli", *argv],
         cwd=REPO,
@@ -117,6 +122,33 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
     assert main([*longer, "--resume"]) == 0
     assert read_checkpoint(out / "checkpoint.npz")[0]["iteration"] == done + 3
     assert not (out / "run.lock").exists()
+
+
+def test_sigterm_stops_a_run_cleanly_and_unlocks_its_folder(tmp_path, mnist_source_dir):
+    out = tmp_path / "run"
+    argv = _endless_run(out, mnist_source_dir)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fastnum.cli", *argv],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(out / "checkpoint.npz")
+        run.send_signal(signal.SIGTERM)  # as kill, timeout or a job scheduler stop a run
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 143, err
+    assert err.strip() == (
+        f"fastnum train: terminated (SIGTERM); continue with the same options plus "
+        f"--resume --out {out}"
+    )
+    assert not (out / "run.lock").exists()  # no stale lock to delete by hand
+    done = read_checkpoint(out / "checkpoint.npz")[0]["iteration"]
+    longer = [str(done + 2) if a == "100000" else a for a in argv]
+    assert main([*longer, "--resume"]) == 0
 
 
 def _lock(out, pid, host=None):
