@@ -1,16 +1,26 @@
 """The ``fastnum`` command: ``fastnum train`` and ``fastnum gradcheck``.
 
 Run it as ``fastnum ...`` once installed, or as ``python -m fastnum.cli ...``.
-Bad input and training failures end with one line on stderr, never a traceback
-(``--verbose`` adds the traceback for debugging).
+Bad input, errors raised by a ``--model``'s own code and training failures end with
+one line on stderr, never a traceback (``--verbose`` adds the traceback for debugging).
+Exit codes: 0 success, 1 training diverged or gradient check failed, 2 bad option,
+input or an error in the ``--model``'s code, 3 no verdict possible (the loss is not
+deterministic or moved the parameters), 130 interrupted, 143 terminated (SIGTERM, which
+``fastnum train`` turns into a clean stop: its run folder is unlocked, not left stale).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
+import json
 import re
+import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +29,7 @@ from fastnum._validate import check_int, check_positive
 from fastnum.backend import BACKEND_ENV, BACKENDS, STRATEGIES, describe_backend, resolve_backend
 from fastnum.convnet import CONV_CHECK
 from fastnum.gradcheck import DEFAULT_ATOL, DEFAULT_RTOL, METHODS
+from fastnum.gradcheck._errors import GradcheckRefusedError, UserCodeError, describe_exception
 from fastnum.rundir import CHECKPOINT
 from fastnum.train import (
     ACTIVATIONS,
@@ -31,7 +42,9 @@ from fastnum.train import (
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# 1 is a verdict ("the check failed"), never an error; 3 says no verdict was possible.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
 
 _DEFAULTS = TrainConfig()
 
@@ -47,7 +60,10 @@ examples:
   fastnum gradcheck                        numerical vs backprop gradient on 3 MNIST images
 
 exit codes: 0 success, 1 training diverged or gradient check failed,
-2 bad option or input, 130 interrupted (Ctrl-C).
+2 bad option or input, or an error raised by --model's own code,
+3 no verdict possible (gradcheck: the loss is not deterministic or moved the
+parameters), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: train stops
+cleanly, its --out folder unlocked and resumable).
 Run `fastnum COMMAND --help` for the options of each command.
 """
 
@@ -77,7 +93,13 @@ gradient_check.py prints), the max absolute and relative error, and the worst
 elements of a failing parameter.  The book's 1e-7 guard inside log() shifts the
 numerical gradient by ~1e-6 relative, hence the default --tol 1e-05 (plus a slack
 for gradients that cancel over the batch, stated in the report); --no-log-guard
-removes it.  Exit code 0 pass, 1 fail, 2 bad option or input.
+removes it.
+
+exit codes: 0 pass; 1 fail; 2 bad option or input, or --model's own code raised
+(on import, in its constructor, loss or gradient, or a worker process died);
+3 no verdict possible: two evaluations of the loss at the same parameters
+disagree (noise, dropout drawing from its own generator) or the loss moved the
+parameters; 130 interrupted.
 
 --model checks your own class: any object with params (a dict of arrays that
 loss reads in place), loss(x, t) and gradient(x, t), as the book writes them.
@@ -118,6 +140,8 @@ _OPTION_NAMES = {
     "workers": "--workers",
     "directions": "--directions",
     "worst": "--worst",
+    "probe_seconds": "--probe-seconds",
+    "fallback_seconds": "--fallback-seconds",
 }
 # Phrases rewritten as they stand: "method" alone is too common a word to rewrite.
 _OPTION_PHRASES = {"method='engine'": "--method engine"}
@@ -437,6 +461,23 @@ def _add_gradcheck_parser(sub):
         help="random directions of --fast (default: %(default)s)",
     )
     check.add_argument(
+        "--fallback-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="--fast falls back to every element only when that takes at most S seconds "
+        "(default: %(default)s)",
+    )
+    check.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="time for resolving the elements that fail at h (smaller steps, one-sided "
+        "slopes); elements left unprobed make the verdict INCONCLUSIVE, exit 3 "
+        "(default: %(default)s)",
+    )
+    check.add_argument(
         "--richardson",
         action="store_true",
         help="also take step h/2, extrapolate, and estimate the truncation error",
@@ -542,6 +583,25 @@ def _cmd_train(args):
     return EXIT_OK
 
 
+class _VerbatimError(ValueError):
+    """Bad input whose message quotes the user's own names: printed as it is, exit 2.
+
+    ``_as_options`` would turn a ``hidden_size`` key of a --model-args example into
+    ``--hidden``, which the reader's class does not take.
+    """
+
+
+def _where_in(file, exc):
+    """`` (FILE, line N)`` of the deepest frame of ``exc`` inside ``file``, else ``""``."""
+    import traceback as tb
+
+    if isinstance(exc, SyntaxError):  # its message already names the file and line
+        return ""
+    target = file.resolve()
+    lines = [f.lineno for f in tb.extract_tb(exc.__traceback__) if Path(f.filename) == target]
+    return f" ({file.name}, line {lines[-1]})" if lines else ""
+
+
 def _load_model_class(spec):
     """``path/to/file.py:ClassName`` -> the class, importing the file as a module."""
     import importlib.util
@@ -553,12 +613,22 @@ def _load_model_class(spec):
     if not file.is_file():
         raise FileNotFoundError(f"--model file {path} does not exist.")
     module_name = f"fastnum_model_{file.stem}"
-    module_spec = importlib.util.spec_from_file_location(module_name, file)
+    # An absolute path, so that tracebacks (and _where_in) name the file wherever we run.
+    module_spec = importlib.util.spec_from_file_location(module_name, file.resolve())
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # pickling for worker processes finds it here
     sys.path.insert(0, str(file.resolve().parent))  # the file's own imports (e.g. common/)
     try:
         module_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # whatever the reader's file raises: one line
+        del sys.modules[module_name]
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError):
+            hint = "; run fastnum from the folder the file's imports expect"
+        raise _VerbatimError(
+            f"--model {path} could not be imported: {describe_exception(exc)}"
+            f"{_where_in(file, exc)}{hint}."
+        ) from exc
     finally:
         sys.path.remove(str(file.resolve().parent))
     try:
@@ -568,29 +638,131 @@ def _load_model_class(spec):
     except ImportError:  # pragma: no cover - cloudpickle comes with dask
         pass
     if not isinstance(getattr(module, name, None), type):
-        raise ValueError(f"--model: {path} defines no class {name!r}.")
+        classes = sorted(
+            k
+            for k, v in vars(module).items()
+            if isinstance(v, type) and v.__module__ == module_name
+        )
+        defined = f"; it defines {', '.join(classes)}" if classes else ""
+        raise _VerbatimError(f"--model: {path} defines no class {name!r}{defined}.")
     return getattr(module, name)
 
 
-def _gradcheck_net(args, input_size):
-    """The network to check: --model's class or one of fastnum's (--net)."""
-    import json
+# Values for the constructor arguments of the book's networks (and ones named like them),
+# for a --model-args example when the argument has no default.
+_BOOK_ARGS = {
+    "input_size": 784,
+    "hidden_size": 50,
+    "output_size": 10,
+    "hidden_size_list": [100, 100],
+    "input_dim": [1, 28, 28],
+    "weight_init_std": 0.01,
+}
 
+
+def _as_json(value):
+    """``value`` as JSON text if JSON gives it back (tuples as arrays), else None."""
+
+    def lists(v):
+        if isinstance(v, tuple | list):
+            return [lists(x) for x in v]
+        if isinstance(v, dict):
+            return {k: lists(x) for k, x in v.items()}
+        return v
+
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == lists(value) else None  # e.g. int dict keys
+
+
+def _constructor(cls):
+    """The keyword parameters of ``cls(...)`` and whether it takes ``**kwargs``, or None."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a class built in C)
+        return None
+    keywords = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return keywords, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _model_args_example(cls):
+    """``--model-args '{...}'`` for ``cls`` as valid JSON, and a note on placeholders."""
+    ctor = _constructor(cls)
+    if ctor is None or (not ctor[0] and ctor[1]):  # nothing to read: the book's names
+        return f"--model-args {shlex.quote(json.dumps(_BOOK_ARGS))}", ""
+    fields, placeholders = [], []
+    for p in ctor[0]:
+        if p.default is p.empty:
+            if p.name in _BOOK_ARGS:
+                fields.append(f"{json.dumps(p.name)}: {json.dumps(_BOOK_ARGS[p.name])}")
+            else:
+                fields.append(f"{json.dumps(p.name)}: 0")
+                placeholders.append(p.name)
+        elif (default := _as_json(p.default)) is not None:
+            fields.append(f"{json.dumps(p.name)}: {default}")
+        # A default JSON cannot hold (an object, NaN) is left out: the class keeps it.
+    example = f"--model-args {shlex.quote('{' + ', '.join(fields) + '}')}"
+    note = f" (0 stands for your value of {', '.join(placeholders)})" if placeholders else ""
+    return example, note
+
+
+def _model_kwargs(cls, text):
+    """--model-args parsed and checked against ``cls``'s constructor."""
+    example, note = _model_args_example(cls)
+    write = f"write e.g. {example}{note}"
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _VerbatimError(f"--model-args {text!r} is not valid JSON ({exc}); {write}.") from None
+    if not isinstance(kwargs, dict):
+        raise _VerbatimError(
+            f"--model-args must be a JSON object of {cls.__name__}'s keyword arguments, "
+            f"not {type(kwargs).__name__} {text!r}; {write}."
+        )
+    ctor = _constructor(cls)
+    if ctor is None:
+        return kwargs
+    names = [p.name for p in ctor[0]]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown and not ctor[1]:
+        accepted = ", ".join(names) if names else "no arguments"
+        raise _VerbatimError(
+            f"--model-args: {cls.__name__} takes no argument {', '.join(map(repr, unknown))}; "
+            f"it accepts {accepted}; {write}."
+        )
+    missing = [p.name for p in ctor[0] if p.default is p.empty and p.name not in kwargs]
+    if missing:
+        raise _VerbatimError(
+            f"--model-args lacks {', '.join(map(repr, missing))}, which {cls.__name__} needs "
+            f"(no default); {write}."
+        )
+    return kwargs
+
+
+def _build_model(args):
+    """--model's class built with --model-args, NumPy's global generator seeded as the book's."""
     import numpy as np
 
-    if args.model:
-        try:
-            kwargs = json.loads(args.model_args)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"--model-args is not valid JSON ({exc}); write e.g. "
-                '\'{"input_size": 784, "hidden_size": 50}\''
-            ) from None
-        if not isinstance(kwargs, dict):
-            raise ValueError("--model-args must be a JSON object of keyword arguments.")
-        cls = _load_model_class(args.model)
-        np.random.seed(args.seed)  # noqa: NPY002 - the book's classes draw from it
+    cls = _load_model_class(args.model)  # first: the --model-args example uses its names
+    kwargs = _model_kwargs(cls, args.model_args)
+    np.random.seed(args.seed)  # noqa: NPY002 - the book's classes draw from it
+    try:
         return cls(**kwargs)
+    except Exception as exc:  # the reader's constructor: one line, exit 2
+        call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        if len(call) > 120:
+            call = call[:117] + "..."
+        file = Path(args.model.rpartition(":")[0])
+        raise _VerbatimError(
+            f"--model: {cls.__name__}({call}) raised {describe_exception(exc)}"
+            f"{_where_in(file, exc)}."
+        ) from exc
+
+
+def _gradcheck_net(args, input_size):
+    """The network of --net to check (fastnum's own)."""
     if args.net == "two-layer":
         from fastnum.network import TwoLayerNet
 
@@ -630,14 +802,47 @@ def _gradcheck_net(args, input_size):
     )
 
 
-def _load_params_into(net, path):
-    """Copy FILE.npz's arrays into net.params in place (layers keep pointing at them)."""
+def _read_npz(path):
+    """The named arrays of an .npz archive; one line saying what the file is otherwise."""
+    import zipfile
+    import zlib
+
     import numpy as np
 
+    npz = str(Path(path).with_suffix(".npz"))  # np.savez adds .npz to any other name
+    how = f"write one with np.savez({npz!r}, **net.params) (fastnum train writes params.npz)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except FileNotFoundError:
+        raise _VerbatimError(f"--params {path} does not exist; {how}.") from None
+    except OSError as exc:
+        raise _VerbatimError(
+            f"--params {path} cannot be read ({describe_exception(exc)})."
+        ) from None
+    if not head:
+        what = "is empty"
+    elif head == b"\x93NUMPY":
+        what = "is a .npy file (one unnamed array)"
+    elif not head.startswith(b"PK"):  # every zip archive, hence every .npz, starts so
+        what = "is not a zip archive"
+    else:
+        what = None
+    if what:
+        raise _VerbatimError(f"--params {path} {what}: not an .npz archive of named arrays; {how}.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        raise _VerbatimError(
+            f"--params {path} is a damaged .npz archive ({describe_exception(exc)}); {how}."
+        ) from exc
+
+
+def _load_params_into(net, stored, path):
+    """Copy FILE.npz's arrays ``stored`` into net.params in place (layers keep them)."""
     from fastnum._validate import as_shaped_params
 
-    with np.load(path) as data:
-        stored = {name: data[name] for name in data.files}
     try:
         checked = as_shaped_params(stored, {name: v.shape for name, v in net.params.items()})
     except (KeyError, ValueError) as exc:
@@ -672,6 +877,9 @@ def _cmd_gradcheck(args):
             )
     if args.verbose:
         _say_backend(args)
+    # The reader's files first: their errors should not wait for the MNIST load.
+    model = _build_model(args) if args.model else None
+    stored = _read_npz(args.params) if args.params else None
     (x_train, t_train), _ = load_mnist(data_dir=args.data_dir, one_hot_label=args.one_hot)
     if args.first is not None:
         if not 1 <= args.first <= len(x_train):
@@ -692,9 +900,9 @@ def _cmd_gradcheck(args):
         args.weight_init_std = defaults.weight_init_std
     if args.h is None:
         args.h = defaults.h
-    net = _gradcheck_net(args, x_train.shape[1])
-    if args.params:
-        _load_params_into(net, args.params)
+    net = model if model is not None else _gradcheck_net(args, x_train.shape[1])
+    if stored is not None:
+        _load_params_into(net, stored, args.params)
     what = args.model or f"--net {args.net}"
     print(f"checking {what} on {len(x)} MNIST training images")
     result = gradcheck(  # errors name gradcheck's arguments; _fail spells them as options
@@ -713,11 +921,13 @@ def _cmd_gradcheck(args):
         scheduler=args.scheduler,
         richardson=args.richardson,
         worst=args.worst,
+        probe_seconds=args.probe_seconds,
+        fallback_seconds=args.fallback_seconds,
     )
     print(result.report(worst=args.worst))
     if conv:
         print(CONV_CHECK.why)
-    return EXIT_OK if result.passed else EXIT_FAILED
+    return {"PASS": EXIT_OK, "FAIL": EXIT_FAILED}.get(result.verdict, EXIT_REFUSED)
 
 
 def _resume_hint(args):
@@ -730,8 +940,37 @@ def _resume_hint(args):
 def _fail(args, exc, prefix="error"):
     if getattr(args, "verbose", False):
         traceback.print_exc()
-    message = " ".join(_as_options(str(exc)).split())  # always one line
+    message = str(exc)
+    if not isinstance(exc, _VerbatimError | UserCodeError):  # those quote the reader's names
+        message = _as_options(message)
+    message = " ".join(message.split())  # always one line
     print(f"fastnum {getattr(args, 'command', '')}: {prefix}: {message}", file=sys.stderr)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler) arrived during ``fastnum train``."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends us at once
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises :class:`_Terminated`: the run unwinds and releases run.lock.
+
+    Python's default for SIGTERM ends the process on the spot, leaving run.lock behind, and
+    the next run in the folder is refused for a stale lock that the user must delete.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals need it
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv=None):
@@ -745,8 +984,13 @@ def main(argv=None):
     Returns
     -------
     int
-        0 success, 1 diverged or gradient check failed, 2 bad input,
-        130 interrupted.
+        0 success; 1 training diverged or the gradient check failed; 2 bad option or
+        input, or the ``--model``'s own code raised (on import, in its constructor, loss
+        or gradient, or a worker running it died); 3 no verdict possible
+        (:class:`~fastnum.gradcheck._errors.GradcheckRefusedError`: the loss is not
+        deterministic or moved the parameters); 130 interrupted; 143 terminated
+        (SIGTERM during ``train``, which stops cleanly and unlocks its folder).  Every
+        error is one line on stderr (``--verbose`` adds the traceback).
     """
     try:
         args = build_parser().parse_args(argv)
@@ -755,13 +999,21 @@ def main(argv=None):
     try:
         if hasattr(args, "backend"):  # --backend, else $FASTNUM_BACKEND: refused before any work
             resolve_backend(args.backend)
-        return args.func(args)
+        with _sigterm_unwinds() if args.command == "train" else contextlib.nullcontext():
+            return args.func(args)
     except TrainingDivergedError as exc:
         _fail(args, exc, "diverged")
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"\nfastnum {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except GradcheckRefusedError as exc:
+        _fail(args, exc, "no verdict")
+        return EXIT_REFUSED
+    except UserCodeError as exc:
+        _fail(args, exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\nfastnum {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except (ValueError, TypeError, OSError, ImportError) as exc:
         _fail(args, exc)
         return EXIT_USAGE

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -63,6 +64,10 @@ _META_KEYS = (
 )
 _EPOCH_KEYS = ("epoch_iter", "train_acc", "test_acc")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+# What os.link raises where a file system has no hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EXDEV, errno.EMLINK} | {
+    getattr(errno, name) for name in ("ENOTSUP", "EOPNOTSUPP") if hasattr(errno, name)
+}
 
 
 class RunFolderError(OSError):
@@ -155,9 +160,15 @@ class RunFolder:
     def open(self, resume=False, overwrite=False):
         """Check the folder's state, create and lock it, and remove leftovers of killed writes.
 
-        With ``overwrite`` the earlier run's outputs are deleted (only those, never other
-        files).  Returns ``self``.
+        A folder locked by a running (or killed) run is refused before anything else: the
+        other run's files would otherwise be reported as "already holds a run" or "cannot
+        resume", sending the user to --resume or --overwrite on a folder in use.  With
+        ``overwrite`` the earlier run's outputs are deleted (only those, never other files).
+        Returns ``self``.
         """
+        held = self._lock_held_message() if self.path.is_dir() else None
+        if held is not None:
+            raise RunFolderError(held)
         self._check_state(resume, overwrite)  # before creating anything
         with self._writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
@@ -173,33 +184,82 @@ class RunFolder:
         return self
 
     def _acquire_lock(self):
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+        # The owner is written to a private file first and hard-linked to run.lock, which
+        # fails if run.lock exists: the lock appears with its contents already in it, so a
+        # second run never reads an empty lock (as it could between O_EXCL and the write).
+        host = socket.gethostname()
+        owner = json.dumps({"pid": os.getpid(), "host": host, "started": _now()}) + "\n"
+        draft = self.path / f".{LOCK}.{os.getpid()}@{host}.tmp"
+        with self._writing(self.lock):
+            try:
+                with open(draft, "w", encoding="utf-8") as f:
+                    f.write(owner)
+                    f.flush()
+                    os.fsync(f.fileno())
+                for _ in range(3):  # a lock released while we read it is taken on the next try
+                    try:
+                        self._publish(draft, owner)
+                    except FileExistsError:
+                        held = self._lock_held_message()
+                        if held is not None:
+                            raise RunFolderError(held) from None
+                        continue
+                    self._locked = True
+                    return
+                raise RunFolderError(
+                    f"{self.path} is taken and released by other runs again and again; "
+                    "use another out_dir."
+                )
+            finally:
+                draft.unlink(missing_ok=True)
+
+    def _publish(self, draft, owner):
+        """Create run.lock holding ``owner``; FileExistsError if it exists."""
         try:
-            fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise RunFolderError(self._lock_held_message()) from None
+            os.link(draft, self.lock)
+            return
         except OSError as exc:
-            raise RunFolderError(self._write_failure(self.lock, exc)) from exc
-        self._locked = True
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+        # A file system without hard links (FAT, some network shares): create exclusively and
+        # write; _read_owner retries the short moment when the lock is still empty.
+        fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(owner) + "\n")
+                f.write(owner)
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError as exc:
-            self.close()
-            raise RunFolderError(self._write_failure(self.lock, exc)) from exc
+        except BaseException:
+            self.lock.unlink(missing_ok=True)
+            raise
+
+    def _read_owner(self):
+        """The lock's ``(pid, host, started)``; None without a lock; ValueError if unreadable."""
+        for attempt in range(6):
+            if attempt:
+                time.sleep(0.1)  # a lock being written where hard links are unavailable
+            try:
+                owner = json.loads(self.lock.read_text(encoding="utf-8"))
+                return int(owner["pid"]), str(owner["host"]), str(owner["started"])
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                error = exc
+        raise ValueError(str(error))
 
     def _lock_held_message(self):
+        """Why the folder is locked, or None when it is not."""
         lock, out = self.lock, self.path
         try:
-            owner = json.loads(lock.read_text(encoding="utf-8"))
-            pid, host, started = int(owner["pid"]), str(owner["host"]), str(owner["started"])
-        except (OSError, ValueError, KeyError, TypeError):
+            owner = self._read_owner()
+        except ValueError:
             return (
                 f"{out} is locked by {lock}, which cannot be read (a run killed while "
                 f"starting?). If no fastnum run is using {out}, delete {lock} and try again."
             )
+        if owner is None:
+            return None
+        pid, host, started = owner
         then = (
             "continue with resume=True (--resume)"
             if self.checkpoint.is_file()
@@ -213,9 +273,9 @@ class RunFolder:
                 f"then {then}."
             )
         return (
-            f"{out} is in use by another fastnum run: process {pid} on {host}, started "
-            f"{started} ({lock}). Wait for it to finish or use another out_dir; if that "
-            f"process is not a fastnum run (its PID reused after a reboot), delete {lock}."
+            f"{out} is in use by PID {pid} ({host}, started {started}): another fastnum "
+            f"run holds {lock}. Wait for it to finish or use another out_dir; if PID {pid} "
+            f"is not a fastnum run (reused after a reboot), delete {lock}."
         )
 
     def _remove_partial_writes(self):
@@ -224,6 +284,13 @@ class RunFolder:
         for name in OUTPUTS:
             for part in self.path.glob(f".{name}.*.part{Path(name).suffix}"):
                 part.unlink(missing_ok=True)
+        # Drafts of run.lock (see _acquire_lock) whose process is gone; a live one belongs to
+        # a run about to find the folder locked, and vanishes by itself.
+        here = socket.gethostname()
+        for draft in self.path.glob(f".{LOCK}.*@*.tmp"):
+            pid, _, host = draft.name[len(LOCK) + 2 : -len(".tmp")].partition("@")
+            if host == here and pid.isdigit() and not _pid_alive(int(pid)):
+                draft.unlink(missing_ok=True)
 
     def close(self):
         """Release the lock (if held)."""

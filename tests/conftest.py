@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,8 +15,15 @@ SHARED_MNIST = REPO.parent / "shared" / "mnist"
 
 if "FASTNUM_MNIST_DIR" not in os.environ and SHARED_MNIST.is_dir():
     os.environ["FASTNUM_MNIST_DIR"] = str(SHARED_MNIST)
-# Tests never write into the user's ~/.cache: parsed-array caches go to a temp dir.
-os.environ.setdefault("FASTNUM_CACHE_DIR", tempfile.mkdtemp(prefix="fastnum-test-cache-"))
+# Tests never write into the user's ~/.cache, nor leave folders in the temp dir: the parsed
+# MNIST cache and Dask's scratch space (which a LocalCluster leaves behind) go to one temp
+# folder, removed when the session's process exits however the session ends (but kill -9).
+# Each test's tmp_path (numba caches of subprocess tests, run folders, downloads) goes once the
+# test passes: pyproject.toml sets tmp_path_retention_policy = "failed".
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="fastnum-test-"))
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
+os.environ.setdefault("FASTNUM_CACHE_DIR", str(_SESSION_TMP / "cache"))
+os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_SESSION_TMP / "dask"))
 
 
 @pytest.fixture(scope="session")

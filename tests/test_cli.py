@@ -45,7 +45,10 @@ def one_error_line(capsys, *words):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--help"], ["examples:", "fastnum train --grad backprop", "exit codes"]),
+        (
+            ["--help"],
+            ["examples:", "fastnum train --grad backprop", "exit codes", "3 no verdict possible"],
+        ),
         (
             ["train", "--help"],
             [
@@ -56,7 +59,10 @@ def one_error_line(capsys, *words):
                 "examples:",
             ],
         ),
-        (["gradcheck", "--help"], ["--tol", "1e-05", "1e-7", "examples:"]),
+        (
+            ["gradcheck", "--help"],
+            ["--tol", "1e-05", "1e-7", "examples:", "2 bad option or input, or --model's own"],
+        ),
     ],
 )
 def test_help(capsys, argv, words):
@@ -405,3 +411,238 @@ def test_gradcheck_catches_a_wrong_backprop(capsys, monkeypatch, data_dir):
 def test_gradcheck_bad_batch_size(capsys, data_dir):
     assert main(["gradcheck", *data_dir, "--batch-size", "0"]) == 2
     one_error_line(capsys, "--batch-size=0 must be between 1 and 60000")
+
+
+# --- gradcheck: exit codes and the reader's own files ------------------------------------------
+
+TINY = '''\
+"""Softmax regression as a reader writes it, with knobs that break it."""
+
+import numpy as np
+
+
+class Tiny:
+    def __init__(self, input_size=784, output_size=10, noise=0.0, broken=""):
+        self.params = {
+            "W": 0.01 * np.random.randn(input_size, output_size),
+            "b": np.zeros(output_size),
+        }
+        self.noise, self.broken = noise, broken
+        self.rng = np.random.default_rng()  # its own generator: a different draw every call
+
+    def _probs(self, x):
+        s = x @ self.params["W"] + self.params["b"]
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def loss(self, x, t):
+        if self.broken == "loss":
+            raise RuntimeError("the loss broke")
+        p = self._probs(x)
+        value = -np.log(p[np.arange(len(x)), t] + 1e-7).mean()
+        return value + self.noise * self.rng.standard_normal()
+
+    def gradient(self, x, t):
+        if self.broken == "gradient":
+            raise ZeroDivisionError("division by zero")
+        d = self._probs(x)
+        d[np.arange(len(x)), t] -= 1
+        d /= len(x)
+        return {"W": x.T @ d, "b": d.sum(axis=0)}
+
+
+class Named:
+    """Argument names that are also fastnum options; defaults JSON can and cannot hold."""
+
+    def __init__(self, hidden_size, lr=0.1, seed=None, shape=(1, 28, 28), rng=np.random):
+        raise AssertionError("never built")
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """``tiny.py`` in a temporary folder: its path for ``--model``."""
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def no_mnist(monkeypatch):
+    """MNIST must not be loaded: the error comes before the slow load."""
+    import fastnum.data
+
+    monkeypatch.setattr(fastnum.data, "load_mnist", lambda **kw: pytest.fail("loaded MNIST"))
+
+
+@pytest.mark.parametrize(
+    "error, code, prefix",
+    [
+        (
+            "GradcheckRefusedError",
+            cli.EXIT_REFUSED,
+            "fastnum gradcheck: no verdict: two evaluations of net.loss(x, t)",
+        ),
+        ("UserCodeError", cli.EXIT_USAGE, "fastnum gradcheck: error: net.gradient(x, t) raised"),
+    ],
+)
+def test_gradcheck_refusal_and_user_code_errors_have_their_exit_codes(
+    capsys, monkeypatch, data_dir, tiny, error, code, prefix
+):
+    import fastnum.gradcheck
+    from fastnum.gradcheck import _errors
+
+    # The reader's own words (here a KeyError on 'batch_size') are quoted, not turned into options.
+    message = {
+        "GradcheckRefusedError": "two evaluations of net.loss(x, t) at the same parameters\n"
+        "gave 2.302585 and 2.302591: the loss is not deterministic",
+        "UserCodeError": "net.gradient(x, t) raised KeyError: 'batch_size'",
+    }[error]
+
+    def refuses(*args, **kwargs):
+        raise getattr(_errors, error)(message)
+
+    monkeypatch.setattr(fastnum.gradcheck, "gradcheck", refuses)
+    assert main(["gradcheck", *data_dir, "--model", f"{tiny}:Tiny", "--workers", "1"]) == code
+    line = one_error_line(capsys, prefix)
+    assert line.endswith(" ".join(message.split()))
+    assert code not in (cli.EXIT_OK, cli.EXIT_FAILED)  # 1 is a verdict: the check failed
+
+
+def _tiny_gradcheck(capsys, data_dir, tiny, model_args):
+    argv = ["gradcheck", *data_dir, "--model", f"{tiny}:Tiny", "--model-args", model_args]
+    code = main([*argv, "--workers", "1", "--backend", "numpy"])
+    return code, capsys.readouterr()
+
+
+def test_gradcheck_of_a_readers_tiny_class_passes(capsys, data_dir, tiny):
+    code, captured = _tiny_gradcheck(capsys, data_dir, tiny, "{}")
+    assert code == cli.EXIT_OK, captured
+    assert "PASS" in captured.out and captured.err == ""
+
+
+# Until fastnum.gradcheck evaluates the loss twice and wraps the reader's exceptions
+# (issue 17): the CLI's mapping is tested above; these run the real check end to end.
+# When they pass, remove the marker (strict: an XPASS fails).
+_UNTIL_GRADCHECK_REFUSES = pytest.mark.xfail(
+    strict=True, reason="gradcheck does not yet raise GradcheckRefusedError / UserCodeError"
+)
+
+
+def test_gradcheck_refuses_a_noisy_loss_with_exit_3(capsys, data_dir, tiny):
+    code, captured = _tiny_gradcheck(capsys, data_dir, tiny, '{"noise": 1e-6}')
+    assert code == cli.EXIT_REFUSED, captured
+    assert "fastnum gradcheck: no verdict:" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    "broken, words",
+    [
+        pytest.param("loss", "RuntimeError: the loss broke", marks=_UNTIL_GRADCHECK_REFUSES),
+        ("gradient", "ZeroDivisionError"),
+    ],
+)
+def test_gradcheck_reports_the_readers_exception_with_exit_2(capsys, data_dir, tiny, broken, words):
+    code, captured = _tiny_gradcheck(capsys, data_dir, tiny, json.dumps({"broken": broken}))
+    assert code == cli.EXIT_USAGE, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        ("class Net:\n    def __init__(self)\n        pass\n", ["SyntaxError", "line 2"]),
+        (
+            "import numpy\n\nimport fastnum_no_such_module\n",
+            ["ModuleNotFoundError: No module named 'fastnum_no_such_module'", "line 3"],
+        ),
+        ("SCALE = 1\nSCALE = SCALE / 0\n", ["ZeroDivisionError: division by zero", "line 2"]),
+        (
+            "class Net:\n    def __init__(self):\n        raise OSError('no weights.pkl here')\n",
+            ["--model: Net() raised OSError: no weights.pkl here", "line 3"],
+        ),
+    ],
+    ids=["syntax", "import", "at-import", "constructor"],
+)
+def test_a_readers_file_that_fails_is_one_line_naming_it(capsys, tmp_path, no_mnist, source, words):
+    path = tmp_path / "broken_net.py"
+    path.write_text(source)
+    assert main(["gradcheck", "--model", f"{path}:Net"]) == cli.EXIT_USAGE
+    one_error_line(capsys, "fastnum gradcheck: error: --model", "broken_net.py", *words)
+    imported = words[0].startswith("--model: Net()")  # only the constructor failed
+    assert ("fastnum_model_broken_net" in sys.modules) == imported  # no half-imported module
+    sys.modules.pop("fastnum_model_broken_net", None)
+
+
+def _model_args_example(line):
+    """The JSON of the ``--model-args '...'`` example an error line gives."""
+    import re
+
+    (example,) = re.findall(r"write e\.g\. --model-args '(\{.*?\})'", line)
+    return json.loads(example)
+
+
+@pytest.mark.parametrize(
+    "model_args, words",
+    [
+        ("{hidden_size: 5}", ["is not valid JSON"]),
+        ("[5]", ["must be a JSON object of Named's keyword arguments, not list"]),
+        (
+            '{"hidden": 5}',
+            ["Named takes no argument 'hidden'; it accepts hidden_size, lr, seed, shape, rng"],
+        ),
+        ('{"lr": 0.5}', ["lacks 'hidden_size', which Named needs"]),
+    ],
+    ids=["json", "array", "keyword", "missing"],
+)
+def test_model_args_errors_give_an_example_of_the_readers_own_class(
+    capsys, tiny, no_mnist, model_args, words
+):
+    argv = ["gradcheck", "--model", f"{tiny}:Named", "--model-args", model_args]
+    assert main(argv) == cli.EXIT_USAGE
+    line = one_error_line(capsys, *words)
+    # Valid JSON with the class's own names (not rewritten into options such as --hidden),
+    # the defaults JSON can hold, and a placeholder (named) where there is no default.
+    assert _model_args_example(line) == {
+        "hidden_size": 50,
+        "lr": 0.1,
+        "seed": None,
+        "shape": [1, 28, 28],
+    }
+    assert "--hidden " not in line and "--lr" not in line
+
+
+def test_model_args_example_of_a_class_without_known_names(capsys, tmp_path, no_mnist):
+    path = tmp_path / "odd.py"
+    path.write_text(
+        "class Odd:\n    def __init__(self, width, *, depth=3, name='x y'):\n        pass\n"
+    )
+    assert main(["gradcheck", "--model", f"{path}:Odd", "--model-args", "{"]) == cli.EXIT_USAGE
+    line = one_error_line(capsys, "(0 stands for your value of width)")
+    assert _model_args_example(line) == {"width": 0, "depth": 3, "name": "x y"}
+
+
+def _truncated_npz(path):
+    """The first half of a real .npz archive (of the book's two-layer shapes)."""
+    whole = path.parent / "whole.npz"
+    np.savez(whole, W1=np.zeros((784, 10)), b1=np.zeros(10))
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "write, what",
+    [
+        (lambda p: p.write_text("W1 0.1 0.2\n"), "is not a zip archive"),
+        (lambda p: np.save(p, np.zeros(3)), "is a .npy file (one unnamed array)"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (_truncated_npz, "is a damaged .npz archive"),
+        (lambda p: None, "does not exist"),
+    ],
+    ids=["text", "npy", "empty", "truncated", "missing"],
+)
+def test_params_that_are_not_an_npz_archive_say_so(capsys, tmp_path, no_mnist, write, what):
+    path = tmp_path / "weights.npy"
+    write(path)
+    assert main(["gradcheck", "--params", str(path)]) == cli.EXIT_USAGE
+    one_error_line(capsys, f"--params {path} {what}", f"np.savez('{tmp_path / 'weights.npz'}'")

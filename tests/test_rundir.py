@@ -57,11 +57,9 @@ def _wait_for(path, seconds=120):
         time.sleep(0.05)
 
 
-def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
-    tmp_path, mnist_source_dir, capsys
-):
-    out = tmp_path / "run"
-    argv = [
+def _endless_run(out, mnist_source_dir):
+    """``fastnum train`` arguments of a run that lasts until stopped, checkpointing often."""
+    return [
         "train",
         "--grad",
         "numerical",
@@ -83,6 +81,13 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
         str(out),
         "-q",
     ]
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
+    tmp_path, mnist_source_dir, capsys
+):
+    out = tmp_path / "run"
+    argv = _endless_run(out, mnist_source_dir)
     first = subprocess.Popen(
         [sys.executable, "-m", "fastnum.cli", *argv],
         cwd=REPO,
@@ -94,10 +99,13 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
         owner = json.loads((out / "run.lock").read_text())
         assert owner["pid"] == first.pid and owner["host"] == socket.gethostname()
         before = sorted(p.name for p in out.iterdir())
-        for extra in (["--overwrite"], ["--resume"]):  # --overwrite would delete its files
+        # The first try, without options, must already say why (not "already holds a run,
+        # continue it with --resume"); --overwrite would delete the running run's files.
+        in_use = f"is in use by PID {first.pid} ({socket.gethostname()}, started "
+        for extra in ([], ["--overwrite"], ["--resume"]):
             assert main([*argv, *extra]) == 2
             line = capsys.readouterr().err.strip()
-            assert f"is in use by another fastnum run: process {first.pid}" in line, line
+            assert in_use in line and "\n" not in line, line
         assert before == sorted(p.name for p in out.iterdir())
     finally:
         first.send_signal(signal.SIGKILL)
@@ -116,6 +124,33 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
     assert not (out / "run.lock").exists()
 
 
+def test_sigterm_stops_a_run_cleanly_and_unlocks_its_folder(tmp_path, mnist_source_dir):
+    out = tmp_path / "run"
+    argv = _endless_run(out, mnist_source_dir)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fastnum.cli", *argv],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(out / "checkpoint.npz")
+        run.send_signal(signal.SIGTERM)  # as kill, timeout or a job scheduler stop a run
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 143, err
+    assert err.strip() == (
+        f"fastnum train: terminated (SIGTERM); continue with the same options plus "
+        f"--resume --out {out}"
+    )
+    assert not (out / "run.lock").exists()  # no stale lock to delete by hand
+    done = read_checkpoint(out / "checkpoint.npz")[0]["iteration"]
+    longer = [str(done + 2) if a == "100000" else a for a in argv]
+    assert main([*longer, "--resume"]) == 0
+
+
 def _lock(out, pid, host=None):
     out.mkdir(exist_ok=True)
     owner = {"pid": pid, "host": host or socket.gethostname(), "started": "2024-01-01T00:00:00"}
@@ -124,11 +159,100 @@ def _lock(out, pid, host=None):
 
 def test_lock_of_a_live_process_refuses_with_its_pid(blobs, tmp_path):
     _lock(tmp_path, os.getpid())
-    with pytest.raises(
-        RunFolderError, match=f"in use by another fastnum run: process {os.getpid()}"
-    ):
+    with pytest.raises(RunFolderError, match=f"in use by PID {os.getpid()} ") as info:
         quiet_train(small(), blobs, tmp_path)
+    assert f"({socket.gethostname()}, started 2024-01-01T00:00:00)" in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "holds, options",
+    [
+        ((), {"resume": True}),  # the first run has not written a checkpoint yet
+        (("history.json", "checkpoint.npz"), {}),
+        (("history.json", "checkpoint.npz"), {"overwrite": True}),
+        (("history.json", "checkpoint.npz"), {"resume": True}),
+    ],
+    ids=["resume-before-checkpoint", "plain", "overwrite", "resume"],
+)
+def test_a_folder_in_use_is_refused_first_whatever_it_holds(tmp_path, holds, options):
+    first = rundir.RunFolder(tmp_path).open()
+    try:
+        for name in holds:
+            (tmp_path / name).write_text("the first run's")
+        with pytest.raises(RunFolderError, match=f"is in use by PID {os.getpid()} "):
+            rundir.RunFolder(tmp_path).open(**options)
+        for name in holds:
+            assert (tmp_path / name).read_text() == "the first run's", name
+    finally:
+        first.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(holds)  # no lock, no draft
+
+
+def test_the_lock_never_exists_without_its_owner(tmp_path):
+    """Whatever line of rundir runs, a run.lock on disk already names its owner."""
+    lock, seen = tmp_path / "run.lock", []
+
+    def look(frame, event, arg):
+        if lock.exists():
+            seen.append(lock.read_text())
+        return look
+
+    def tracer(frame, event, arg):  # a look after every line executed inside rundir.py
+        return look if frame.f_code.co_filename == rundir.__file__ else None
+
+    sys.settrace(tracer)
+    try:
+        folder = rundir.RunFolder(tmp_path).open()
+    finally:
+        sys.settrace(None)
+    folder.close()
+    assert seen, "the lock was never seen"
+    assert all(text.startswith("{") and json.loads(text)["pid"] == os.getpid() for text in seen)
+
+
+def test_lock_without_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(rundir.os, "link", no_links)
+    folder = rundir.RunFolder(tmp_path).open()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(RunFolderError, match=f"in use by PID {os.getpid()} "):
+        rundir.RunFolder(tmp_path).open()
+    folder.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_released_while_read_is_taken(tmp_path, monkeypatch):
+    first = rundir.RunFolder(tmp_path).open()
+    real_read, reads = rundir.RunFolder._read_owner, []
+
+    def racing_read(self):
+        reads.append(self)
+        if len(reads) == 1:
+            return None  # the check before locking: the first run started just after it
+        first.close()  # the first run ends between the second's failed link and this read
+        return real_read(self)
+
+    monkeypatch.setattr(rundir.RunFolder, "_read_owner", racing_read)
+    second = rundir.RunFolder(tmp_path).open()
+    assert len(reads) == 2 and second._locked
+    second.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drafts_of_dead_runs_are_removed(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead, alive = f".run.lock.{gone.pid}@{host}.tmp", f".run.lock.{os.getppid()}@{host}.tmp"
+    for name in (dead, alive):
+        (tmp_path / name).write_text("{}")
+    rundir.RunFolder(tmp_path).open().close()
+    assert [p.name for p in tmp_path.iterdir()] == [alive]  # a live process's draft is left alone
 
 
 def test_stale_lock_is_reported_not_taken_over(blobs, tmp_path):
