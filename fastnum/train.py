@@ -138,7 +138,9 @@ class TrainConfig:
     lr : float or None, default None
         Learning rate; None takes the optimizer's default: 0.1 for plain SGD (the
         book's ``train_neuralnet.py``), otherwise the book's default of the
-        optimizer class (0.01, Adam 0.001).  Stored resolved.
+        optimizer class (0.01, Adam 0.001).  Stored resolved, so
+        ``dataclasses.replace(config, optimizer=...)`` keeps the old rate: make
+        a new config to get the other optimizer's default.
     hidden_size : int, default 50
         Width of the hidden layer.
     weight_init_std : float or str, default 0.01

@@ -505,6 +505,15 @@ def test_resume_is_bit_identical_for_every_optimizer(blobs, tmp_path, name):
         )
 
 
+@pytest.mark.numba
+def test_adam_resume_is_bit_identical_with_numba(blobs, tmp_path):
+    config = small(grad="numerical", iters=25, backend="numba", optimizer="adam", lr=0.05)
+    full = quiet_train(config, blobs)
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path, callback=stop_at_epoch(1))
+    assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
+
+
 def test_resume_with_another_optimizer_lists_the_differences(blobs, tmp_path):
     quiet_train(small(optimizer="adam", lr=None), blobs, tmp_path)
     with pytest.raises(CheckpointError, match="cannot resume") as info:
