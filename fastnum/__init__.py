@@ -6,11 +6,12 @@ The book's functions, in plain NumPy, are re-exported under the book's names;
 
 # fastnum.gradcheck is a callable module: fastnum.gradcheck(net, x, t) runs the check and
 # fastnum.gradcheck.GradcheckResult still names the module's contents (no shadowing).
-from fastnum import gradcheck
+from fastnum import gradcheck, optimizers
 from fastnum.backend import resolve_backend
 from fastnum.convnet import SimpleConvNet
 from fastnum.gradient import numerical_gradient
 from fastnum.network import TwoLayerNet
+from fastnum.optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 from fastnum.reference import (
     cross_entropy_error,
     function_1,
@@ -26,6 +27,12 @@ from fastnum.reference import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "Momentum",
+    "Nesterov",
+    "RMSprop",
     "SimpleConvNet",
     "TwoLayerNet",
     "cross_entropy_error",
@@ -35,6 +42,7 @@ __all__ = [
     "gradient_descent",
     "numerical_diff",
     "numerical_gradient",
+    "optimizers",
     "resolve_backend",
     "sigmoid",
     "simpleNet",

@@ -35,6 +35,9 @@ from fastnum.train import (
     ACTIVATIONS,
     GRADS,
     NETS,
+    OPTIMIZER_NAMES,
+    SGD_LR,
+    WEIGHT_INIT_NAMES,
     TrainConfig,
     TrainingDivergedError,
     run_backend,
@@ -81,6 +84,8 @@ examples:
   fastnum train --resume --out runs/num1000
   fastnum train --resume --iters 5000 --out runs/num1000     (extend a finished run)
   fastnum train --hidden-sizes 40,30 --activation relu --weight-init-std 0.1 --out runs/deep
+  fastnum train --grad backprop --optimizer adam --hidden-sizes 100,100 --activation relu \
+      --weight-init-std he --out runs/adam    chapter 6: Adam (lr 0.001) and He initialisation
   fastnum train --net simpleconv --hidden 100 --iters 600 --out runs/conv
                                            the book's chapter 7 CNN, one epoch
 """
@@ -125,6 +130,11 @@ _OPTION_NAMES = {
     "out_dir": "--out",
     "data_dir": "--data-dir",
     "lr": "--lr",
+    "optimizer": "--optimizer",
+    "momentum": "--momentum",
+    "decay_rate": "--decay-rate",
+    "beta1": "--beta1",
+    "beta2": "--beta2",
     "h": "--h",
     "iters": "--iters",
     "seed": "--seed",
@@ -173,6 +183,48 @@ def _layer_widths(text):
         ) from None
 
 
+def _init_std(text):
+    """Parse ``--weight-init-std``: a number, or a name that TrainConfig checks."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _add_optimizer_options(p):
+    d = _DEFAULTS
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_NAMES,
+        default=d.optimizer,
+        help="update rule of the book's chapter 6 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        help=f"learning rate (default: {SGD_LR} for sgd, as the book's train_neuralnet.py; "
+        "the book's 0.01 for momentum, nesterov, adagrad, rmsprop; 0.001 for adam)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=float,
+        metavar="M",
+        help="momentum and nesterov: velocity kept per step (default: 0.9)",
+    )
+    p.add_argument(
+        "--decay-rate",
+        type=float,
+        metavar="D",
+        help="rmsprop: fraction of the squared gradients kept per step (default: 0.99)",
+    )
+    p.add_argument(
+        "--beta1", type=float, help="adam: decay of the gradient's average (default: 0.9)"
+    )
+    p.add_argument(
+        "--beta2", type=float, help="adam: decay of the squared gradient's average (default: 0.999)"
+    )
+
+
 def _add_backend_options(p):
     p.add_argument(
         "--backend",
@@ -206,8 +258,8 @@ def _add_train_parser(sub):
     p = sub.add_parser(
         "train",
         help="train the two-layer network on MNIST (the book's 4.5)",
-        description="Train the book's TwoLayerNet on MNIST with minibatch SGD. "
-        "Defaults are the book's: 10000 iterations, batch 100, "
+        description="Train the book's TwoLayerNet on MNIST with minibatch SGD (or an "
+        "--optimizer of chapter 6). Defaults are the book's: 10000 iterations, batch 100, "
         "lr 0.1, 50 hidden units, numerical gradients.",
         epilog=_TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -229,7 +281,7 @@ def _add_train_parser(sub):
         metavar="N",
         help="images per update, drawn with replacement (default: %(default)s)",
     )
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
+    _add_optimizer_options(p)
     p.add_argument(
         "--net",
         choices=NETS,
@@ -261,10 +313,12 @@ def _add_train_parser(sub):
     )
     p.add_argument(
         "--weight-init-std",
-        type=float,
+        type=_init_std,
         default=d.weight_init_std,
         metavar="STD",
-        help="std of the Gaussian initial weights (default: %(default)s)",
+        help="std of the Gaussian initial weights, or per layer by name: "
+        f"{'/'.join(WEIGHT_INIT_NAMES[:2])} sqrt(2/n_in), "
+        f"{'/'.join(WEIGHT_INIT_NAMES[2:])} sqrt(1/n_in) (default: %(default)s)",
     )
     p.add_argument(
         "--h",
@@ -306,8 +360,8 @@ def _add_train_parser(sub):
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last checkpoint; give the same "
-        "options (only --iters, --threads may change)",
+        help="continue the run in --out from its last checkpoint (optimizer state "
+        "included); give the same options (only --iters, --threads may change)",
     )
     p.add_argument(
         "--overwrite",

@@ -9,6 +9,7 @@ backend.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import NamedTuple
@@ -46,6 +47,31 @@ ACTIVATIONS = {
 }
 
 
+#: Initial weight scales by name, as the book's multi-layer net takes them: the std of a
+#: layer's weights is sqrt(gain / n_in), n_in the width of the layer before it.  He's gain 2
+#: suits relu (which zeroes half of its inputs), Xavier's 1 suits sigmoid.
+WEIGHT_INITS = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
+
+
+def check_weight_init_std(value):
+    """Return a positive std as a float or a name of :data:`WEIGHT_INITS` (lower case), or raise."""
+    if isinstance(value, str) and value.lower() in WEIGHT_INITS:
+        return value.lower()
+    if isinstance(value, str):
+        raise TypeError(
+            f"weight_init_std={value!r} must be a number such as 0.01 or one of: "
+            f"{', '.join(WEIGHT_INITS)}."
+        )
+    return check_positive("weight_init_std", value, "the book uses 0.01, or 'he' / 'xavier'.")
+
+
+def layer_init_std(weight_init_std, n_in):
+    """The std of one layer's initial weights: a number as is, a name scaled by ``n_in``."""
+    if isinstance(weight_init_std, str):
+        return math.sqrt(WEIGHT_INITS[weight_init_std.lower()] / n_in)
+    return weight_init_std
+
+
 class ReferenceMultiLayerNet:
     """affine -> act -> ... -> affine -> softmax in plain NumPy (the slow oracle).
 
@@ -68,7 +94,8 @@ class ReferenceMultiLayerNet:
         self.activation = activation
         self.params = {}
         for k in range(1, len(sizes)):
-            self.params[f"W{k}"] = weight_init_std * rng.standard_normal((sizes[k - 1], sizes[k]))
+            std = layer_init_std(weight_init_std, sizes[k - 1])
+            self.params[f"W{k}"] = std * rng.standard_normal((sizes[k - 1], sizes[k]))
             self.params[f"b{k}"] = np.zeros(sizes[k])
 
     @property
@@ -142,10 +169,12 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
         Number of classes, at least 2.
     activation : {"sigmoid", "relu"}, default "sigmoid"
         Activation of every hidden layer.
-    weight_init_std : float, default 0.01
+    weight_init_std : float or str, default 0.01
         Standard deviation of the Gaussian initial weights, finite and > 0 (0
-        would give identical hidden units that training cannot separate);
-        biases start at zero.
+        would give identical hidden units that training cannot separate), or,
+        as in the book, a name giving each layer its own: "relu"/"he"
+        (sqrt(2 / n_in)) or "sigmoid"/"xavier" (sqrt(1 / n_in)), where n_in is
+        the width of the layer before; biases start at zero.
     seed : int or None
         Seed of ``np.random.default_rng``; weights are drawn W1, W2, ... in order,
         so one hidden layer reproduces :class:`fastnum.network.TwoLayerNet`.
@@ -188,7 +217,7 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
             for i, s in enumerate(hidden_sizes)
         )
         check_choice("activation", activation, tuple(ACTIVATIONS))
-        weight_init_std = check_positive("weight_init_std", weight_init_std, "the book uses 0.01.")
+        weight_init_std = check_weight_init_std(weight_init_std)
         super().__init__(input_size, hidden_sizes, output_size, activation, weight_init_std, seed)
         self._init_backend(backend, strategy)
 

@@ -362,6 +362,8 @@ class RunFolder:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {key: z[key] for key in ("loss", *param_names)}
+                # And every other array (an optimizer's state): the checksum covers them all.
+                arrays.update({k: z[k] for k in z.files if k not in arrays and k != "meta"})
                 meta = json.loads(str(z["meta"]))
         # Whatever a damaged file makes np.load raise (EOFError for zero bytes, BadZipFile,
         # KeyError for a missing array, ValueError for bad JSON) means one thing to the user.

@@ -5,7 +5,7 @@ One function, :func:`train`, runs the loop of the book's ``train_neuralnet.py``:
     for i in range(iters):
         batch = random sample (with replacement) of batch_size training images
         grad = numerical gradient (or backprop) of the loss on the batch
-        params -= lr * grad
+        params -= lr * grad       (or another optimizer of chapter 6, fastnum.optimizers)
         record the loss of the batch at the updated params
         if i % iter_per_epoch == 0: record train and test accuracy on the full sets
 
@@ -45,11 +45,21 @@ from fastnum.backend import (
     resolve_backend,
 )
 from fastnum.multilayer import ACTIVATIONS as _ACTIVATION_TABLE
+from fastnum.multilayer import WEIGHT_INITS, check_weight_init_std, layer_init_std
+from fastnum.optimizers import OPTIMIZERS, make_optimizer
 from fastnum.progress import NoProgress, Progress
-from fastnum.rundir import FORMAT, HISTORY, RunFolder, check_out_dir, check_resumable
+from fastnum.rundir import (
+    FORMAT,
+    HISTORY,
+    CheckpointError,
+    RunFolder,
+    check_out_dir,
+    check_resumable,
+)
 
 __all__ = [
     "GRADS",
+    "OPTIMIZER_NAMES",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
@@ -66,6 +76,17 @@ NETS = ("dense", "simpleconv")
 PARAM_NAMES = reference.TwoLayerNet.PARAM_NAMES
 MNIST_CLASSES = 10
 MAX_CLASSES = 65536  # a label beyond this is a data bug, not a class index
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+WEIGHT_INIT_NAMES = tuple(WEIGHT_INITS)
+#: The learning rate of plain SGD in training: the book's train_neuralnet.py (its SGD
+#: class alone defaults to 0.01); the other optimizers default to their class's lr.
+SGD_LR = 0.1
+#: The optimizers' hyperparameters besides lr; None in a config means the book's default.
+HYPERPARAMETERS = ("momentum", "decay_rate", "beta1", "beta2")
+#: What a checkpoint written before optimizers existed was trained with.
+_PLAIN_SGD = {"optimizer": "sgd", **dict.fromkeys(HYPERPARAMETERS)}
+#: Prefix of the optimizer's state arrays in checkpoint.npz: optimizer.<slot>.<param>.
+_STATE_PREFIX = "optimizer."
 
 
 class TrainingDivergedError(RuntimeError):
@@ -114,12 +135,19 @@ class TrainConfig:
         Number of SGD updates.
     batch_size : int, default 100
         Samples per update, drawn with replacement as ``np.random.choice`` does.
-    lr : float, default 0.1
-        Learning rate.
+    lr : float or None, default None
+        Learning rate; None takes the optimizer's default: 0.1 for plain SGD (the
+        book's ``train_neuralnet.py``), otherwise the book's default of the
+        optimizer class (0.01, Adam 0.001).  Stored resolved, so
+        ``dataclasses.replace(config, optimizer=...)`` keeps the old rate: make
+        a new config to get the other optimizer's default.
     hidden_size : int, default 50
         Width of the hidden layer.
-    weight_init_std : float, default 0.01
-        Standard deviation of the Gaussian initial weights.
+    weight_init_std : float or str, default 0.01
+        Standard deviation of the Gaussian initial weights, or, as the book's
+        multi-layer net takes it, a name giving each layer sqrt(gain / n_in)
+        (n_in the width of the layer before): "relu"/"he" (gain 2) or
+        "sigmoid"/"xavier" (gain 1).  Names are for the dense networks.
     h : float, default 1e-4
         Central-difference step of the numerical gradient.
     seed : int, default 0
@@ -146,14 +174,21 @@ class TrainConfig:
         "simpleconv" trains the book's chapter 7 :class:`fastnum.SimpleConvNet`
         (30 5x5 filters, relu, 2x2 max pooling, ``hidden_size`` relu units; the
         book uses 100) on (N, 1, 28, 28) images instead of a dense network.
+    optimizer : {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"}, default "sgd"
+        The update rule, from :mod:`fastnum.optimizers` (the book's chapter 6).
+    momentum, decay_rate, beta1, beta2 : float or None
+        The optimizer's hyperparameters: ``momentum`` for momentum and nesterov,
+        ``decay_rate`` for rmsprop, ``beta1`` and ``beta2`` for adam.  None takes
+        the book's default (0.9, 0.99, 0.9, 0.999), stored resolved; a value for
+        an optimizer that does not use it is refused.
     """
 
     grad: str = "numerical"
     iters: int = 10000
     batch_size: int = 100
-    lr: float = 0.1
+    lr: float | None = None
     hidden_size: int = 50
-    weight_init_std: float = 0.01
+    weight_init_std: float | str = 0.01
     h: float = 1e-4
     seed: int = 0
     backend: str | None = None
@@ -164,14 +199,19 @@ class TrainConfig:
     hidden_sizes: tuple[int, ...] | None = None
     activation: str = "sigmoid"
     net: str = "dense"
+    optimizer: str = "sgd"
+    momentum: float | None = None
+    decay_rate: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
 
     def __post_init__(self):
         check_choice("grad", self.grad, GRADS)
         check_int("iters", self.iters, 1, "the book uses 10000.")
         check_int("batch_size", self.batch_size, 1, "the book uses 100.")
-        check_positive("lr", self.lr, "the book uses 0.1.")
+        self._resolve_optimizer()
         check_int("hidden_size", self.hidden_size, 1, "the book uses 50.")
-        check_positive("weight_init_std", self.weight_init_std, "the book uses 0.01.")
+        object.__setattr__(self, "weight_init_std", check_weight_init_std(self.weight_init_std))
         check_step(self.h)  # also refuses a step too small to move the loss
         check_int("seed", self.seed, 0, "pass a non-negative integer such as 0.")
         if self.backend is not None:  # None: $FASTNUM_BACKEND, checked when a run starts
@@ -195,13 +235,53 @@ class TrainConfig:
                 "hidden_sizes is for net='dense'; SimpleConvNet has one hidden "
                 "layer of hidden_size units (the book uses 100)."
             )
+        if self.net == "simpleconv" and isinstance(self.weight_init_std, str):
+            raise ValueError(
+                f"weight_init_std={self.weight_init_std!r} is for the dense networks; "
+                "SimpleConvNet takes a number (the book uses 0.01)."
+            )
         self._to_builtin_types()
+
+    def _resolve_optimizer(self):
+        # None -> the book's default, so that the stored config says what ran; a
+        # hyperparameter the optimizer ignores is refused rather than silently unused.
+        check_choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        takes = OPTIMIZERS[self.optimizer].defaults()
+        for name in HYPERPARAMETERS:
+            value = getattr(self, name)
+            if name in takes and value is None:
+                object.__setattr__(self, name, takes[name])
+            elif name not in takes and value is not None:
+                # Class names: the CLI rewrites a bare "momentum" into "--momentum".
+                users = [cls.__name__ for cls in OPTIMIZERS.values() if name in cls.defaults()]
+                raise ValueError(
+                    f"{name}={value!r} is not used by optimizer={self.optimizer!r}, which "
+                    f"takes {', '.join(takes)}; drop it, or train with {' or '.join(users)}."
+                )
+        book_lr = SGD_LR if self.optimizer == "sgd" else takes["lr"]
+        if self.lr is None:
+            object.__setattr__(self, "lr", book_lr)
+        with_what = (
+            "" if self.optimizer == "sgd" else f" with {OPTIMIZERS[self.optimizer].__name__}"
+        )
+        check_positive("lr", self.lr, f"the book uses {book_lr}{with_what}.")
+        self.make_optimizer()  # checks the other hyperparameters, naming the bad one
+
+    def make_optimizer(self):
+        """A fresh optimizer of this config (its name and hyperparameters).
+
+        Returns
+        -------
+        fastnum.optimizers.Optimizer
+        """
+        takes = OPTIMIZERS[self.optimizer].defaults()
+        return make_optimizer(self.optimizer, **{k: getattr(self, k) for k in takes})
 
     def _to_builtin_types(self):
         # NumPy scalars would break json.dumps and make "lr=0.1" compare unequal on resume.
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in ("lr", "weight_init_std", "h"):
+            if field.name in ("lr", "h", *HYPERPARAMETERS) and value is not None:
                 object.__setattr__(self, field.name, float(value))
             elif isinstance(value, np.integer):
                 object.__setattr__(self, field.name, int(value))
@@ -241,6 +321,8 @@ class TrainResult:
     final_train_acc, final_test_acc : float
         Accuracy of the final parameters on the full training and test sets.
     out_dir : pathlib.Path or None
+    optimizer : fastnum.optimizers.Optimizer or None
+        The optimizer at the end of the run (its state included).
     """
 
     config: TrainConfig
@@ -251,6 +333,7 @@ class TrainResult:
     final_train_acc: float
     final_test_acc: float
     out_dir: Path | None = None
+    optimizer: object = None
 
     @property
     def params(self):
@@ -417,15 +500,20 @@ def build_net(config, n_features, n_classes, input_dim=None):
             strategy=config.strategy,
         )
     if config.hidden_sizes is None:
-        return TwoLayerNet(
+        named = isinstance(config.weight_init_std, str)
+        net = TwoLayerNet(
             n_features,
             config.hidden_size,
             n_classes,
-            config.weight_init_std,
+            1.0 if named else config.weight_init_std,
             seed=config.seed,
             backend=backend,
             strategy=config.strategy,
         )
+        if named:  # std * draw == (1.0 * draw) * std bit for bit: MultiLayerNet's weights
+            for key, n_in in (("W1", n_features), ("W2", config.hidden_size)):
+                net.params[key] *= layer_init_std(config.weight_init_std, n_in)
+        return net
     return MultiLayerNet(
         n_features,
         config.hidden_sizes,
@@ -438,19 +526,27 @@ def build_net(config, n_features, n_classes, input_dim=None):
     )
 
 
-def sgd_step(net, x, t, config):
-    """One SGD update of ``net`` on a batch; returns the batch loss at the updated parameters.
+def sgd_step(net, x, t, config, optimizer=None):
+    """One update of ``net`` on a batch; returns the batch loss at the updated parameters.
 
+    ``optimizer`` (a :mod:`fastnum.optimizers` optimizer, which keeps its state
+    between steps) makes the update; None makes plain SGD with ``config.lr``.
     ``x`` and ``t`` must already be validated (float64 C-contiguous, int64 labels
     in range): the step calls the network's trusted methods.
     """
+    if optimizer is None:
+        if config.optimizer != "sgd":
+            raise ValueError(
+                f"optimizer={config.optimizer!r} keeps state between steps; pass the run's "
+                "optimizer (config.make_optimizer(), made once)."
+            )
+        optimizer = config.make_optimizer()
     with _blas_threads(net.backend):
         if config.grad == "backprop":
             grads = net.gradient_trusted(x, t)
         else:
             grads = net.numerical_gradient_trusted(x, t, config.h, config.strategy)
-        for key, grad in grads.items():  # W1, b1, W2, b2 (and more for hidden_sizes)
-            net.params[key] -= config.lr * grad
+        optimizer.update(net.params, grads)  # in place: W1, b1, W2, b2 (and more)
         return float(net.loss_trusted(x, t))
 
 
@@ -463,6 +559,7 @@ class _Run:
             config, data.x_train.shape[1], data.n_classes, input_dim=data.x_train.shape[1:]
         )
         self.backend = self.net.backend
+        self.optimizer = config.make_optimizer()
         # A child stream, so batch sampling does not replay the bits of the weight init.
         self.rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
         self.per_epoch = max(len(data.x_train) // config.batch_size, 1)
@@ -484,10 +581,11 @@ class _Run:
         return {"epoch_seconds": list(self.epoch_seconds), "total_seconds": total}
 
     def step(self):
-        """One SGD update; returns the batch loss at the updated parameters."""
+        """One update; returns the batch loss at the updated parameters."""
         idx = self.rng.choice(len(self.data.x_train), self.cfg.batch_size)
         # Rows of data validated once in _prepare_data: the trusted methods apply.
-        return sgd_step(self.net, self.data.x_train[idx], self.data.t_train[idx], self.cfg)
+        x, t = self.data.x_train[idx], self.data.t_train[idx]
+        return sgd_step(self.net, x, t, self.cfg, self.optimizer)
 
     def accuracies(self):
         d = self.data
@@ -541,6 +639,12 @@ class _Run:
             self.folder.write_history(self.document(status, **extra))
 
     def write_checkpoint(self):
+        state = self.optimizer.state_dict()
+        arrays = {
+            f"{_STATE_PREFIX}{slot}.{key}": a
+            for slot, slot_arrays in state.pop("state").items()
+            for key, a in slot_arrays.items()
+        }
         meta = {
             "config": self.cfg.to_dict(),
             "backend": self.backend,
@@ -550,12 +654,27 @@ class _Run:
             "history": {k: v for k, v in self.history.items() if k != "loss"},
             "epoch_seconds": self.epoch_seconds,
             "seconds": self.seconds(),
+            "optimizer": state,  # name, hyperparameters, iterations; its arrays beside params
         }
-        self.folder.write_checkpoint(meta, self.history["loss"], self.net.params)
+        self.folder.write_checkpoint(meta, self.history["loss"], {**self.net.params, **arrays})
+
+    def _saved_optimizer(self, meta, arrays):
+        """The optimizer state of a checkpoint, as ``Optimizer.load_state_dict`` takes it."""
+        saved = meta.get("optimizer")
+        if saved is None:  # written before optimizers existed: plain SGD, no state
+            saved = {"name": "sgd", "hyperparameters": {"lr": self.cfg.lr}}
+            saved["iterations"] = meta["iteration"]
+        slots = {slot: {} for slot in self.optimizer.SLOTS}
+        for name, a in arrays.items():
+            if name.startswith(_STATE_PREFIX):
+                slot, key = name[len(_STATE_PREFIX) :].split(".", 1)
+                slots.setdefault(slot, {})[key] = a
+        return {**saved, "state": slots}
 
     def restore(self):
         """Continue from the folder's checkpoint: params, sampler state, iteration and history."""
         meta, arrays = self.folder.read_checkpoint(tuple(self.net.params))
+        meta["config"] = {**_PLAIN_SGD, **meta["config"]}
         check_resumable(
             meta,
             self.cfg.to_dict(),
@@ -564,6 +683,16 @@ class _Run:
             self.per_epoch,
             self.folder.checkpoint,
         )
+        try:
+            state = self._saved_optimizer(meta, arrays)
+            if state["iterations"] != meta["iteration"]:
+                raise ValueError(f"{state['iterations']} optimizer steps")
+            self.optimizer.load_state_dict(state)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{self.folder.checkpoint} is inconsistent (its optimizer state: {exc}); start "
+                "a new run (overwrite=True, --overwrite) or use another out_dir."
+            ) from exc
         for key in self.net.params:
             self.net.params[key][...] = arrays[key]
         self.rng.bit_generator.state = meta["rng"]
@@ -651,6 +780,7 @@ class _Run:
             final[0],
             final[1],
             None if self.folder is None else self.folder.path,
+            optimizer=self.optimizer,
         )
 
 
@@ -666,7 +796,7 @@ def train(
     log=print,
     callback=None,
 ):
-    """Train the book's ``TwoLayerNet`` with minibatch SGD.
+    """Train the book's ``TwoLayerNet`` with minibatch SGD (or another chapter 6 optimizer).
 
     Parameters
     ----------
@@ -683,8 +813,9 @@ def train(
         lasts: a second run in it is refused.
     resume : bool, default False
         Continue from ``out_dir/checkpoint.npz``.  The result is bit-identical
-        to an uninterrupted run; only ``iters``, ``threads`` and an
-        equivalent ``backend`` spelling may differ from the checkpoint's config.
+        to an uninterrupted run (the optimizer's state is in the checkpoint);
+        only ``iters``, ``threads`` and an equivalent ``backend`` spelling may
+        differ from the checkpoint's config.
         A checkpoint that is damaged, edited (it carries a checksum) or
         inconsistent with its own history is refused.
     overwrite : bool, default False

@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_info
 
 from fastnum import backend as fb
 from fastnum.progress import Progress
+from fastnum.rundir import CheckpointError
 from fastnum.train import TrainConfig, TrainingDivergedError, train
 from tests._training import SimulatedInterruptError, blob_data, quiet_train, small, stop_at_epoch
 
@@ -447,6 +448,242 @@ def test_progress_after_resume_counts_from_the_checkpoint():
     bar.update(45)
     bar.update(50)
     assert stream.getvalue().startswith(" 50%|") and "50/100" in stream.getvalue()
+
+
+# --- optimizers (chapter 6) -------------------------------------------------------------------
+
+OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+
+
+@pytest.mark.parametrize("grad", ["backprop", "numerical"])
+def test_the_default_is_the_plain_sgd_loop_bit_for_bit(blobs, grad):
+    """Today's loop, written out: W -= lr * grad on the sampled batch, loss after the update."""
+    from fastnum.network import TwoLayerNet
+
+    assert TrainConfig().optimizer == "sgd" and TrainConfig().lr == 0.1
+    config = small(grad=grad, iters=25)
+    comp = quiet_train(config, blobs)
+    (x, t), _ = blobs
+    x, t = x.astype(np.float64), t.astype(np.int64)
+    net = TwoLayerNet(6, 5, 4, weight_init_std=0.5, seed=0, backend="numpy")
+    rng = np.random.default_rng(np.random.SeedSequence(0).spawn(1)[0])
+    ref_loss = []
+    for _ in range(config.iters):
+        idx = rng.choice(len(x), config.batch_size)
+        if grad == "backprop":
+            grads = net.gradient(x[idx], t[idx])
+        else:
+            grads = net.numerical_gradient(x[idx], t[idx])
+        for k, g in grads.items():
+            net.params[k] -= config.lr * g
+        ref_loss.append(float(net.loss(x[idx], t[idx])))
+    assert comp.history["loss"] == ref_loss
+    for k in PARAMS:
+        assert np.array_equal(comp.params[k], net.params[k]), k
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_resume_is_bit_identical_for_every_optimizer(blobs, tmp_path, name):
+    config = small(optimizer=name, lr=0.05, iters=45, batch_size=20)  # 15 iterations per epoch
+    full = quiet_train(config, blobs, tmp_path / "full")
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path / "cut", callback=stop_at_epoch(2))
+    with np.load(tmp_path / "cut" / "checkpoint.npz") as z:
+        saved = sorted(k for k in z.files if k.startswith("optimizer."))
+    slots = {"sgd": [], "adam": ["m", "v"], "adagrad": ["h"], "rmsprop": ["h"]}.get(name, ["v"])
+    assert saved == sorted(f"optimizer.{s}.{k}" for s in slots for k in PARAMS)
+    resumed = quiet_train(config, blobs, tmp_path / "cut", resume=True)
+    assert_same_run(full, resumed)
+    assert resumed.optimizer.iterations == full.optimizer.iterations == 45
+    for slot, arrays in full.optimizer.state.items():
+        for k, a in arrays.items():
+            assert np.array_equal(resumed.optimizer.state[slot][k], a), (slot, k)
+    # The state matters: a resume that restarted it from zeros would differ.
+    if name != "sgd":
+        assert not np.array_equal(
+            full.params["W1"], quiet_train(small(lr=0.05), blobs).params["W1"]
+        )
+
+
+@pytest.mark.numba
+def test_adam_resume_is_bit_identical_with_numba(blobs, tmp_path):
+    config = small(grad="numerical", iters=25, backend="numba", optimizer="adam", lr=0.05)
+    full = quiet_train(config, blobs)
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path, callback=stop_at_epoch(1))
+    assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
+
+
+def test_resume_with_another_optimizer_lists_the_differences(blobs, tmp_path):
+    quiet_train(small(optimizer="adam", lr=None), blobs, tmp_path)
+    with pytest.raises(CheckpointError, match="cannot resume") as info:
+        quiet_train(small(), blobs, tmp_path, resume=True)
+    message = str(info.value)
+    for diff in ("optimizer='adam' there, 'sgd' now", "lr=0.001 there, 1.0 now", "beta1=0.9 there"):
+        assert diff in message
+    with pytest.raises(CheckpointError, match="beta2=0.999 there, 0.99 now"):
+        quiet_train(small(optimizer="adam", lr=None, beta2=0.99), blobs, tmp_path, resume=True)
+
+
+def test_a_checkpoint_from_before_optimizers_resumes(blobs, tmp_path):
+    from fastnum.rundir import RunFolder
+
+    config = small(iters=45, batch_size=20)
+    full = quiet_train(config, blobs)
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path, callback=stop_at_epoch(2))
+    folder = RunFolder(tmp_path)  # rewrite it as the trainer wrote it before chapter 6
+    meta, arrays = folder.read_checkpoint(PARAMS)
+    del meta["optimizer"], meta["checksum"], meta["format"]
+    for key in ("optimizer", "momentum", "decay_rate", "beta1", "beta2"):
+        del meta["config"][key]
+    folder.write_checkpoint(meta, arrays.pop("loss"), arrays)
+    assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
+
+
+def test_a_checkpoint_whose_optimizer_state_disagrees_is_refused(blobs, tmp_path):
+    from fastnum.rundir import RunFolder
+
+    config = small(optimizer="momentum", lr=0.05)
+    quiet_train(config, blobs, tmp_path)
+    folder = RunFolder(tmp_path)
+    meta, arrays = folder.read_checkpoint(PARAMS)
+    meta["optimizer"]["iterations"] = 7
+    folder.write_checkpoint(meta, arrays.pop("loss"), arrays)  # a valid checksum, wrong state
+    with pytest.raises(CheckpointError, match="its optimizer state: 7 optimizer steps"):
+        quiet_train(config, blobs, tmp_path, resume=True)
+
+
+def test_config_takes_the_books_defaults_of_the_chosen_optimizer():
+    adam = TrainConfig(optimizer="adam")
+    assert (adam.lr, adam.beta1, adam.beta2, adam.momentum, adam.decay_rate) == (
+        0.001,
+        0.9,
+        0.999,
+        None,
+        None,
+    )
+    assert TrainConfig(optimizer="rmsprop").decay_rate == 0.99
+    assert TrainConfig(optimizer="nesterov").momentum == 0.9
+    config = TrainConfig(optimizer="momentum", lr=np.float32(0.5), momentum=np.float64(0.25))
+    assert json.loads(json.dumps(config.to_dict()))["momentum"] == 0.25
+    assert repr(config.make_optimizer()) == "Momentum(lr=0.5, momentum=0.25)"
+    assert config.make_optimizer() is not config.make_optimizer()  # fresh state each time
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"optimizer": "adadelta"}, ValueError, "optimizer='adadelta' is unknown"),
+        (
+            {"optimizer": "adam", "momentum": 0.9},
+            ValueError,
+            "momentum=0.9 is not used by optimizer='adam', which takes lr, beta1, beta2; "
+            "drop it, or train with Momentum or Nesterov.",
+        ),
+        ({"beta1": 0.9}, ValueError, "beta1=0.9 is not used by optimizer='sgd'"),
+        (
+            {"optimizer": "momentum", "momentum": 1.0},
+            ValueError,
+            "momentum=1.0 must be a number in",
+        ),
+        ({"optimizer": "rmsprop", "decay_rate": "0.9"}, TypeError, "decay_rate='0.9' must be"),
+        ({"optimizer": "adam", "lr": 0.0}, ValueError, "lr=0.0 must be a finite number > 0; the "),
+    ],
+)
+def test_optimizer_settings_are_checked_by_name(kwargs, error, words):
+    with pytest.raises(error) as info:
+        TrainConfig(**kwargs)
+    assert words in str(info.value)
+
+
+def test_adam_and_he_initialisation_train_a_relu_net(blobs):
+    config = small(
+        optimizer="adam",
+        lr=0.01,
+        iters=100,
+        hidden_sizes=(8, 8),
+        activation="relu",
+        weight_init_std="he",
+    )
+    result = quiet_train(config, blobs)
+    assert result.final_test_acc > 0.9
+    assert json.loads(json.dumps(result.config.to_dict()))["weight_init_std"] == "he"
+
+
+# --- initialisation by name -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, gain", [("relu", 2), ("He", 2), ("sigmoid", 1), ("xavier", 1)])
+def test_named_initialisation_scales_each_layer_by_its_fan_in(name, gain):
+    from fastnum.multilayer import MultiLayerNet
+    from fastnum.train import build_net
+
+    sizes = (6, 9, 5, 4)
+    unit = MultiLayerNet(6, sizes[1:-1], 4, weight_init_std=1.0, seed=2, backend="numpy")
+    named = MultiLayerNet(6, sizes[1:-1], 4, weight_init_std=name, seed=2, backend="numpy")
+    for k, n_in in enumerate(sizes[:-1], start=1):
+        # The same draws, each layer's scaled by sqrt(gain / n_in) as the book's net does.
+        assert np.array_equal(named.params[f"W{k}"], unit.params[f"W{k}"] * math.sqrt(gain / n_in))
+        assert not named.params[f"b{k}"].any()
+    config = TrainConfig(weight_init_std=name, hidden_sizes=sizes[1:-1], seed=2, backend="numpy")
+    assert config.weight_init_std == name.lower()
+    trained = build_net(config, 6, 4)
+    for k in named.params:
+        assert np.array_equal(trained.params[k], named.params[k]), k
+    # The book's TwoLayerNet takes only a number; named, it gets the same per-layer weights.
+    two = build_net(TrainConfig(weight_init_std=name, hidden_size=9, backend="numpy"), 6, 4)
+    one_layer = MultiLayerNet(6, [9], 4, weight_init_std=name, seed=0, backend="numpy")
+    assert type(two).__name__ == "TwoLayerNet"
+    for k in PARAMS:
+        assert np.array_equal(two.params[k], one_layer.params[k]), k
+
+
+def test_unknown_initialisation_names_and_the_conv_net_are_refused():
+    from fastnum.multilayer import MultiLayerNet
+
+    for make in (
+        lambda: TrainConfig(weight_init_std="gaussian"),
+        lambda: MultiLayerNet(6, [5], 4, weight_init_std="gaussian"),
+    ):
+        with pytest.raises(TypeError, match="weight_init_std='gaussian' must be a number such as"):
+            make()
+    with pytest.raises(ValueError, match="weight_init_std='he' is for the dense networks"):
+        TrainConfig(net="simpleconv", weight_init_std="he")
+
+
+def test_cli_passes_the_optimizer_and_the_initialisation(capsys, tmp_path, monkeypatch):
+    import fastnum.train
+    from fastnum.cli import main
+
+    seen = []
+
+    def fake_train(config, **kw):
+        seen.append(config)
+        raise KeyboardInterrupt  # enough: the config is what is tested
+
+    monkeypatch.setattr(fastnum.train, "train", fake_train)
+    argv = ["train", "-q", "--out", str(tmp_path), "--backend", "numpy"]
+    more = ["--optimizer", "adam", "--beta2", "0.99", "--hidden-sizes", "5", "--activation"]
+    assert main([*argv, *more, "relu", "--weight-init-std", "He"]) == 130
+    assert main([*argv, "--weight-init-std", "0.05"]) == 130
+    assert main([*argv, "--optimizer", "rmsprop", "--lr", "0.002"]) == 130
+    adam, sgd, rmsprop = seen
+    assert (adam.optimizer, adam.lr, adam.beta1, adam.beta2) == ("adam", 0.001, 0.9, 0.99)
+    assert adam.weight_init_std == "he" and adam.hidden_sizes == (5,)
+    assert (sgd.optimizer, sgd.lr, sgd.weight_init_std) == ("sgd", 0.1, 0.05)
+    assert (rmsprop.lr, rmsprop.decay_rate) == (0.002, 0.99)
+    capsys.readouterr()
+    assert main([*argv, "--optimizer", "adam", "--momentum", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "fastnum train: error: --momentum=0.5 is not used by --optimizer='adam', which takes "
+        "--lr, --beta1, --beta2; drop it, or train with Momentum or Nesterov."
+    )
+    assert main([*argv, "--optimizer", "momentum", "--momentum", "1"]) == 2
+    assert "--momentum=1.0 must be a number in [0, 1); the book uses --momentum=0.9." in (
+        capsys.readouterr().err
+    )
 
 
 # --- real MNIST -------------------------------------------------------------------------------
