@@ -751,7 +751,8 @@ class _Bar:
         if progress is None or progress is True:
             from fastnum.progress import _redraws
 
-            if progress or _redraws(sys.stderr):
+            redraws = _redraws(sys.stderr)
+            if progress or redraws:
                 from tqdm.auto import tqdm
 
                 self.own = True
@@ -763,7 +764,7 @@ class _Bar:
                     # Automatic: only for checks still running after a few seconds.
                     delay=0 if progress else PROGRESS_DELAY,
                     mininterval=0.2,
-                    leave=False,
+                    leave=not redraws,  # a log keeps the last line; a terminal, the report
                     dynamic_ncols=True,
                 )
         elif progress is not False:
