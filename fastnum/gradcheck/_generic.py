@@ -294,15 +294,22 @@ def start_method():
     module nor cloudpickle.  Fork is unsafe once numba's threading layer (OpenMP,
     TBB or workqueue) has started its threads in this process: GNU OpenMP aborts
     the forked child ("fork() called from a process already using GNU OpenMP").
-    With other Python threads running, a lock one of them holds would stay locked
-    in the child forever.  macOS system libraries are not fork-safe either.
+    A lock that another thread of the reader's holds at the fork (NumPy's global
+    generator's, say) would stay locked in the child forever, so fork is used only
+    from the main thread while every other thread is a daemon (Jupyter's, tqdm's,
+    Dask's: they do not run the reader's code).  macOS system libraries are not
+    fork-safe either.
     """
     if sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
         return "exec"
     parallel = sys.modules.get("numba.np.ufunc.parallel")
     if parallel is not None and getattr(parallel, "_is_initialized", True):
         return "exec"
-    return "fork" if threading.active_count() == 1 else "exec"
+    main = threading.main_thread()
+    if threading.current_thread() is not main:
+        return "exec"
+    others = [t for t in threading.enumerate() if t is not main and not t.daemon]
+    return "exec" if others else "fork"
 
 
 def _write(stream, obj):
@@ -466,6 +473,7 @@ class _WorkerProcess:
         # The folder fastnum is imported from, whatever the worker's sys.path starts as.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         code = (
+            "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
             f"import sys; sys.path.insert(0, {root!r}); "
             "from fastnum.gradcheck._generic import exec_worker_main; "
             f"exec_worker_main({os.getpid()})"
