@@ -365,15 +365,17 @@ def _serve(evaluator, tasks, results):
     """A worker's loop: run each task it is sent, send back ("ok", value) or ("error", exc)."""
     while True:
         try:
-            task = _read(tasks)
-        except EOFError:  # the parent closed the pipe: done
+            kind, arg, step = _read(tasks)
+        except (EOFError, OSError):  # the parent closed the pipe, or is gone: done
             return
-        kind, arg, step = task
         try:
             reply = ("ok", TASK_KINDS[kind](evaluator, arg, step))
         except Exception as exc:
             reply = ("error", _portable(exc))
-        _write(results, reply)
+        try:
+            _write(results, reply)
+        except OSError:  # the parent stopped listening (it died, or was interrupted)
+            return
 
 
 def _forked_worker(snap, parent_pid, task_fd, result_fd):
@@ -398,6 +400,16 @@ def _forked_worker(snap, parent_pid, task_fd, result_fd):
 
 def exec_worker_main(parent_pid):
     """Body of a worker started as a fresh interpreter: the snapshot comes pickled on stdin."""
+    code = 1
+    try:
+        _exec_worker(parent_pid)
+        code = 0
+    finally:
+        _flush_std_streams()
+        os._exit(code)  # quietly: no flush of a pipe whose reader is gone
+
+
+def _exec_worker(parent_pid):
     _die_with_parent(parent_pid)
     # stdin and stdout carry the messages; the reader's prints go to stderr instead.
     tasks, results = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
@@ -417,6 +429,13 @@ def exec_worker_main(parent_pid):
         return
     _write(results, ("ready", None))
     _serve(evaluator, tasks, results)
+
+
+def _flush_std_streams():
+    """Flush what the reader's code printed (before a fork, so the child does not print it too)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _one_thread_each():
@@ -448,9 +467,7 @@ class _WorkerProcess:
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         parent_pid = os.getpid()
-        for stream in (sys.stdout, sys.stderr):  # or the child would print it again
-            with contextlib.suppress(Exception):
-                stream.flush()
+        _flush_std_streams()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child; coverage does not follow
             code = 0
@@ -462,6 +479,7 @@ class _WorkerProcess:
             except BaseException:
                 code = 1
             finally:
+                _flush_std_streams()
                 os._exit(code)  # never return into the parent's code (pytest, a notebook)
         os.close(task_r)
         os.close(result_w)
