@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import importlib.util
 import inspect
 import multiprocessing
 import os
@@ -542,7 +543,7 @@ class _WorkerProcess:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            oom = " (out of memory?)" if -code == signal.SIGKILL else ""
+            oom = " (out of memory?)" if -code == getattr(signal, "SIGKILL", None) else ""
             return f"killed by {name}{oom}"
         return f"exited with code {code}"
 
@@ -575,7 +576,10 @@ class _WorkerProcess:
                 stream.close()
         if kill or self._wait(STOP_SECONDS) is None:
             with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
+                if self.popen is not None:
+                    self.popen.kill()  # SIGKILL, or TerminateProcess on Windows
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
             self._wait(STOP_SECONDS)
 
 
@@ -673,12 +677,19 @@ class _ProcessRunner:
 
 
 def _note(notes, why):
-    if notes is not None:
-        notes.append(
-            f"the generic path ran serially in this process: {why}. Worker processes need "
-            "the network pickled once numba's threads run here; pip install cloudpickle "
-            "to pickle classes defined in a notebook, a function or a script."
+    """Say why the tasks ran serially, and how to get processes back."""
+    if notes is None:
+        return
+    hint = ""
+    if importlib.util.find_spec("cloudpickle") is None:
+        hint = (
+            "; pip install cloudpickle to pickle classes defined in a notebook, a function "
+            "or a script"
         )
+    notes.append(
+        f"the generic path ran serially in this process: {why}. Once numba's threads run "
+        f"here, worker processes are fresh interpreters that need the network pickled{hint}."
+    )
 
 
 class _SerialRunner:
