@@ -521,14 +521,6 @@ def test_gradcheck_of_a_readers_tiny_class_passes(capsys, data_dir, tiny):
     assert "PASS" in captured.out and captured.err == ""
 
 
-# Until fastnum.gradcheck evaluates the loss twice and wraps the reader's exceptions
-# (issue 17): the CLI's mapping is tested above; these run the real check end to end.
-# When they pass, remove the marker (strict: an XPASS fails).
-_UNTIL_GRADCHECK_REFUSES = pytest.mark.xfail(
-    strict=True, reason="gradcheck does not yet raise GradcheckRefusedError / UserCodeError"
-)
-
-
 def test_gradcheck_refuses_a_noisy_loss_with_exit_3(capsys, data_dir, tiny):
     code, captured = _tiny_gradcheck(capsys, data_dir, tiny, '{"noise": 1e-6}')
     assert code == cli.EXIT_REFUSED, captured
@@ -538,7 +530,7 @@ def test_gradcheck_refuses_a_noisy_loss_with_exit_3(capsys, data_dir, tiny):
 @pytest.mark.parametrize(
     "broken, words",
     [
-        pytest.param("loss", "RuntimeError: the loss broke", marks=_UNTIL_GRADCHECK_REFUSES),
+        ("loss", "RuntimeError: the loss broke"),
         ("gradient", "ZeroDivisionError"),
     ],
 )

@@ -234,13 +234,10 @@ def _resolve(f, bp, x0=0.0, h=1e-4, tol=1e-9):
     num = (f(x0 + h) - f(x0 - h)) / (2 * h)
     found = {"p": _kinks.start([0], np.array([num]), np.array([bp]), np.array([tol]), [True])}
 
-    def probe(requests, step):
-        return {
-            "p": (
-                np.array([(f(x0 + step) - loss) / step]),
-                np.array([(loss - f(x0 - step)) / step]),
-            )
-        }
+    def probe(requests, step, deadline):
+        forward = np.array([(f(x0 + step) - loss) / step])
+        backward = np.array([(loss - f(x0 - step)) / step])
+        return {"p": (forward, backward, np.array([True]))}
 
     _kinks.resolve(found, probe, h, loss, time.monotonic() + 10, 8)
     return found["p"].state[0]

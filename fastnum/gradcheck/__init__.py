@@ -221,10 +221,10 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
     return grads, at
 
 
-def _generic_gradients(snap, params, steps, workers, scheduler, n_blocks_for):
+def _generic_gradients(runner, params, steps, n_blocks_for):
     blocks = _generic.plan_blocks(params, n_blocks_for)
     tasks = [("block", block, step) for step in steps for block in blocks]
-    values = _generic.run_tasks(snap, tasks, workers, scheduler)
+    values = runner.run(tasks)
     grads = []
     for i in range(len(steps)):
         flat = {name: [] for name in params}
@@ -240,42 +240,55 @@ def _generic_gradients(snap, params, steps, workers, scheduler, n_blocks_for):
     return grads
 
 
-def _prober(snap, own, own_loss, loss_seconds, workers, scheduler):
-    """``probe(requests, step)``: one-sided slopes of the reader's loss at flat indices.
+class _Runners:
+    """Where the reader's loss runs: this process, or workers started once, when first needed."""
 
-    Elements that take a second or two run on ``own`` in this process; more are spread
-    over the workers, whose start-up would cost more than it saves.
+    def __init__(self, snap, workers, scheduler, notes, exit_stack):
+        self.snap, self.workers, self.scheduler, self.notes = snap, workers, scheduler, notes
+        self.exit_stack, self.opened = exit_stack, {}
+
+    def get(self, parallel):
+        """The serial runner, or the workers' (processes or Dask) when ``parallel``."""
+        key = parallel and (self.scheduler is not None or self.workers > 1)
+        if key not in self.opened:
+            workers = self.workers if key else 1
+            scheduler = self.scheduler if key else None
+            self.opened[key] = self.exit_stack.enter_context(
+                _generic.open_workers(self.snap, workers, scheduler, self.notes)
+            )
+        return self.opened[key]
+
+
+def _prober(runners, loss_seconds):
+    """``probe(requests, step, deadline)``: one-sided slopes of the reader's loss at flat indices.
+
+    A second or two of work runs in this process; more is spread over the workers, whose
+    start-up would otherwise cost more than it saves.  Tasks last about half a second each,
+    so the deadline is kept closely.
     """
+    per_task = max(1, int(0.5 / max(2 * loss_seconds, 1e-6)))
 
-    def serial(name, indices, step):
-        if hasattr(own, "one_sided_at"):
-            return own.one_sided_at(name, indices, step)
-        pairs = [own.one_sided(name, int(q), step, own_loss) for q in indices]
-        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-
-    def probe(requests, step):
+    def probe(requests, step, deadline):
         total = sum(len(v) for v in requests.values())
-        parallel = hasattr(_generic.Evaluator, "one_sided_at") and (
-            scheduler is not None or (workers > 1 and 2 * total * loss_seconds > 2.0)
-        )
-        if not parallel:
-            return {name: serial(name, idx, step) for name, idx in requests.items()}
-        tasks, owners = [], []
-        for name, idx in requests.items():
-            for part in np.array_split(idx, max(1, min(len(idx), 4 * workers))):
-                tasks.append(("one_sided_at", (name, part), step))
-                owners.append(name)
-        values = _generic.run_tasks(snap, tasks, workers, scheduler)
-        out = {name: ([], []) for name in requests}
-        for name, (forward, backward) in zip(owners, values, strict=True):
+        runner = runners.get(parallel=2 * total * loss_seconds > 2.0)
+        parts = [
+            (name, idx[start : start + per_task])
+            for name, idx in requests.items()
+            for start in range(0, len(idx), per_task)
+        ]
+        values = runner.run([("one_sided_at", part, step) for part in parts], deadline=deadline)
+        out = {name: ([], [], []) for name in requests}
+        for (name, idx), value in zip(parts, values, strict=True):
+            forward, backward = value if value is not None else (np.zeros(len(idx)),) * 2
             out[name][0].append(forward)
             out[name][1].append(backward)
-        return {name: (np.concatenate(f), np.concatenate(b)) for name, (f, b) in out.items()}
+            out[name][2].append(np.full(len(idx), value is not None))
+        return {name: tuple(np.concatenate(part) for part in parts) for name, parts in out.items()}
 
     return probe
 
 
-def _resolve_elements(found, engine_at, probe, h, own_loss, probe_seconds, workers):
+def _resolve_elements(found, engine_at, probe, h, own_loss, probe_seconds):
     """Take every failing element down the step ladder (see :mod:`fastnum.gradcheck._kinks`).
 
     On the engine path the central differences at every smaller step come from the kernels
@@ -294,7 +307,7 @@ def _resolve_elements(found, engine_at, probe, h, own_loss, probe_seconds, worke
     deadline = time.monotonic() + probe_seconds
     # The kernels tried every central difference: one-sided slopes start where they bracket.
     ladder = _kinks.LADDER if engine_at is None else _kinks.LADDER[1:]
-    _kinks.resolve(found, probe, h, own_loss, deadline, 64 * max(1, workers), ladder)
+    _kinks.resolve(found, probe, h, own_loss, deadline, 256, ladder)
 
 
 def _recognised(net, method):
@@ -536,8 +549,33 @@ def gradcheck(
         np.random.set_state(rng_state)  # noqa: NPY002
 
 
+class _Point(NamedTuple):
+    """What the check knows at theta before any numerical gradient."""
+
+    snap: _generic.Snapshot
+    own: _generic.Evaluator  # the reader's loss on a private copy, in this process
+    loss: float
+    loss_seconds: float
+    bp: dict
+    comparable: list  # parameters with a backprop gradient of their shape
+    common: dict  # GradcheckResult's settings
+
+
 def _check(net, x, t, o, rng_state):
     notes = []
+    point = _at_theta(net, x, t, o, rng_state, notes)
+    if o.fast:
+        result = _fast_check(net, point, o, notes)
+        if result is not None:
+            return result
+    with contextlib.ExitStack() as exit_stack:
+        runners = _Runners(point.snap, o.workers, o.scheduler, notes, exit_stack)
+        grads, engine_at, how = _numerical(net, x, t, point, o, runners, notes)
+        return _verdict(net, len(x), point, grads, engine_at, how, o, runners, notes)
+
+
+def _at_theta(net, x, t, o, rng_state, notes):
+    """The snapshot, the loss at theta (refused unless it is a function), and backprop."""
     unguarded = False
     if not o.log_guard:
         unguarded, reason = _generic.unguarded_mode(
@@ -549,7 +587,7 @@ def _check(net, x, t, o, rng_state):
             )
     snap = _generic.snapshot(net, x, t, rng_state, unguarded)  # before backprop touches the net
     own = _generic.evaluator_from(snap)
-    own_loss, loss_seconds = _loss_at_theta(own, snap)
+    loss, loss_seconds = _loss_at_theta(own, snap)
     p_true = _true_class_probabilities(own.net, x, t)
     guard_effect = None if p_true is None else LOG_GUARD / float(np.min(p_true))
     # The guard's slack, in units of the parameter's max |bp|: 5x its expected effect.
@@ -565,65 +603,76 @@ def _check(net, x, t, o, rng_state):
         guard_effect=guard_effect,
         guard_slack=guard_slack,
     )
+    return _Point(snap, own, loss, loss_seconds, bp, comparable, common)
 
-    if o.fast and len(comparable) < len(params):
+
+def _fast_check(net, point, o, notes):
+    """Fast mode's result, or None when the full check is to run (it says so, in a warning)."""
+    params, own = net.params, point.own
+    if len(point.comparable) < len(params):
         notes.append("fast mode skipped: a backprop gradient is missing or misshaped")
-    elif o.fast:
-        results = _fast_mode(
-            own, params, bp, o.directions, o.seed, o.h, o.rtol, o.atol, guard_slack, own_loss
+        return None
+    slack = point.common["guard_slack"]
+    results = _fast_mode(
+        own, params, point.bp, o.directions, o.seed, o.h, o.rtol, o.atol, slack, point.loss
+    )
+    _refuse_unless_same(point.loss, own.loss(), "after the directions")
+    method = "fast mode: the network's own loss, serially"
+    done = dict(method=method, directions=tuple(results), **point.common)
+    if all(ok for *_, ok in results):
+        return GradcheckResult({}, notes=tuple(notes), **done)
+    n_params = sum(int(np.size(p)) for p in params.values())
+    recognised = _recognised(net, o.method)
+    estimate = 0.0 if recognised else 2 * n_params * point.loss_seconds / max(1, o.workers)
+    if estimate > o.fallback_seconds:
+        notes.append(
+            f"fast mode found a mismatch that no smaller step explains; a per-element "
+            f"check of the {n_params:,} parameters would take about {estimate:.0f} s "
+            f"(over fallback_seconds={o.fallback_seconds:g}), so it was not run: run "
+            "with fast=False (no --fast) to name the parameter and the element"
         )
-        _refuse_unless_same(own_loss, own.loss(), "after the directions")
-        method = "fast mode: the network's own loss, serially"
-        if all(ok for *_, ok in results):
-            return GradcheckResult(
-                {}, method=method, notes=tuple(notes), directions=tuple(results), **common
-            )
-        n_params = sum(int(np.size(p)) for p in params.values())
-        recognised = _recognised(net, o.method)
-        estimate = 0.0 if recognised else 2 * n_params * loss_seconds / max(1, o.workers)
-        if estimate > o.fallback_seconds:
-            notes.append(
-                f"fast mode found a mismatch that no smaller step explains; a per-element "
-                f"check of the {n_params:,} parameters would take about {estimate:.0f} s "
-                f"(over fallback_seconds={o.fallback_seconds:g}), so it was not run: run "
-                "with fast=False (no --fast) to name the parameter and the element"
-            )
-            return GradcheckResult(
-                {}, method=method, notes=tuple(notes), directions=tuple(results), **common
-            )
-        warnings.warn(
-            "gradcheck fast mode found a mismatch; checking every element"
-            + (f" (about {estimate:.0f} s)" if estimate else ""),
-            stacklevel=3,
-        )
-        notes.append("fast mode found a mismatch, so every element is checked below")
+        return GradcheckResult({}, notes=tuple(notes), **done)
+    warnings.warn(
+        "gradcheck fast mode found a mismatch; checking every element"
+        + (f" (about {estimate:.0f} s)" if estimate else ""),
+        stacklevel=4,
+    )
+    notes.append("fast mode found a mismatch, so every element is checked below")
+    return None
 
+
+def _numerical(net, x, t, point, o, runners, notes):
+    """Numerical gradients at h (and h/2), ``at(step, indices)`` on the engine, and how."""
     steps = (o.h, o.h / 2) if o.richardson else (o.h,)
-    grads, how, engine_at = None, None, None
     if o.method != "generic":
         try:
             stack = _stack.recognise(net)
+            guard = point.common["log_guard"]
             grads, engine_at = _engine_gradients(
-                net, stack, x, t, steps, not unguarded, own_loss, require_jit=o.method == "auto"
+                net, stack, x, t, steps, guard, point.loss, require_jit=o.method == "auto"
             )
-            how = "engine fast path: fastnum's kernels on a copy of the parameters"
+            return (
+                grads,
+                engine_at,
+                "engine fast path: fastnum's kernels on a copy of the parameters",
+            )
         except _stack.EngineUnsupportedError as exc:
             if o.method == "engine":
                 raise ValueError(f"method='engine' is not possible: {exc}.") from None
             notes.append(f"generic path: {exc}.")
-    if grads is None:
-        # On a cluster the worker count is unknown here: plan blocks for a generous one.
-        n_blocks_for = _generic.CLUSTER_WORKERS if o.scheduler is not None else o.workers
-        grads = _generic_gradients(snap, params, steps, o.workers, o.scheduler, n_blocks_for)
-        where = (
-            "on a Dask cluster"
-            if o.scheduler is not None
-            else "serially"
-            if o.workers == 1
-            else f"on {o.workers} processes"
-        )
-        how = f"generic path: the network's own loss, {where}"
+    # On a cluster the worker count is unknown here: plan blocks for a generous one.
+    n_blocks_for = _generic.CLUSTER_WORKERS if o.scheduler is not None else o.workers
+    runner = runners.get(parallel=True)
+    grads = _generic_gradients(runner, net.params, steps, n_blocks_for)
+    where = {"dask": "on a Dask cluster", "serial": "serially"}.get(
+        runner.where, f"on {o.workers} processes"
+    )
+    return grads, None, f"generic path: the network's own loss, {where}"
 
+
+def _verdict(net, batch, point, grads, engine_at, how, o, runners, notes):
+    """Resolve every failing element and compare, parameter by parameter."""
+    params, bp, comparable = net.params, point.bp, point.comparable
     num, truncation = grads[0], {name: None for name in params}
     for name in comparable:
         if not np.any(num[name]) and float(np.max(np.abs(bp[name]), initial=0)) > o.atol:
@@ -633,7 +682,7 @@ def _check(net, x, t, o, rng_state):
                 "(a layer holding a copy of it, or a params entry replaced after the layers "
                 "were built)"
             )
-    unchecked, unchecked_notes = _unchecked_notes(net, num, bp, comparable, o.atol, len(x))
+    unchecked, unchecked_notes = _unchecked_notes(net, num, bp, comparable, o.atol, batch)
     notes += unchecked_notes
     if o.richardson:
         extrapolated = {n: (4 * grads[1][n] - grads[0][n]) / 3 for n in params}
@@ -641,7 +690,7 @@ def _check(net, x, t, o, rng_state):
             n: float(np.max(np.abs(grads[0][n] - extrapolated[n]), initial=0)) for n in params
         }
         num = extrapolated
-        rounding = np.finfo(np.float64).eps * abs(own_loss) / o.h
+        rounding = np.finfo(np.float64).eps * abs(point.loss) / o.h
         notes.append(
             f"Richardson: the verdict uses (4 D(h/2) - D(h)) / 3; trunc. est = "
             f"max |D(h) - extrapolated|; rounding error ~ eps |L| / h = {rounding:.1e}. "
@@ -651,16 +700,16 @@ def _check(net, x, t, o, rng_state):
     excess, found = {}, {}
     for name in comparable:
         excess[name], tol, failing, finite = failing_elements(
-            num[name], bp[name], o.rtol, o.atol, guard_slack
+            num[name], bp[name], o.rtol, o.atol, point.common["guard_slack"]
         )
-        flat_bp = bp[name].reshape(-1)
+        flat_num, flat_bp = num[name].reshape(-1), bp[name].reshape(-1)
         found[name] = _kinks.start(
-            failing, num[name].reshape(-1)[failing], flat_bp[failing], tol[failing], finite[failing]
+            failing, flat_num[failing], flat_bp[failing], tol[failing], finite[failing]
         )
-    probe = _prober(snap, own, own_loss, loss_seconds, o.workers, o.scheduler)
-    _resolve_elements(found, engine_at, probe, o.h, own_loss, o.probe_seconds, o.workers)
-    _refuse_unless_same(own_loss, own.loss(), "at the end of the check")
-    _refuse_if_moved(own.net.params, snap.net.params, "net.loss(x, t)")
+    probe = _prober(runners, point.loss_seconds)
+    _resolve_elements(found, engine_at, probe, o.h, point.loss, o.probe_seconds)
+    _refuse_unless_same(point.loss, point.own.loss(), "at the end of the check")
+    _refuse_if_moved(point.own.net.params, point.snap.net.params, "net.loss(x, t)")
     checks = {
         name: compare(
             name,
@@ -674,7 +723,9 @@ def _check(net, x, t, o, rng_state):
         )
         for name, p in params.items()
     }
-    return GradcheckResult(checks, method=how, notes=tuple(notes), unchecked=unchecked, **common)
+    return GradcheckResult(
+        checks, method=how, notes=tuple(notes), unchecked=unchecked, **point.common
+    )
 
 
 class _CallableModule(types.ModuleType):

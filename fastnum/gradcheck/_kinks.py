@@ -100,7 +100,8 @@ def judge_one_sided(elements, positions, forward, backward, divisor, step, loss)
 def resolve(found, probe, h, loss, deadline, chunk, ladder=LADDER):
     """Take every pending element down the ladder with one-sided slopes, worst first.
 
-    ``probe(requests, step)`` maps ``{name: flat indices}`` to ``{name: (forward, backward)}``.
+    ``probe(requests, step, deadline)`` maps ``{name: flat indices}`` to
+    ``{name: (forward, backward, ran)}``, ``ran`` False where the deadline came first.
     ``ladder`` may skip steps whose central differences were already tried (the engine's).
     Elements still pending after the last step fail; those not reached by ``deadline``
     (``time.monotonic()``) or after ``ENOUGH_FAILURES`` in their parameter are unresolved.
@@ -119,10 +120,13 @@ def resolve(found, probe, h, loss, deadline, chunk, ladder=LADDER):
             if not batch:
                 break
             step = h / divisor
-            slopes = probe({n: found[n].indices[p] for n, p in batch.items()}, step)
+            slopes = probe({n: found[n].indices[p] for n, p in batch.items()}, step, deadline)
             for name, positions in batch.items():
-                forward, backward = slopes[name]
-                judge_one_sided(found[name], positions, forward, backward, divisor, step, loss)
+                forward, backward, ran = slopes[name]
+                judge_one_sided(
+                    found[name], positions[ran], forward[ran], backward[ran], divisor, step, loss
+                )
+                batch[name] = positions[ran]  # the others stay pending: unresolved
         for name, positions in batch.items():  # no step explained them
             still = positions[found[name].state[positions] == PENDING]
             found[name].state[still] = FAILED
