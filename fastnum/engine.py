@@ -631,6 +631,10 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
 # ---------------------------------------------------------------------------- chapter 6 delta
 
 
+# Values per buffer of the chapter 6 delta blocks (width x evaluations x samples).
+_NORM_BLOCK_VALUES = 16384
+
+
 class _NormLayer(NamedTuple):
     w: str
     b: str
@@ -693,36 +697,43 @@ def _norm_delta_at(plan, params, x, t, h, log_guard, masks):
     z_off = np.concatenate(([0], np.cumsum(n * d_out)[:-1])).astype(np.int64)
     M = np.concatenate(
         [
-            np.asarray(masks[ly.mask], dtype=np.float64).ravel() if ly.mask else np.ones(n * d)
+            np.asarray(masks[ly.mask], dtype=np.float64).reshape(n, d).T.ravel()
+            if ly.mask
+            else np.ones(n * d)
             for ly, d in pairs
         ]
     )
     total = int(np.sum(n * d_out))
-    Z, XN, A, L0 = np.empty(total), np.zeros(total), np.empty(total), np.empty(n)
-    net = (sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M, L0)
-    guard = float(log_guard)
-    norm_kern._net_cache(x, net, t, guard, BN_EPSILON, np.empty(n), np.empty(n))
+    Z, XN, A = np.empty(total), np.zeros(total), np.empty(total)
+    net = (sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M)
+    XT = np.ascontiguousarray(x.T)
+    norm_kern._net_cache(XT, net, BN_EPSILON)
     width = int(d_out.max())
+    # Evaluations side by side: enough to fill the vector units, few enough that a
+    # block's buffers stay in the core's caches.
+    ne_max = 2 * max(1, min(8, _NORM_BLOCK_VALUES // (2 * width * n)))
     scale = 1.0 / (2.0 * h * n)
     grads = {}
     for layer, spec in enumerate(plan):
         n_in, d = int(sizes[layer]), int(sizes[layer + 1])
-        inputs = x if layer == 0 else A[z_off[layer - 1] : z_off[layer - 1] + n * n_in]
-        nz_cols = np.flatnonzero((inputs.reshape(n, n_in) != 0).any(axis=0)).astype(np.int64)
+        inputs = XT if layer == 0 else A[z_off[layer - 1] : z_off[layer - 1] + n_in * n]
+        inputs = inputs.reshape(n_in, n)
+        nz_rows = np.flatnonzero((inputs != 0).any(axis=1)).astype(np.int64)
         gT = np.zeros((d, n_in + 3))
         n_tasks = _n_tasks(d)
         _run_tasks(
             norm_kern._norm_delta_task,
             n_tasks,
             layer,
-            x,
-            nz_cols,
+            inputs,
+            nz_rows,
             net,
             t,
             float(h),
-            guard,
+            float(log_guard),
             BN_EPSILON,
             width,
+            ne_max,
             n_tasks,
             gT,
         )

@@ -85,247 +85,305 @@ def _mask_batch(a, mask, out):
             out[s, k] = a[s, k] * mask[s, k]
 
 
+# ------------------------------------------------------------------------------ delta
+#
+# Layout: every array of the dense stack is unit-major.  The cache keeps, per layer,
+# rows of N samples per unit (Z, XN, A, M: unit c of layer l at z_off[l] + c * N).
+# The delta blocks put ``ne`` evaluations side by side: row c of a block holds sample
+# s of evaluation e at s * ne + e, so the inner loops (batch statistics included) run
+# over the evaluations, contiguous, and vectorize.  One evaluation (ne = 1) is the
+# cache's own layout, computed by the same functions: an input that did not change
+# gives bit for bit the cached output.
+
+
 @njit
-def _row_loss(z, k, label, guard):
-    """-log(softmax(z[:k])[label] + guard), shifted by the row max."""
-    m = z[0]
+def _bn_block(P, ne, n, gamma, beta, eps, acc, mu, std, out, xn, store_xn):
+    """out = gamma * xn + beta for each of the ne columns interleaved in P[:n * ne]
+    (sample s of column e at s * ne + e), with that column's mean and variance; the
+    normalised values go to xn when ``store_xn``."""
+    for e in range(ne):
+        acc[e] = 0.0
+    for s in range(n):
+        for e in range(ne):
+            acc[e] += P[s * ne + e]
+    for e in range(ne):
+        mu[e] = acc[e] / n
+        acc[e] = 0.0
+    for s in range(n):
+        for e in range(ne):
+            dv = P[s * ne + e] - mu[e]
+            acc[e] += dv * dv
+    for e in range(ne):
+        std[e] = np.sqrt(acc[e] / n + eps)
+    for s in range(n):
+        for e in range(ne):
+            v = (P[s * ne + e] - mu[e]) / std[e]
+            if store_xn:
+                xn[s * ne + e] = v
+            out[s * ne + e] = gamma * v + beta
+
+
+@njit
+def _layer_block(net, m, ne, n, eps, P, Q, xn, store_xn, acc, mu, std):
+    """Q = output of layer m (batch norm per evaluation, activation, mask) for the
+    pre-activations P (rows of n * ne); the cache (``store_xn``, ne = 1) keeps the
+    normalised values in xn."""
+    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
+    d = sizes[m + 1]
+    cols = ne * n
+    code = acts[m]
+    mo = z_off[m]
+    for c in range(d):
+        base = c * cols
+        out = Q[base : base + cols]
+        if bn[m]:
+            _bn_block(
+                P[base : base + cols],
+                ne,
+                n,
+                g[b_off[m] + c],
+                be[b_off[m] + c],
+                eps,
+                acc,
+                mu,
+                std,
+                out,
+                xn[base : base + cols] if store_xn else xn,
+                store_xn,
+            )
+            for q in range(cols):
+                out[q] = _act(out[q], code)
+        else:
+            for q in range(cols):
+                out[q] = _act(P[base + q], code)
+        if drop[m]:
+            for s in range(n):
+                ms = M[mo + c * n + s]
+                for e in range(ne):
+                    out[s * ne + e] *= ms
+
+
+@njit
+def _block_losses(Q, k, ne, n, t, guard, mx, sm, L):
+    """L[s * ne + e] = -log(softmax(Q[:, s * ne + e])[t[s]] + guard), max-shifted."""
+    cols = ne * n
+    for q in range(cols):
+        mx[q] = Q[q]
     for c in range(1, k):
-        m = max(m, z[c])
-    s = 0.0
+        for q in range(cols):
+            mx[q] = max(mx[q], Q[c * cols + q])
+    for q in range(cols):
+        sm[q] = 0.0
     for c in range(k):
-        s += fexp(z[c] - m)
-    return -flog(fexp(z[label] - m) / s + guard)
-
-
-# ------------------------------------------------------------------------------ cache
-
-
-@njit
-def _layer_out(net, layer, s, c, y):
-    """Output (activation, then mask) of unit c of sample s for the value y after BN."""
-    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M, L0 = net
-    v = _act(y, acts[layer])
-    if drop[layer]:
-        v = v * M[z_off[layer] + s * sizes[layer + 1] + c]
-    return v
+        for q in range(cols):
+            sm[q] += fexp(Q[c * cols + q] - mx[q])
+    for s in range(n):
+        row = t[s] * cols
+        for e in range(ne):
+            q = s * ne + e
+            L[q] = -flog(fexp(Q[row + q] - mx[q]) / sm[q] + guard)
 
 
 @njit
-def _net_cache(X, net, t, guard, eps, col, col2):
-    """Fill Z, XN, A and L0 of ``net`` (see the module docstring) for the batch X."""
-    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M, L0 = net
-    n = X.shape[0]
-    n_layers = sizes.shape[0] - 1
-    for layer in range(n_layers):
-        n_in = sizes[layer]
-        d = sizes[layer + 1]
-        zo = z_off[layer]
-        for s in range(n):
-            for c in range(d):
-                Z[zo + s * d + c] = b[b_off[layer] + c]
-            for r in range(n_in):
-                a = X[s, r] if layer == 0 else A[z_off[layer - 1] + s * n_in + r]
-                if a != 0.0:
-                    row = w_off[layer] + r * d
-                    for c in range(d):
-                        Z[zo + s * d + c] += a * w[row + c]
+def _net_cache(XT, net, eps):
+    """Fill Z, XN and A of ``net`` for the batch XT (features, N), unit-major."""
+    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
+    n = XT.shape[1]
+    src = XT.reshape(XT.size)
+    one = np.empty(1)
+    one2 = np.empty(1)
+    one3 = np.empty(1)
+    for m in range(sizes.shape[0] - 1):
+        n_in = sizes[m]
+        d = sizes[m + 1]
+        zo = z_off[m]
         for c in range(d):
             for s in range(n):
-                col[s] = Z[zo + s * d + c]
-            if bn[layer]:
-                _bn_column(col, n, g[b_off[layer] + c], be[b_off[layer] + c], eps, col2, col)
-                for s in range(n):
-                    XN[zo + s * d + c] = col2[s]
+                Z[zo + c * n + s] = b[b_off[m] + c]
+        for r in range(n_in):
+            row = src[r * n : (r + 1) * n]
+            nonzero = False
             for s in range(n):
-                A[zo + s * d + c] = _layer_out(net, layer, s, c, col[s])
-    last = z_off[n_layers - 1]
-    k = sizes[n_layers]
-    for s in range(n):
-        L0[s] = _row_loss(A[last + s * k : last + (s + 1) * k], k, t[s], guard)
-
-
-# ------------------------------------------------------------------------------ delta
+                if row[s] != 0.0:
+                    nonzero = True
+            if not nonzero:
+                continue
+            for c in range(d):
+                wv = w[w_off[m] + r * d + c]
+                for s in range(n):
+                    Z[zo + c * n + s] += row[s] * wv
+        zs = Z[zo : zo + d * n]
+        _layer_block(
+            net, m, 1, n, eps, zs, A[zo : zo + d * n], XN[zo : zo + d * n], True, one, one2, one3
+        )
+        src = A[zo : zo + d * n]
 
 
 @njit
-def _run_from(m, P, Q, active, n_act, net, t, guard, eps, col, col2, Ls):
-    """Ls[s] = loss of each sample s that moved, given P[s, :d_{m+1}], the perturbed
-    pre-activations of layer m of the ``n_act`` samples in ``active`` (the other samples
-    equal the cache).  P and Q are scratch (N, width) and are overwritten."""
-    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M, L0 = net
-    n = P.shape[0]
+def _run_from(m, ne, n, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L):
+    """L = per-sample losses of ne evaluations whose layer-m pre-activations are the rows
+    of P (n * ne values each); P, Q, D are overwritten."""
+    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
     n_layers = sizes.shape[0] - 1
+    cols = ne * n
     while True:
         d = sizes[m + 1]
         zo = z_off[m]
-        if bn[m]:
-            # The batch statistics couple the samples: every sample takes part from here.
-            if n_act < n:
-                _all_samples(P, active, n_act, Z, zo, d)
-                n_act = n
-            for c in range(d):
-                changed = False
-                for s in range(n):
-                    col[s] = P[s, c]
-                    if col[s] != Z[zo + s * d + c]:
-                        changed = True
-                if not changed:
-                    for s in range(n):
-                        Q[s, c] = A[zo + s * d + c]
-                    continue
-                _bn_column(col, n, g[b_off[m] + c], be[b_off[m] + c], eps, col2, col)
-                for s in range(n):
-                    Q[s, c] = _layer_out(net, m, s, c, col[s])
-        else:
-            for a in range(n_act):
-                s = active[a]
-                for c in range(d):
-                    Q[s, c] = _layer_out(net, m, s, c, P[s, c])
+        _layer_block(net, m, ne, n, eps, P, Q, xn, False, acc, mu, std)
         if m == n_layers - 1:
-            for a in range(n_act):
-                s = active[a]
-                Ls[s] = _row_loss(Q[s], d, t[s], guard)
+            _block_losses(Q, d, ne, n, t, guard, mx, sm, L)
             return
         d2 = sizes[m + 2]
         zo2 = z_off[m + 1]
-        kept = 0
-        for a in range(n_act):
-            s = active[a]
-            prow = P[s]
-            for c in range(d2):
-                prow[c] = Z[zo2 + s * d2 + c]
+        for c in range(d2):
+            for s in range(n):
+                zc = Z[zo2 + c * n + s]
+                for e in range(ne):
+                    P[c * cols + s * ne + e] = zc
+        for k in range(d):
             moved = False
-            for k in range(d):
-                dk = Q[s, k] - A[zo + s * d + k]
-                if dk != 0.0:
-                    moved = True
-                    wrow = w[w_off[m + 1] + k * d2 : w_off[m + 1] + (k + 1) * d2]
-                    for c in range(d2):
-                        prow[c] += dk * wrow[c]
-            if moved:
-                active[kept] = s
-                kept += 1
-        n_act = kept
-        if n_act == 0:
-            return
+            for s in range(n):
+                ak = A[zo + k * n + s]
+                for e in range(ne):
+                    q = s * ne + e
+                    D[q] = Q[k * cols + q] - ak
+                    if D[q] != 0.0:
+                        moved = True
+            if not moved:  # a unit no evaluation changed adds exactly nothing
+                continue
+            wr = w_off[m + 1] + k * d2
+            for c in range(d2):
+                wv = w[wr + c]
+                row = P[c * cols : (c + 1) * cols]
+                for q in range(cols):
+                    row[q] += D[q] * wv
         m += 1
 
 
 @njit
-def _all_samples(P, active, n_act, Z, zo, d):
-    """Make every sample active: rows of P not in active[:n_act] take the cached Z."""
-    n = P.shape[0]
-    is_active = np.zeros(n, dtype=np.bool_)
-    for a in range(n_act):
-        is_active[active[a]] = True
-    for s in range(n):
-        if not is_active[s]:
-            for c in range(d):
-                P[s, c] = Z[zo + s * d + c]
-        active[s] = s
-
-
-@njit
-def _column_losses(layer, j, stage, col, net, t, guard, eps, P, Q, active, col2, dcol, Ls):
-    """Ls = per-sample losses when column j of layer ``layer`` takes the values col[:N]:
-    pre-activations (stage 0) or values after batch normalisation (stage 1)."""
-    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M, L0 = net
-    n = P.shape[0]
+def _column_block(
+    layer, j, stage, ne, n, E, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L
+):
+    """L = per-sample losses of ne evaluations in which column j of layer ``layer`` takes
+    the values E (sample s of evaluation e at s * ne + e): pre-activations (stage 0) or
+    values after batch normalisation (stage 1).  E is overwritten."""
+    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
     n_layers = sizes.shape[0] - 1
     d = sizes[layer + 1]
     zo = z_off[layer]
-    for s in range(n):
-        Ls[s] = L0[s]
+    cols = ne * n
+    code = acts[layer]
     if stage == 0 and bn[layer]:
-        _bn_column(col, n, g[b_off[layer] + j], be[b_off[layer] + j], eps, col2, col)
-    n_act = 0
+        gj = g[b_off[layer] + j]
+        bj = be[b_off[layer] + j]
+        _bn_block(E, ne, n, gj, bj, eps, acc, mu, std, E, xn, False)
     for s in range(n):
-        dcol[s] = _layer_out(net, layer, s, j, col[s]) - A[zo + s * d + j]
-        if dcol[s] != 0.0:
-            active[n_act] = s
-            n_act += 1
-    if n_act == 0:
-        return
+        ms = M[zo + j * n + s] if drop[layer] else 1.0
+        for e in range(ne):
+            v = _act(E[s * ne + e], code)
+            if drop[layer]:
+                v *= ms
+            E[s * ne + e] = v
     if layer == n_layers - 1:
-        for a in range(n_act):
-            s = active[a]
-            for c in range(d):
-                Q[s, c] = A[zo + s * d + c]
-            Q[s, j] += dcol[s]
-            Ls[s] = _row_loss(Q[s], d, t[s], guard)
+        for c in range(d):
+            for s in range(n):
+                ac = A[zo + c * n + s]
+                for e in range(ne):
+                    Q[c * cols + s * ne + e] = ac
+        for q in range(cols):
+            Q[j * cols + q] = E[q]
+        _block_losses(Q, d, ne, n, t, guard, mx, sm, L)
         return
     d2 = sizes[layer + 2]
     zo2 = z_off[layer + 1]
-    wrow = w[w_off[layer + 1] + j * d2 : w_off[layer + 1] + (j + 1) * d2]
-    for a in range(n_act):
-        s = active[a]
-        for c in range(d2):
-            P[s, c] = Z[zo2 + s * d2 + c] + dcol[s] * wrow[c]
-    _run_from(layer + 1, P, Q, active, n_act, net, t, guard, eps, col, col2, Ls)
+    for s in range(n):
+        aj = A[zo + j * n + s]
+        for e in range(ne):
+            D[s * ne + e] = E[s * ne + e] - aj
+    wr = w_off[layer + 1] + j * d2
+    for c in range(d2):
+        wv = w[wr + c]
+        for s in range(n):
+            zc = Z[zo2 + c * n + s]
+            for e in range(ne):
+                P[c * cols + s * ne + e] = zc + D[s * ne + e] * wv
+    _run_from(layer + 1, ne, n, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L)
 
 
 @njit
-def _norm_delta_task(task, layer, X, nz_cols, net, t, h, guard, eps, width, n_tasks, gT):
+def _norm_delta_task(task, layer, IN, nz_rows, net, t, h, guard, eps, width, ne_max, n_tasks, gT):
     """gT[j, r] = sum_s (L_s(+) - L_s(-)) for W_l[r, j] (r < n_in), b_l[j] (r = n_in),
     gamma_l[j] (n_in + 1) and beta_l[j] (n_in + 2) of layer ``layer``.
 
     One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks); a task owns
-    whole units j (interleaved) and sums the samples in ascending order.  nz_cols lists
-    the input columns that are non-zero for some sample (the others move nothing).
+    whole units j (interleaved) and sums the samples in ascending order.  IN (n_in, N)
+    is the layer's input, unit-major; nz_rows lists its rows that are non-zero for some
+    sample (the others move nothing).  Up to ne_max evaluations (+h and -h of
+    ne_max / 2 parameters) run side by side.
     """
-    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M, L0 = net
-    n = X.shape[0]
+    sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
+    n = IN.shape[1]
     n_in = sizes[layer]
     d = sizes[layer + 1]
     zo = z_off[layer]
-    P = np.empty((n, width))
-    Q = np.empty((n, width))
-    active = np.empty(n, dtype=np.int64)
-    col = np.empty(n)
-    col2 = np.empty(n)
-    dcol = np.empty(n)
-    Lp = np.empty(n)
-    Lm = np.empty(n)
-    n_par = 3 if bn[layer] else 1
+    cols = ne_max * n
+    E = np.empty(cols)
+    P = np.empty(width * cols)
+    Q = np.empty(width * cols)
+    D = np.empty(cols)
+    L = np.empty(cols)
+    mx = np.empty(cols)
+    sm = np.empty(cols)
+    xn = np.empty(cols)
+    acc = np.empty(ne_max)
+    mu = np.empty(ne_max)
+    std = np.empty(ne_max)
+    n_rows = nz_rows.shape[0]
+    n_items = n_rows + (3 if bn[layer] else 1)
+    half = ne_max // 2
     for j in range(task, d, n_tasks):
         if drop[layer]:
             kept = False
             for s in range(n):
-                if M[zo + s * d + j] != 0.0:
+                if M[zo + j * n + s] != 0.0:
                     kept = True
             if not kept:  # dropped for every sample: no parameter of unit j moves the loss
                 continue
-        for q in range(nz_cols.shape[0] + n_par):
-            for sign in range(2):
-                step = h if sign == 0 else -h
-                Ls = Lp if sign == 0 else Lm
-                if q < nz_cols.shape[0]:  # W[r, j]: moves z by step * input r
-                    r = nz_cols[q]
-                    for s in range(n):
-                        a = X[s, r] if layer == 0 else A[z_off[layer - 1] + s * n_in + r]
-                        col[s] = Z[zo + s * d + j] + step * a
-                    stage = 0
-                elif q == nz_cols.shape[0]:  # b[j]
-                    for s in range(n):
-                        col[s] = Z[zo + s * d + j] + step
-                    stage = 0
-                else:  # gamma[j] or beta[j]: y = gamma * xn + beta with one of them moved
-                    gj = g[b_off[layer] + j]
-                    bej = be[b_off[layer] + j]
-                    if q == nz_cols.shape[0] + 1:
-                        gj = gj + step
-                    else:
-                        bej = bej + step
-                    for s in range(n):
-                        col[s] = gj * XN[zo + s * d + j] + bej
-                    stage = 1
-                _column_losses(
-                    layer, j, stage, col, net, t, guard, eps, P, Q, active, col2, dcol, Ls
-                )
-            total = 0.0
-            for s in range(n):
-                total += Lp[s] - Lm[s]
-            if q < nz_cols.shape[0]:
-                gT[j, nz_cols[q]] = total
-            else:
-                gT[j, n_in + q - nz_cols.shape[0]] = total
+        first = 0
+        while first < n_items:
+            stage = 0 if first <= n_rows else 1
+            last = first
+            while last < n_items and last - first < half and (0 if last <= n_rows else 1) == stage:
+                last += 1
+            ne = 2 * (last - first)
+            for k in range(last - first):
+                item = first + k
+                for sign in range(2):
+                    e = 2 * k + sign
+                    step = h if sign == 0 else -h
+                    if item < n_rows:  # W[r, j] moves z by step * input r
+                        r = nz_rows[item]
+                        for s in range(n):
+                            E[s * ne + e] = Z[zo + j * n + s] + step * IN[r, s]
+                    elif item == n_rows:  # b[j]
+                        for s in range(n):
+                            E[s * ne + e] = Z[zo + j * n + s] + step
+                    else:  # gamma[j] or beta[j]: y = gamma * xn + beta, one of them moved
+                        gj = g[b_off[layer] + j]
+                        bj = be[b_off[layer] + j]
+                        if item == n_rows + 1:
+                            gj = gj + step
+                        else:
+                            bj = bj + step
+                        for s in range(n):
+                            E[s * ne + e] = gj * XN[zo + j * n + s] + bj
+            _column_block(
+                layer, j, stage, ne, n, E, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L
+            )
+            for k in range(last - first):
+                item = first + k
+                total = 0.0
+                for s in range(n):
+                    total += L[s * ne + 2 * k] - L[s * ne + 2 * k + 1]
+                gT[j, nz_rows[item] if item < n_rows else n_in + item - n_rows] = total
+            first = last
