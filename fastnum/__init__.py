@@ -10,6 +10,7 @@ from fastnum import gradcheck
 from fastnum.backend import resolve_backend
 from fastnum.convnet import SimpleConvNet
 from fastnum.gradient import numerical_gradient
+from fastnum.multilayer import MultiLayerNet
 from fastnum.network import TwoLayerNet
 from fastnum.reference import (
     cross_entropy_error,
@@ -26,6 +27,7 @@ from fastnum.reference import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MultiLayerNet",
     "SimpleConvNet",
     "TwoLayerNet",
     "cross_entropy_error",
