@@ -34,8 +34,13 @@ for every parameter; no analytic derivatives anywhere):
     Cache the unperturbed pass and recompute only what a perturbation changes
     (:mod:`fastnum.kernels.layered`).  Covered stacks: an optional first
     convolution followed by any activations and poolings, then affine layers
-    each followed by at most one activation.  Any other stack (two
-    convolutions, two activations in a row, ...) falls back to ``full``.
+    each followed by at most one activation; and dense stacks with batch norm or
+    dropout, each affine layer followed by ``[batchnorm] [activation] [dropout]``
+    in the book's order (:mod:`fastnum.kernels.normalization`: a perturbation's
+    column is renormalised over the batch, then the later layers are recomputed
+    for every sample that moved).  Any other stack (two convolutions, two
+    activations in a row, batch norm after a convolution, ...) falls back to
+    ``full``.
 
 Fast paths: with ``log_guard == 1e-7`` the book's sigmoid two-layer stack runs on
 :mod:`fastnum.kernels.two_layer` (gradient and loss; ``predict`` at any guard), so

@@ -263,3 +263,124 @@ def test_reference_backprop_with_batch_norm_dropout_and_decay_matches_its_numeri
     num = ReferenceLayeredNet.numerical_gradient(ref, x, t, h=1e-6)
     bp = ref.gradient(x, t)
     assert max_abs_diff(num, bp) <= 1e-6  # the log guard and h^2 truncation, nothing more
+
+
+# ------------------------------------------------------------------------ the public network
+
+BOOK_CH6 = dict(
+    activation="relu",
+    weight_init_std=0.3,
+    seed=1,
+    use_batchnorm=True,
+    use_dropout=True,
+    dropout_ratio=0.3,
+    weight_decay_lambda=0.1,
+)
+
+
+def ch6_problem(batch=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, 12))
+    x[x < 0.4] = 0.0
+    return x, rng.integers(0, 4, batch)
+
+
+def test_multilayer_net_is_exported_with_the_books_names():
+    import fastnum
+
+    net = fastnum.MultiLayerNet(12, [7, 5], 4, **BOOK_CH6)
+    assert list(net.params) == [
+        *("W1", "b1", "W2", "b2", "W3", "b3"),
+        *("gamma1", "beta1", "gamma2", "beta2"),
+    ]
+    assert net.param_names == (
+        *("W1", "b1", "gamma1", "beta1", "W2", "b2", "gamma2", "beta2", "W3", "b3"),
+    )
+    assert np.array_equal(net.params["gamma2"], np.ones(5))
+    assert np.array_equal(net.params["beta1"], np.zeros(7))
+    kinds = [spec[0] for spec in net.stack]
+    assert kinds == ["affine", "batchnorm", "relu", "dropout"] * 2 + ["affine"]
+    plain = fastnum.MultiLayerNet(12, [7, 5], 4, seed=1)
+    assert plain.param_names == ("W1", "b1", "W2", "b2", "W3", "b3")
+    assert [spec[0] for spec in plain.stack] == ["affine", "sigmoid"] * 2 + ["affine"]
+
+
+def test_numerical_gradient_numba_equals_numpy_and_uses_one_mask_per_gradient():
+    from fastnum.multilayer import MultiLayerNet
+
+    x, t = ch6_problem()
+    comp = MultiLayerNet(12, [7, 5], 4, backend="numba", **BOOK_CH6)
+    ref = MultiLayerNet(12, [7, 5], 4, backend="numpy", **BOOK_CH6)
+    comp_g = comp.numerical_gradient(x, t)
+    ref_g = ref.numerical_gradient(x, t)  # the book's loop over the NumPy layers
+    assert max_abs_diff(comp_g, ref_g) <= TOL
+    masks = comp.dropout_masks
+    assert all(np.array_equal(masks[k], ref.dropout_masks[k]) for k in masks)
+    # The gradient is that of the loss with the masks it drew, all evaluations alike ...
+    again = engine.numerical_gradient(
+        comp.stack, comp.params, x, t, masks=masks, weight_decay=0.1, strategy="full"
+    )
+    assert max_abs_diff(comp_g, again) <= TOL
+    # ... and the next gradient draws new ones from the seeded generator.
+    comp.numerical_gradient(x, t)
+    assert any(not np.array_equal(masks[k], comp.dropout_masks[k]) for k in masks)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_backprop_sees_the_numerical_gradients_masks_and_gradcheck_passes(backend):
+    import fastnum
+    from fastnum.multilayer import MultiLayerNet
+
+    x, t = ch6_problem()
+    net = MultiLayerNet(12, [7, 5], 4, backend=backend, **BOOK_CH6)
+    num = net.numerical_gradient(x, t)
+    bp = net.gradient(x, t)  # the same masks, then the next step's are drawn
+    for k in num:
+        assert np.abs(num[k] - bp[k]).max() <= 1e-5 * max(1.0, np.abs(bp[k]).max()), k
+    result = fastnum.gradcheck(net, x, t, workers=1)
+    assert all(check.n_fail == 0 for check in result.params.values())
+
+
+def test_loss_is_the_training_loss_and_test_mode_uses_running_statistics():
+    from fastnum.multilayer import MultiLayerNet
+
+    x, t = ch6_problem(batch=8)
+    net = MultiLayerNet(12, [7, 5], 4, **BOOK_CH6)
+    comp_loss = net.loss(x, t)
+    masks = net.dropout_masks
+    ref = ReferenceLayeredNet(
+        net.stack, {k: v.copy() for k, v in net.params.items()}, masks, weight_decay_lambda=0.1
+    )
+    assert abs(comp_loss - ref.loss(x, t)) <= REL * comp_loss
+    assert net.loss(x, t) == comp_loss  # the same masks until a gradient moves on
+    # One gradient moves the running statistics once, from zero by (1 - momentum).
+    net.numerical_gradient(x, t)
+    z1 = x @ net.params["W1"] + net.params["b1"]
+    assert np.allclose(net.running_stats[1][0], 0.1 * z1.mean(axis=0), rtol=1e-12)
+    assert np.allclose(net.running_stats[1][1], 0.1 * z1.var(axis=0), rtol=1e-12)
+    # Test mode: running statistics and dropout's keep rate, the book's layers by hand.
+    p, (mean, var) = net.params, net.running_stats[1]
+    a = np.maximum(0, p["gamma1"] * (z1 - mean) / np.sqrt(var + BN_EPSILON) + p["beta1"]) * 0.7
+    z2 = a @ p["W2"] + p["b2"]
+    mean, var = net.running_stats[2]
+    a = np.maximum(0, p["gamma2"] * (z2 - mean) / np.sqrt(var + BN_EPSILON) + p["beta2"]) * 0.7
+    logits = a @ p["W3"] + p["b3"]
+    ref_y = np.exp(logits - logits.max(axis=1, keepdims=True))
+    ref_y /= ref_y.sum(axis=1, keepdims=True)
+    assert np.abs(net.predict(x) - ref_y).max() <= 1e-12
+    assert net.accuracy(x, t) == np.mean(ref_y.argmax(axis=1) == t)
+
+
+def test_chapter6_arguments_are_validated():
+    from fastnum.multilayer import MultiLayerNet
+
+    with pytest.raises(ValueError, match="dropout_ratio=1.0 must be below 1"):
+        MultiLayerNet(4, [3], 2, use_dropout=True, dropout_ratio=1.0)
+    with pytest.raises(ValueError, match="weight_decay_lambda=-0.1"):
+        MultiLayerNet(4, [3], 2, weight_decay_lambda=-0.1)
+    with pytest.raises(TypeError, match="use_batchnorm='yes'"):
+        MultiLayerNet(4, [3], 2, use_batchnorm="yes")
+    net = MultiLayerNet(4, [3], 2, use_batchnorm=True)
+    net.params["gamma1"] = np.ones(4)
+    with pytest.raises(ValueError, match="gamma1"):
+        net.loss(np.ones((2, 4)), [0, 1])
