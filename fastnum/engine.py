@@ -271,7 +271,7 @@ def _decay_names(stack):
     return [spec[1] for spec in stack if spec[0] in ("conv", "affine")]
 
 
-def weight_decay_term(stack, params, weight_decay):
+def _weight_decay_term(stack, params, weight_decay):
     """The book's ``0.5 * lambda * sum(W**2)``, summed layer by layer (0.0 for lambda 0)."""
     term = 0.0
     if weight_decay:
@@ -348,7 +348,7 @@ def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD, masks=None, weight_decay
     float
     """
     if weight_decay:
-        return loss(stack, params, x, t, log_guard, masks) + weight_decay_term(
+        return loss(stack, params, x, t, log_guard, masks) + _weight_decay_term(
             stack, params, weight_decay
         )
     names = _two_layer_names(stack, x)
