@@ -114,13 +114,16 @@ def _bn_block(P, ne, n, gamma, beta, eps, acc, mu, std, out, xn, store_xn):
             dv = P[s * ne + e] - mu[e]
             acc[e] += dv * dv
     for e in range(ne):
-        std[e] = np.sqrt(acc[e] / n + eps)
+        # One division per column, then products: the same to an ulp as dividing each
+        # value, and the cache and the evaluations share this function.
+        std[e] = 1.0 / np.sqrt(acc[e] / n + eps)
+    if store_xn:
+        for s in range(n):
+            for e in range(ne):
+                xn[s * ne + e] = (P[s * ne + e] - mu[e]) * std[e]
     for s in range(n):
         for e in range(ne):
-            v = (P[s * ne + e] - mu[e]) / std[e]
-            if store_xn:
-                xn[s * ne + e] = v
-            out[s * ne + e] = gamma * v + beta
+            out[s * ne + e] = gamma * ((P[s * ne + e] - mu[e]) * std[e]) + beta
 
 
 @njit
@@ -241,14 +244,15 @@ def _run_from(m, ne, n, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L
                 for e in range(ne):
                     P[c * cols + s * ne + e] = zc
         for k in range(d):
-            moved = False
             for s in range(n):
                 ak = A[zo + k * n + s]
                 for e in range(ne):
-                    q = s * ne + e
-                    D[q] = Q[k * cols + q] - ak
-                    if D[q] != 0.0:
-                        moved = True
+                    D[s * ne + e] = Q[k * cols + s * ne + e] - ak
+            moved = False
+            for q in range(cols):
+                if D[q] != 0.0:
+                    moved = True
+                    break
             if not moved:  # a unit no evaluation changed adds exactly nothing
                 continue
             wr = w_off[m + 1] + k * d2
