@@ -13,24 +13,27 @@ A stack of affine layers, each optionally followed by batch normalisation, an
 activation and a dropout mask (the book's order), is packed like the engine's
 dense tail: flat weights ``w``/``b`` with offsets, flat ``gamma``/``beta`` at
 ``b_off``, per layer the activation code and whether it normalises (``bn``) or
-drops (``drop``).  The cache holds, per layer, the pre-activations ``Z``, the
-normalised values ``XN`` and the output ``A`` (activation times mask), rows of
-``d_{l+1}`` per sample from ``z_off[l]``, the masks ``M`` in the same layout,
-and each sample's loss ``L0``.
+drops (``drop``).  The cache holds, per layer and unit-major (unit c of layer l
+at ``z_off[l] + c * N``, its N samples contiguous), the pre-activations ``Z``,
+the normalised values ``XN``, the output ``A`` (activation times mask) and the
+masks ``M``.
 
 A perturbation of ``W_l[r, j]``, ``b_l[j]``, ``gamma_l[j]`` or ``beta_l[j]``
 changes column j of layer l (for every sample whose input r is non-zero).  With
 batch normalisation that column's statistics are recomputed, which moves the
-column for every sample; after the activation and the mask the change of
-column j is a vector over samples, and the next layer's pre-activations move
-by that vector times row j of the next weights (a rank-1 change).  From there
-:func:`_run_from` recomputes every later layer for the samples that moved (a
-normalising layer moves all samples, and only its columns whose input changed
-are recomputed), and the losses of the moved samples; the others keep their
-cached loss.  Every value is computed by the same functions as the cache, so
-an unchanged input gives bit-for-bit the cached output.  A unit that the mask
-drops for every sample, or an input column that is zero for every sample,
-moves nothing and is skipped.  No analytic derivative is used anywhere.
+column for every sample; after the activation and the mask, the column's change
+is a vector over samples, and the next layer's pre-activations move by that
+vector times row j of the next weights (a rank-1 change).  From there
+:func:`_run_from` recomputes every later layer for the whole batch (a later
+normalising layer needs every sample anyway), adding only the rows of units
+whose output changed, and then every sample's loss; the gradient sums
+L_s(+) - L_s(-) over samples in ascending order.  Evaluations run side by side
+in blocks (the +h and -h of several parameters of one unit), so every inner
+loop, the batch statistics included, vectorizes over them.  The cache and the
+evaluations share these functions, so an unchanged input gives bit for bit the
+cached output.  A unit that the mask drops for every sample, or an input row
+that is zero for every sample, moves nothing and is skipped.  No analytic
+derivative is used anywhere.
 """
 
 from __future__ import annotations
