@@ -384,3 +384,14 @@ def test_chapter6_arguments_are_validated():
     net.params["gamma1"] = np.ones(4)
     with pytest.raises(ValueError, match="gamma1"):
         net.loss(np.ones((2, 4)), [0, 1])
+
+
+@pytest.mark.parametrize("pairs", [1, 3])
+def test_delta_blocks_of_any_size_give_the_same_gradient(pairs, monkeypatch):
+    # A unit's parameters are evaluated in blocks of ``pairs`` (+h and -h each); blocks
+    # that split the weights, and the bias/gamma/beta stage, must not change a value.
+    ref, params, x, t = problem("book-ch6", batch=5, weight_decay=0.1)
+    ref_g = ref.numerical_gradient(x, t)
+    monkeypatch.setattr(engine, "_NORM_PAIRS", pairs)
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t, masks=ref.masks, weight_decay=0.1)
+    assert max_abs_diff(comp_g, ref_g) <= TOL
