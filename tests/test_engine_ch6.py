@@ -18,6 +18,7 @@ from fastnum._jit import get_num_threads, set_num_threads
 from fastnum.constants import BN_EPSILON
 from fastnum.convnet import ReferenceLayeredNet, param_names
 from fastnum.kernels import normalization
+from tests._backends import NUMBA_BACKEND, on_kernels
 from tests._stacks import DROPOUT_STACKS, max_abs_diff, problem
 from tests.test_layers import check_backward
 
@@ -309,7 +310,7 @@ def test_numerical_gradient_numba_equals_numpy_and_uses_one_mask_per_gradient():
     from fastnum.multilayer import MultiLayerNet
 
     x, t = ch6_problem()
-    comp = MultiLayerNet(12, [7, 5], 4, backend="numba", **BOOK_CH6)
+    comp = on_kernels(MultiLayerNet(12, [7, 5], 4, backend="numpy", **BOOK_CH6))
     ref = MultiLayerNet(12, [7, 5], 4, backend="numpy", **BOOK_CH6)
     comp_g = comp.numerical_gradient(x, t)
     ref_g = ref.numerical_gradient(x, t)  # the book's loop over the NumPy layers
@@ -326,7 +327,7 @@ def test_numerical_gradient_numba_equals_numpy_and_uses_one_mask_per_gradient():
     assert any(not np.array_equal(masks[k], comp.dropout_masks[k]) for k in masks)
 
 
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("backend", [NUMBA_BACKEND, "numpy"])
 def test_backprop_sees_the_numerical_gradients_masks_and_gradcheck_passes(backend):
     import fastnum
     from fastnum.multilayer import MultiLayerNet
