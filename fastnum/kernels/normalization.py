@@ -24,10 +24,12 @@ batch normalisation that column's statistics are recomputed, which moves the
 column for every sample; after the activation and the mask, the column's change
 is a vector over samples, and the next layer's pre-activations move by that
 vector times row j of the next weights (a rank-1 change).  From there
-:func:`_run_from` recomputes every later layer for the whole batch (a later
-normalising layer needs every sample anyway), adding only the rows of units
-whose output changed, and then every sample's loss; the gradient sums
-L_s(+) - L_s(-) over samples in ascending order.  Evaluations run side by side
+:func:`_run_from` recomputes every later layer for the samples the change
+reaches (all of them when a later layer normalises, since its statistics mix
+them; otherwise those whose output moved), adding only the rows of units whose
+output changed, and then those samples' losses; the gradient sums
+L_s(+) - L_s(-) over them in ascending order (the other samples' losses are the
+same in both evaluations).  Evaluations run side by side
 in blocks (the +h and -h of several parameters of one unit), so every inner
 loop, the batch statistics included, vectorizes over them.  The cache and the
 evaluations share these functions, so an unchanged input gives bit for bit the
@@ -130,13 +132,13 @@ def _bn_block(P, ne, n, gamma, beta, eps, acc, mu, std, out, xn, store_xn):
 
 
 @njit
-def _layer_block(net, m, ne, n, eps, P, Q, xn, store_xn, acc, mu, std):
+def _layer_block(net, m, ne, n, idx, ns, eps, P, Q, xn, store_xn, acc, mu, std):
     """Q = output of layer m (batch norm per evaluation, activation, mask) for the
-    pre-activations P (rows of n * ne); the cache (``store_xn``, ne = 1) keeps the
-    normalised values in xn."""
+    pre-activations P (rows of ns * ne: the samples idx[:ns] of a batch of n; batch norm
+    needs them all); the cache (``store_xn``, ne = 1) keeps the normalised values in xn."""
     sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
     d = sizes[m + 1]
-    cols = ne * n
+    cols = ne * ns
     code = acts[m]
     mo = z_off[m]
     for c in range(d):
@@ -146,7 +148,7 @@ def _layer_block(net, m, ne, n, eps, P, Q, xn, store_xn, acc, mu, std):
             _bn_block(
                 P[base : base + cols],
                 ne,
-                n,
+                ns,
                 g[b_off[m] + c],
                 be[b_off[m] + c],
                 eps,
@@ -163,16 +165,16 @@ def _layer_block(net, m, ne, n, eps, P, Q, xn, store_xn, acc, mu, std):
             for q in range(cols):
                 out[q] = _act(P[base + q], code)
         if drop[m]:
-            for s in range(n):
-                ms = M[mo + c * n + s]
+            for si in range(ns):
+                ms = M[mo + c * n + idx[si]]
                 for e in range(ne):
-                    out[s * ne + e] *= ms
+                    out[si * ne + e] *= ms
 
 
 @njit
-def _block_losses(Q, k, ne, n, t, guard, mx, sm, L):
-    """L[s * ne + e] = -log(softmax(Q[:, s * ne + e])[t[s]] + guard), max-shifted."""
-    cols = ne * n
+def _block_losses(Q, k, ne, idx, ns, t, guard, mx, sm, L):
+    """L[si * ne + e] = -log(softmax(Q[:, si * ne + e])[t[idx[si]]] + guard), max-shifted."""
+    cols = ne * ns
     for q in range(cols):
         mx[q] = Q[q]
     for c in range(1, k):
@@ -183,10 +185,10 @@ def _block_losses(Q, k, ne, n, t, guard, mx, sm, L):
     for c in range(k):
         for q in range(cols):
             sm[q] += fexp(Q[c * cols + q] - mx[q])
-    for s in range(n):
-        row = t[s] * cols
+    for si in range(ns):
+        row = t[idx[si]] * cols
         for e in range(ne):
-            q = s * ne + e
+            q = si * ne + e
             L[q] = -flog(fexp(Q[row + q] - mx[q]) / sm[q] + guard)
 
 
@@ -195,6 +197,7 @@ def _net_cache(XT, net, eps):
     """Fill Z, XN and A of ``net`` for the batch XT (features, N), unit-major."""
     sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
     n = XT.shape[1]
+    idx = np.arange(n)
     src = XT.reshape(XT.size)
     one = np.empty(1)
     one2 = np.empty(1)
@@ -219,38 +222,37 @@ def _net_cache(XT, net, eps):
                 for s in range(n):
                     Z[zo + c * n + s] += row[s] * wv
         zs = Z[zo : zo + d * n]
-        _layer_block(
-            net, m, 1, n, eps, zs, A[zo : zo + d * n], XN[zo : zo + d * n], True, one, one2, one3
-        )
+        out = A[zo : zo + d * n]
+        _layer_block(net, m, 1, n, idx, n, eps, zs, out, XN[zo : zo + d * n], True, one, one2, one3)
         src = A[zo : zo + d * n]
 
 
 @njit
-def _run_from(m, ne, n, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L):
-    """L = per-sample losses of ne evaluations whose layer-m pre-activations are the rows
-    of P (n * ne values each); P, Q, D are overwritten."""
+def _run_from(m, ne, n, idx, ns, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L):
+    """L = losses of the samples idx[:ns] in ne evaluations whose layer-m pre-activations
+    are the rows of P (ns * ne values each); P, Q, D are overwritten."""
     sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
     n_layers = sizes.shape[0] - 1
-    cols = ne * n
+    cols = ne * ns
     while True:
         d = sizes[m + 1]
         zo = z_off[m]
-        _layer_block(net, m, ne, n, eps, P, Q, xn, False, acc, mu, std)
+        _layer_block(net, m, ne, n, idx, ns, eps, P, Q, xn, False, acc, mu, std)
         if m == n_layers - 1:
-            _block_losses(Q, d, ne, n, t, guard, mx, sm, L)
+            _block_losses(Q, d, ne, idx, ns, t, guard, mx, sm, L)
             return
         d2 = sizes[m + 2]
         zo2 = z_off[m + 1]
         for c in range(d2):
-            for s in range(n):
-                zc = Z[zo2 + c * n + s]
+            for si in range(ns):
+                zc = Z[zo2 + c * n + idx[si]]
                 for e in range(ne):
-                    P[c * cols + s * ne + e] = zc
+                    P[c * cols + si * ne + e] = zc
         for k in range(d):
-            for s in range(n):
-                ak = A[zo + k * n + s]
+            for si in range(ns):
+                ak = A[zo + k * n + idx[si]]
                 for e in range(ne):
-                    D[s * ne + e] = Q[k * cols + s * ne + e] - ak
+                    D[si * ne + e] = Q[k * cols + si * ne + e] - ak
             moved = False
             for q in range(cols):
                 if D[q] != 0.0:
@@ -269,16 +271,17 @@ def _run_from(m, ne, n, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L
 
 @njit
 def _column_block(
-    layer, j, stage, ne, n, E, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L
+    layer, j, stage, ne, n, E, net, t, guard, eps, idx, P, Q, D, xn, acc, mu, std, mx, sm, L
 ):
-    """L = per-sample losses of ne evaluations in which column j of layer ``layer`` takes
-    the values E (sample s of evaluation e at s * ne + e): pre-activations (stage 0) or
-    values after batch normalisation (stage 1).  E is overwritten."""
+    """Losses of ne evaluations in which column j of layer ``layer`` takes the values E
+    (sample s of evaluation e at s * ne + e): pre-activations (stage 0) or values after
+    batch normalisation (stage 1).  Returns ns: L holds the losses of the samples
+    idx[:ns] (si * ne + e), those the change reaches; the others' losses are the same
+    in every evaluation.  E is overwritten."""
     sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M = net
     n_layers = sizes.shape[0] - 1
     d = sizes[layer + 1]
     zo = z_off[layer]
-    cols = ne * n
     code = acts[layer]
     if stage == 0 and bn[layer]:
         gj = g[b_off[layer] + j]
@@ -286,35 +289,55 @@ def _column_block(
         _bn_block(E, ne, n, gj, bj, eps, acc, mu, std, E, xn, False)
     for s in range(n):
         ms = M[zo + j * n + s] if drop[layer] else 1.0
+        aj = A[zo + j * n + s]
         for e in range(ne):
             v = _act(E[s * ne + e], code)
             if drop[layer]:
                 v *= ms
             E[s * ne + e] = v
+            D[s * ne + e] = v - aj
+    # The samples the change reaches: all of them when a later layer normalises (its
+    # statistics mix them), else those whose output moved in some evaluation.
+    normalised_later = False
+    for m in range(layer + 1, n_layers):
+        if bn[m]:
+            normalised_later = True
+    ns = 0
+    for s in range(n):
+        moved = normalised_later
+        for e in range(ne):
+            if D[s * ne + e] != 0.0:
+                moved = True
+        if moved:
+            for e in range(ne):  # compact in place: ns <= s
+                D[ns * ne + e] = D[s * ne + e]
+                E[ns * ne + e] = E[s * ne + e]
+            idx[ns] = s
+            ns += 1
+    if ns == 0:
+        return 0
+    cols = ne * ns
     if layer == n_layers - 1:
         for c in range(d):
-            for s in range(n):
-                ac = A[zo + c * n + s]
+            for si in range(ns):
+                ac = A[zo + c * n + idx[si]]
                 for e in range(ne):
-                    Q[c * cols + s * ne + e] = ac
+                    Q[c * cols + si * ne + e] = ac
         for q in range(cols):
             Q[j * cols + q] = E[q]
-        _block_losses(Q, d, ne, n, t, guard, mx, sm, L)
-        return
+        _block_losses(Q, d, ne, idx, ns, t, guard, mx, sm, L)
+        return ns
     d2 = sizes[layer + 2]
     zo2 = z_off[layer + 1]
-    for s in range(n):
-        aj = A[zo + j * n + s]
-        for e in range(ne):
-            D[s * ne + e] = E[s * ne + e] - aj
     wr = w_off[layer + 1] + j * d2
     for c in range(d2):
         wv = w[wr + c]
-        for s in range(n):
-            zc = Z[zo2 + c * n + s]
+        for si in range(ns):
+            zc = Z[zo2 + c * n + idx[si]]
             for e in range(ne):
-                P[c * cols + s * ne + e] = zc + D[s * ne + e] * wv
-    _run_from(layer + 1, ne, n, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L)
+                P[c * cols + si * ne + e] = zc + D[si * ne + e] * wv
+    _run_from(layer + 1, ne, n, idx, ns, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L)
+    return ns
 
 
 @njit
@@ -345,6 +368,7 @@ def _norm_delta_task(task, layer, IN, nz_rows, net, t, h, guard, eps, width, ne_
     acc = np.empty(ne_max)
     mu = np.empty(ne_max)
     std = np.empty(ne_max)
+    idx = np.empty(n, dtype=np.int64)
     n_rows = nz_rows.shape[0]
     n_items = n_rows + (3 if bn[layer] else 1)
     half = ne_max // 2
@@ -384,13 +408,33 @@ def _norm_delta_task(task, layer, IN, nz_rows, net, t, h, guard, eps, width, ne_
                             bj = bj + step
                         for s in range(n):
                             E[s * ne + e] = gj * XN[zo + j * n + s] + bj
-            _column_block(
-                layer, j, stage, ne, n, E, net, t, guard, eps, P, Q, D, xn, acc, mu, std, mx, sm, L
+            ns = _column_block(
+                layer,
+                j,
+                stage,
+                ne,
+                n,
+                E,
+                net,
+                t,
+                guard,
+                eps,
+                idx,
+                P,
+                Q,
+                D,
+                xn,
+                acc,
+                mu,
+                std,
+                mx,
+                sm,
+                L,
             )
             for k in range(last - first):
                 item = first + k
                 total = 0.0
-                for s in range(n):
-                    total += L[s * ne + 2 * k] - L[s * ne + 2 * k + 1]
+                for si in range(ns):
+                    total += L[si * ne + 2 * k] - L[si * ne + 2 * k + 1]
                 gT[j, nz_rows[item] if item < n_rows else n_in + item - n_rows] = total
             first = last
