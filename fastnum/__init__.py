@@ -10,6 +10,7 @@ from fastnum import gradcheck, optimizers
 from fastnum.backend import resolve_backend
 from fastnum.convnet import SimpleConvNet
 from fastnum.gradient import numerical_gradient
+from fastnum.multilayer import MultiLayerNet
 from fastnum.network import TwoLayerNet
 from fastnum.optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 from fastnum.reference import (
@@ -31,6 +32,7 @@ __all__ = [
     "AdaGrad",
     "Adam",
     "Momentum",
+    "MultiLayerNet",
     "Nesterov",
     "RMSprop",
     "SimpleConvNet",

@@ -12,3 +12,6 @@ from __future__ import annotations
 H = 1e-4
 #: The book's guard inside log() in the cross-entropy: -log(y + LOG_GUARD).
 LOG_GUARD = 1e-7
+#: The book's batch-norm epsilon inside the square root, sqrt(var + BN_EPSILON).  The book
+#: writes it 10e-7, which is 1e-6; readers' classes copied from it use this value.
+BN_EPSILON = 10e-7

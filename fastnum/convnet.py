@@ -35,7 +35,11 @@ LAYER_TYPES = {
     "relu": ("Relu", lambda p: layers.Relu()),
     "sigmoid": ("Sigmoid", lambda p: layers.Sigmoid()),
     "affine": ("Affine", lambda p, w, b: layers.Affine(p[w], p[b])),
+    "batchnorm": ("BatchNorm", lambda p, g, b: layers.BatchNormalization(p[g], p[b])),
+    "dropout": ("Dropout", lambda p, mask: layers.Dropout()),  # its mask: self.masks[mask]
 }
+#: Kinds whose spec names parameters (positions 1 and 2): weights and biases, gamma and beta.
+PARAM_KINDS = ("conv", "affine", "batchnorm")
 
 DEFAULT_CONV_PARAM = {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1}
 POOL_SIZE = 2  # the book's 2x2 max pooling with stride 2
@@ -44,7 +48,7 @@ ACCURACY_CHUNK = 500  # images per predict call when measuring accuracy
 
 def param_names(stack):
     """Parameter names in the order the stack uses them, e.g. ("W1", "b1", "W2", ...)."""
-    return tuple(name for spec in stack if spec[0] in ("conv", "affine") for name in spec[1:3])
+    return tuple(name for spec in stack if spec[0] in PARAM_KINDS for name in spec[1:3])
 
 
 class ReferenceLayeredNet:
@@ -54,8 +58,10 @@ class ReferenceLayeredNet:
     a subclass's validation and numba dispatch must not leak into the oracle.
     """
 
-    def __init__(self, stack, params):
+    def __init__(self, stack, params, masks=None, weight_decay_lambda=0.0):
         self.stack, self.params = tuple(stack), params
+        # Dropout masks by name (data, not parameters) and the book's weight decay.
+        self.masks, self.weight_decay_lambda = dict(masks or {}), weight_decay_lambda
         self.last_layer = layers.SoftmaxWithLoss()
 
     @property
@@ -74,9 +80,21 @@ class ReferenceLayeredNet:
         return built
 
     def _logits(self, x, net_layers):
-        for layer in net_layers.values():
-            x = layer.forward(x)
+        for spec, layer in zip(self.stack, net_layers.values(), strict=True):
+            if spec[0] == "dropout":
+                mask = self.masks[spec[1]]
+                x = layer.forward(x, mask=mask.reshape(x.shape))
+            else:
+                x = layer.forward(x)
         return x
+
+    def _weight_decay(self):
+        """0.5 * lambda * sum(W**2) over the conv and affine weights, layer by layer."""
+        decay = 0.0
+        for spec in self.stack:
+            if spec[0] in ("conv", "affine") and self.weight_decay_lambda:
+                decay += 0.5 * self.weight_decay_lambda * np.sum(self.params[spec[1]] ** 2)
+        return decay
 
     def predict(self, x):
         """Class probabilities for a batch ``x``."""
@@ -86,7 +104,8 @@ class ReferenceLayeredNet:
     def loss(self, x, t):
         """Batch-mean cross-entropy (with the book's 1e-7 guard)."""
         net_layers = ReferenceLayeredNet.layers.fget(self)
-        return self.last_layer.forward(ReferenceLayeredNet._logits(self, x, net_layers), t)
+        data = self.last_layer.forward(ReferenceLayeredNet._logits(self, x, net_layers), t)
+        return data + ReferenceLayeredNet._weight_decay(self)
 
     def accuracy(self, x, t):
         """Fraction of samples whose arg-max class equals the label (integer or one-hot)."""
@@ -115,9 +134,13 @@ class ReferenceLayeredNet:
         for layer in reversed(net_layers.values()):
             dout = layer.backward(dout)
         grads = {}
+        lam = self.weight_decay_lambda
         for (kind, *args), layer in zip(self.stack, net_layers.values(), strict=True):
             if kind in ("conv", "affine"):
-                grads[args[0]], grads[args[1]] = layer.dW, layer.db
+                grads[args[0]] = layer.dW + lam * self.params[args[0]] if lam else layer.dW
+                grads[args[1]] = layer.db
+            elif kind == "batchnorm":
+                grads[args[0]], grads[args[1]] = layer.dgamma, layer.dbeta
         return {k: grads[k] for k in ReferenceLayeredNet.param_names.fget(self)}
 
 

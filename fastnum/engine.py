@@ -7,6 +7,16 @@ softmax-with-loss::
     ("pool", pool_h, pool_w, stride, pad)   # max pooling, zero padding
     ("relu",)  ("sigmoid",)
     ("affine", W_name, b_name)              # W (D, M), b (M,); flattens (N, ...) -> (N, D)
+    ("batchnorm", gamma_name, beta_name)    # gamma, beta (prod(shape),): training mode
+    ("dropout", mask_name)                  # times masks[mask_name], (N, prod(shape)) of 0/1
+
+Batch normalisation is the book's training mode (each feature normalised with the
+batch's mean and variance, epsilon ``BN_EPSILON``), so it couples the samples: the
+engine's loss is the training loss.  A dropout mask is data, not a parameter: it is
+passed in the ``masks`` dict of every call and gets no gradient (the engine never
+draws).  ``weight_decay`` adds the book's ``0.5 * lambda * sum(W**2)`` over the conv
+and affine weights to the loss, and its exact change to every weight's difference
+quotient (``(R(w + h) - R(w - h)) / 2h`` of the real term values, all strategies).
 
 Inputs are trusted (the networks' public front ends validate): ``params`` maps
 names to float64 C-contiguous arrays, ``x`` is float64 C-contiguous, (N, C, H, W)
@@ -24,8 +34,13 @@ for every parameter; no analytic derivatives anywhere):
     Cache the unperturbed pass and recompute only what a perturbation changes
     (:mod:`fastnum.kernels.layered`).  Covered stacks: an optional first
     convolution followed by any activations and poolings, then affine layers
-    each followed by at most one activation.  Any other stack (two
-    convolutions, two activations in a row, ...) falls back to ``full``.
+    each followed by at most one activation; and dense stacks with batch norm or
+    dropout, each affine layer followed by ``[batchnorm] [activation] [dropout]``
+    in the book's order (:mod:`fastnum.kernels.normalization`: a perturbation's
+    column is renormalised over the batch, then the later layers are recomputed
+    for every sample that moved).  Any other stack (two convolutions, two
+    activations in a row, batch norm after a convolution, ...) falls back to
+    ``full``.
 
 Fast paths: with ``log_guard == 1e-7`` the book's sigmoid two-layer stack runs on
 :mod:`fastnum.kernels.two_layer` (gradient and loss; ``predict`` at any guard), so
@@ -79,10 +94,11 @@ import numpy as np
 
 from fastnum._jit import JIT_ENABLED, get_num_threads
 from fastnum.backend import DEFAULT_STRATEGY, check_strategy
+from fastnum.constants import BN_EPSILON, H
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kernels hard-code it
-from fastnum.constants import H
 from fastnum.kernels import layered as kern
 from fastnum.kernels import losses as kernel_losses
+from fastnum.kernels import normalization as norm_kern
 from fastnum.layers import conv_output_size
 
 # Parallel tasks per thread: a few per thread evens out uneven work (border
@@ -148,6 +164,24 @@ def _affine_forward(spec, params, a, shape):
     return out
 
 
+def _batchnorm_forward(spec, params, a, shape):
+    out = np.empty_like(a)
+    gamma, beta = params[spec[1]].reshape(-1), params[spec[2]].reshape(-1)
+    norm_kern._batchnorm_batch(a, gamma, beta, BN_EPSILON, np.empty_like(a), out)
+    return out
+
+
+def _dropout_forward(spec, inputs, a, shape):
+    # ``inputs`` holds the masks next to the parameters (see _logits).
+    out = np.empty_like(a)
+    norm_kern._mask_batch(a, inputs[spec[1]].reshape(a.shape), out)
+    return out
+
+
+def _same_shape(spec, params, shape):
+    return shape
+
+
 class LayerKind(NamedTuple):
     """How the engine runs one layer type: output shape and batch forward on flat rows."""
 
@@ -163,6 +197,8 @@ LAYER_KINDS = {
     "relu": LayerKind(lambda spec, params, shape: shape, _act_forward, ()),
     "sigmoid": LayerKind(lambda spec, params, shape: shape, _act_forward, ()),
     "affine": LayerKind(_affine_shape, _affine_forward, (1, 2)),
+    "batchnorm": LayerKind(_same_shape, _batchnorm_forward, (1, 2)),
+    "dropout": LayerKind(_same_shape, _dropout_forward, ()),
 }
 
 
@@ -187,14 +223,32 @@ def param_names(stack):
 _FORWARD_CHUNK = 256
 
 
-def _logits(stack, params, x):
-    if x.shape[0] > _FORWARD_CHUNK:
+def _mask_names(stack):
+    return [spec[1] for spec in stack if spec[0] == "dropout"]
+
+
+def _logits(stack, params, x, masks=None):
+    names = _mask_names(stack)
+    missing = [nm for nm in names if nm not in (masks or {})]
+    if missing:
+        raise ValueError(
+            f"the stack's dropout layers need masks {missing}; pass masks={{name: 0/1 array}}."
+        )
+    # Batch normalisation couples the samples: such a batch is never split.
+    if x.shape[0] > _FORWARD_CHUNK and not any(spec[0] == "batchnorm" for spec in stack):
         return np.concatenate(
             [
-                _logits(stack, params, x[k : k + _FORWARD_CHUNK])
+                _logits(
+                    stack,
+                    params,
+                    x[k : k + _FORWARD_CHUNK],
+                    {nm: masks[nm].reshape(x.shape[0], -1)[k : k + _FORWARD_CHUNK] for nm in names},
+                )
                 for k in range(0, x.shape[0], _FORWARD_CHUNK)
             ]
         )
+    if names:  # the dropout rows read their masks beside the parameters
+        params = {**params, **{nm: masks[nm] for nm in names}}
     shape = x.shape[1:]
     a = x.reshape(x.shape[0], -1)
     for spec in stack:
@@ -205,14 +259,47 @@ def _logits(stack, params, x):
     return a
 
 
-def _mean_loss(stack, params, x, t, log_guard):
-    z = _logits(stack, params, x)
+def _mean_loss(stack, params, x, t, log_guard, masks=None):
+    z = _logits(stack, params, x, masks)
     losses = np.empty(z.shape[0])
     kernel_losses._softmax_cross_entropy_rows(z, t, float(log_guard), losses)
     return kern._ordered_sum(losses) / z.shape[0]
 
 
-def predict(stack, params, x):
+def _decay_names(stack):
+    """The weights the book's weight decay covers: conv and affine W, in stack order."""
+    return [spec[1] for spec in stack if spec[0] in ("conv", "affine")]
+
+
+def _weight_decay_term(stack, params, weight_decay):
+    """The book's ``0.5 * lambda * sum(W**2)``, summed layer by layer (0.0 for lambda 0)."""
+    term = 0.0
+    if weight_decay:
+        for name in _decay_names(stack):
+            term += 0.5 * weight_decay * float(np.sum(params[name] ** 2))
+    return term
+
+
+def _decay_differences(w, h, weight_decay):
+    """R(w + h) - R(w - h) of the term of each weight: the real values, then the difference."""
+    w_plus, w_minus = w + h, w - h
+    return 0.5 * weight_decay * (w_plus * w_plus) - 0.5 * weight_decay * (w_minus * w_minus)
+
+
+def _add_decay(grads, stack, params, h, weight_decay, indices=None):
+    """Add the weight-decay term's difference quotient to the gradients of the weights."""
+    if not weight_decay:
+        return grads
+    for name in _decay_names(stack):
+        if name not in grads:
+            continue
+        w = params[name].reshape(-1) if indices is None else params[name].reshape(-1)[indices[name]]
+        diff = _decay_differences(w, h, weight_decay) / (2.0 * h)
+        grads[name] = grads[name] + diff.reshape(grads[name].shape)
+    return grads
+
+
+def predict(stack, params, x, masks=None):
     """Softmax probabilities of the stack for a batch.
 
     Parameters
@@ -220,6 +307,8 @@ def predict(stack, params, x):
     stack : tuple of layer specs
     params : dict of str to ndarray
     x : ndarray, (N, C, H, W) for a stack starting with conv, else (N, D)
+    masks : dict of str to ndarray, optional
+        The dropout masks the stack names, each (N, ...) of 0/1 (module docstring).
 
     Returns
     -------
@@ -234,27 +323,34 @@ def predict(stack, params, x):
             ),
             x,
         )
-    z = _logits(stack, params, x)
+    z = _logits(stack, params, x, masks)
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
 
 
-def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD):
+def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD, masks=None, weight_decay=0.0):
     """Batch-mean softmax cross-entropy, ``-log(y[t] + log_guard)`` (guard 0.0: none).
 
     Parameters
     ----------
-    stack, params, x
+    stack, params, x, masks
         As for :func:`predict`.
     t : ndarray of int64, shape (N,)
     log_guard : float, default 1e-7
+    weight_decay : float, default 0.0
+        The book's lambda: ``0.5 * lambda * sum(W**2)`` over the conv and affine
+        weights is added to the loss.
 
     Returns
     -------
     float
     """
+    if weight_decay:
+        return loss(stack, params, x, t, log_guard, masks) + _weight_decay_term(
+            stack, params, weight_decay
+        )
     names = _two_layer_names(stack, x)
     if names is not None and log_guard == BOOK_LOG_GUARD:
         fast = _fast_path_kernels()
@@ -265,13 +361,13 @@ def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD):
             x,
             t,
         )
-    return float(_mean_loss(stack, params, x, t, log_guard))
+    return float(_mean_loss(stack, params, x, t, log_guard, masks))
 
 
 # ---------------------------------------------------------------------------- full strategy
 
 
-def _full_at(stack, params, x, t, h, log_guard, indices):
+def _full_at(stack, params, x, t, h, log_guard, indices, masks=None):
     """Central differences, one whole forward pass per evaluation, on a private copy."""
     private = {k: np.array(v, dtype=np.float64, order="C") for k, v in params.items()}
     grads = {}
@@ -281,9 +377,9 @@ def _full_at(stack, params, x, t, h, log_guard, indices):
         for q, i in enumerate(idx):
             saved = flat[i]
             flat[i] = saved + h
-            f_plus = _mean_loss(stack, private, x, t, log_guard)
+            f_plus = _mean_loss(stack, private, x, t, log_guard, masks)
             flat[i] = saved - h
-            f_minus = _mean_loss(stack, private, x, t, log_guard)
+            f_minus = _mean_loss(stack, private, x, t, log_guard, masks)
             flat[i] = saved
             g[q] = (f_plus - f_minus) / (2.0 * h)
         grads[name] = g
@@ -537,6 +633,127 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
     return grads
 
 
+# ---------------------------------------------------------------------------- chapter 6 delta
+
+
+# The chapter 6 delta blocks: parameters evaluated side by side (+h and -h each), and
+# the most values a block's buffer (width x evaluations x samples) may hold.
+_NORM_PAIRS = 16
+_NORM_BLOCK_VALUES = 1 << 21
+
+
+class _NormLayer(NamedTuple):
+    w: str
+    b: str
+    gamma: str | None  # batch normalisation's parameters, or None
+    beta: str | None
+    act: int  # activation code (kern.NONE: none)
+    mask: str | None  # dropout mask name, or None
+
+
+def _is_chapter6(stack):
+    """True for stacks with batch normalisation or dropout (their own delta kernel)."""
+    return any(spec[0] in ("batchnorm", "dropout") for spec in stack)
+
+
+def _norm_plan(stack, x):
+    """Dense layers ``affine [batchnorm] [activation] [dropout]`` (the book's order), or
+    None (then ``full`` is used)."""
+    if x.ndim != 2:
+        return None
+    plan, k = [], 0
+    while k < len(stack):
+        if stack[k][0] != "affine":
+            return None
+        w, b = stack[k][1:3]
+        k += 1
+        gamma = beta = mask = None
+        code = kern.NONE
+        if k < len(stack) and stack[k][0] == "batchnorm":
+            gamma, beta = stack[k][1:3]
+            k += 1
+        if k < len(stack) and stack[k][0] in kern.ACTIVATION_CODES:
+            code = kern.ACTIVATION_CODES[stack[k][0]]
+            k += 1
+        if k < len(stack) and stack[k][0] == "dropout":
+            mask = stack[k][1]
+            k += 1
+        plan.append(_NormLayer(w, b, gamma, beta, code, mask))
+    return tuple(plan) if plan else None
+
+
+def _norm_delta_at(plan, params, x, t, h, log_guard, masks):
+    """Every gradient of a dense stack with batch norm / dropout, by the delta kernel
+    (:mod:`fastnum.kernels.normalization`)."""
+    n = x.shape[0]
+    sizes = np.array(
+        [params[plan[0].w].shape[0]] + [params[layer.w].shape[1] for layer in plan], dtype=np.int64
+    )
+    d_out = sizes[1:]
+    w = np.concatenate([params[layer.w].ravel() for layer in plan])
+    w_off = np.concatenate(([0], np.cumsum(sizes[:-1] * sizes[1:])[:-1])).astype(np.int64)
+    b = np.concatenate([params[layer.b].ravel() for layer in plan])
+    b_off = np.concatenate(([0], np.cumsum(d_out)[:-1])).astype(np.int64)
+    pairs = list(zip(plan, d_out, strict=True))
+    # Layers without batch normalisation carry gamma 1, beta 0 that the kernel never reads.
+    g = np.concatenate([params[ly.gamma].ravel() if ly.gamma else np.ones(d) for ly, d in pairs])
+    be = np.concatenate([params[ly.beta].ravel() if ly.beta else np.zeros(d) for ly, d in pairs])
+    acts = np.array([layer.act for layer in plan], dtype=np.int64)
+    bn = np.array([layer.gamma is not None for layer in plan], dtype=np.int64)
+    drop = np.array([layer.mask is not None for layer in plan], dtype=np.int64)
+    z_off = np.concatenate(([0], np.cumsum(n * d_out)[:-1])).astype(np.int64)
+    M = np.concatenate(
+        [
+            np.asarray(masks[ly.mask], dtype=np.float64).reshape(n, d).T.ravel()
+            if ly.mask
+            else np.ones(n * d)
+            for ly, d in pairs
+        ]
+    )
+    total = int(np.sum(n * d_out))
+    Z, XN, A = np.empty(total), np.zeros(total), np.empty(total)
+    net = (sizes, w, w_off, b, b_off, g, be, acts, bn, drop, z_off, Z, XN, A, M)
+    XT = np.ascontiguousarray(x.T)
+    norm_kern._net_cache(XT, net, BN_EPSILON)
+    width = int(d_out.max())
+    # Evaluations side by side: the inner loops run over them, so more is faster (the
+    # 784-100-100-10 net at batch 100: 10 s of CPU with 2, 4.0 s with 32), within a cap
+    # on each buffer's size.
+    ne_max = 2 * max(1, min(_NORM_PAIRS, _NORM_BLOCK_VALUES // (2 * width * n)))
+    scale = 1.0 / (2.0 * h * n)
+    grads = {}
+    for layer, spec in enumerate(plan):
+        n_in, d = int(sizes[layer]), int(sizes[layer + 1])
+        inputs = XT if layer == 0 else A[z_off[layer - 1] : z_off[layer - 1] + n_in * n]
+        inputs = inputs.reshape(n_in, n)
+        nz_rows = np.flatnonzero((inputs != 0).any(axis=1)).astype(np.int64)
+        gT = np.zeros((d, n_in + 3))
+        n_tasks = _n_tasks(d)
+        _run_tasks(
+            norm_kern._norm_delta_task,
+            n_tasks,
+            layer,
+            inputs,
+            nz_rows,
+            net,
+            t,
+            float(h),
+            float(log_guard),
+            BN_EPSILON,
+            width,
+            ne_max,
+            n_tasks,
+            gT,
+        )
+        gT *= scale
+        grads[spec.w] = np.ascontiguousarray(gT[:, :n_in].T)
+        grads[spec.b] = gT[:, n_in].reshape(params[spec.b].shape)
+        if spec.gamma is not None:
+            grads[spec.gamma] = gT[:, n_in + 1].reshape(params[spec.gamma].shape)
+            grads[spec.beta] = gT[:, n_in + 2].reshape(params[spec.beta].shape)
+    return grads
+
+
 # ---------------------------------------------------------------------------- fast paths
 
 
@@ -625,7 +842,15 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard):
 
 
 def numerical_gradient(
-    stack, params, x, t, h=H, strategy=DEFAULT_STRATEGY, log_guard=BOOK_LOG_GUARD
+    stack,
+    params,
+    x,
+    t,
+    h=H,
+    strategy=DEFAULT_STRATEGY,
+    log_guard=BOOK_LOG_GUARD,
+    masks=None,
+    weight_decay=0.0,
 ):
     """Central-difference gradient of the batch-mean loss over every parameter.
 
@@ -639,6 +864,10 @@ def numerical_gradient(
     strategy : {"delta", "full"}
         ``delta`` falls back to ``full`` for stacks it does not cover (module docstring).
     log_guard : float, default 1e-7
+    masks : dict of str to ndarray, optional
+        The dropout masks the stack names (:func:`predict`); every evaluation uses them.
+    weight_decay : float, default 0.0
+        The book's lambda (:func:`loss`).
 
     Returns
     -------
@@ -646,6 +875,21 @@ def numerical_gradient(
         One gradient per parameter of the stack, shaped like it.
     """
     check_strategy(strategy)
+    grads = _data_gradient(stack, params, x, t, h, strategy, log_guard, masks)
+    return _add_decay(grads, stack, params, h, weight_decay)
+
+
+def _data_gradient(stack, params, x, t, h, strategy, log_guard, masks):
+    """numerical_gradient without the weight-decay term."""
+    if _is_chapter6(stack):
+        plan = _norm_plan(stack, x) if strategy == "delta" else None
+        if plan is not None:
+            return _norm_delta_at(plan, params, x, t, h, log_guard, masks)
+        names = param_names(stack)
+        flat = _full_at(
+            stack, params, x, t, h, log_guard, {k: np.arange(params[k].size) for k in names}, masks
+        )
+        return {k: flat[k].reshape(params[k].shape) for k in names}
     fast = _fast_path(stack, params, x, t, h, strategy, log_guard)
     if fast is not None:
         return fast
@@ -660,13 +904,22 @@ def numerical_gradient(
 
 
 def numerical_gradient_at(
-    stack, params, x, t, indices, h=H, strategy=DEFAULT_STRATEGY, log_guard=BOOK_LOG_GUARD
+    stack,
+    params,
+    x,
+    t,
+    indices,
+    h=H,
+    strategy=DEFAULT_STRATEGY,
+    log_guard=BOOK_LOG_GUARD,
+    masks=None,
+    weight_decay=0.0,
 ):
     """Central-difference gradient at some parameters only.
 
     Parameters
     ----------
-    stack, params, x, t, h, strategy, log_guard
+    stack, params, x, t, h, strategy, log_guard, masks, weight_decay
         As for :func:`numerical_gradient`.
     indices : dict of str to array of int
         Flat (row-major) indices into ``params[name]``.
@@ -678,6 +931,19 @@ def numerical_gradient_at(
     """
     check_strategy(strategy)
     indices = {k: np.asarray(v, dtype=np.int64).reshape(-1) for k, v in indices.items()}
+    grads = _data_gradient_at(stack, params, x, t, indices, h, strategy, log_guard, masks)
+    return _add_decay(grads, stack, params, h, weight_decay, indices)
+
+
+def _data_gradient_at(stack, params, x, t, indices, h, strategy, log_guard, masks):
+    """numerical_gradient_at without the weight-decay term."""
+    if _is_chapter6(stack):
+        # The delta kernel's whole gradient costs about as much as its cache: cells from it.
+        plan = _norm_plan(stack, x) if strategy == "delta" else None
+        if plan is not None:
+            whole = _norm_delta_at(plan, params, x, t, h, log_guard, masks)
+            return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
+        return _full_at(stack, params, x, t, h, log_guard, indices, masks)
     # The two-layer kernel's whole gradient (~2 ms at the book's size) costs less than
     # the engine's forward caches and tasks for a few cells, so take the cells from it.
     whole = _two_layer_fast_path(stack, params, x, t, h, strategy, log_guard)

@@ -1,4 +1,4 @@
-"""The book's chapter 5 and 7 layers in plain NumPy: the oracle the engine must match.
+"""The book's chapter 5 to 7 layers in plain NumPy: the oracle the engine must match.
 
 Each layer has ``forward`` and ``backward`` and keeps what backward needs on
 itself, under the book's attribute names.  Deliberately short; it validates
@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fastnum import reference
+from fastnum.constants import BN_EPSILON
 
 
 def conv_output_size(in_size, filter_size, stride=1, pad=0):
@@ -169,3 +170,78 @@ class Pooling:
         dmax[np.arange(dout.size), self.arg_max] = dout.transpose(0, 2, 3, 1).ravel()
         dcol = dmax.reshape(-1, self.x.shape[1] * window)
         return col2im(dcol, self.x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
+
+
+class BatchNormalization:
+    """Per-feature batch normalisation ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+    Training mode normalises with the batch's mean and (biased) variance and moves
+    ``running_mean`` / ``running_var`` towards them by ``1 - momentum``; test mode
+    uses the running statistics.  Images are flattened per sample first, so every
+    (channel, row, column) is a feature of its own, as in the book.
+    """
+
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
+        self.gamma, self.beta, self.momentum = gamma, beta, momentum
+        self.running_mean, self.running_var = running_mean, running_var
+        self.input_shape = self.batch_size = self.xc = self.xn = self.std = None
+        self.dgamma = self.dbeta = None
+
+    def forward(self, x, train_flg=True):
+        """(N, ...) -> same shape; updates the running statistics in training mode."""
+        self.input_shape = x.shape
+        x = x.reshape(x.shape[0], -1)
+        if self.running_mean is None:
+            self.running_mean, self.running_var = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+        if train_flg:
+            mu = x.mean(axis=0)
+            xc = x - mu
+            var = np.mean(xc**2, axis=0)
+            std = np.sqrt(var + BN_EPSILON)
+            self.batch_size, self.xc, self.std, self.xn = x.shape[0], xc, std, xc / std
+            m = self.momentum
+            self.running_mean = m * self.running_mean + (1 - m) * mu
+            self.running_var = m * self.running_var + (1 - m) * var
+            xn = self.xn
+        else:
+            xn = (x - self.running_mean) / np.sqrt(self.running_var + BN_EPSILON)
+        return (self.gamma * xn + self.beta).reshape(self.input_shape)
+
+    def backward(self, dout):
+        """Store dgamma, dbeta; return the gradient shaped like the input (training mode)."""
+        dout = dout.reshape(dout.shape[0], -1)
+        self.dbeta = dout.sum(axis=0)
+        self.dgamma = np.sum(self.xn * dout, axis=0)
+        dxn = self.gamma * dout
+        # The batch statistics depend on every sample: the mean of the upstream terms
+        # and their projection on xn are subtracted (the chain rule through mean and var).
+        dx = (dxn - dxn.mean(axis=0) - self.xn * np.mean(dxn * self.xn, axis=0)) / self.std
+        return dx.reshape(self.input_shape)
+
+
+class Dropout:
+    """Zero each unit with probability ``dropout_ratio`` in training; scale by the keep rate
+    in test mode.
+
+    The mask is data: ``forward(x, mask=...)`` uses the given one, otherwise it is
+    drawn from ``rng`` (a ``np.random.Generator``), or from NumPy's global random
+    state as in the book when ``rng`` is None.  ``mask`` keeps the last one for backward.
+    """
+
+    def __init__(self, dropout_ratio=0.5, rng=None):
+        self.dropout_ratio, self.rng = dropout_ratio, rng
+        self.mask = None
+
+    def forward(self, x, train_flg=True, mask=None):
+        """x * mask in training (mask True = kept), x * (1 - dropout_ratio) in test mode."""
+        if not train_flg:
+            return x * (1.0 - self.dropout_ratio)
+        if mask is None:
+            draw = np.random.rand(*x.shape) if self.rng is None else self.rng.random(x.shape)  # noqa: NPY002 - the book's global state
+            mask = draw > self.dropout_ratio
+        self.mask = mask
+        return x * mask
+
+    def backward(self, dout):
+        """The gradient of the kept units."""
+        return dout * self.mask

@@ -105,7 +105,13 @@ def fastnum_stack(net):
     from fastnum import reference
     from fastnum.multilayer import ReferenceMultiLayerNet
 
-    if isinstance(getattr(net, "stack", None), tuple):  # fastnum's SimpleConvNet
+    if isinstance(getattr(net, "stack", None), tuple):  # fastnum's SimpleConvNet, MultiLayerNet
+        # Dropout masks and weight decay are engine inputs this check does not pass yet:
+        # such a network takes the generic path (its own loss).
+        if any(spec[0] == "dropout" for spec in net.stack) or getattr(
+            net, "weight_decay_lambda", 0
+        ):
+            return None
         return net.stack
     if isinstance(net, reference.TwoLayerNet):
         return (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2"))

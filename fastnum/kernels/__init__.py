@@ -28,6 +28,11 @@ module                   serves                                       entry poin
                          op ``convolution``                           ``two_layer`` and
                                                                       ``multilayer`` are its
                                                                       fast paths
+``normalization``        :mod:`fastnum.engine`'s chapter 6 layers:    (engine entry points as
+                         batch norm and dropout forward, and the      for ``layered``)
+                         delta gradient of dense stacks with them
+                         (:class:`fastnum.multilayer.MultiLayerNet`
+                         with ``use_batchnorm`` / ``use_dropout``)
 =======================  ===========================================  ==========================
 
 Strategies: ``full`` re-runs the whole forward pass of the batch for each
