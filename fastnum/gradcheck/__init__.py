@@ -182,22 +182,22 @@ def _true_class_probabilities(net, x, t):
     return y[np.arange(len(x)), _generic.label_indices(t)]
 
 
-def _engine_mismatch(net, stack, params, own_loss, engine_loss):
+def _engine_mismatch(stack, params, own_loss, engine_loss):
     """Why the engine's loss is not the network's, naming weight decay when that is the gap."""
     why = f"its loss {own_loss!r} differs from that of the recognised layers {engine_loss!r}"
-    lam = getattr(net, "weight_decay_lambda", 0) or 0
     weights = [spec[1] for spec in stack if spec[0] in ("affine", "conv")]
-    if isinstance(lam, (int, float)) and lam > 0:
-        decay = 0.5 * lam * sum(float(np.sum(params[w] ** 2)) for w in weights)
-        if abs(own_loss - engine_loss - decay) <= 1e-9 * max(1.0, abs(own_loss)):
-            why = (
-                f"its loss adds weight decay, 0.5 * weight_decay_lambda * sum(W**2) = {decay!r} "
-                f"(weight_decay_lambda={lam!r}), which the engine's layers do not include"
-            )
+    half_sum = 0.5 * sum(float(np.sum(params[w] ** 2)) for w in weights)
+    lam = (own_loss - engine_loss) / half_sum if half_sum else 0.0
+    if lam > 0 and abs(float(f"{lam:.3g}") - lam) <= 1e-9 * lam:  # a round lambda: no accident
+        why += (
+            f"; the gap is exactly 0.5 * lambda * sum(W**2) with lambda = {lam:.3g}, weight "
+            "decay: keep lambda in net.weight_decay_lambda, as the book does, and the engine "
+            "includes it"
+        )
     return why + ", so its own loss is differentiated"
 
 
-def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit):
+def _engine_gradients(net, stack, x, t, steps, log_guard, point, require_jit):
     """Numerical gradients at each step from the kernels, after checking the stack is the net.
 
     Returns the gradients and ``at(step, indices)``: the gradient at another step, at the
@@ -206,17 +206,19 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, own_loss, require_jit)
     from fastnum import engine
 
     params, x, t, guard = _stack.engine_inputs(stack, net.params, x, t, log_guard)
-    engine_loss = engine.loss(stack, params, x, t, log_guard=guard)
-    if not abs(engine_loss - own_loss) <= 1e-9 * max(1.0, abs(own_loss)):
+    masks, decay = _stack.engine_extras(stack, point.own.net, len(x))
+    extras = dict(log_guard=guard, masks=masks, weight_decay=decay)
+    engine_loss = engine.loss(stack, params, x, t, **extras)
+    if not abs(engine_loss - point.loss) <= 1e-9 * max(1.0, abs(point.loss)):
         raise _stack.EngineUnsupportedError(
-            _engine_mismatch(net, stack, params, own_loss, engine_loss)
+            _engine_mismatch(stack, params, point.loss, engine_loss)
         )
     if require_jit and not JIT_ENABLED:
         raise _stack.EngineUnsupportedError("numba's JIT is off, so the kernels are slow")
-    grads = [engine.numerical_gradient(stack, params, x, t, h=s, log_guard=guard) for s in steps]
+    grads = [engine.numerical_gradient(stack, params, x, t, h=s, **extras) for s in steps]
 
     def at(step, indices):
-        return engine.numerical_gradient_at(stack, params, x, t, indices, h=step, log_guard=guard)
+        return engine.numerical_gradient_at(stack, params, x, t, indices, h=step, **extras)
 
     return grads, at
 
@@ -649,7 +651,7 @@ def _numerical(net, x, t, point, o, runners, notes):
             stack = _stack.recognise(net)
             guard = point.common["log_guard"]
             grads, engine_at = _engine_gradients(
-                net, stack, x, t, steps, guard, point.loss, require_jit=o.method == "auto"
+                net, stack, x, t, steps, guard, point, require_jit=o.method == "auto"
             )
             return (
                 grads,

@@ -14,6 +14,7 @@ checks and converts what the engine is then given.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -36,6 +37,9 @@ def _param_name(params, array, layer_key, attr):
         "net.params (a copy?), so its gradient could not be named"
     )
 
+
+#: Prefix of a reader's dropout layer's mask name: the rest is the layer's key.
+DROPOUT_MASK = "mask of layer "
 
 #: A probe for parameter-free layers: negative, zero and positive values, as a batch of 2.
 _PROBE = np.array([[-2.5, -1e-3, 0.0, 1e-3, 0.75, 3.0], [4.0, -0.5, 0.25, -7.0, 0.0, 1.5]])
@@ -66,6 +70,16 @@ def _activation_kind(layer):
 
 def _layer_spec(key, layer, params):
     """One layer's spec, or raise EngineUnsupportedError naming the layer."""
+    gamma, beta = getattr(layer, "gamma", None), getattr(layer, "beta", None)
+    if (
+        isinstance(gamma, np.ndarray)
+        and isinstance(beta, np.ndarray)
+        and hasattr(layer, "momentum")
+    ):
+        gamma_name = _param_name(params, gamma, key, "gamma")
+        return ("batchnorm", gamma_name, _param_name(params, beta, key, "beta"))
+    if hasattr(layer, "dropout_ratio"):
+        return ("dropout", f"{DROPOUT_MASK}{key}")  # its mask: what the reader's forward drew
     W, b = getattr(layer, "W", None), getattr(layer, "b", None)
     if isinstance(W, np.ndarray) and isinstance(b, np.ndarray):
         names = (_param_name(params, W, key, "W"), _param_name(params, b, key, "b"))
@@ -106,12 +120,6 @@ def fastnum_stack(net):
     from fastnum.multilayer import ReferenceMultiLayerNet
 
     if isinstance(getattr(net, "stack", None), tuple):  # fastnum's SimpleConvNet, MultiLayerNet
-        # Dropout masks and weight decay are engine inputs this check does not pass yet:
-        # such a network takes the generic path (its own loss).
-        if any(spec[0] == "dropout" for spec in net.stack) or getattr(
-            net, "weight_decay_lambda", 0
-        ):
-            return None
         return net.stack
     if isinstance(net, reference.TwoLayerNet):
         return (("affine", "W1", "b1"), ("sigmoid",), ("affine", "W2", "b2"))
@@ -136,7 +144,7 @@ def recognise(net):
         raise EngineUnsupportedError("the network has no softmax-with-loss lastLayer / last_layer")
     params = net.params
     stack = tuple(_layer_spec(key, layer, params) for key, layer in layers)
-    used = [name for spec in stack if spec[0] in ("affine", "conv") for name in spec[1:3]]
+    used = [name for spec in stack if spec[0] in PARAMETRISED for name in spec[1:3]]
     if sorted(used) != sorted(params):
         extra = sorted(set(params) - set(used))
         raise EngineUnsupportedError(
@@ -145,6 +153,34 @@ def recognise(net):
     if not stack or stack[-1][0] != "affine":
         raise EngineUnsupportedError("the layer before the softmax-with-loss is not an Affine")
     return stack
+
+
+#: Layer kinds whose spec names two parameters (weights or gamma, then biases or beta).
+PARAMETRISED = ("affine", "conv", "batchnorm")
+
+
+def engine_extras(stack, evaluated, batch):
+    """The dropout masks and the weight decay the engine needs besides the parameters.
+
+    ``evaluated`` is a copy of the network whose loss was just evaluated at theta with the
+    random state every evaluation starts from, so its dropout layers hold the masks that
+    every evaluation draws (fastnum's own networks keep them in ``dropout_masks``).
+    """
+    masks, own = {}, getattr(evaluated, "dropout_masks", None)
+    layers = dict(layer_list(evaluated))
+    for spec in (spec for spec in stack if spec[0] == "dropout"):
+        name = spec[1]
+        if isinstance(own, Mapping) and name in own:
+            mask = own[name]
+        else:
+            mask = getattr(layers.get(name.removeprefix(DROPOUT_MASK)), "mask", None)
+        if not isinstance(mask, np.ndarray) or mask.size % batch:
+            raise EngineUnsupportedError(f"the dropout layer's {name} is not an array of the batch")
+        masks[name] = np.ascontiguousarray(mask.reshape(batch, -1), dtype=np.float64)
+    lam = getattr(evaluated, "weight_decay_lambda", 0) or 0
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not lam >= 0:
+        raise EngineUnsupportedError(f"weight_decay_lambda={lam!r} is not a number >= 0")
+    return masks, float(lam)
 
 
 def engine_inputs(stack, params, x, t, log_guard):
