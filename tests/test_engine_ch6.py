@@ -396,3 +396,30 @@ def test_delta_blocks_of_any_size_give_the_same_gradient(pairs, monkeypatch):
     monkeypatch.setattr(engine, "_NORM_PAIRS", pairs)
     comp_g = engine.numerical_gradient(ref.stack, params, x, t, masks=ref.masks, weight_decay=0.1)
     assert max_abs_diff(comp_g, ref_g) <= TOL
+
+
+@pytest.mark.numba
+def test_book_size_chapter6_net_matches_reference_at_sampled_parameters():
+    # The issue's network: 784-100-100-10, batch norm, dropout 0.5, weight decay 0.1,
+    # batch 10, MNIST-like sparse inputs; the whole delta gradient against the NumPy
+    # layers' brute force at 40 sampled entries of every parameter.
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 784))
+    x[rng.random(x.shape) < 0.8] = 0.0
+    t = rng.integers(0, 10, 10)
+    sizes, params, stack = (784, 100, 100, 10), {}, []
+    for k in range(1, 4):
+        params[f"W{k}"] = rng.normal(0, np.sqrt(2 / sizes[k - 1]), (sizes[k - 1], sizes[k]))
+        params[f"b{k}"] = rng.normal(0, 0.1, sizes[k])
+        stack.append(("affine", f"W{k}", f"b{k}"))
+        if k < 3:
+            params[f"gamma{k}"] = rng.normal(1, 0.1, sizes[k])
+            params[f"beta{k}"] = rng.normal(0, 0.1, sizes[k])
+            stack += [("batchnorm", f"gamma{k}", f"beta{k}"), ("relu",), ("dropout", f"mask{k}")]
+    masks = {f"mask{k}": (rng.random((10, 100)) > 0.5).astype(float) for k in (1, 2)}
+    ref = ReferenceLayeredNet(tuple(stack), {k: v.copy() for k, v in params.items()}, masks, 0.1)
+    indices = {k: rng.integers(0, v.size, 40) for k, v in params.items()}
+    ref_g = ref.numerical_gradient_at(x, t, indices)
+    comp_g = engine.numerical_gradient(tuple(stack), params, x, t, masks=masks, weight_decay=0.1)
+    for k, idx in indices.items():
+        assert np.abs(comp_g[k].ravel()[idx] - ref_g[k]).max() <= TOL, k
