@@ -242,7 +242,7 @@ def test_a_loss_that_is_not_the_stack_falls_back_to_its_own_loss():
     net = multi(weight_decay_lambda=0.1)  # Affine/Relu only, but the loss adds weight decay
     result = check(net)
     assert result.passed and "generic" in result.method
-    assert any("differs from that of the recognised layers" in n for n in result.notes)
+    assert any("adds weight decay" in n and "weight_decay_lambda=0.1" in n for n in result.notes)
     with pytest.raises(ValueError, match="method='engine' is not possible"):
         check(net, method="engine")
 

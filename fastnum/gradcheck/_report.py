@@ -41,13 +41,17 @@ class ParamCheck:
         Normwise ``max |num - bp| / max(max |num|, max |bp|)``; 0 when both
         gradients are zero to within ``atol`` (a bias before batch norm).
     n_fail : int
-        Elements outside ``atol + rtol * |bp|``.
-    worst : tuple of (index, numerical, backprop, at_kink)
-        The worst elements, by how far they exceed their tolerance.
+        Confirmed failures: elements outside ``atol + rtol * |bp|`` that no
+        smaller step and no corner of the loss explains, and every non-finite one.
+    worst : tuple of (index, numerical, backprop, tag)
+        The worst elements, by how far they exceed their tolerance; ``tag`` is
+        ``""`` (a failure), ``"kink"`` or ``"unresolved"``.
     n_kinks : int
-        Elements outside tolerance explained by a kink of the loss within h
-        of the point (a ReLU or max-pooling input at its corner), not counted
-        as failures: see :func:`at_kink`.
+        Elements outside tolerance at h that a smaller step or a corner of the
+        loss explains (see :mod:`fastnum.gradcheck._kinks`): reported, not failed.
+    n_unresolved : int
+        Elements outside tolerance that the probing budget left unexamined: the
+        parameter neither passes nor is counted as failing because of them.
     truncation : float or None
         Largest Richardson estimate of the truncation error (when requested).
     problem : str
@@ -62,49 +66,40 @@ class ParamCheck:
     n_fail: int
     worst: tuple
     n_kinks: int = 0
+    n_unresolved: int = 0
     truncation: float | None = None
     problem: str = ""
 
     @property
     def passed(self):
-        """True when every element is within tolerance."""
-        return not self.problem and self.n_fail == 0
+        """True when every element is within tolerance or explained by a kink."""
+        return not self.problem and self.n_fail == 0 and self.n_unresolved == 0
+
+    @property
+    def verdict(self):
+        """``"pass"``, ``"fail"`` or ``"unresolved"`` (unprobed elements, no failure)."""
+        if self.problem or self.n_fail:
+            return "fail"
+        return "unresolved" if self.n_unresolved else "pass"
 
 
-def at_kink(bp, tol, slopes, rounding):
-    """Whether a failing element is explained by a kink of the loss within h, not by a bug.
+def failing_elements(num, bp, rtol, atol, guard_slack):
+    """(excess, tol, failing, finite) of one parameter, every element.
 
-    ``slopes`` are the (forward, backward) slopes at a small step (h/100 or
-    h/1000) and ``rounding`` their rounding error.  ReLU or max-pooling inputs within h of
-    their corner make the central difference at h average two different
-    slopes.  A much smaller step crosses only the corners that sit exactly at
-    theta (zero pixels with zero biases), and backprop, which takes one side of
-    those, lies between the two one-sided slopes.  With a bug, both slopes
-    agree with each other and not with backprop.
+    ``excess`` is ``|num - bp|`` over its tolerance ``tol = floor + rtol * |bp|`` (inf where
+    either value is not finite: a NaN must never compare as small), ``failing`` the flat
+    indices above 1, worst first, and ``finite`` whether both values of each are finite.
     """
-    forward, backward = slopes
-    return min(forward, backward) - tol - rounding <= bp <= max(forward, backward) + tol + rounding
-
-
-#: Failing elements of one parameter that are probed for a kink, worst first.
-MAX_KINK_PROBES = 512
-
-
-def failing_elements(num, bp, rtol, atol, guard_slack, max_probes=MAX_KINK_PROBES):
-    """(excess, floor, failing, probed) of one parameter.
-
-    ``excess`` is ``|num - bp|`` over its tolerance ``floor + rtol * |bp|`` per element
-    (inf where either is not finite), ``failing`` the flat indices above 1 and
-    ``probed`` the worst ``max_probes`` of them, worst first.
-    """
-    bp = np.asarray(bp, dtype=np.float64)
-    diff = np.abs(num - bp)
-    diff[~np.isfinite(diff)] = np.inf
-    floor = atol + guard_slack * float(np.max(np.abs(bp), initial=0))
-    excess = diff / (floor + rtol * np.abs(bp))
+    bp = np.asarray(bp, dtype=np.float64).reshape(-1)
+    num = np.asarray(num, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(num) & np.isfinite(bp)
+    floor = atol + guard_slack * float(np.max(np.abs(np.where(finite, bp, 0)), initial=0))
+    tol = floor + rtol * np.abs(np.where(finite, bp, 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess = np.where(finite, np.abs(num - bp) / tol, np.inf)
     failing = np.flatnonzero(excess > 1)
-    probed = failing[np.argsort(-excess.flat[failing], kind="stable")][:max_probes]
-    return excess, floor, failing, probed
+    failing = failing[np.argsort(-excess[failing], kind="stable")]
+    return excess, tol, failing, finite
 
 
 def _largest(values, k):
@@ -124,16 +119,26 @@ def _largest(values, k):
     return candidates[np.argsort(-flat[candidates], kind="stable")][:k]
 
 
-def compare(name, shape, num, bp, elements, atol, k, truncation=None, kinks=()):
+def _failures_first(excess, failing, states):
+    """``excess`` with the kinks' ranks pushed below every failure (they are explained)."""
+    from fastnum.gradcheck import _kinks
+
+    key = excess.copy()
+    kinks = failing[states == _kinks.KINK]
+    key[kinks] = key[kinks] * 1e-12  # still above the elements within tolerance at 0
+    return key
+
+
+def compare(name, shape, num, bp, elements, atol, k, truncation=None):
     """Per-element verdict for one parameter (``bp`` may be missing or misshaped).
 
-    ``elements`` is :func:`failing_elements` of this parameter (the tolerance
-    ``atol + rtol * |bp| + guard_slack * max|bp|`` applied; computed once by the caller,
-    which also probes its kinks), None where ``bp`` is missing or misshaped.  ``kinks``
-    are the flat indices of failing elements found on a kink of the loss (at most
-    ``MAX_KINK_PROBES`` of them are probed): reported, not failed.  ``atol`` decides
-    when both gradients count as zero (relative error 0).
+    ``elements`` is ``(excess, failing, states)``: :func:`failing_elements`' excess and
+    failing indices, and what :mod:`fastnum.gradcheck._kinks` made of each failing one;
+    None where ``bp`` is missing or misshaped.  ``atol`` decides when both gradients
+    count as zero (relative error 0).
     """
+    from fastnum.gradcheck import _kinks
+
     problem = ""
     if bp is None:
         problem = f"gradient(x, t) returned no entry {name!r}"
@@ -147,22 +152,28 @@ def compare(name, shape, num, bp, elements, atol, k, truncation=None, kinks=()):
             name, shape, np.nan, np.nan, np.nan, int(np.prod(shape)), (), problem=problem
         )
     bp = np.asarray(bp, dtype=np.float64)
-    excess, _, failing, _ = elements
-    diff = np.abs(num - bp)
+    excess, failing, states = elements
+    tags = {
+        int(q): {_kinks.KINK: "kink", _kinks.UNRESOLVED: "unresolved"}.get(int(state), "")
+        for q, state in zip(failing, states, strict=True)
+    }
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(num - bp)
     diff[~np.isfinite(diff)] = np.inf
-    kinks = {int(q) for q in kinks}
-    scale = max(float(np.max(np.abs(num), initial=0)), float(np.max(np.abs(bp), initial=0)))
+    finite = np.isfinite(num) & np.isfinite(bp)
+    scale = max(
+        float(np.max(np.abs(num[finite]), initial=0)), float(np.max(np.abs(bp[finite]), initial=0))
+    )
     max_abs = float(np.max(diff, initial=0))
-    rel = 0.0 if scale <= atol else max_abs / scale
-    order = _largest(excess, k)
+    rel = 0.0 if scale <= atol and max_abs <= atol else max_abs / max(scale, atol)
     worst = tuple(
         (
             tuple(int(i) for i in np.unravel_index(q, bp.shape)),
             float(num.flat[q]),
             float(bp.flat[q]),
-            int(q) in kinks,
+            tags.get(int(q), ""),
         )
-        for q in order
+        for q in _largest(_failures_first(excess, failing, states), k)
     )
     return ParamCheck(
         name,
@@ -170,9 +181,10 @@ def compare(name, shape, num, bp, elements, atol, k, truncation=None, kinks=()):
         float(np.mean(diff)) if diff.size else 0.0,
         max_abs,
         rel,
-        len(failing) - len(kinks),
+        int(np.count_nonzero(states == _kinks.FAILED)),
         worst,
-        len(kinks),
+        int(np.count_nonzero(states == _kinks.KINK)),
+        int(np.count_nonzero(states == _kinks.UNRESOLVED)),
         truncation,
     )
 
@@ -201,6 +213,9 @@ class GradcheckResult:
         ``guard_effect``; 0 without the guard).
     directions : tuple of (numerical, backprop, passed)
         Fast mode's directional derivatives (empty in a full check).
+    unchecked : tuple of str
+        Parameters the loss does not depend on at this batch (every central
+        difference 0, backprop ~0): they pass, but nothing in them was checked.
     """
 
     params: dict
@@ -213,18 +228,31 @@ class GradcheckResult:
     guard_effect: float | None = None
     guard_slack: float = 0.0
     directions: tuple = ()
+    unchecked: tuple = ()
 
     @property
     def passed(self):
         """True when every element of every parameter (or every direction) is within tolerance."""
         if not self.params:
-            return all(ok for *_, ok in self.directions)
+            return bool(self.directions) and all(ok for *_, ok in self.directions)
         return all(check.passed for check in self.params.values())
 
     @property
     def failed(self):
-        """Names of the parameters that failed."""
-        return [name for name, check in self.params.items() if not check.passed]
+        """Names of the parameters with a confirmed failure (or nothing comparable)."""
+        return [name for name, check in self.params.items() if check.verdict == "fail"]
+
+    @property
+    def unresolved(self):
+        """Names of the parameters whose only doubtful elements were left unprobed."""
+        return [name for name, check in self.params.items() if check.verdict == "unresolved"]
+
+    @property
+    def verdict(self):
+        """``"PASS"``, ``"FAIL"`` or ``"INCONCLUSIVE"`` (unresolved elements, no failure)."""
+        if self.passed:
+            return "PASS"
+        return "FAIL" if self.failed or not self.params else "INCONCLUSIVE"
 
     @property
     def abs_err(self):
@@ -272,16 +300,22 @@ class GradcheckResult:
             tol += f" + {self.guard_slack:.1e} * max|bp| (the guard's slack)"
         if self.passed:
             what = "element" if self.params else "direction"
-            lines.append(f"PASS: every {what} within {tol}")
-        elif self.params:
-            bad = ", ".join(
-                f"{c.name} ({c.problem or f'{c.n_fail} of {np.prod(c.shape):.0f}'})"
-                for c in self.params.values()
-                if not c.passed
-            )
-            lines.append(f"FAIL: {bad} outside {tol}")
-        else:
+            lines.append(f"PASS: every {what} within {tol} or explained by a kink")
+            if self.unchecked:
+                lines.append(
+                    f"(not checked: the loss does not depend on {', '.join(self.unchecked)} "
+                    "at this batch; see the note above)"
+                )
+        elif not self.params:
             lines.append(f"FAIL: a directional derivative is outside {tol}")
+        else:
+            lines.append(f"{self.verdict}: " + "; ".join(self._verdicts()) + f" outside {tol}")
+            if self.verdict == "INCONCLUSIVE":
+                lines.append(
+                    "No element was confirmed wrong, but the probing budget left some "
+                    "unexamined: they are neither passes nor failures. Check again with a "
+                    "larger budget (probe_seconds=, --probe-seconds) or a smaller batch."
+                )
         lines.append(
             "book's error = mean |backprop - numerical|, the figure the book's "
             "gradient_check.py prints."
@@ -303,6 +337,21 @@ class GradcheckResult:
             )
         return "\n".join(lines)
 
+    def _verdicts(self):
+        """One phrase per parameter that did not pass."""
+        out = []
+        for c in self.params.values():
+            if c.passed:
+                continue
+            if c.problem:
+                out.append(f"{c.name} ({c.problem})")
+                continue
+            parts = [f"{c.n_fail} failing"] if c.n_fail else []
+            if c.n_unresolved:
+                parts.append(f"{c.n_unresolved} unresolved")
+            out.append(f"{c.name} ({', '.join(parts)} of {np.prod(c.shape):.0f})")
+        return out
+
     def _table(self, worst):
         richardson = any(c.truncation is not None for c in self.params.values())
         head = (
@@ -322,11 +371,10 @@ class GradcheckResult:
         kinks = sum(c.n_kinks for c in self.params.values())
         if kinks:
             lines.append(
-                f"{kinks} element(s) sit within h of a kink of the loss (a ReLU or "
-                "max-pooling input at its corner, e.g. zero pixels with zero biases): "
-                "backprop lies between their one-sided slopes at a step of h/100 or "
-                "h/1000, "
-                "so they are not counted as failures."
+                f"{kinks} element(s) disagree at h but are explained by a kink of the loss "
+                "(a ReLU or max-pooling input within h of its corner): a central difference "
+                "at h/10, h/100 or h/1000 agrees with backprop, or backprop lies between the "
+                "one-sided slopes at h/100 or h/1000; they are not counted as failures."
             )
         for c in self.params.values():
             if c.passed:
@@ -335,8 +383,9 @@ class GradcheckResult:
                 lines.append(f"{c.name}: {c.problem}")
                 continue
             lines.append(f"worst elements of {c.name}:  index, numerical, backprop")
-            for index, num, bp, kink in c.worst[:worst]:
+            for index, num, bp, tag in c.worst[:worst]:
                 lines.append(
-                    f"  {c.name}{list(index)}  {num: .9e}  {bp: .9e}" + ("  (kink)" if kink else "")
+                    f"  {c.name}{list(index)}  {num: .9e}  {bp: .9e}"
+                    + (f"  ({tag})" if tag else "")
                 )
         return lines

@@ -1,16 +1,19 @@
 """The fast path: recognise a stack of the book's layers and hand it to fastnum's kernels.
 
-Layers are recognised by structure and attributes only (``W``/``b`` of an
+Layers are recognised by structure and behaviour only (``W``/``b`` of an
 Affine, ``stride``/``pad`` of a Convolution, ``pool_h``/``pool_w`` of a
-Pooling, the class names ``Relu`` and ``Sigmoid``); nothing of the reader's is
-imported.  Parameter names come from the identity of each layer's arrays with
-the entries of ``net.params``.  The result is the engine's stack spec (see
-:mod:`fastnum.engine`); :func:`engine_inputs` checks and converts what the engine
-is then given.
+Pooling; a layer without parameters by what its ``forward`` does to a probe
+array, so a subclass of ``Relu`` or a ``MyActivation`` is recognised too);
+nothing of the reader's is imported, and whatever is recognised is only used
+once the engine's loss equals the network's own.  Parameter names come from
+the identity of each layer's arrays with the entries of ``net.params``.  The
+result is the engine's stack spec (see :mod:`fastnum.engine`); :func:`engine_inputs`
+checks and converts what the engine is then given.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,9 +37,35 @@ def _param_name(params, array, layer_key, attr):
     )
 
 
+#: A probe for parameter-free layers: negative, zero and positive values, as a batch of 2.
+_PROBE = np.array([[-2.5, -1e-3, 0.0, 1e-3, 0.75, 3.0], [4.0, -0.5, 0.25, -7.0, 0.0, 1.5]])
+
+#: Parameter-free layer behaviours the engine computes, with their reference function.
+_ACTIVATIONS = {
+    "relu": lambda a: np.maximum(a, 0.0),
+    "sigmoid": lambda a: 1.0 / (1.0 + np.exp(-a)),
+}
+
+
+def _activation_kind(layer):
+    """``"relu"`` or ``"sigmoid"`` when the layer's forward behaves as one, else None."""
+    forward = getattr(layer, "forward", None)
+    if not callable(forward):
+        return None
+    try:
+        out = copy.deepcopy(layer).forward(_PROBE.copy())  # the copy keeps its mask
+    except Exception:  # noqa: BLE001 - any failure means "not a recognised activation"
+        return None
+    if not isinstance(out, np.ndarray) or out.shape != _PROBE.shape:
+        return None
+    for kind, reference in _ACTIVATIONS.items():
+        if np.allclose(out, reference(_PROBE), rtol=1e-12, atol=1e-15):
+            return kind
+    return None
+
+
 def _layer_spec(key, layer, params):
     """One layer's spec, or raise EngineUnsupportedError naming the layer."""
-    kind = type(layer).__name__.lower()
     W, b = getattr(layer, "W", None), getattr(layer, "b", None)
     if isinstance(W, np.ndarray) and isinstance(b, np.ndarray):
         names = (_param_name(params, W, key, "W"), _param_name(params, b, key, "b"))
@@ -46,12 +75,29 @@ def _layer_spec(key, layer, params):
             return ("affine", *names)
     if all(hasattr(layer, a) for a in ("pool_h", "pool_w", "stride", "pad")):
         return ("pool", int(layer.pool_h), int(layer.pool_w), int(layer.stride), int(layer.pad))
-    if kind in ("relu", "sigmoid"):
+    state = getattr(layer, "__dict__", {}).values()
+    holds_params = any(isinstance(v, np.ndarray) and _is_param(v, params) for v in state)
+    kind = None if holds_params else _activation_kind(layer)
+    if kind is not None:
         return (kind,)
     raise EngineUnsupportedError(
         f"layer {key!r} ({type(layer).__name__}) is not one of the book's "
         "Affine, Relu, Sigmoid, Convolution, Pooling"
     )
+
+
+def _is_param(array, params):
+    return any(array is value for value in params.values())
+
+
+def layer_list(net):
+    """``(key, layer)`` pairs of ``net.layers`` (an ordered dict or a list), else []."""
+    layers = getattr(net, "layers", None)
+    if isinstance(layers, Mapping):
+        return list(layers.items())
+    if isinstance(layers, (list, tuple)):
+        return [(str(i), layer) for i, layer in enumerate(layers)]
+    return []
 
 
 def fastnum_stack(net):
@@ -76,14 +122,14 @@ def recognise(net):
     stack = fastnum_stack(net)
     if stack is not None:
         return stack
-    layers = getattr(net, "layers", None)
-    if not isinstance(layers, Mapping):
-        raise EngineUnsupportedError("the network keeps no ordered dict of layers in net.layers")
+    layers = layer_list(net)
+    if not layers:
+        raise EngineUnsupportedError("the network keeps no layers in net.layers (a dict or list)")
     last = last_layer_name(net)
     if last is None or "softmax" not in type(getattr(net, last)).__name__.lower():
         raise EngineUnsupportedError("the network has no softmax-with-loss lastLayer / last_layer")
     params = net.params
-    stack = tuple(_layer_spec(key, layer, params) for key, layer in layers.items())
+    stack = tuple(_layer_spec(key, layer, params) for key, layer in layers)
     used = [name for spec in stack if spec[0] in ("affine", "conv") for name in spec[1:3]]
     if sorted(used) != sorted(params):
         extra = sorted(set(params) - set(used))
