@@ -31,8 +31,12 @@ BATCHES = corpus.BATCH_SIZES
 
 
 def _seeds(family, many, few):
-    """Many seeds where a check takes milliseconds (compiled kernels), few where it does not."""
-    return range(many if family.engine and JIT_ENABLED else few)
+    """Many seeds where the kernels take milliseconds, few where the network's own loss is
+    differentiated (batch norm, dropout, weight decay), one where numba's JIT is off and a
+    recognised network loses its kernels (a conv net at batch 100 then takes ~10 s)."""
+    if not family.engine:
+        return range(few)
+    return range(many if JIT_ENABLED else 1)
 
 
 def _false_failures(family, seeds, n, **kw):
@@ -72,7 +76,7 @@ def test_correct_small_networks_pass_on_every_seed(family, n):
 @pytest.mark.parametrize("n", [10, 100])
 @pytest.mark.parametrize("family", SMALL, ids=_ids(SMALL))
 def test_correct_small_networks_pass_on_real_mnist(family, n, mnist):
-    wrong = _false_failures(family, range(2), n, mnist=mnist[0])
+    wrong = _false_failures(family, _seeds(family, 2, 2), n, mnist=mnist[0])
     assert not wrong, "\n".join(wrong)
 
 
@@ -101,7 +105,7 @@ def test_correct_small_networks_pass_on_the_generic_path(family, n):
 def test_planted_bugs_are_caught_on_every_seed(bug, n):
     if n < bug.min_batch:
         pytest.skip(f"at batch {n} '{bug.name}' is no bug")
-    wrong = _misses(bug, range(3), n)
+    wrong = _misses(bug, _seeds(corpus.FAMILIES[bug.base], 3, 3), n)
     assert not wrong, "\n".join(wrong)
 
 
@@ -146,6 +150,58 @@ def test_a_non_finite_element_is_named_with_its_index():
     index = [int(i) for i in np.unravel_index(q, net.params[name].shape)]
     assert result.failed == [name]
     assert f"{name}{index}" in result.report()
+
+
+# ------------------------------------------------------------------- the big grid (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("family", SMALL, ids=_ids(SMALL))
+def test_slow_correct_small_networks_pass_on_200_seeds(family, n):
+    wrong = _false_failures(family, _seeds(family, 200, 20), n)
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("family", SMALL, ids=_ids(SMALL))
+def test_slow_correct_small_networks_pass_on_real_mnist(family, n, mnist):
+    wrong = _false_failures(family, range(20), n, mnist=mnist[0])
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow
+@pytest.mark.numba
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("family", BOOK, ids=_ids(BOOK))
+def test_slow_correct_networks_at_the_books_sizes_pass(family, n, mnist):
+    wrong = _false_failures(family, range(3), n) + _false_failures(
+        family, range(3), n, mnist=mnist[0]
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("bug", BUGS, ids=_ids(BUGS))
+def test_slow_planted_bugs_are_caught_on_30_seeds(bug, n):
+    if n < bug.min_batch:
+        pytest.skip(f"at batch {n} '{bug.name}' is no bug")
+    wrong = _misses(bug, range(30), n)
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", BATCHES)
+def test_slow_generic_path_over_the_corpus(n):
+    wrong = []
+    for family in SMALL:
+        wrong += _false_failures(family, range(5), n, method="generic", workers=1)
+    for bug in BUGS:
+        if n >= bug.min_batch:
+            wrong += _misses(bug, range(5), n, method="generic", workers=1)
+    assert not wrong, "\n".join(wrong)
 
 
 # ----------------------------------------------------------- the corpus is what it says
