@@ -226,9 +226,15 @@ def _backward_through(layers, last_layer):
 
 
 class TwoLayerNet:
-    """Chapter 5: Affine1 -> Relu1 -> Affine2, softmax-with-loss in ``lastLayer``."""
+    """Chapter 5: Affine1 -> Relu1 -> Affine2, softmax-with-loss in ``lastLayer``.
 
-    def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01):
+    ``activation="sigmoid"`` puts a ``Sigmoid1`` in place of ``Relu1``, the swap a
+    reader makes to compare with chapter 4's network.
+    """
+
+    def __init__(
+        self, input_size, hidden_size, output_size, weight_init_std=0.01, activation="relu"
+    ):
         self.params = {
             "W1": weight_init_std * np.random.randn(input_size, hidden_size),
             "b1": np.zeros(hidden_size),
@@ -237,7 +243,8 @@ class TwoLayerNet:
         }
         self.layers = OrderedDict()
         self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu()
+        key, layer = {"relu": ("Relu1", Relu), "sigmoid": ("Sigmoid1", Sigmoid)}[activation]
+        self.layers[key] = layer()
         self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
         self.lastLayer = SoftmaxWithLoss()
 
@@ -347,6 +354,42 @@ class MultiLayerNetExtend:
         return grads
 
 
+class MultiLayerNet(MultiLayerNetExtend):
+    """Chapter 6's plain version: Affine -> activation, repeated; weight decay; no train_flg."""
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size_list,
+            output_size,
+            activation=activation,
+            weight_init_std=weight_init_std,
+            weight_decay_lambda=weight_decay_lambda,
+        )
+
+    def loss(self, x, t):
+        return super().loss(x, t)
+
+    def gradient(self, x, t):
+        # The extended net's gradient calls loss(x, t, train_flg=True); this loss takes no flag.
+        self.loss(x, t)
+        _backward_through(self.layers, self.last_layer)
+        grads = {}
+        for k in range(1, self.hidden_layer_num + 2):
+            affine = self.layers[f"Affine{k}"]
+            grads[f"W{k}"] = affine.dW + self.weight_decay_lambda * affine.W
+            grads[f"b{k}"] = affine.db
+        return grads
+
+
 class SimpleConvNet:
     """Chapter 7: Conv1 -> Relu1 -> Pool1 -> Affine1 -> Relu2 -> Affine2, ``last_layer``."""
 
@@ -426,3 +469,34 @@ class AffineWrongBiasGrad(Affine):
         dx = super().backward(dout)
         self.db = dout[0].copy()
         return dx
+
+
+class AffineBiasGradOff(Affine):
+    """Bug: db 2% too large (a constant folded in twice, say)."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.db = 1.02 * self.db
+        return dx
+
+
+class ReluPassesAll(Relu):
+    """Bug: the backward pass lets every gradient through, negative inputs included."""
+
+    def backward(self, dout):
+        return dout
+
+
+class DropoutOwnGenerator(Dropout):
+    """Bug for a gradient check: each forward draws a fresh mask from the layer's own
+    generator, which the check cannot rewind, so the loss is not a function of the weights."""
+
+    def __init__(self, dropout_ratio=0.5, seed=0):
+        super().__init__(dropout_ratio)
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x, train_flg=True):
+        if train_flg:
+            self.mask = self.rng.random(x.shape) > self.dropout_ratio
+            return x * self.mask
+        return x * (1.0 - self.dropout_ratio)
