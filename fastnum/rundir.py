@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnum._io import atomic_open, write_text
+from fastnum._validate import Message, ParameterError, ParameterTypeError
 
 __all__ = [
     "CHECKPOINT",
@@ -83,11 +84,17 @@ def check_out_dir(out_dir):
     if out_dir is None:
         return None
     if not isinstance(out_dir, str | os.PathLike):
-        raise TypeError(f"out_dir={out_dir!r} must be a folder path (str or Path) or None.")
+        raise ParameterTypeError(
+            "out_dir",
+            "{name}={value!r} must be a folder path (str or Path) or None.",
+            value=out_dir,
+        )
     if not str(out_dir).strip():
-        raise ValueError(
-            f"out_dir={str(out_dir)!r} is empty; pass the folder for the run's "
-            "outputs, or None to write nothing."
+        raise ParameterError(
+            "out_dir",
+            "{name}={value!r} is empty; pass the folder for the run's outputs, or None to "
+            "write nothing.",
+            value=str(out_dir),
         )
     return Path(out_dir)
 
@@ -136,24 +143,33 @@ class RunFolder:
         out = self.path
         if out.exists() and not out.is_dir():
             raise RunFolderError(
-                f"out_dir {out} is a file, not a folder; pass a folder: a new "
-                "one for a new run, or an earlier run's folder with resume=True "
-                "(--resume)."
+                Message(
+                    "{name} {out} is a file, not a folder; pass a folder: a new one for a new "
+                    "run, or an earlier run's folder with resume=True (--resume).",
+                    "out_dir",
+                    out=out,
+                )
             )
         if resume:
             if not self.checkpoint.is_file():
                 raise FileNotFoundError(
-                    f"cannot resume: {self.checkpoint} does not exist. Point "
-                    "out_dir at an earlier run's directory, or start without "
-                    "resume."
+                    Message(
+                        "cannot resume: {checkpoint} does not exist. Point {out_dir} at an "
+                        "earlier run's directory, or start without resume.",
+                        checkpoint=self.checkpoint,
+                    )
                 )
             return []
         existing = [name for name in OUTPUTS if (out / name).exists()]
         if existing and not overwrite:
             raise FileExistsError(
-                f"{out} already holds a run ({', '.join(existing)}); continue "
-                "it (resume=True, --resume), use another out_dir, or start "
-                "afresh (overwrite=True, --overwrite)."
+                Message(
+                    "{out} already holds a run ({existing}); continue it (resume=True, "
+                    "--resume), use another {out_dir}, or start afresh (overwrite=True, "
+                    "--overwrite).",
+                    out=out,
+                    existing=", ".join(existing),
+                )
             )
         return existing
 
@@ -425,20 +441,28 @@ def check_resumable(meta, config, backend, data_info, per_epoch, path):
     ``data_info`` its data description and ``per_epoch`` its iterations per epoch.
     """
     saved = meta["config"]
-    diffs = [
-        f"{k}={saved.get(k)!r} there, {v!r} now"
-        for k, v in config.items()
-        if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != v
-    ]
+    diffs, values = [], {}
+    for k, now in config.items():
+        was = saved.get(k)
+        if k not in MAY_CHANGE_ON_RESUME and was != now:
+            # The setting's name is a field of the Message, so that a caller can spell it.
+            diffs.append("{" + k + "}={" + k + "_was!r} there, {" + k + "_now!r} now")
+            values.update({f"{k}_was": was, f"{k}_now": now})
     if meta["backend"] != backend:
-        diffs.append(f"backend {meta['backend']!r} there, {backend!r} now")
+        diffs.append("backend {backend_was!r} there, {backend_now!r} now")
+        values.update(backend_was=meta["backend"], backend_now=backend)
     if meta["data"] != data_info:
         diffs.append("different training/test data")
     if diffs:
         raise CheckpointError(
-            f"cannot resume from {path}: it was made with other settings "
-            f"({'; '.join(diffs)}). Resume with the original settings, or "
-            "start a new run in another out_dir."
+            Message(
+                "cannot resume from {path}: it was made with other settings ("
+                + "; ".join(diffs)
+                + "). Resume with the original settings, or start a new run in another "
+                "{out_dir}.",
+                path=path,
+                **values,
+            )
         )
     it = meta["iteration"]
     # The book evaluates after iterations 1, 1 + per_epoch, ...: the records must say so.
@@ -450,6 +474,12 @@ def check_resumable(meta, config, backend, data_info, per_epoch, path):
         )
     if it > config["iters"]:
         raise CheckpointError(
-            f"cannot resume from {path}: it is at iteration {it}, past "
-            f"iters={config['iters']}; pass iters >= {it}."
+            Message(
+                "cannot resume from {path}: it is at iteration {it}, past {name}={value}; pass "
+                "{name} >= {it}.",
+                "iters",
+                path=path,
+                it=it,
+                value=config["iters"],
+            )
         )
