@@ -54,10 +54,10 @@ from fastnum.progress import NoProgress, Progress
 from fastnum.rundir import (
     FORMAT,
     HISTORY,
-    CheckpointError,
     RunFolder,
     check_out_dir,
     check_resumable,
+    checkpoint_refused,
 )
 
 __all__ = [
@@ -711,9 +711,8 @@ class _Run:
                 raise ValueError(f"{state['iterations']} optimizer steps")
             self.optimizer.load_state_dict(state)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CheckpointError(
-                f"{self.folder.checkpoint} is inconsistent (its optimizer state: {exc}); start "
-                "a new run (overwrite=True, --overwrite) or use another out_dir."
+            raise checkpoint_refused(
+                f"{self.folder.checkpoint} is inconsistent (its optimizer state: {exc})"
             ) from exc
         for key in self.net.params:
             self.net.params[key][...] = arrays[key]
