@@ -52,6 +52,7 @@ def _init_std(text):
 
 
 def _add_optimizer_options(p):
+    """--optimizer and its hyperparameters (the book's chapter 6)."""
     d = DEFAULTS
     p.add_argument(
         "--optimizer",
