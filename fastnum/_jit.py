@@ -94,7 +94,14 @@ def set_num_threads(n: int) -> None:
     """
     limit = numba.config.NUMBA_NUM_THREADS if HAVE_NUMBA else (os.cpu_count() or 1)
     if not 1 <= int(n) <= limit:
-        raise ValueError(f"threads={n} is out of range: use a value from 1 to {limit}.")
+        from fastnum._validate import ParameterError  # here: _validate imports NumPy
+
+        raise ParameterError(
+            "threads",
+            "{name}={value} is out of range: use a value from 1 to {limit}.",
+            value=n,
+            limit=limit,
+        )
     if HAVE_NUMBA:
         numba.set_num_threads(int(n))
 

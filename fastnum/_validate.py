@@ -13,12 +13,19 @@ the CLI through it):
 * names from a fixed vocabulary are checked against it (:func:`check_choice`);
 * network parameters are finite floating-point arrays whose shapes chain
   (:func:`as_network_params`); float16 and float32 are computed in float64.
+
+A message about a parameter is a :class:`Message`: a template in which parameter
+names are fields (``{name}``, ``{train_size}``), so that a caller with another
+vocabulary re-spells them without parsing text.  The library writes Python names
+(``batch_size=0``); the command line passes its :class:`Spelling` and writes the
+options a user types (``--batch-size=0``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +36,118 @@ import numpy as np
 #: the whole gradient below that.  At h = 1e-300 no loss moves at all and training
 #: returns its initial parameters.  The book's 1e-4 keeps that error near 1e-12.
 MIN_STEP = 1e-12
+
+
+class Spelling:
+    """How a :class:`Message` writes parameter names: as Python arguments (``batch_size``).
+
+    The command line subclasses it to write its options instead (``--batch-size``).
+    """
+
+    def name(self, name):
+        """The spelling of parameter ``name`` (``hidden_sizes[1]``: an element of one)."""
+        return name
+
+    def setting(self, name, value):
+        """How to write "give ``name`` the value ``value``", e.g. ``hidden_sizes=(50,)``."""
+        return f"{self.name(name)}={value!r}"
+
+
+#: The library's spelling: Python names, as a caller of the functions writes them.
+PYTHON = Spelling()
+
+
+class Setting(NamedTuple):
+    """A value of a :class:`Message` that says "``name`` set to ``value``" (in an example)."""
+
+    name: str
+    value: object
+
+
+class _Fields(dict):
+    """Template fields: the message's values; any other field is a parameter name."""
+
+    def __init__(self, spelling, values):
+        super().__init__(values)
+        self.spelling = spelling
+
+    def __missing__(self, key):
+        return self.spelling.name(key)
+
+
+class Message(str):
+    """An error message that names parameters, re-spellable without parsing its text.
+
+    ``template`` is a :meth:`str.format` string.  ``{name}`` is the parameter ``name``;
+    fields given in ``values`` are substituted as they are (a :class:`Setting` as the
+    spelling writes it); any other field is the name of another parameter.  As a ``str``
+    the message is written with Python names; :meth:`spelled` writes it with another
+    :class:`Spelling`.
+
+    Examples
+    --------
+    >>> m = Message("{name}={value} exceeds {train_size}", "batch_size", value=200)
+    >>> str(m)
+    'batch_size=200 exceeds train_size'
+    """
+
+    def __new__(cls, template, name=None, **values):
+        self = super().__new__(cls, _render(template, name, values, PYTHON))
+        self.template, self.name, self.values = template, name, values
+        return self
+
+    def spelled(self, spelling):
+        """The message with parameter names and settings written by ``spelling``."""
+        return _render(self.template, self.name, self.values, spelling)
+
+    def __reduce__(self):  # pickled for worker processes: rebuilt from its parts
+        return _message, (self.template, self.name, self.values)
+
+
+def _message(template, name, values):
+    """Unpickle a :class:`Message`."""
+    return Message(template, name, **values)
+
+
+def _render(template, name, values, spelling):
+    """``template`` with its fields filled in, names written by ``spelling``."""
+    fields = {k: spelling.setting(*v) if isinstance(v, Setting) else v for k, v in values.items()}
+    if name is not None:
+        fields["name"] = spelling.name(name)
+    return template.format_map(_Fields(spelling, fields))
+
+
+def spelled(exc, spelling):
+    """The message of exception ``exc``, its parameter names written by ``spelling``."""
+    message = exc.args[0] if len(exc.args) == 1 else None
+    return message.spelled(spelling) if isinstance(message, Message) else str(exc)
+
+
+class _NamedParameter:
+    """Mixin: an exception about parameter ``name`` whose message is a :class:`Message`."""
+
+    def __init__(self, name, template, **values):
+        self.name = name
+        super().__init__(Message(template, name, **values))
+
+    def __reduce__(self):  # the constructor takes parts, not the message: rebuild as is
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls, args, state):
+    """Unpickle a :class:`ParameterError` or :class:`ParameterTypeError`."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class ParameterError(_NamedParameter, ValueError):
+    """A bad value of parameter ``name`` (the message is a :class:`Message` naming it)."""
+
+
+class ParameterTypeError(_NamedParameter, TypeError):
+    """A value of the wrong type for parameter ``name`` (as :class:`ParameterError`)."""
 
 
 def check_int(name, value, minimum=1, hint="", optional=False):
@@ -42,9 +161,17 @@ def check_int(name, value, minimum=1, hint="", optional=False):
         return None
     hint = f"; {hint}" if hint else "."
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an integer{hint}")
+        raise ParameterTypeError(
+            name, "{name}={value!r} must be an integer{hint}", value=value, hint=hint
+        )
     if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}{hint}")
+        raise ParameterError(
+            name,
+            "{name}={value} must be at least {minimum}{hint}",
+            value=value,
+            minimum=minimum,
+            hint=hint,
+        )
     return int(value)
 
 
@@ -53,17 +180,29 @@ def check_positive(name, value, hint="", allow_zero=False):
     (>= 0 with ``allow_zero``)."""
     hint = f"; {hint}" if hint else "."
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}={value!r} must be a number{hint}")
+        raise ParameterTypeError(
+            name, "{name}={value!r} must be a number{hint}", value=value, hint=hint
+        )
     if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} must be a finite number {bound}{hint}")
+        raise ParameterError(
+            name,
+            "{name}={value!r} must be a finite number {bound}{hint}",
+            value=value,
+            bound=">= 0" if allow_zero else "> 0",
+            hint=hint,
+        )
     return float(value)
 
 
 def check_choice(name, value, choices):
     """Return ``value`` unless it is not one of ``choices``."""
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}={value!r} is unknown; use one of: {', '.join(choices)}.")
+        raise ParameterError(
+            name,
+            "{name}={value!r} is unknown; use one of: {choices}.",
+            value=value,
+            choices=", ".join(choices),
+        )
     return value
 
 
@@ -76,14 +215,26 @@ def check_step(h, name="h"):
     if isinstance(h, np.ndarray) and h.ndim == 0 and h.dtype.kind in "iuf":
         h = h.item()  # a 0-d array, e.g. from np.float64 arithmetic on arrays
     if isinstance(h, bool) or not isinstance(h, numbers.Real):
-        raise TypeError(f"{name}={h!r} must be a number (a {type(h).__name__} was given); {hint}")
+        raise ParameterTypeError(
+            name,
+            "{name}={value!r} must be a number (a {type} was given); {hint}",
+            value=h,
+            type=type(h).__name__,
+            hint=hint,
+        )
     if not (math.isfinite(h) and h > 0):
-        raise ValueError(f"{name}={h!r} must be a finite positive number; {hint}")
+        raise ParameterError(
+            name, "{name}={value!r} must be a finite positive number; {hint}", value=h, hint=hint
+        )
     if h < MIN_STEP:
-        raise ValueError(
-            f"{name}={h!r} is too small to move the loss: below {MIN_STEP:g} the float64 "
-            f"rounding of the loss (about 5e-16 / h) swamps the gradient. Use {name} >= "
-            f"{MIN_STEP:g}; {hint}"
+        raise ParameterError(
+            name,
+            "{name}={value!r} is too small to move the loss: below {min:g} the float64 "
+            "rounding of the loss (about 5e-16 / h) swamps the gradient. Use {name} >= "
+            "{min:g}; {hint}",
+            value=h,
+            min=MIN_STEP,
+            hint=hint,
         )
     return float(h)
 

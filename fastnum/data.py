@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnum._io import atomic_path
+from fastnum._validate import Message
 
 __all__ = [
     "DEFAULT_MIRRORS",
@@ -162,13 +163,20 @@ def _read_idx(path, spec):
 def _bad_source(path, problem, in_cache):
     if in_cache:
         fix = "Delete it and call load_mnist() again to download a fresh copy."
-    else:
+    else:  # data_dir a field of the Message: the command line writes --data-dir
         fix = (
-            f"Replace it with a good copy (delete it and download it again, e.g. from "
-            f"{DEFAULT_MIRRORS[0]}), or point {ENV_DATA_DIR} (or data_dir=) at a folder with "
-            "intact files."
+            "Replace it with a good copy (delete it and download it again, e.g. from "
+            "{mirror}), or point {env} (or {data_dir}=) at a folder with intact files."
         )
-    return MnistError(f"MNIST file {path} {problem}. {fix}")
+    return MnistError(
+        Message(
+            "MNIST file {path} {problem}. " + fix,
+            path=path,
+            problem=problem,
+            mirror=DEFAULT_MIRRORS[0],
+            env=ENV_DATA_DIR,
+        )
+    )
 
 
 def mnist_cache_dir(cache_dir=None):

@@ -19,6 +19,7 @@ import numpy as np
 from fastnum import layers, reference
 from fastnum._frontend import NetworkFrontend
 from fastnum._validate import (
+    ParameterTypeError,
     as_float_batch,
     as_labels,
     as_network_params,
@@ -66,9 +67,11 @@ def check_weight_init_std(value):
     if isinstance(value, str) and value.lower() in WEIGHT_INITS:
         return value.lower()
     if isinstance(value, str):
-        raise TypeError(
-            f"weight_init_std={value!r} must be a number such as 0.01 or one of: "
-            f"{', '.join(WEIGHT_INITS)}."
+        raise ParameterTypeError(
+            "weight_init_std",
+            "{name}={value!r} must be a number such as 0.01 or one of: {names}.",
+            value=value,
+            names=", ".join(WEIGHT_INITS),
         )
     return check_positive("weight_init_std", value, "the book uses 0.01, or 'he' / 'xavier'.")
 

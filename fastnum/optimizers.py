@@ -31,6 +31,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fastnum._validate import ParameterError, ParameterTypeError
+
 __all__ = [
     "EPS",
     "OPTIMIZERS",
@@ -62,13 +64,13 @@ _RULES = {
 def _check_hyperparameter(name, value, default):
     """Return ``value`` as a float, or raise an error naming it and the book's value."""
     rule = _RULES[name]
-    hint = f"the book uses {name}={default}."
+    message = "{name}={value!r} must be {rule}; the book uses {name}={default}."
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}={value!r} must be {rule}; {hint}")
+        raise ParameterTypeError(name, message, value=value, rule=rule, default=default)
     value = float(value)
     ok = value > 0 if rule == _POSITIVE else 0 <= value < 1
     if not (math.isfinite(value) and ok):
-        raise ValueError(f"{name}={value!r} must be {rule}; {hint}")
+        raise ParameterError(name, message, value=value, rule=rule, default=default)
     return value
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnum._io import atomic_open, write_text
+from fastnum._validate import Message, ParameterError, ParameterTypeError
 
 __all__ = [
     "CHECKPOINT",
@@ -78,16 +79,32 @@ class CheckpointError(ValueError):
     """``checkpoint.npz`` is unreadable, damaged, edited, or from another run."""
 
 
+def checkpoint_refused(problem):
+    """A :class:`CheckpointError`: ``problem``, then the two ways on (a new run or folder)."""
+    return CheckpointError(
+        Message(
+            "{problem}; start a new run (overwrite=True, --overwrite) or use another {out_dir}.",
+            problem=problem,
+        )
+    )
+
+
 def check_out_dir(out_dir):
     """Return ``out_dir`` as a Path (None stays None), refusing an empty or non-path value."""
     if out_dir is None:
         return None
     if not isinstance(out_dir, str | os.PathLike):
-        raise TypeError(f"out_dir={out_dir!r} must be a folder path (str or Path) or None.")
+        raise ParameterTypeError(
+            "out_dir",
+            "{name}={value!r} must be a folder path (str or Path) or None.",
+            value=out_dir,
+        )
     if not str(out_dir).strip():
-        raise ValueError(
-            f"out_dir={str(out_dir)!r} is empty; pass the folder for the run's "
-            "outputs, or None to write nothing."
+        raise ParameterError(
+            "out_dir",
+            "{name}={value!r} is empty; pass the folder for the run's outputs, or None to "
+            "write nothing.",
+            value=str(out_dir),
         )
     return Path(out_dir)
 
@@ -136,24 +153,33 @@ class RunFolder:
         out = self.path
         if out.exists() and not out.is_dir():
             raise RunFolderError(
-                f"out_dir {out} is a file, not a folder; pass a folder: a new "
-                "one for a new run, or an earlier run's folder with resume=True "
-                "(--resume)."
+                Message(
+                    "{name} {out} is a file, not a folder; pass a folder: a new one for a new "
+                    "run, or an earlier run's folder with resume=True (--resume).",
+                    "out_dir",
+                    out=out,
+                )
             )
         if resume:
             if not self.checkpoint.is_file():
                 raise FileNotFoundError(
-                    f"cannot resume: {self.checkpoint} does not exist. Point "
-                    "out_dir at an earlier run's directory, or start without "
-                    "resume."
+                    Message(
+                        "cannot resume: {checkpoint} does not exist. Point {out_dir} at an "
+                        "earlier run's directory, or start without resume.",
+                        checkpoint=self.checkpoint,
+                    )
                 )
             return []
         existing = [name for name in OUTPUTS if (out / name).exists()]
         if existing and not overwrite:
             raise FileExistsError(
-                f"{out} already holds a run ({', '.join(existing)}); continue "
-                "it (resume=True, --resume), use another out_dir, or start "
-                "afresh (overwrite=True, --overwrite)."
+                Message(
+                    "{out} already holds a run ({existing}); continue it (resume=True, "
+                    "--resume), use another {out_dir}, or start afresh (overwrite=True, "
+                    "--overwrite).",
+                    out=out,
+                    existing=", ".join(existing),
+                )
             )
         return existing
 
@@ -207,8 +233,11 @@ class RunFolder:
                     self._locked = True
                     return
                 raise RunFolderError(
-                    f"{self.path} is taken and released by other runs again and again; "
-                    "use another out_dir."
+                    Message(
+                        "{path} is taken and released by other runs again and again; use "
+                        "another {out_dir}.",
+                        path=self.path,
+                    )
                 )
             finally:
                 draft.unlink(missing_ok=True)
@@ -272,10 +301,15 @@ class RunFolder:
                 f"up (kill -9, crash, power loss). No run is using {out} now: delete {lock}, "
                 f"then {then}."
             )
-        return (
-            f"{out} is in use by PID {pid} ({host}, started {started}): another fastnum "
-            f"run holds {lock}. Wait for it to finish or use another out_dir; if PID {pid} "
-            f"is not a fastnum run (reused after a reboot), delete {lock}."
+        return Message(
+            "{out} is in use by PID {pid} ({host}, started {started}): another fastnum run "
+            "holds {lock}. Wait for it to finish or use another {out_dir}; if PID {pid} is "
+            "not a fastnum run (reused after a reboot), delete {lock}.",
+            out=out,
+            pid=pid,
+            host=host,
+            started=started,
+            lock=lock,
         )
 
     def _remove_partial_writes(self):
@@ -358,7 +392,6 @@ class RunFolder:
     def read_checkpoint(self, param_names):
         """Return ``(meta, arrays)`` of the checkpoint, or raise :class:`CheckpointError`."""
         path = self.checkpoint
-        fresh = "start a new run (overwrite=True, --overwrite) or use another out_dir."
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {key: z[key] for key in ("loss", *param_names)}
@@ -368,42 +401,40 @@ class RunFolder:
         # Whatever a damaged file makes np.load raise (EOFError for zero bytes, BadZipFile,
         # KeyError for a missing array, ValueError for bad JSON) means one thing to the user.
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise CheckpointError(
-                f"{path} is not a readable fastnum checkpoint ({exc}); {fresh}"
+            raise checkpoint_refused(
+                f"{path} is not a readable fastnum checkpoint ({exc})"
             ) from exc
         if not isinstance(meta, dict):
-            raise CheckpointError(
-                f"{path} is not a readable fastnum checkpoint (its metadata is "
-                f"not a mapping); {fresh}"
+            raise checkpoint_refused(
+                f"{path} is not a readable fastnum checkpoint (its metadata is not a mapping)"
             )
         if meta.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{path} has checkpoint format {meta.get('format')!r}, expected {FORMAT}; {fresh}"
+            raise checkpoint_refused(
+                f"{path} has checkpoint format {meta.get('format')!r}, expected {FORMAT}"
             )
         missing = [key for key in _META_KEYS if key not in meta]
         if missing:
-            raise CheckpointError(
+            raise checkpoint_refused(
                 f"{path} is not a readable fastnum checkpoint (its metadata "
-                f"lacks {', '.join(missing)}); {fresh}"
+                f"lacks {', '.join(missing)})"
             )
         for name in param_names:
             if not np.isfinite(arrays[name]).all():
-                raise CheckpointError(
+                raise checkpoint_refused(
                     f"{path} holds non-finite parameters ({name} contains NaN or inf): no "
-                    f"fastnum run writes such a checkpoint, so the file was damaged or edited; "
-                    f"{fresh}"
+                    f"fastnum run writes such a checkpoint, so the file was damaged or edited"
                 )
         if meta["checksum"] != _checksum(meta, arrays):
-            raise CheckpointError(
+            raise checkpoint_refused(
                 f"{path} does not match its checksum: it was damaged or edited after it was "
                 f"written (parameters, loss list or metadata), and resuming from it would not "
-                f"give the uninterrupted run's numbers; {fresh}"
+                f"give the uninterrupted run's numbers"
             )
-        _check_lengths(meta, arrays, path, fresh)
+        _check_lengths(meta, arrays, path)
         return meta, arrays
 
 
-def _check_lengths(meta, arrays, path, fresh):
+def _check_lengths(meta, arrays, path):
     it, h = meta["iteration"], meta["history"]
     problems = []
     if not isinstance(it, int) or it < 0:
@@ -415,7 +446,7 @@ def _check_lengths(meta, arrays, path, fresh):
     elif len({len(h[k]) for k in _EPOCH_KEYS} | {len(meta["epoch_seconds"])}) != 1:
         problems.append("the epoch records have different lengths")
     if problems:
-        raise CheckpointError(f"{path} is inconsistent ({'; '.join(problems)}); {fresh}")
+        raise checkpoint_refused(f"{path} is inconsistent ({'; '.join(problems)})")
 
 
 def check_resumable(meta, config, backend, data_info, per_epoch, path):
@@ -425,31 +456,44 @@ def check_resumable(meta, config, backend, data_info, per_epoch, path):
     ``data_info`` its data description and ``per_epoch`` its iterations per epoch.
     """
     saved = meta["config"]
-    diffs = [
-        f"{k}={saved.get(k)!r} there, {v!r} now"
-        for k, v in config.items()
-        if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != v
-    ]
+    diffs, values = [], {}
+    for k, now in config.items():
+        was = saved.get(k)
+        if k not in MAY_CHANGE_ON_RESUME and was != now:
+            # The setting's name is a field of the Message, so that a caller can spell it.
+            diffs.append("{" + k + "}={" + k + "_was!r} there, {" + k + "_now!r} now")
+            values.update({f"{k}_was": was, f"{k}_now": now})
     if meta["backend"] != backend:
-        diffs.append(f"backend {meta['backend']!r} there, {backend!r} now")
+        diffs.append("backend {backend_was!r} there, {backend_now!r} now")
+        values.update(backend_was=meta["backend"], backend_now=backend)
     if meta["data"] != data_info:
         diffs.append("different training/test data")
     if diffs:
         raise CheckpointError(
-            f"cannot resume from {path}: it was made with other settings "
-            f"({'; '.join(diffs)}). Resume with the original settings, or "
-            "start a new run in another out_dir."
+            Message(
+                "cannot resume from {path}: it was made with other settings ("
+                + "; ".join(diffs)
+                + "). Resume with the original settings, or start a new run in another "
+                "{out_dir}.",
+                path=path,
+                **values,
+            )
         )
     it = meta["iteration"]
     # The book evaluates after iterations 1, 1 + per_epoch, ...: the records must say so.
     if meta["history"]["epoch_iter"] != list(range(1, it + 1, per_epoch)):
-        raise CheckpointError(
+        raise checkpoint_refused(
             f"{path} is inconsistent (its epoch records do not follow the "
-            f"schedule of {it} iterations, {per_epoch} per epoch); start a "
-            "new run (overwrite=True, --overwrite) or use another out_dir."
+            f"schedule of {it} iterations, {per_epoch} per epoch)"
         )
     if it > config["iters"]:
         raise CheckpointError(
-            f"cannot resume from {path}: it is at iteration {it}, past "
-            f"iters={config['iters']}; pass iters >= {it}."
+            Message(
+                "cannot resume from {path}: it is at iteration {it}, past {name}={value}; pass "
+                "{name} >= {it}.",
+                "iters",
+                path=path,
+                it=it,
+                value=config["iters"],
+            )
         )

@@ -29,6 +29,9 @@ import numpy as np
 from fastnum import reference
 from fastnum._jit import one_blas_thread
 from fastnum._validate import (
+    Message,
+    ParameterError,
+    Setting,
     as_float_batch,
     as_image_batch,
     as_labels,
@@ -51,10 +54,10 @@ from fastnum.progress import NoProgress, Progress
 from fastnum.rundir import (
     FORMAT,
     HISTORY,
-    CheckpointError,
     RunFolder,
     check_out_dir,
     check_resumable,
+    checkpoint_refused,
 )
 
 __all__ = [
@@ -225,20 +228,27 @@ class TrainConfig:
         object.__setattr__(self, "hidden_sizes", _as_hidden_sizes(self.hidden_sizes))
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.activation != "sigmoid" and self.hidden_sizes is None:
-            raise ValueError(
-                f"activation={self.activation!r} needs hidden_sizes (the book's "
-                "TwoLayerNet is sigmoid only); pass e.g. hidden_sizes=(50,)."
+            raise ParameterError(
+                "activation",
+                "{name}={value!r} needs {hidden_sizes} (the book's TwoLayerNet is sigmoid "
+                "only); pass e.g. {example}.",
+                value=self.activation,
+                example=Setting("hidden_sizes", (50,)),
             )
         check_choice("net", self.net, NETS)
         if self.net == "simpleconv" and self.hidden_sizes is not None:
-            raise ValueError(
-                "hidden_sizes is for net='dense'; SimpleConvNet has one hidden "
-                "layer of hidden_size units (the book uses 100)."
+            raise ParameterError(
+                "hidden_sizes",
+                "{name} is for {dense}; SimpleConvNet has one hidden layer of {hidden_size} "
+                "units (the book uses 100).",
+                dense=Setting("net", "dense"),
             )
         if self.net == "simpleconv" and isinstance(self.weight_init_std, str):
-            raise ValueError(
-                f"weight_init_std={self.weight_init_std!r} is for the dense networks; "
-                "SimpleConvNet takes a number (the book uses 0.01)."
+            raise ParameterError(
+                "weight_init_std",
+                "{name}={value!r} is for the dense networks; SimpleConvNet takes a number "
+                "(the book uses 0.01).",
+                value=self.weight_init_std,
             )
         self._to_builtin_types()
 
@@ -252,11 +262,17 @@ class TrainConfig:
             if name in takes and value is None:
                 object.__setattr__(self, name, takes[name])
             elif name not in takes and value is not None:
-                # Class names: the CLI rewrites a bare "momentum" into "--momentum".
+                # Class names: "momentum" alone would read as the parameter.
                 users = [cls.__name__ for cls in OPTIMIZERS.values() if name in cls.defaults()]
-                raise ValueError(
-                    f"{name}={value!r} is not used by optimizer={self.optimizer!r}, which "
-                    f"takes {', '.join(takes)}; drop it, or train with {' or '.join(users)}."
+                taken = ", ".join("{" + k + "}" for k in takes)  # fields: parameter names
+                raise ParameterError(
+                    name,
+                    "{name}={value!r} is not used by {optimizer}={chosen!r}, which takes "
+                    + taken
+                    + "; drop it, or train with {users}.",
+                    value=value,
+                    chosen=self.optimizer,
+                    users=" or ".join(users),
                 )
         book_lr = SGD_LR if self.optimizer == "sgd" else takes["lr"]
         if self.lr is None:
@@ -370,8 +386,12 @@ def _first(a, size, name, option):
     a = np.asarray(a)
     n = a.shape[0] if a.ndim else 0
     if size is not None and size > n:
-        raise ValueError(
-            f"{option}={size} is larger than the {n} samples of {name}; use {option} {n} or less."
+        raise ParameterError(
+            option,
+            "{name}={value} is larger than the {n} samples of {of}; use {name} {n} or less.",
+            value=size,
+            n=n,
+            of=name,
         )
     return a if size is None else a[:size]
 
@@ -439,10 +459,12 @@ def _prepare_data(config, data, data_dir):
         name="t_test",
     )
     if config.batch_size > len(x_train):
-        raise ValueError(
-            f"batch_size={config.batch_size} is larger than the training set "
-            f"({len(x_train)} samples); use batch_size {len(x_train)} or less, "
-            "or a larger train_size."
+        raise ParameterError(
+            "batch_size",
+            "{name}={value} is larger than the training set ({n} samples); use {name} {n} "
+            "or less, or a larger {train_size}.",
+            value=config.batch_size,
+            n=len(x_train),
         )
     info = {
         "train_size": len(x_train),
@@ -689,9 +711,8 @@ class _Run:
                 raise ValueError(f"{state['iterations']} optimizer steps")
             self.optimizer.load_state_dict(state)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CheckpointError(
-                f"{self.folder.checkpoint} is inconsistent (its optimizer state: {exc}); start "
-                "a new run (overwrite=True, --overwrite) or use another out_dir."
+            raise checkpoint_refused(
+                f"{self.folder.checkpoint} is inconsistent (its optimizer state: {exc})"
             ) from exc
         for key in self.net.params:
             self.net.params[key][...] = arrays[key]
@@ -715,10 +736,19 @@ class _Run:
                 f"{self.folder.path / HISTORY} (plots show only those; no params.npz "
                 "written)."
             )
+        message = Message(
+            "training diverged at iteration {it}: the loss became {loss} (or the parameters "
+            "non-finite) with {name}={value:g}. Lower the learning rate (e.g. {name}={lower:g}) "
+            "and start a new run.{where}",
+            "lr",
+            it=it,
+            loss=loss,
+            value=lr,
+            lower=lr / 10,
+            where=where,
+        )
         raise TrainingDivergedError(
-            f"training diverged at iteration {it}: the loss became {loss} (or the parameters "
-            f"non-finite) with lr={lr:g}. Lower the learning rate (e.g. lr={lr / 10:g}) and "
-            f"start a new run.{where}",
+            message,
             it,
             loss,
             lr,

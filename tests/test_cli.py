@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastnum import cli
+from fastnum._validate import Message, Setting
 from fastnum.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,9 +106,19 @@ def test_relu_hint_is_an_option_the_parser_accepts(capsys):
     assert args.hidden_sizes == (50,)
 
 
-def test_tuple_widths_in_messages_become_the_cli_spelling():
-    message = cli._as_options("pass e.g. hidden_sizes=(100, 50).")
-    assert message == "pass e.g. --hidden-sizes 100,50."
+def _spelling(command):
+    """The option spelling of ``fastnum COMMAND`` that main() writes error messages with."""
+    return cli.build_parser().parse_args([command]).spelling
+
+
+def test_a_setting_in_a_message_is_written_as_the_parser_accepts_it():
+    message = Message("pass e.g. {example}.", example=Setting("hidden_sizes", (100, 50)))
+    assert str(message) == "pass e.g. hidden_sizes=(100, 50)."
+    assert message.spelled(_spelling("train")) == "pass e.g. --hidden-sizes 100,50."
+    args = cli.build_parser().parse_args(["train", "--hidden-sizes", "100,50"])
+    assert args.hidden_sizes == (100, 50)
+    engine = Message("{engine} is not possible", engine=Setting("method", "engine"))
+    assert engine.spelled(_spelling("gradcheck")) == "--method engine is not possible"
 
 
 def test_gradcheck_negative_seed_names_the_option(capsys, monkeypatch):
@@ -162,19 +173,27 @@ def test_argparse_errors_return_2(capsys):
 
 
 def test_option_names_replace_python_names():
-    message = "batch_size=200 is larger than the training set; use batch_size 100 or less"
-    assert cli._as_options(message) == (
+    train, gradcheck = _spelling("train"), _spelling("gradcheck")
+    message = Message(
+        "{name}={value} is larger than the training set; use {name} 100 or less",
+        "batch_size",
+        value=200,
+    )
+    assert message.spelled(train) == (
         "--batch-size=200 is larger than the training set; use --batch-size 100 or less"
     )
+    message = Message("{name}=0 must be positive ({h}=1e-4)", "hidden_size")
     assert (
-        cli._as_options("hidden_size=0 must be positive (h=1e-4)")
+        message.spelled(train)
+        == message.spelled(gradcheck)
         == "--hidden=0 must be positive (--h=1e-4)"
     )
-    assert cli._as_options("x_train has 5 features") == "x_train has 5 features"
-    assert (
-        cli._as_options("see runs/seed/lr.json, or a larger train_size.")
-        == "see runs/seed/lr.json, or a larger --train-size."
-    )
+    assert gradcheck.name("rtol") == "--tol" and train.name("out_dir") == "--out"
+    # Names that are no option of the command, and values, stay as they are.
+    assert Message("{x_train} has 5 features").spelled(train) == "x_train has 5 features"
+    message = Message("see {path}, or a larger {train_size}.", path="runs/seed/lr.json")
+    assert message.spelled(train) == "see runs/seed/lr.json, or a larger --train-size."
+    assert message.spelled(gradcheck) == "see runs/seed/lr.json, or a larger train_size."
 
 
 def test_keyboard_interrupt_returns_130_with_a_resume_hint(capsys, monkeypatch, tmp_path):

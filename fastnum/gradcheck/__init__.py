@@ -29,7 +29,14 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import JIT_ENABLED, one_blas_thread
-from fastnum._validate import check_choice, check_int, check_positive, check_step
+from fastnum._validate import (
+    ParameterError,
+    Setting,
+    check_choice,
+    check_int,
+    check_positive,
+    check_step,
+)
 from fastnum.constants import LOG_GUARD, H
 from fastnum.gradcheck import _generic, _kinks, _stack
 from fastnum.gradcheck._errors import GradcheckRefusedError, UserCodeError, describe_exception
@@ -573,7 +580,9 @@ def gradcheck(
         fallback_seconds=check_positive("fallback_seconds", fallback_seconds, "default 60"),
     )
     if options.rtol == 0 and options.atol == 0:
-        raise ValueError("rtol and atol are both 0: no floating-point gradient can pass.")
+        raise ParameterError(
+            "rtol", "{name} and {atol} are both 0: no floating-point gradient can pass."
+        )
     x, t = np.asarray(x), np.asarray(t)
     _check_batch(x, t)
     rng_state = np.random.get_state()  # noqa: NPY002 - the book's dropout draws from it
@@ -693,7 +702,12 @@ def _numerical(net, x, t, point, o, runners, notes):
             )
         except _stack.EngineUnsupportedError as exc:
             if o.method == "engine":
-                raise ValueError(f"method='engine' is not possible: {exc}.") from None
+                raise ParameterError(
+                    "method",
+                    "{engine} is not possible: {why}.",
+                    engine=Setting("method", "engine"),
+                    why=exc,
+                ) from None
             notes.append(f"generic path: {exc}.")
     # On a cluster the worker count is unknown here: plan blocks for a generous one.
     n_blocks_for = _generic.CLUSTER_WORKERS if o.scheduler is not None else o.workers
