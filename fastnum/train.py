@@ -229,6 +229,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choice("grad", self.grad, GRADS)
+        check_choice("spsa_distribution", self.spsa_distribution, SPSA_DISTRIBUTIONS)
         check_estimator_options(self.grad, 1e-4, self.directions, self.spsa_distribution)
         if self.grad != "spsa" and (self.directions, self.spsa_distribution) != (
             1,
