@@ -27,8 +27,8 @@ def _batch(seed=1, n=6, d=9, classes=3, zeros=0.4):
     return x, rng.integers(0, classes, n)
 
 
-def _nets(activation, backend="numpy"):
-    """(two-layer net, its twin) with the given hidden activation, weights large enough to matter."""
+def _nets(activation):
+    """Two equal two-layer nets (NumPy) of the hidden activation, weights large enough to matter."""
     if activation == "sigmoid":
         make = lambda: TwoLayerNet(9, 4, 3, weight_init_std=0.8, seed=3, backend="numpy")  # noqa: E731
     else:
@@ -169,6 +169,24 @@ def test_generic_forward_path_covers_other_networks():
     assert estimators._two_layer_activation(comp_net, x) is None
     ref_g = estimate_gradient(ref_net, x, t, "forward")
     comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["forward", "spsa"])
+def test_estimators_cover_the_conv_net(method):
+    from fastnum import SimpleConvNet
+
+    rng = np.random.default_rng(0)
+    x, t = rng.random((3, 1, 6, 6)), rng.integers(0, 3, 3)
+    conv = {"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1}
+    make = lambda: SimpleConvNet(  # noqa: E731
+        (1, 6, 6), conv_param=conv, hidden_size=4, output_size=3, weight_init_std=0.5, seed=0
+    )
+    ref_net = make()
+    ref_net.backend = "numpy"
+    comp_net = on_kernels(make())
+    ref_g = estimate_gradient(ref_net, x, t, method, directions=3)
+    comp_g = estimate_gradient(comp_net, x, t, method, directions=3)
     assert _max_diff(ref_g, comp_g) < 1e-9
 
 
