@@ -238,82 +238,96 @@ def first_reaching(result, threshold):
     return next((p for p in result["points"] if p["test_acc"] >= threshold), None)
 
 
+def _per_step(r):
+    last = r["points"][-1]
+    return last["step_seconds"] / max(last["iteration"], 1)
+
+
 def _table(results, settings):
     thresholds = settings["thresholds"]
     head = " | ".join(f"s to {th:g}" for th in thresholds)
     lines = [
-        f"| estimator | evaluations/step | ms/step | test acc after {settings['iters']} steps "
-        f"| {head} |",
-        "|---|---:|---:|---:|" + "---:|" * len(thresholds),
+        f"| estimator | evaluations/step | ms/step | µs/evaluation | test acc after "
+        f"{settings['iters']} steps | {head} |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(thresholds),
     ]
     for r in results:
-        last = r["points"][-1]
-        ms = 1000 * last["step_seconds"] / max(last["iteration"], 1)
         cells = []
         for th in thresholds:
             p = first_reaching(r, th)
             cells.append("—" if p is None else f"{p['step_seconds']:.3g}")
         status = "" if r["status"] == "completed" else f" ({r['status']})"
         lines.append(
-            f"| {r['name']}{status} | {r['evaluations_per_step']:,} | {ms:.3g} | "
-            f"{last['test_acc']:.3f} | {' | '.join(cells)} |"
+            f"| {r['name']}{status} | {r['evaluations_per_step']:,} | {1000 * _per_step(r):.3g} | "
+            f"{1e6 * _per_step(r) / r['evaluations_per_step']:.3g} | "
+            f"{r['points'][-1]['test_acc']:.3f} | {' | '.join(cells)} |"
         )
     return "\n".join(lines)
 
 
+def _fastest(runs, threshold, key):
+    """(run, point) of the run that first reaches ``threshold`` by ``key``, or None."""
+    reached = [(r, first_reaching(r, threshold)) for r in runs]
+    reached = [(r, p) for r, p in reached if p is not None]
+    return min(reached, key=lambda rp: rp[1][key]) if reached else None
+
+
 def _findings(results, settings):
-    by = {r["name"]: r for r in results}
-    lines = []
-    central, forward = by.get("central differences"), by.get("forward differences")
+    exact = [r for r in results if r["config"]["grad"] in ("numerical", "forward")]
     spsa = [r for r in results if r["config"]["grad"] == "spsa"]
-    bp = by.get("backprop")
+    bp = [r for r in results if r["config"]["grad"] == "backprop"]
+    lines = []
 
     def acc(r):
         return r["points"][-1]["test_acc"]
 
-    def sec(r):
-        return r["points"][-1]["step_seconds"]
-
-    if central and forward:
-        lines.append(
-            f"- Forward differences cost {sec(forward):.3g} s against {sec(central):.3g} s for "
-            f"central differences over the same {settings['iters']} steps "
-            f"({sec(central) / sec(forward):.2g}x), and reach test accuracy "
-            f"{acc(forward):.3f} against {acc(central):.3f} (both estimate the same "
-            "gradient; the one-sided one carries an O(h) bias)."
+    ends = ", ".join(f"{r['name']} {acc(r):.3f}" for r in results)
+    lines.append(f"- Test accuracy after the same {settings['iters']} steps: {ends}.")
+    early = ", ".join(
+        f"{r['name']} {r['points'][1]['test_acc']:.3f}" for r in results if len(r["points"]) > 1
+    )
+    lines.append(f"- After the first {settings['eval_every']} steps: {early}.")
+    if exact and spsa:
+        cost = ", ".join(
+            f"{r['name']} {1e6 * _per_step(r) / r['evaluations_per_step']:.3g} µs"
+            for r in exact + spsa
         )
-    if spsa and forward:
-        best = max(spsa, key=acc)
-        ends = ", ".join(f"{acc(r):.3f} ({r['name']})" for r in spsa)
         lines.append(
-            f"- SPSA, the random-direction estimate, ends at {ends} after the same steps; "
-            f"the exact coordinate-wise gradient (forward) reaches {acc(forward):.3f}."
+            "- Wall time per loss evaluation: "
+            f"{cost}.  A coordinate-wise evaluation with delta recomputes one hidden "
+            "unit of the samples a perturbation reaches; an SPSA evaluation moves every "
+            "parameter and so runs the whole batch."
         )
         for th in settings["thresholds"]:
-            pf = first_reaching(forward, th)
-            ps = first_reaching(best, th)
-            if pf is None:
+            by_time = _fastest(exact, th, "step_seconds")
+            if by_time is None:
                 continue
-            if ps is None:
+            er, ep = by_time
+            sp = _fastest(spsa, th, "step_seconds")
+            if sp is None:
                 lines.append(
-                    f"- To reach test accuracy {th:g}: forward differences need "
-                    f"{pf['step_seconds']:.3g} s ({pf['loss_evaluations']:,} loss evaluations); "
-                    f"no SPSA run reaches it within {settings['iters']} steps "
-                    f"(best {best['name']}, {sec(best):.3g} s, "
-                    f"{best['points'][-1]['loss_evaluations']:,} evaluations, "
-                    f"accuracy {acc(best):.3f})."
+                    f"- Test accuracy {th:g}: {er['name']} reach it after "
+                    f"{ep['step_seconds']:.3g} s ({ep['loss_evaluations']:,} evaluations); "
+                    f"no SPSA run reaches it within {settings['iters']} steps."
                 )
-            else:
-                lines.append(
-                    f"- To reach test accuracy {th:g}: forward differences need "
-                    f"{pf['step_seconds']:.3g} s ({pf['loss_evaluations']:,} evaluations), "
-                    f"{best['name']} {ps['step_seconds']:.3g} s "
-                    f"({ps['loss_evaluations']:,} evaluations)."
-                )
+                continue
+            sr, spt = sp
+            se = _fastest(spsa, th, "loss_evaluations")
+            ee = _fastest(exact, th, "loss_evaluations")
+            lines.append(
+                f"- Test accuracy {th:g}: the exact coordinate-wise gradient ({er['name']}) "
+                f"reaches it after {ep['step_seconds']:.3g} s, the fastest SPSA run "
+                f"({sr['name']}) after {spt['step_seconds']:.3g} s "
+                f"({spt['step_seconds'] / ep['step_seconds']:.2g}x the time).  In loss "
+                f"evaluations: {ee[1]['loss_evaluations']:,} ({ee[0]['name']}) against "
+                f"{se[1]['loss_evaluations']:,} ({se[0]['name']}), "
+                f"{ee[1]['loss_evaluations'] / se[1]['loss_evaluations']:.3g}x as many."
+            )
     if bp:
+        b = bp[0]
         lines.append(
-            f"- Backprop: {acc(bp):.3f} after {sec(bp):.3g} s of steps, the reference point "
-            "every estimator is measured against."
+            f"- Backprop: {acc(b):.3f} after {b['points'][-1]['step_seconds']:.3g} s of "
+            "steps, the yardstick every estimator is measured against."
         )
     return "\n".join(lines)
 
@@ -326,8 +340,9 @@ every estimator; only the steps are timed (the test accuracy, evaluated every
 not).  Loss evaluations count one per perturbed coordinate for the
 coordinate-wise estimators (the delta kernels compute each incrementally, but each
 is a real evaluation of the perturbed loss), two per direction for SPSA and one
-per backprop step.  "s to X" is the step time until the test accuracy first
-reached X (— when it never did).
+per backprop step.  "µs/evaluation" is the step time divided by the evaluations
+of the step's estimate (the update and the batch loss after it included).  "s to
+X" is the step time until the test accuracy first reached X (— when it never did).
 
 {_table(results, settings)}
 
