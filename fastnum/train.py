@@ -4,7 +4,7 @@ One function, :func:`train`, runs the loop of the book's ``train_neuralnet.py``:
 
     for i in range(iters):
         batch = random sample (with replacement) of batch_size training images
-        grad = numerical gradient (or backprop) of the loss on the batch
+        grad = numerical gradient (or forward differences, SPSA, backprop) on the batch
         params -= lr * grad       (or another optimizer of chapter 6, fastnum.optimizers)
         record the loss of the batch at the updated params
         if i % iter_per_epoch == 0: record train and test accuracy on the full sets
@@ -47,6 +47,13 @@ from fastnum.backend import (
     describe_backend,
     resolve_backend,
 )
+from fastnum.estimators import (
+    DISTRIBUTIONS,
+    ESTIMATORS,
+    check_estimator_options,
+    estimate_gradient_trusted,
+    loss_evaluations,
+)
 from fastnum.multilayer import ACTIVATIONS as _ACTIVATION_TABLE
 from fastnum.multilayer import WEIGHT_INITS, check_weight_init_std, layer_init_std
 from fastnum.optimizers import OPTIMIZERS, make_optimizer
@@ -69,10 +76,13 @@ __all__ = [
     "build_net",
     "run_backend",
     "sgd_step",
+    "step_seed",
     "train",
 ]
 
-GRADS = ("numerical", "backprop")
+#: The gradient estimators of fastnum.estimators: numerical, forward, spsa, backprop.
+GRADS = tuple(ESTIMATORS)
+SPSA_DISTRIBUTIONS = DISTRIBUTIONS
 ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # those of fastnum.multilayer.MultiLayerNet
 # dense: TwoLayerNet, or MultiLayerNet with hidden_sizes; simpleconv: the book's chapter 7 CNN
 NETS = ("dense", "simpleconv")
@@ -88,6 +98,8 @@ SGD_LR = 0.1
 HYPERPARAMETERS = ("momentum", "decay_rate", "beta1", "beta2")
 #: What a checkpoint written before optimizers existed was trained with.
 _PLAIN_SGD = {"optimizer": "sgd", **dict.fromkeys(HYPERPARAMETERS)}
+#: ... and with which estimator options (before SPSA existed: the defaults).
+_OLD_ESTIMATOR = {"directions": 1, "spsa_distribution": "rademacher"}
 #: Prefix of the optimizer's state arrays in checkpoint.npz: optimizer.<slot>.<param>.
 _STATE_PREFIX = "optimizer."
 
@@ -131,9 +143,11 @@ class TrainConfig:
 
     Parameters
     ----------
-    grad : {"numerical", "backprop"}, default "numerical"
-        How gradients are computed: the book's central differences (slow,
-        chapter 4) or backpropagation (fast, chapter 5).
+    grad : {"numerical", "forward", "spsa", "backprop"}, default "numerical"
+        How gradients are computed (:mod:`fastnum.estimators`): the book's
+        central differences (chapter 4), forward differences (one evaluation
+        per parameter plus one), SPSA (central differences along
+        ``directions`` random directions) or backpropagation (chapter 5).
     iters : int, default 10000
         Number of SGD updates.
     batch_size : int, default 100
@@ -177,6 +191,12 @@ class TrainConfig:
         "simpleconv" trains the book's chapter 7 :class:`fastnum.SimpleConvNet`
         (30 5x5 filters, relu, 2x2 max pooling, ``hidden_size`` relu units; the
         book uses 100) on (N, 1, 28, 28) images instead of a dense network.
+    directions : int, default 1
+        SPSA's number of random directions K per step (``grad="spsa"`` only).
+        Step ``i``'s directions are drawn from ``SeedSequence([seed, i])``, so a
+        resumed run draws the same ones.
+    spsa_distribution : {"rademacher", "gaussian"}, default "rademacher"
+        SPSA's direction entries (``grad="spsa"`` only).
     optimizer : {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"}, default "sgd"
         The update rule, from :mod:`fastnum.optimizers` (the book's chapter 6).
     momentum, decay_rate, beta1, beta2 : float or None
@@ -207,9 +227,22 @@ class TrainConfig:
     decay_rate: float | None = None
     beta1: float | None = None
     beta2: float | None = None
+    directions: int = 1
+    spsa_distribution: str = "rademacher"
 
     def __post_init__(self):
         check_choice("grad", self.grad, GRADS)
+        check_choice("spsa_distribution", self.spsa_distribution, SPSA_DISTRIBUTIONS)
+        check_estimator_options(self.grad, 1e-4, self.directions, self.spsa_distribution)
+        if self.grad != "spsa" and (self.directions, self.spsa_distribution) != (
+            1,
+            "rademacher",
+        ):
+            raise ValueError(
+                f"directions={self.directions!r} and spsa_distribution="
+                f"{self.spsa_distribution!r} are options of grad='spsa', not of "
+                f"grad={self.grad!r}; drop them, or train with grad='spsa'."
+            )
         check_int("iters", self.iters, 1, "the book uses 10000.")
         check_int("batch_size", self.batch_size, 1, "the book uses 100.")
         self._resolve_optimizer()
@@ -333,7 +366,9 @@ class TrainResult:
         of each evaluation), ``train_acc`` and ``test_acc`` (per evaluation).
         Deterministic: equal for equal configs, resumed or not.
     timings : dict
-        ``epoch_seconds`` (wall time per evaluation period) and ``total_seconds``.
+        ``epoch_seconds`` (wall time per evaluation period), ``total_seconds`` and
+        ``loss_evaluations_per_step`` (of the gradient estimate, see
+        :func:`fastnum.estimators.loss_evaluations`; also in history.json).
     final_train_acc, final_test_acc : float
         Accuracy of the final parameters on the full training and test sets.
     out_dir : pathlib.Path or None
@@ -548,8 +583,16 @@ def build_net(config, n_features, n_classes, input_dim=None):
     )
 
 
-def sgd_step(net, x, t, config, optimizer=None):
+def step_seed(config, iteration):
+    """The seed of SPSA's directions at 0-based ``iteration``: from (seed, iteration) alone,
+    so that a resumed run needs no generator state to draw the same directions."""
+    return [config.seed, iteration]
+
+
+def sgd_step(net, x, t, config, optimizer=None, iteration=0):
     """One update of ``net`` on a batch; returns the batch loss at the updated parameters.
+
+    ``iteration`` (0-based) seeds SPSA's directions (:func:`step_seed`).
 
     ``optimizer`` (a :mod:`fastnum.optimizers` optimizer, which keeps its state
     between steps) makes the update; None makes plain SGD with ``config.lr``.
@@ -564,10 +607,17 @@ def sgd_step(net, x, t, config, optimizer=None):
             )
         optimizer = config.make_optimizer()
     with _blas_threads(net.backend):
-        if config.grad == "backprop":
-            grads = net.gradient_trusted(x, t)
-        else:
-            grads = net.numerical_gradient_trusted(x, t, config.h, config.strategy)
+        grads = estimate_gradient_trusted(
+            net,
+            x,
+            t,
+            config.grad,
+            config.h,
+            config.directions,
+            config.spsa_distribution,
+            step_seed(config, iteration),
+            config.strategy,
+        )
         optimizer.update(net.params, grads)  # in place: W1, b1, W2, b2 (and more)
         return float(net.loss_trusted(x, t))
 
@@ -585,6 +635,9 @@ class _Run:
         # A child stream, so batch sampling does not replay the bits of the weight init.
         self.rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
         self.per_epoch = max(len(data.x_train) // config.batch_size, 1)
+        n_params = sum(p.size for p in self.net.params.values())
+        # Of the gradient estimate; the batch loss recorded after the update adds one more.
+        self.evaluations_per_step = loss_evaluations(config.grad, n_params, config.directions)
         self.iteration = 0
         self.history = {"loss": [], "epoch_iter": [], "train_acc": [], "test_acc": []}
         self.epoch_seconds, self.seconds_before = [], 0.0
@@ -600,14 +653,18 @@ class _Run:
 
     def timings(self):
         total = self.seconds()
-        return {"epoch_seconds": list(self.epoch_seconds), "total_seconds": total}
+        return {
+            "epoch_seconds": list(self.epoch_seconds),
+            "total_seconds": total,
+            "loss_evaluations_per_step": self.evaluations_per_step,
+        }
 
     def step(self):
         """One update; returns the batch loss at the updated parameters."""
         idx = self.rng.choice(len(self.data.x_train), self.cfg.batch_size)
         # Rows of data validated once in _prepare_data: the trusted methods apply.
         x, t = self.data.x_train[idx], self.data.t_train[idx]
-        return sgd_step(self.net, x, t, self.cfg, self.optimizer)
+        return sgd_step(self.net, x, t, self.cfg, self.optimizer, self.iteration)
 
     def accuracies(self):
         d = self.data
@@ -696,7 +753,7 @@ class _Run:
     def restore(self):
         """Continue from the folder's checkpoint: params, sampler state, iteration and history."""
         meta, arrays = self.folder.read_checkpoint(tuple(self.net.params))
-        meta["config"] = {**_PLAIN_SGD, **meta["config"]}
+        meta["config"] = {**_PLAIN_SGD, **_OLD_ESTIMATOR, **meta["config"]}
         check_resumable(
             meta,
             self.cfg.to_dict(),

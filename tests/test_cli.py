@@ -53,7 +53,7 @@ def one_error_line(capsys, *words):
         (
             ["train", "--help"],
             [
-                "--grad {numerical,backprop}",
+                "--grad {numerical,forward,spsa,backprop}",
                 "--resume",
                 "history.json",
                 "--train-size N",

@@ -14,6 +14,7 @@ from fastnum.train import (
     NETS,
     OPTIMIZER_NAMES,
     SGD_LR,
+    SPSA_DISTRIBUTIONS,
     WEIGHT_INIT_NAMES,
     TrainConfig,
     run_backend,
@@ -102,8 +103,23 @@ def add_parser(sub):
         "--grad",
         choices=GRADS,
         default=d.grad,
-        help="numerical: central differences as in chapter 4 (slow); backprop: "
-        "chapter 5's analytic gradient (fast) (default: %(default)s)",
+        help="numerical: central differences as in chapter 4 (slow); forward: one-sided "
+        "differences; spsa: central differences along --directions random directions; "
+        "backprop: chapter 5's analytic gradient (fast) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--directions",
+        type=int,
+        metavar="K",
+        default=d.directions,
+        help="--grad spsa: random directions per step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--spsa-dist",
+        dest="spsa_distribution",
+        choices=SPSA_DISTRIBUTIONS,
+        default=d.spsa_distribution,
+        help="--grad spsa: entries of the directions, +-1 or N(0, 1) (default: %(default)s)",
     )
     p.add_argument(
         "--iters", type=int, metavar="N", default=d.iters, help="SGD updates (default: %(default)s)"

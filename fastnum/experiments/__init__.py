@@ -15,7 +15,7 @@ Modules:
     CSV tables, the figure of an experiment, ``summary.md``.
 ``command``
     The command line every experiment shares (:class:`~fastnum.experiments.command.Experiment`).
-``batch_size``, ``depth_width``, ``learning_rate``
+``batch_size``, ``depth_width``, ``learning_rate``, ``estimators``
     One experiment each: its settings, specs, table, figure and findings.
 
 A new experiment is one more module of that kind: an ``Experiment`` and a ``main``.

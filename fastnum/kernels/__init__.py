@@ -9,7 +9,9 @@ module                   serves                                       entry poin
                          (the book's affine-sigmoid-affine-softmax;   ``loss_trusted``,
                          the gradient also with ReLU, chapter 5);     ``numerical_gradient_trusted``
                          registry ops ``numerical_gradient``,         (``STRATEGIES``: full, delta)
-                         ``forward``, ``sgd_step``
+                         ``forward``, ``sgd_step``                    ``forward_gradient_trusted``
+                                                                      (one-sided delta,
+                                                                      :mod:`fastnum.estimators`)
 ``multilayer``           :class:`fastnum.multilayer.MultiLayerNet`    ``predict_trusted``,
                          (any depth, any activation of the table);    ``loss_trusted``,
                          registry op ``multilayer_gradient``          ``numerical_gradient_trusted``

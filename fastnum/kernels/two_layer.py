@@ -234,9 +234,11 @@ def _distinct_inputs(x, values, n_values, value_index, one_index):
 
 @njit(parallel=True)
 def _delta_sample_terms(
-    x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out
+    x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out, one_sided
 ):
     """For every sample, the loss differences L_n(+) - L_n(-) of each distinct perturbation.
+
+    ``one_sided``: L_n(+) - L_n(0) instead (forward differences), with no -h evaluations.
 
     ``d_hidden[offsets[n] + v, j]``: step of h * values[n, v] on hidden unit j's input.
     ``d_out[n, k, u]``: step of h * z1[n, u] (u < H) or h * 1 (u = H) on logit k.
@@ -269,19 +271,27 @@ def _delta_sample_terms(
         for k in range(n_out):
             e_row[k] = fexp(shifted[k])
         label = t[n]
+        # The unperturbed sample's -log term, summed in the order the perturbed rows are
+        # (a zero change leaves every factor exactly 1), so that L(0) cancels to rounding.
+        total0 = 0.0
+        for k in range(n_out):
+            total0 += e_row[k]
+        base = flog_guarded(e_row[label] / total0 + LOG_GUARD)
 
         # W1[i, j] and b1[j]: hidden input j moves by +-h * v for each distinct v.
         nv = n_values[n]
+        half = nv if one_sided else 2 * nv  # evaluations per hidden unit
         # Padded to whole SIMD vectors; the padding (step 0) is computed and ignored,
         # which is cheaper than the scalar remainder loop it replaces.
-        width = -(-2 * nv // _SIMD_WIDTH) * _SIMD_WIDTH
+        width = -(-half // _SIMD_WIDTH) * _SIMD_WIDTH
         step = np.zeros(width)  # the move of the hidden input, +h v then -h v
         exp_neg_step = np.ones(width)  # exp(-step): with exp(-a1) it gives exp(-a1')
         for v in range(nv):
             step[v] = h * values[n, v]
-            step[nv + v] = -step[v]
             exp_neg_step[v] = fexp(-step[v])
-            exp_neg_step[nv + v] = fexp(step[v])
+            if not one_sided:
+                step[nv + v] = -step[v]
+                exp_neg_step[nv + v] = fexp(step[v])
         # values are sorted, so the largest |step| is at one end.
         reach = max(abs(step[0]), abs(step[nv - 1]))
         change = np.empty(width)
@@ -348,10 +358,14 @@ def _delta_sample_terms(
                     else:
                         for v in range(width):
                             y_label[v] = ek * fexp(change[v] * w)
-            for v in range(nv):  # -log(y+ + g) - (-log(y- + g)), contiguous so it vectorizes
-                diff[v] = flog_guarded(y_label[nv + v] / total[nv + v] + LOG_GUARD) - flog_guarded(
-                    y_label[v] / total[v] + LOG_GUARD
-                )
+            if one_sided:  # -log(y+ + g) - (-log(y0 + g))
+                for v in range(nv):
+                    diff[v] = base - flog_guarded(y_label[v] / total[v] + LOG_GUARD)
+            else:  # -log(y+ + g) - (-log(y- + g)), contiguous so it vectorizes
+                for v in range(nv):
+                    diff[v] = flog_guarded(
+                        y_label[nv + v] / total[nv + v] + LOG_GUARD
+                    ) - flog_guarded(y_label[v] / total[v] + LOG_GUARD)
             for v in range(nv):
                 d_hidden[row + v, j] = diff[v]
 
@@ -372,7 +386,7 @@ def _delta_sample_terms(
             sk = shifted[k]
             for u in range(width):
                 e_plus = fexp(sk + step[u])
-                e_minus = fexp(sk - step[u])
+                e_minus = e_row[k] if one_sided else fexp(sk - step[u])
                 y_plus = e_plus if k == label else e_row[label]
                 y_minus = e_minus if k == label else e_row[label]
                 d_out[n, k, u] = flog_guarded(
@@ -405,8 +419,11 @@ def _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, gW1
     gb2 *= scale
 
 
-def _delta_strategy(params, x, t, h, activation=SIGMOID):
-    """The delta strategy: cached activations, one evaluation per distinct pixel value."""
+def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
+    """The delta strategy: cached activations, one evaluation per distinct pixel value.
+
+    ``one_sided`` gives forward differences (L(theta + h e_i) - L(theta)) / h instead.
+    """
     W1, b1, W2, b2 = params
     n_batch, n_pixels = x.shape
     n_hidden, n_out = W2.shape
@@ -420,11 +437,12 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID):
     d_hidden = np.empty((offsets[-1], n_hidden))
     d_out = np.empty((n_batch, n_out, n_hidden + 1))
     _delta_sample_terms(
-        x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out
+        x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out, one_sided
     )
     grads = {k: np.zeros(a.shape) for k, a in zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True)}
-    # (L(+) - L(-)) / 2h with L the batch mean, as a sum of per-sample differences.
-    scale = 1.0 / (2.0 * h * n_batch)
+    # (L(+) - L(-)) / 2h (or (L(+) - L(0)) / h) with L the batch mean, as a sum of
+    # per-sample differences.
+    scale = 1.0 / ((1.0 if one_sided else 2.0) * h * n_batch)
     _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, *grads.values())
     if np.isnan(d_out).all(axis=(1, 2)).any():
         # A sample's loss is NaN (a NaN parameter): so is every perturbed batch loss of
@@ -485,3 +503,13 @@ def numerical_gradient_trusted(params, x, t, h, strategy, activation=SIGMOID):
         One gradient per parameter, with its shape.
     """
     return STRATEGIES[strategy](params, x, t, h, activation)
+
+
+def forward_gradient_trusted(params, x, t, h, activation=SIGMOID):
+    """Forward-difference gradient (L(theta + h e_i) - L(theta)) / h for validated inputs.
+
+    The delta strategy with one-sided steps: per sample, hidden unit and distinct
+    pixel value one perturbed loss, against the sample's unperturbed loss.  Same
+    arguments and result as :func:`numerical_gradient_trusted` (no ``strategy``).
+    """
+    return _delta_strategy(params, x, t, h, activation, one_sided=True)

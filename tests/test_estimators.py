@@ -1,0 +1,274 @@
+"""Gradient estimators: reference vs numba, SPSA determinism and unbiasedness, training, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fastnum import estimators
+from fastnum.estimators import ESTIMATORS, estimate_gradient, loss_evaluations
+from fastnum.multilayer import MultiLayerNet
+from fastnum.network import TwoLayerNet
+from fastnum.train import TrainConfig
+from tests._backends import on_kernels
+from tests._training import SimulatedInterruptError, blob_data, quiet_train, small, stop_at_epoch
+
+METHODS = tuple(ESTIMATORS)
+
+
+def _batch(seed=1, n=6, d=9, classes=3, zeros=0.4):
+    """A small batch with MNIST-like exact zeros (the delta kernel skips them)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, d))
+    x[x < zeros] = 0.0
+    x[0, :3] = 0.5  # repeated pixel values: evaluated once per sample by the kernel
+    return x, rng.integers(0, classes, n)
+
+
+def _nets(activation):
+    """Two equal two-layer nets (NumPy) of the hidden activation, weights large enough to matter."""
+    if activation == "sigmoid":
+        make = lambda: TwoLayerNet(9, 4, 3, weight_init_std=0.8, seed=3, backend="numpy")  # noqa: E731
+    else:
+        make = lambda: MultiLayerNet(  # noqa: E731
+            9, [4], 3, activation="relu", weight_init_std=0.8, seed=3, backend="numpy"
+        )
+    return make(), make()
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+@pytest.mark.parametrize("method", METHODS)
+def test_reference_and_kernels_agree(method, activation):
+    x, t = _batch()
+    ref_net, comp_net = _nets(activation)
+    on_kernels(comp_net)
+    ref_g = estimate_gradient(ref_net, x, t, method, directions=5, seed=7)
+    comp_g = estimate_gradient(comp_net, x, t, method, directions=5, seed=7)
+    assert _max_diff(ref_g, comp_g) < 1e-9
+    for k, p in ref_net.params.items():
+        assert ref_g[k].shape == p.shape and comp_g[k].dtype == np.float64
+    assert np.array_equal(ref_net.params["W1"], comp_net.params["W1"])  # left untouched
+
+
+def test_forward_kernel_is_used_and_exact_zero_where_no_pixel():
+    # A pixel that is 0 in every sample: its W1 row gets exactly 0 from the delta kernel.
+    x, t = _batch()
+    x[:, 4] = 0.0
+    ref_net, comp_net = _nets("sigmoid")
+    on_kernels(comp_net)
+    comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert np.all(comp_g["W1"][4] == 0.0)
+    ref_g = estimate_gradient(ref_net, x, t, "forward")
+    assert np.all(ref_g["W1"][4] == 0.0)  # the reference's L(+) equals L(0) bit for bit too
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_forward_agrees_with_central_to_order_h(activation):
+    x, t = _batch(2)
+    net, _ = _nets(activation)
+    central = estimate_gradient(net, x, t, "numerical", h=1e-4)
+    errors = []
+    for h in (1e-2, 1e-3):
+        fwd = estimate_gradient(net, x, t, "forward", h=h)
+        errors.append(_max_diff(fwd, central))
+    # First order: ten times smaller step, about ten times smaller error (not 100x).
+    assert errors[0] < 1e-2
+    assert 4 < errors[0] / errors[1] < 25
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_spsa_is_unbiased_on_a_tiny_net(distribution):
+    # E[u u^T] = I: the mean over many directions approaches the central difference.
+    rng = np.random.default_rng(0)
+    x, t = rng.random((5, 3)), rng.integers(0, 2, 5)
+    net = TwoLayerNet(3, 2, 2, weight_init_std=1.0, seed=1, backend="numpy")
+    central = estimate_gradient(net, x, t, "numerical")
+    scale = max(float(np.abs(g).max()) for g in central.values())
+    errors = [
+        _max_diff(
+            estimate_gradient(net, x, t, "spsa", directions=k, distribution=distribution), central
+        )
+        for k in (10, 4000)
+    ]
+    assert errors[1] < 0.1 * scale
+    assert errors[1] < errors[0] / 4  # the error shrinks like 1/sqrt(K)
+
+
+def test_spsa_same_seed_same_estimate_other_seed_other_estimate():
+    x, t = _batch()
+    net, _ = _nets("sigmoid")
+    a = estimate_gradient(net, x, t, "spsa", directions=3, seed=11)
+    b = estimate_gradient(net, x, t, "spsa", directions=3, seed=11)
+    c = estimate_gradient(net, x, t, "spsa", directions=3, seed=12)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["W1"], c["W1"])
+    # Rademacher: every entry of one direction's estimate is +-(the same slope).
+    one = estimate_gradient(net, x, t, "spsa", directions=1, seed=11)
+    magnitudes = np.concatenate([np.abs(g).ravel() for g in one.values()])
+    assert np.allclose(magnitudes, magnitudes[0], rtol=0, atol=0)
+
+
+@pytest.mark.threads
+@pytest.mark.parametrize("method", ["forward", "spsa"])
+def test_kernels_are_bit_identical_across_thread_counts(method):
+    from fastnum._jit import get_num_threads, set_num_threads
+
+    x, t = _batch(3, n=20)
+    _, comp_net = _nets("sigmoid")
+    on_kernels(comp_net)
+    before = get_num_threads()
+    try:
+        set_num_threads(1)
+        comp_one = estimate_gradient(comp_net, x, t, method, directions=4, seed=5)
+        set_num_threads(2)
+        comp_two = estimate_gradient(comp_net, x, t, method, directions=4, seed=5)
+    finally:
+        set_num_threads(before)
+    assert all(np.array_equal(comp_one[k], comp_two[k]) for k in comp_one)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"method": "adjoint"}, ValueError, "method"),
+        ({"method": "spsa", "directions": 0}, ValueError, "directions=0"),
+        ({"method": "spsa", "directions": 2.0}, TypeError, "directions=2.0"),
+        ({"method": "spsa", "distribution": "uniform"}, ValueError, "distribution"),
+        ({"method": "forward", "h": 0.0}, ValueError, "h"),
+        ({"method": "spsa", "seed": -1}, ValueError, "negative"),
+    ],
+)
+def test_bad_options_are_refused_with_the_value(kwargs, error, words):
+    x, t = _batch()
+    net, _ = _nets("sigmoid")
+    with pytest.raises(error, match=words):
+        estimate_gradient(net, x, t, **kwargs)
+
+
+def test_loss_evaluations_per_estimate():
+    assert loss_evaluations("numerical", 100) == 200
+    assert loss_evaluations("forward", 100) == 101
+    assert loss_evaluations("spsa", 100, 7) == 14
+    assert loss_evaluations("backprop", 100) == 1
+    with pytest.raises(ValueError, match="method"):
+        loss_evaluations("central", 100)
+
+
+def test_generic_forward_path_covers_other_networks():
+    # A two-hidden-layer net has no forward kernel: the loop on its compiled loss.
+    x, t = _batch()
+    make = lambda: MultiLayerNet(9, [3, 3], 3, weight_init_std=0.8, seed=2, backend="numpy")  # noqa: E731
+    ref_net, comp_net = make(), on_kernels(make())
+    assert estimators._two_layer_activation(comp_net, x) is None
+    ref_g = estimate_gradient(ref_net, x, t, "forward")
+    comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["forward", "spsa"])
+def test_estimators_cover_the_conv_net(method):
+    from fastnum import SimpleConvNet
+
+    rng = np.random.default_rng(0)
+    x, t = rng.random((3, 1, 6, 6)), rng.integers(0, 3, 3)
+    conv = {"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1}
+    make = lambda: SimpleConvNet(  # noqa: E731
+        (1, 6, 6), conv_param=conv, hidden_size=4, output_size=3, weight_init_std=0.5, seed=0
+    )
+    ref_net = make()
+    ref_net.backend = "numpy"
+    comp_net = on_kernels(make())
+    ref_g = estimate_gradient(ref_net, x, t, method, directions=3)
+    comp_g = estimate_gradient(comp_net, x, t, method, directions=3)
+    assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return blob_data(42, np.float32, np.uint8)
+
+
+@pytest.mark.parametrize(
+    "grad, extra", [("forward", {}), ("spsa", {"directions": 4}), ("numerical", {})]
+)
+def test_training_with_each_estimator_learns_and_counts_evaluations(blobs, grad, extra):
+    config = small(grad=grad, iters=30, lr=1.0, **extra)
+    result = quiet_train(config, blobs)
+    n_params = sum(p.size for p in result.params.values())
+    assert result.timings["loss_evaluations_per_step"] == loss_evaluations(
+        grad, n_params, config.directions
+    )
+    first, last = np.mean(result.history["loss"][:5]), np.mean(result.history["loss"][-5:])
+    assert last < first
+
+
+@pytest.mark.parametrize(
+    "grad, extra",
+    [("forward", {}), ("spsa", {"directions": 3, "spsa_distribution": "gaussian"})],
+)
+def test_resume_is_bit_identical_for_the_estimators(blobs, tmp_path, grad, extra):
+    config = small(grad=grad, iters=45, batch_size=20, **extra)  # 15 iterations per epoch
+    full = quiet_train(config, blobs, tmp_path / "full")
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, blobs, tmp_path / "cut", callback=stop_at_epoch(2))
+    resumed = quiet_train(config, blobs, tmp_path / "cut", resume=True)
+    for k in full.params:
+        assert np.array_equal(full.params[k], resumed.params[k]), k
+    assert full.history == resumed.history
+    doc = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert doc["config"]["grad"] == grad
+    assert doc["timings"]["loss_evaluations_per_step"] == full.timings["loss_evaluations_per_step"]
+
+
+@pytest.mark.numba
+def test_spsa_training_is_the_same_on_both_backends(blobs):
+    # Same seed => same directions; the two losses differ by rounding only.
+    ref_run = quiet_train(small(grad="spsa", directions=2, iters=10), blobs)
+    comp_run = quiet_train(small(grad="spsa", directions=2, iters=10, backend="numba"), blobs)
+    for k in ref_run.params:
+        assert np.allclose(ref_run.params[k], comp_run.params[k], rtol=0, atol=1e-9), k
+
+
+def test_config_validates_the_estimator_options():
+    with pytest.raises(ValueError, match="directions=0"):
+        TrainConfig(grad="spsa", directions=0)
+    with pytest.raises(ValueError, match="spsa_distribution"):
+        TrainConfig(grad="spsa", spsa_distribution="cauchy")
+    with pytest.raises(ValueError, match="grad='spsa'"):
+        TrainConfig(grad="forward", directions=10)
+    assert TrainConfig(grad="spsa", directions=10).to_dict()["directions"] == 10
+
+
+def test_cli_parses_the_estimator_options():
+    from fastnum.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--grad", "spsa", "--directions", "10", "--spsa-dist", "gaussian"]
+    )
+    assert (args.grad, args.directions, args.spsa_distribution) == ("spsa", 10, "gaussian")
+
+
+def test_quick_experiment_runs(tmp_path, mnist_source_dir, capsys):
+    from fastnum.experiments import estimators as experiment
+
+    out = tmp_path / "est"
+    assert experiment.main(["--quick", "--out", str(out), "--data-dir", str(mnist_source_dir)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "`python -m fastnum.experiments.estimators --quick`" in summary
+    for name in ("central differences", "forward differences", "SPSA K=100", "backprop"):
+        assert name in summary
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("label,grad,directions,iteration,loss_evaluations")
+    # 6 runs, each with points at 0, 5 and 10 steps.
+    assert len(rows) == 1 + 6 * 3
+    assert (out / "estimators.png").stat().st_size > 1000
