@@ -67,9 +67,9 @@ POOL = 3
 
 @njit
 def _act(v, kind):
-    """The activation ``kind`` of one value (NONE passes it through)."""
+    """The activation ``kind`` of one value (NONE passes it through; NaN stays NaN)."""
     if kind == RELU:
-        return v if v > 0.0 else 0.0
+        return 0.0 if v <= 0.0 else v  # not "v > 0", which turns NaN into 0
     if kind == SIGMOID:
         return 1.0 / (1.0 + fexp(-v))
     return v
@@ -111,7 +111,10 @@ def _conv_channel(xs, C, H, W, Wt, b, f, stride, pad, OH, OW, out):
 
 @njit
 def _pool_window(src, H, W, ph, pw, stride, pad, oh, ow):
-    """Max of one pooling window; padded positions count as 0 (im2col's zero padding)."""
+    """Max of one pooling window; padded positions count as 0 (im2col's zero padding).
+
+    A NaN in the window is the max, as NumPy's max has it (overflowed sums give NaN).
+    """
     i0 = oh * stride - pad
     j0 = ow * stride - pad
     a_lo = max(0, -i0)
@@ -125,7 +128,7 @@ def _pool_window(src, H, W, ph, pw, stride, pad, oh, ow):
         base = (i0 + a) * W + j0
         for c in range(c_lo, c_hi):
             v = src[base + c]
-            if v > m:
+            if v > m or v != v:
                 m = v
     return m
 
