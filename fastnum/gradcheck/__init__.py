@@ -143,15 +143,59 @@ def _refuse_unless_same(first, second, when):
         )
 
 
+def _generators(obj, path="net", depth=4, seen=None):
+    """(path, generator) of every NumPy random generator the network holds, a few levels down."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth < 0:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, (np.random.Generator, np.random.RandomState)):
+        return [(path, obj)]
+    if isinstance(obj, Mapping):
+        items = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, np.ndarray)):
+        items = [(f"{path}.{k}", v) for k, v in vars(obj).items()]
+    else:
+        return []
+    return [g for p, v in items for g in _generators(v, p, depth - 1, seen)]
+
+
+def _generator_state(generator):
+    """A comparable snapshot of a generator's state."""
+    if isinstance(generator, np.random.RandomState):
+        kind, key, *rest = generator.get_state()
+        return (kind, key.tobytes(), *rest)
+    return repr(generator.bit_generator.state)
+
+
+def _refuse_if_drawing(own, before):
+    """Refuse when an evaluation moved a generator of the network's own (a fresh mask per call)."""
+    for path, generator in _generators(own.net):
+        if path in before and _generator_state(generator) != before[path]:
+            raise GradcheckRefusedError(
+                f"net.loss(x, t) draws from its own random generator ({path}) on every call, so "
+                "each evaluation sees another dropout mask (or noise): the loss is not a function "
+                "of the parameters, and no numerical gradient can be trusted, either way. Draw "
+                "dropout masks from NumPy's global generator (gradcheck restores it before every "
+                "evaluation) or keep one mask per training step."
+            )
+
+
 def _loss_at_theta(own, snap):
     """L(theta), evaluated twice: a loss that is not a function of the parameters is refused."""
     start = time.perf_counter()
     first = own.loss()
     seconds = time.perf_counter() - start
     # Three values, not two: a fresh dropout mask over a few live units can repeat once.
+    # A generator of the network's own that moves on every call is refused even when the
+    # masks it drew happened to give the same loss (a batch of one, few live units).
     for _ in range(2):
+        before = {path: _generator_state(g) for path, g in _generators(own.net)}
         _refuse_if_moved(own.net.params, snap.net.params, "net.loss(x, t)")
         _refuse_unless_same(first, own.loss(), "then")
+        _refuse_if_drawing(own, before)
     if not math.isfinite(first):
         raise GradcheckRefusedError(
             f"net.loss(x, t) is {first!r} at the given parameters: central differences of a "

@@ -47,6 +47,15 @@ from fastnum.kernels.losses import column_losses
 # The activation codes are the multilayer kernels' (one table); the engine reads them here.
 from fastnum.kernels.multilayer import ACTIVATION_CODES, RELU, SIGMOID, _affine_into  # noqa: F401
 
+# Largest |logit step| (|chg * w|) for which _logit_step_losses reuses the cached
+# exponentials exp(z_k - m).  Below it exp(step) and every product stay finite, and a
+# cached exponential that underflowed or went subnormal (z_k - m < -708) is off by at
+# most 5e-324 * e**256 relative to the sum (which is at least e**-256): nothing.
+# Beyond it (inputs x 1e10 moved logits by thousands) exp(step) overflowed to inf
+# and 0 * inf made NaN where the reference, shifting by the perturbed max, is finite;
+# such steps take the general path, as the reference computes.
+_CACHED_EXP_SAFE = 256.0
+
 # Pipeline codes: the activations' codes are those of the multilayer kernels (``_act``
 # computes them here); NONE passes a value through and POOL marks a pooling step.
 NONE = 0
@@ -58,9 +67,9 @@ POOL = 3
 
 @njit
 def _act(v, kind):
-    """The activation ``kind`` of one value (NONE passes it through)."""
+    """The activation ``kind`` of one value (NONE passes it through; NaN stays NaN)."""
     if kind == RELU:
-        return v if v > 0.0 else 0.0
+        return 0.0 if v <= 0.0 else v  # not "v > 0", which turns NaN into 0
     if kind == SIGMOID:
         return 1.0 / (1.0 + fexp(-v))
     return v
@@ -102,7 +111,10 @@ def _conv_channel(xs, C, H, W, Wt, b, f, stride, pad, OH, OW, out):
 
 @njit
 def _pool_window(src, H, W, ph, pw, stride, pad, oh, ow):
-    """Max of one pooling window; padded positions count as 0 (im2col's zero padding)."""
+    """Max of one pooling window; padded positions count as 0 (im2col's zero padding).
+
+    A NaN in the window is the max, as NumPy's max has it (overflowed sums give NaN).
+    """
     i0 = oh * stride - pad
     j0 = ow * stride - pad
     a_lo = max(0, -i0)
@@ -116,7 +128,7 @@ def _pool_window(src, H, W, ph, pw, stride, pad, oh, ow):
         base = (i0 + a) * W + j0
         for c in range(c_lo, c_hi):
             v = src[base + c]
-            if v > m:
+            if v > m or v != v:
                 m = v
     return m
 
@@ -332,19 +344,25 @@ def _propagate(m, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out):
 
 @njit
 def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out):
-    """out[q] = loss when the logits Z[zs:zs + k_out] move by chg[q] * w[row:row + k_out].
+    """out[q] = loss when the logits Z[zs:zs + k_out] move by chg[q] * w[row:row + k_out];
+    False (out untouched) when a step exceeds _CACHED_EXP_SAFE, else True.
 
     exp(z_k + c w_k - m) = exp(z_k - m) * exp(c w_k), with m the unperturbed max: the
     cached exponentials are reused and exp of the small step is a short polynomial
     (exact to double precision below SMALL_EXP_BOUND).  A zero step gives exactly
     the unperturbed sum, in the same order.
     """
-    m = Z[zs]
-    for c in range(1, k_out):
-        m = max(m, Z[zs + c])
     biggest = 0.0
     for q in range(n_q):
         biggest = max(biggest, abs(chg[q]))
+    w_max = 0.0
+    for c in range(k_out):
+        w_max = max(w_max, abs(w[row + c]))
+    if not biggest * w_max <= _CACHED_EXP_SAFE:  # NaN too: the general path propagates it
+        return False
+    m = Z[zs]
+    for c in range(1, k_out):
+        m = max(m, Z[zs + c])
     for q in range(n_q):
         sm[q] = 0.0
     for c in range(k_out):
@@ -366,6 +384,7 @@ def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out)
                     y[q] = ec * fexp(chg[q] * wc)
     for q in range(n_q):
         out[q] = -flog(y[q] / sm[q] + guard)
+    return True
 
 
 @njit
@@ -470,8 +489,13 @@ def _dense_delta_task(
                 n_next = sizes[layer + 2]
                 zs = z_off[layer + 1] + s * n_next
                 row = w_off[layer + 1] + j * n_next
-                if layer == n_layers - 2 and acts[n_layers - 1] == NONE:
-                    _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm, out)
+                if (
+                    layer == n_layers - 2
+                    and acts[n_layers - 1] == NONE
+                    and _logit_step_losses(
+                        Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm, out
+                    )
+                ):
                     for q in range(nr):
                         g[rows[q]] += out[q] - out[nr + q]
                     continue
