@@ -124,8 +124,8 @@ def test_correct_small_networks_pass_on_real_mnist(family, n, mnist):
 @pytest.mark.parametrize("n", [10, 100])
 @pytest.mark.parametrize("family", BOOK_DENSE, ids=_ids(BOOK_DENSE))
 def test_correct_networks_at_the_books_sizes_pass(family, n):
-    # Before the step ladder these failed on seeds 3 (batch 10) and 3, 5 (batch 100):
-    # more than 512 kink elements in W1, and the rest counted as failures.
+    # Before the step ladder, W1 failed on some seeds at batch 10 and 100: only 512 kink
+    # elements were probed, and the rest counted as failures.
     wrong = _false_failures(family, range(4), n)
     assert not wrong, "\n".join(wrong)
 
@@ -134,10 +134,7 @@ def test_correct_networks_at_the_books_sizes_pass(family, n):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="known false failure of the step ladder: the conv bias b1 of the book's "
-    "SimpleConvNet has a corner exactly at theta (blank patches, zero bias) and another "
-    "1e-8..7e-8 away (a conv output that close to 0), so the one-sided slopes at h/100 and "
-    "h/1000 cross it and backprop lies outside them; at 1e-8 or 1e-9 they bracket it",
+    reason=_CONV_B1 + ": backprop lies outside them; at 1e-8 or 1e-9 they bracket it",
 )
 @pytest.mark.parametrize("seed, images", [(2, "synthetic"), (0, "MNIST")])
 def test_book_conv_net_bias_with_a_second_corner_within_h_over_1000(seed, images, request):
