@@ -8,8 +8,11 @@
   fast path, against the book's loop timed on a random sample of parameters and
   **extrapolated** to all 433,890 (``extra_info["extrapolate_factor"]``): the whole
   loop would take over an hour.
-- ``gradcheck_processes``: the generic path (a batch-norm network that the kernels do
-  not know) serially and on 2 worker processes; results must be identical.
+- ``gradcheck_book_chapter6``: the chapter 6 multi-layer net (784-100-100-10, batch norm,
+  dropout 0.5 from NumPy's global generator, weight decay 0.1) at batch 10 through the
+  engine, against the book's loop on a sample of parameters, **extrapolated**.
+- ``gradcheck_processes``: the generic path (forced on a batch-norm network) serially and
+  on 2 worker processes; results must be identical.
 
 With benchmarks disabled (the default test run) every case runs once on a tiny problem,
 a smoke test.  Entries carry ``extra_info["gradcheck"]`` rather than ``op``, so the
@@ -143,6 +146,51 @@ def test_gradcheck_book_conv(benchmark, book, mnist_train, impl):
         ref_ = engine.numerical_gradient(stack, *args[:3], h=H, log_guard=args[3])
         for name, idx in sample.items():
             assert np.abs(ref_[name].reshape(-1)[idx] - comp_[name]).max() <= 1e-9, name
+
+
+@pytest.mark.parametrize("impl", ["engine", "book-loop-sampled"])
+def test_gradcheck_book_chapter6(benchmark, book, mnist_train, impl):
+    smoke = benchmark.disabled
+    if impl == "engine" and not JIT_ENABLED and not smoke:
+        pytest.skip("the engine fast path needs numba compiled")
+    batch, hidden = (3, [4, 4]) if smoke else (10, [100, 100])
+    x, t = _batch(mnist_train, batch, smoke)
+    np.random.seed(0)  # noqa: NPY002 - the book's classes draw from the global generator
+    net = book.MultiLayerNetExtend(
+        x.shape[1], hidden, 10, use_batchnorm=True, use_dropout=True, weight_decay_lambda=0.1
+    )
+    n_params = sum(p.size for p in net.params.values())
+    benchmark.group = "gradcheck_book_chapter6"
+    benchmark.extra_info.update(gradcheck=impl, batch=batch, params=n_params, smoke=smoke)
+    if impl == "engine":
+        fastnum.gradcheck(net, x, t, method="engine", workers=1)  # compile outside the timing
+        result = benchmark.pedantic(
+            fastnum.gradcheck,
+            args=(net, x, t),
+            kwargs={"method": "engine", "workers": 1},
+            rounds=1 if smoke else 5,
+            warmup_rounds=0,
+        )
+        assert result.passed and "engine" in result.method
+        return
+    rng = np.random.default_rng(0)
+    sample = {
+        name: rng.choice(p.size, min(8, p.size), replace=False) for name, p in net.params.items()
+    }
+    benchmark.extra_info["extrapolate_factor"] = n_params / sum(len(i) for i in sample.values())
+    state = np.random.get_state()  # noqa: NPY002 - the dropout mask of every evaluation
+
+    def loss(_):
+        np.random.set_state(state)  # noqa: NPY002 - as a reader keeps one mask per check
+        return net.loss(x, t, train_flg=True)
+
+    benchmark.pedantic(
+        lambda: {
+            n: reference.numerical_gradient_at(loss, net.params[n], i, H) for n, i in sample.items()
+        },
+        rounds=1 if smoke else 3,
+        warmup_rounds=0,
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 2])
