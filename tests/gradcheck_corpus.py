@@ -91,7 +91,6 @@ class Family:
     kind: str  # "dense" or "conv": what batch() gives it
     side: int
     build: Callable
-    engine: bool = True  # a stack of the book's layers: fastnum's kernels differentiate it
     book_size: bool = False  # the book's MNIST sizes
 
     def net(self, seed):
@@ -135,28 +134,24 @@ FAMILIES = {
             "dense",
             DENSE_SIDE,
             _extend([10, 10], use_batchnorm=True),
-            engine=False,
         ),
         Family(
             "Extend dropout",
             "dense",
             DENSE_SIDE,
             _extend([10, 10], use_dropout=True, dropout_ration=0.2),
-            engine=False,
         ),
         Family(
             "Extend weight decay",
             "dense",
             DENSE_SIDE,
             _extend([10, 10], weight_decay_lambda=0.1),
-            engine=False,  # the decay term is not in the recognised layers' loss
         ),
         Family(
             "Extend all three",
             "dense",
             DENSE_SIDE,
             _extend([10, 10], weight_decay_lambda=0.1, **ALL_THREE),
-            engine=False,
         ),
         Family("SimpleConvNet", "conv", SMALL_SIDE, _conv(SMALL_SIDE, 4, 3, 10)),
         # The book's MNIST sizes.
