@@ -81,6 +81,11 @@ def test_the_numerical_gradient_trains_as_backprop_does(mnist_source_dir):
     assert ref_run["losses"][-1] < ref_run["losses"][0]
 
 
+def test_time_numerical_iteration_times_an_update(mnist_source_dir):
+    spec = tiny_spec(mnist_source_dir, backend="numpy", batch_size=2)
+    assert 0 < _chapter6.time_numerical_iteration(spec, repeats=1, warmup=False) < 60
+
+
 def test_a_validation_split_is_held_out_of_training(mnist_source_dir):
     spec = tiny_spec(mnist_source_dir, train_size=50, val_size=10, split_seed=3)
     x, t, x_val, t_val = _chapter6.datasets(spec)

@@ -267,12 +267,13 @@ def main(experiment, argv=None):
     return command.main(experiment, rest)
 
 
-def time_numerical_iteration(spec, repeats=2):
-    """Median seconds of one update of ``spec`` with numerical gradients, after a warm-up.
+def time_numerical_iteration(spec, repeats=2, warmup=True):
+    """Median seconds of one update of ``spec`` with numerical gradients.
 
     One update as :func:`run` does it: sample a batch, the numerical gradient, the
     optimizer step.  What a full run with ``--grad numerical`` costs is about this
-    times its updates (plus the accuracy passes, small beside it).
+    times its updates (plus the accuracy passes, small beside it).  The warm-up update
+    (which compiles the kernels) is not timed; skip it when one update takes minutes.
     """
     spec = {**spec, "grad": "numerical"}
     x, t, _, _ = datasets(spec)
@@ -284,9 +285,9 @@ def time_numerical_iteration(spec, repeats=2):
             from fastnum._jit import set_num_threads
 
             set_num_threads(spec["threads"])
-        for _ in range(repeats + 1):
+        for _ in range(repeats + bool(warmup)):
             idx = rng.choice(len(x), spec["batch_size"])
             start = time.perf_counter()
             optimizer.update(net.params, net.numerical_gradient(x[idx], t[idx]))
             times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
+    return float(np.median(times[1:] if warmup else times))
