@@ -132,6 +132,18 @@ def plot(results, settings, path):
         for r, style, label in ((with_bn, "-", "batch norm"), (without, "--", "plain")):
             epochs = [i / per_epoch for i in r["eval_iters"]]
             ax.plot(epochs, r["train_acc"], style, label=label)
+            if r["status"] != "completed":
+                # Its parameters overflowed; mark where its curve ends and say so.
+                ax.plot(epochs[-1:], r["train_acc"][-1:], "x", color="red", markersize=8)
+                ax.text(
+                    0.5,
+                    0.04 if r is without else 0.14,
+                    f"{label}: overflowed by update {r['iterations'] + 1}",
+                    transform=ax.transAxes,
+                    ha="center",
+                    fontsize="x-small",
+                    color="red",
+                )
         ax.set_title(f"W std {with_bn['tags']['weight_init_std']:.3g}", fontsize="small")
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize="x-small")
@@ -190,7 +202,8 @@ two runs of each scale.  Accuracies after the last epoch; test on the first
   (equal at {ties}).
 - Without batch norm, training stays below 0.2 at W std {", ".join(stuck) or "none"}; with batch
   norm at {", ".join(stuck_bn) or "none"}.
-- Runs stopped because the parameters overflowed: {", ".join(diverged) or "none"}.
+- Runs stopped because the parameters overflowed (float64 inf, which the network refuses;
+  their accuracy is the last one measured): {", ".join(diverged) or "none"}.
 
 Files: `runs.csv`, `curves.csv` (accuracy per epoch), `batch_norm.png`.
 """
