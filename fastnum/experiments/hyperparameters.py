@@ -26,6 +26,14 @@ import numpy as np
 from fastnum.experiments import _chapter6, command, grid, output
 from fastnum.plots import new_figure
 
+#: What ``--grad numerical`` costs in full mode, measured (see the summary).
+NUMERICAL_COST = """\
+One update with numerical gradients (batch 100, numba, 1 thread) took 5.7 s on the
+shared 2-core machine (`fastnum.experiments._chapter6.time_numerical_iteration`), so the
+full search with `--grad numerical` (100 trials × 200 updates) would take about 32 h on
+one core: not run.  The trials are independent, so `--scheduler` spreads them over a Dask
+cluster's workers."""
+
 FULL = {
     "trials": 100,
     "lr_exponents": [-6, -2],
@@ -219,6 +227,8 @@ shuffled with seed {settings["seed"]}), {settings["epochs"]} epochs of batch
 Ranked by the validation accuracy after the last epoch.
 
 {chr(10).join(table)}
+
+Cost with numerical gradients: {NUMERICAL_COST}
 
 ## What the numbers show
 

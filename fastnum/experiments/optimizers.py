@@ -18,6 +18,14 @@ import sys
 
 from fastnum.experiments import _chapter6, command, grid, output
 
+#: What ``--grad numerical`` costs in full mode, measured (see the summary).
+NUMERICAL_COST = """\
+One update of the full network with numerical gradients (batch 128, numba `delta`
+kernels, 1 thread) took 3.96 s on the shared 2-core machine
+(`fastnum.experiments._chapter6.time_numerical_iteration`), so the full mode with
+`--grad numerical` (6 × 2,000 updates) would take about 13 h: not run.  `--quick --grad
+numerical` runs in seconds."""
+
 FULL = {
     "optimizers": ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"],
     "hidden_sizes": [100, 100, 100, 100],
@@ -104,6 +112,8 @@ batch loss after each update, averaged over the last tenth of the updates; test
 accuracy on the first {settings["test_size"]} test images after the last update.
 
 {chr(10).join(table)}
+
+Cost with numerical gradients: {NUMERICAL_COST}
 
 ## What the numbers show
 

@@ -21,6 +21,14 @@ import sys
 
 from fastnum.experiments import _chapter6, command, grid, output
 
+#: What ``--grad numerical`` costs in full mode, measured (see the summary).
+NUMERICAL_COST = """\
+One update with numerical gradients (batch 100, numba, 1 thread) took 6.5 s plain,
+5.7 s with weight decay (measured on the hyperparameter search's network) and 53 s with
+dropout on the shared 2-core machine
+(`fastnum.experiments._chapter6.time_numerical_iteration`), so the full mode with
+`--grad numerical` (3 × 600 updates) would take about 11 h: not run."""
+
 FULL = {
     "hidden_sizes": [100, 100, 100, 100, 100, 100],
     "weight_init_std": "relu",
@@ -198,6 +206,8 @@ The three runs get the same number of epochs; the book trains its dropout exampl
 (300 epochs).
 
 {chr(10).join(table)}
+
+Cost with numerical gradients: {NUMERICAL_COST}
 
 ## What the numbers show
 

@@ -22,6 +22,14 @@ from fastnum.experiments import _chapter6, command, grid, output
 #: Label -> weight_init_std of fastnum.MultiLayerNet.
 INITS = {"std=0.01": 0.01, "Xavier": "xavier", "He": "he"}
 
+#: What ``--grad numerical`` costs in full mode, measured (see the summary).
+NUMERICAL_COST = """\
+One update of the full network with numerical gradients (batch 128, numba `delta`
+kernels, 1 thread) took 3.82 s on the shared 2-core machine
+(`fastnum.experiments._chapter6.time_numerical_iteration`), so the full mode with
+`--grad numerical` (3 × 2,000 updates) would take about 6.4 h: not run.  `--quick --grad
+numerical` runs in seconds and gives the quick backprop losses to 4 digits."""
+
 FULL = {
     "inits": list(INITS),
     "hidden_sizes": [100, 100, 100, 100],
@@ -112,6 +120,8 @@ batch loss after each update, averaged over the last tenth of the updates; test
 accuracy on the first {settings["test_size"]} test images after the last update.
 
 {chr(10).join(table)}
+
+Cost with numerical gradients: {NUMERICAL_COST}
 
 ## What the numbers show
 
