@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -168,6 +169,19 @@ def test_quick_tables_have_one_row_per_run(tmp_path, mnist_source_dir):
     assert names == optimizers.QUICK["optimizers"]
     curves = read_csv(tmp_path / "o" / "curves.csv")
     assert len(curves) == len(names) * optimizers.QUICK["iters"]
+
+
+def test_numerical_quick_mode_says_so(tmp_path, mnist_source_dir, monkeypatch):
+    # Two tiny updates on the NumPy reference: the command line in summary.md names --grad.
+    quick = {**weight_init.QUICK, "hidden_sizes": [2], "iters": 2, "batch_size": 2}
+    tiny = dataclasses.replace(weight_init.EXPERIMENT, quick=quick)
+    monkeypatch.setattr(weight_init, "EXPERIMENT", tiny)
+    monkeypatch.setenv("FASTNUM_BACKEND", "numpy")
+    argv = ["--quick", "--grad", "numerical", "--out", str(tmp_path), "--data-dir"]
+    assert weight_init.main([*argv, str(mnist_source_dir)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "`python -m fastnum.experiments.weight_init --quick --grad numerical`" in summary
+    assert "`--grad numerical`" in summary
 
 
 def test_bad_grad_is_refused(capsys):

@@ -264,7 +264,17 @@ def main(experiment, argv=None):
         full={**experiment.full, "grad": args.grad},
         quick={**experiment.quick, "grad": args.grad},
     )
-    return command.main(experiment, rest)
+    code = command.main(experiment, rest)
+    if code == 0 and args.grad != "backprop":
+        # The shared command line names no --grad: add it, so the summary reproduces the run.
+        shown = command.parser(experiment).parse_args(rest)
+        path = command.default_out(shown, experiment.name) / "summary.md"
+        line = f"`python -m {experiment.module}" + (" --quick" if shown.quick else "")
+        text = path.read_text(encoding="utf-8").replace(
+            line + "`", f"{line} --grad {args.grad}`", 1
+        )
+        path.write_text(text, encoding="utf-8")
+    return code
 
 
 def time_numerical_iteration(spec, repeats=2, warmup=True):
