@@ -17,6 +17,10 @@ Modules:
     The command line every experiment shares (:class:`~fastnum.experiments.command.Experiment`).
 ``batch_size``, ``depth_width``, ``learning_rate``, ``estimators``
     One experiment each: its settings, specs, table, figure and findings.
+``optimizers``, ``weight_init``, ``batch_norm``, ``overfitting``, ``hyperparameters``
+    The book's chapter 6 experiments, with ``--grad backprop|numerical``; their runs
+    go through ``_chapter6.run`` (a MultiLayerNet, an optimizer, per-iteration losses,
+    per-epoch accuracies) instead of :func:`~fastnum.experiments.grid.run_one`.
 
 A new experiment is one more module of that kind: an ``Experiment`` and a ``main``.
 """
