@@ -272,7 +272,8 @@ def _same_away_from_theta(point, grads, h):
     for _, name, q in largest:
         own = float(point.own.central_at(name, [q], h)[0])
         kernel = float(grads[name].flat[q])
-        if not abs(own - kernel) <= 1e-8 * max(1.0, abs(own)):
+        # Both are differences of real losses: each carries the losses' rounding over 2h.
+        if not abs(own - kernel) <= 1e-8 * max(1.0, abs(own)) + _kinks.rounding(h, point.loss):
             raise _stack.EngineUnsupportedError(
                 f"at {name}[{q}] the central difference of its loss, {own!r}, differs from that "
                 f"of the recognised layers, {kernel!r}"
