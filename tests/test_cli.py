@@ -459,7 +459,7 @@ class Tiny:
             raise RuntimeError("the loss broke")
         p = self._probs(x)
         value = -np.log(p[np.arange(len(x)), t] + 1e-7).mean()
-        return value + self.noise * self.rng.standard_normal()
+        return value + self.noise * self.rng.standard_normal() if self.noise else value
 
     def gradient(self, x, t):
         if self.broken == "gradient":
