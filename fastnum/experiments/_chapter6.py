@@ -222,6 +222,40 @@ def plot_losses(results, key, title, path):
     return output.save_png(fig, path)
 
 
+#: The settings a loss-curve experiment passes to every run unchanged.
+RUN_KEYS = ("iters", "batch_size", "train_size", "test_size", "seed", "threads")
+
+
+def loss_run_rows(results, key):
+    """One runs.csv row per run of a loss-curve experiment, ``key`` being its tag."""
+    return [
+        {
+            key: r["tags"][key],
+            "status": r["status"],
+            "iterations": r["iterations"],
+            "final_loss": final_loss(r),
+            "test_acc": r["eval_acc"][-1] if r["eval_acc"] else float("nan"),
+            "seconds": r["seconds"],
+        }
+        for r in results
+    ]
+
+
+def run_loss_curves(specs, settings, out, scheduler, key, title, png):
+    """Run a loss-curve grid; write runs.csv, curves.csv and ``png``; return (results, rows)."""
+    from fastnum.experiments import grid, output
+
+    results = grid.run_grid(specs, scheduler, func=run)
+    rows = loss_run_rows(results, key)
+    columns = [key, "status", "iterations", "final_loss", "test_acc", "seconds"]
+    output.write_csv(out / "runs.csv", rows, columns)
+    output.write_csv(
+        out / "curves.csv", loss_rows(results, key), [key, "iteration", "loss", "smoothed"]
+    )
+    plot_losses(results, key, f"{title}, {grad_note(settings.get('grad', 'backprop'))}", out / png)
+    return results, rows
+
+
 def final_loss(result):
     """Mean batch loss over the last tenth of the updates (nan without losses)."""
     losses = result["losses"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from fastnum.experiments import _chapter6, command, grid, output
+from fastnum.experiments import _chapter6, command
 
 #: What ``--grad numerical`` costs in full mode, measured (see the summary).
 NUMERICAL_COST = """\
@@ -46,9 +46,6 @@ QUICK = {
     "test_size": 100,
 }
 
-RUN_COLUMNS = ["optimizer", "status", "iterations", "final_loss", "test_acc", "seconds"]
-CURVE_COLUMNS = ["optimizer", "iteration", "loss", "smoothed"]
-
 
 def specs(settings, data_dir=None):
     """One run per optimizer: same network, same seed, same batches."""
@@ -57,10 +54,7 @@ def specs(settings, data_dir=None):
         "activation": "relu",
         "weight_init_std": settings["weight_init_std"],
     }
-    common = {
-        key: settings[key]
-        for key in ("iters", "batch_size", "train_size", "test_size", "seed", "threads")
-    }
+    common = {key: settings[key] for key in _chapter6.RUN_KEYS}
     return [
         {
             "name": name,
@@ -73,21 +67,6 @@ def specs(settings, data_dir=None):
             **common,
         }
         for name in settings["optimizers"]
-    ]
-
-
-def run_rows(results):
-    """One row per optimizer."""
-    return [
-        {
-            "optimizer": r["tags"]["optimizer"],
-            "status": r["status"],
-            "iterations": r["iterations"],
-            "final_loss": _chapter6.final_loss(r),
-            "test_acc": r["eval_acc"][-1] if r["eval_acc"] else float("nan"),
-            "seconds": r["seconds"],
-        }
-        for r in results
     ]
 
 
@@ -127,15 +106,14 @@ Files: `runs.csv`, `curves.csv` (every update's loss and the smoothed curve), `o
 
 def run(settings, out, scheduler=None, data_dir=None):
     """Run the grid; write runs.csv, curves.csv and optimizers.png; return (files, summary)."""
-    results = grid.run_grid(specs(settings, data_dir), scheduler, func=_chapter6.run)
-    rows = run_rows(results)
-    output.write_csv(out / "runs.csv", rows, RUN_COLUMNS)
-    output.write_csv(out / "curves.csv", _chapter6.loss_rows(results, "optimizer"), CURVE_COLUMNS)
-    _chapter6.plot_losses(
-        results,
+    results, rows = _chapter6.run_loss_curves(
+        specs(settings, data_dir),
+        settings,
+        out,
+        scheduler,
         "optimizer",
-        f"Optimizers on MNIST, {_chapter6.grad_note(settings.get('grad', 'backprop'))}",
-        out / "optimizers.png",
+        "Optimizers on MNIST",
+        "optimizers.png",
     )
     return ["runs.csv", "curves.csv", "optimizers.png"], summary(rows, settings)
 

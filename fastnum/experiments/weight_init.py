@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from fastnum.experiments import _chapter6, command, grid, output
+from fastnum.experiments import _chapter6, command
 
 #: Label -> weight_init_std of fastnum.MultiLayerNet.
 INITS = {"std=0.01": 0.01, "Xavier": "xavier", "He": "he"}
@@ -52,19 +52,13 @@ QUICK = {
     "test_size": 100,
 }
 
-RUN_COLUMNS = ["init", "status", "iterations", "final_loss", "test_acc", "seconds"]
-CURVE_COLUMNS = ["init", "iteration", "loss", "smoothed"]
-
 
 def specs(settings, data_dir=None):
     """One run per initialisation: same seed, same batches, same optimizer."""
     for label in settings["inits"]:
         if label not in INITS:
             raise ValueError(f"init {label!r} is unknown; use one of: {', '.join(INITS)}.")
-    common = {
-        key: settings[key]
-        for key in ("iters", "batch_size", "train_size", "test_size", "seed", "threads")
-    }
+    common = {key: settings[key] for key in _chapter6.RUN_KEYS}
     return [
         {
             "name": label,
@@ -82,21 +76,6 @@ def specs(settings, data_dir=None):
             **common,
         }
         for label in settings["inits"]
-    ]
-
-
-def run_rows(results):
-    """One row per initialisation."""
-    return [
-        {
-            "init": r["tags"]["init"],
-            "status": r["status"],
-            "iterations": r["iterations"],
-            "final_loss": _chapter6.final_loss(r),
-            "test_acc": r["eval_acc"][-1] if r["eval_acc"] else float("nan"),
-            "seconds": r["seconds"],
-        }
-        for r in results
     ]
 
 
@@ -134,15 +113,14 @@ Files: `runs.csv`, `curves.csv` (every update's loss and the smoothed curve), `w
 
 def run(settings, out, scheduler=None, data_dir=None):
     """Run the grid; write runs.csv, curves.csv and weight_init.png; return (files, summary)."""
-    results = grid.run_grid(specs(settings, data_dir), scheduler, func=_chapter6.run)
-    rows = run_rows(results)
-    output.write_csv(out / "runs.csv", rows, RUN_COLUMNS)
-    output.write_csv(out / "curves.csv", _chapter6.loss_rows(results, "init"), CURVE_COLUMNS)
-    _chapter6.plot_losses(
-        results,
+    results, rows = _chapter6.run_loss_curves(
+        specs(settings, data_dir),
+        settings,
+        out,
+        scheduler,
         "init",
-        f"Weight initialisation on MNIST, {_chapter6.grad_note(settings.get('grad', 'backprop'))}",
-        out / "weight_init.png",
+        "Weight initialisation on MNIST",
+        "weight_init.png",
     )
     return ["runs.csv", "curves.csv", "weight_init.png"], summary(rows, results, settings)
 
