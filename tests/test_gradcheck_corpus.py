@@ -116,13 +116,12 @@ def _bug_grid():
         pytest.param(bug, n, id=f"{bug.name.replace(' ', '_')}-{n}")
         for bug in BUGS
         for n in BATCHES
+        if n >= bug.min_batch  # no division by the batch size is no bug at batch 1
     ]
 
 
 @pytest.mark.parametrize("bug, n", _bug_grid())
 def test_planted_bugs_are_caught_on_every_seed(bug, n):
-    if n < bug.min_batch:
-        pytest.skip(f"at batch {n} '{bug.name}' is no bug")
     wrong = _misses(bug, _seeds(3, 1), n)
     assert not wrong, "\n".join(wrong)
 

@@ -397,25 +397,27 @@ def _resolve_elements(found, engine_at, probe, h, own_loss, probe_seconds):
     _kinks.resolve(found, probe, h, own_loss, deadline, 256, ladder)
 
 
-def _recognised(net, method):
-    """Whether the engine's kernels would compute this network's numerical gradient."""
-    if method == "generic" or not JIT_ENABLED:
-        return False
+def _recognition(net):
+    """``(stack, None)``, or ``(None, why)`` when the engine cannot take ``net``: asked once."""
     try:
-        _stack.recognise(net)
-    except _stack.EngineUnsupportedError:
-        return False
-    return True
+        return _stack.recognise(net), None
+    except _stack.EngineUnsupportedError as exc:
+        return None, exc
 
 
-def _blas_limit(net, method):
+def _on_engine(stack, method):
+    """Whether the engine's compiled kernels compute this network's numerical gradient."""
+    return stack is not None and method != "generic" and JIT_ENABLED
+
+
+def _blas_limit(stack, method):
     """One BLAS thread while the engine's kernels run between the network's own matrix products.
 
     Otherwise BLAS threads spinning after ``net.loss`` / ``net.gradient`` take the cores
     from the kernels: the chapter 5 network's check took ~4x longer on 2 cores.  The
     generic path keeps BLAS as it is (its worker processes take one thread each).
     """
-    return one_blas_thread() if _recognised(net, method) else contextlib.nullcontext()
+    return one_blas_thread() if _on_engine(stack, method) else contextlib.nullcontext()
 
 
 def _directions(params, bp, k, seed):
@@ -632,8 +634,9 @@ def gradcheck(
     _check_batch(x, t)
     rng_state = np.random.get_state()  # noqa: NPY002 - the book's dropout draws from it
     try:
-        with _blas_limit(net, method):
-            return _check(net, x, t, options, rng_state)
+        stack, why_not = _recognition(net)
+        with _blas_limit(stack, method):
+            return _check(net, x, t, options, rng_state, (stack, why_not))
     finally:
         np.random.set_state(rng_state)  # noqa: NPY002
 
@@ -650,16 +653,16 @@ class _Point(NamedTuple):
     common: dict  # GradcheckResult's settings
 
 
-def _check(net, x, t, o, rng_state):
+def _check(net, x, t, o, rng_state, recognition):
     notes = []
     point = _at_theta(net, x, t, o, rng_state, notes)
     if o.fast:
-        result = _fast_check(net, point, o, notes)
+        result = _fast_check(net, point, o, notes, _on_engine(recognition[0], o.method))
         if result is not None:
             return result
     with contextlib.ExitStack() as exit_stack:
         runners = _Runners(point.snap, o.workers, o.scheduler, notes, exit_stack)
-        grads, engine_at, how = _numerical(net, x, t, point, o, runners, notes)
+        grads, engine_at, how = _numerical(net, x, t, point, o, runners, notes, recognition)
         return _verdict(net, len(x), point, grads, engine_at, how, o, runners, notes)
 
 
@@ -695,7 +698,7 @@ def _at_theta(net, x, t, o, rng_state, notes):
     return _Point(snap, own, loss, loss_seconds, bp, comparable, common)
 
 
-def _fast_check(net, point, o, notes):
+def _fast_check(net, point, o, notes, recognised):
     """Fast mode's result, or None when the full check is to run (it says so, in a warning)."""
     params, own = net.params, point.own
     if len(point.comparable) < len(params):
@@ -711,7 +714,6 @@ def _fast_check(net, point, o, notes):
     if all(ok for *_, ok in results):
         return GradcheckResult({}, notes=tuple(notes), **done)
     n_params = sum(int(np.size(p)) for p in params.values())
-    recognised = _recognised(net, o.method)
     estimate = 0.0 if recognised else 2 * n_params * point.loss_seconds / max(1, o.workers)
     if estimate > o.fallback_seconds:
         notes.append(
@@ -730,12 +732,14 @@ def _fast_check(net, point, o, notes):
     return None
 
 
-def _numerical(net, x, t, point, o, runners, notes):
+def _numerical(net, x, t, point, o, runners, notes, recognition):
     """Numerical gradients at h (and h/2), ``at(step, indices)`` on the engine, and how."""
     steps = (o.h, o.h / 2) if o.richardson else (o.h,)
     if o.method != "generic":
         try:
-            stack = _stack.recognise(net)
+            stack, why_not = recognition
+            if stack is None:
+                raise why_not
             guard = point.common["log_guard"]
             grads, engine_at = _engine_gradients(
                 net, stack, x, t, steps, guard, point, require_jit=o.method == "auto"
