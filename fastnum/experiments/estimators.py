@@ -52,23 +52,13 @@ FULL = {
     "thresholds": [0.5, 0.7, 0.8, 0.85],
 }
 QUICK = {
-    "methods": [
-        ["numerical", 1],
-        ["forward", 1],
-        ["spsa", 1],
-        ["spsa", 10],
-        ["spsa", 100],
-        ["backprop", 1],
-    ],
+    **FULL,
     "iters": 10,
     "eval_every": 5,
     "batch_size": 10,
     "train_size": 200,
     "test_size": 100,
     "hidden_size": 3,
-    "lr": 0.1,
-    "seed": 0,
-    "threads": 1,
     "thresholds": [0.2, 0.3],
 }
 

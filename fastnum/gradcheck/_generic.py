@@ -390,13 +390,7 @@ def _forked_worker(snap, parent_pid, task_fd, result_fd):
     _die_with_parent(parent_pid)
     _one_thread_each()
     with os.fdopen(task_fd, "rb") as tasks, os.fdopen(result_fd, "wb") as results:
-        try:
-            evaluator = Evaluator(*snap[:-1])
-        except Exception as exc:
-            _write(results, ("error", describe_exception(exc)))
-            return
-        _write(results, ("ready", None))
-        _serve(evaluator, tasks, results)
+        _start_serving(lambda: snap, tasks, results)
 
 
 def exec_worker_main(parent_pid):
@@ -422,9 +416,13 @@ def _exec_worker(parent_pid):
     except EOFError:
         return
     sys.path[:] = path  # the parent's: the modules the reader's classes live in
+    _start_serving(lambda: pickle.loads(data), tasks, results)
+
+
+def _start_serving(load_snapshot, tasks, results):
+    """Build the worker's evaluator, say "ready" (or why not, in one line), then serve tasks."""
     try:
-        snap = pickle.loads(data)
-        evaluator = Evaluator(*snap[:-1])
+        evaluator = Evaluator(*load_snapshot()[:-1])
     except Exception as exc:
         _write(results, ("error", describe_exception(exc)))
         return
