@@ -6,9 +6,8 @@ A run folder holds ``history.json``, ``checkpoint.npz``, ``params.npz``, ``loss.
 folder is refused, and a lock whose process is gone (kill -9, power loss) is reported with how to
 clear it, never taken over silently.
 
-A checkpoint carries a SHA-256 over its arrays and its metadata, and its iteration must agree
-with the lengths of the history it records, so a damaged or hand-edited checkpoint is refused
-instead of resuming into results no uninterrupted run would give.
+What a checkpoint holds, and how it is checked when read, is :mod:`fastnum.checkpoint`; the
+folder decides where it lives and reports a failed write with what to do.
 """
 
 from __future__ import annotations
@@ -16,18 +15,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import hashlib
 import json
 import os
 import socket
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from fastnum import checkpoint
 from fastnum._io import atomic_open, write_text
 from fastnum._validate import Message, ParameterError, ParameterTypeError
+
+# The checkpoint's format lives in fastnum.checkpoint; these names stay importable here.
+from fastnum.checkpoint import FORMAT, CheckpointError, check_resumable, checkpoint_refused
 
 __all__ = [
     "CHECKPOINT",
@@ -41,29 +42,13 @@ __all__ = [
     "RunFolderError",
     "check_out_dir",
     "check_resumable",
+    "checkpoint_refused",
 ]
 
-FORMAT = 2  # version of history.json / checkpoint.npz; 2 added the checkpoint's checksum
 HISTORY, PARAMS, CHECKPOINT = "history.json", "params.npz", "checkpoint.npz"
 LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
 OUTPUTS = (HISTORY, PARAMS, CHECKPOINT, LOSS_PNG, ACCURACY_PNG)
 LOCK = "run.lock"
-# Config fields a resumed run may change: they do not alter any number computed.
-# ``backend`` is compared after resolution ("auto" -> "numba"), not literally.
-MAY_CHANGE_ON_RESUME = ("iters", "threads", "backend")
-_META_KEYS = (
-    "format",
-    "config",
-    "backend",
-    "data",
-    "iteration",
-    "rng",
-    "history",
-    "epoch_seconds",
-    "seconds",
-    "checksum",
-)
-_EPOCH_KEYS = ("epoch_iter", "train_acc", "test_acc")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # What os.link raises where a file system has no hard links.
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EXDEV, errno.EMLINK} | {
@@ -73,20 +58,6 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EXDEV, errno.EMLINK} | {
 
 class RunFolderError(OSError):
     """The run folder cannot be used: taken by another run, not a folder, or not writable."""
-
-
-class CheckpointError(ValueError):
-    """``checkpoint.npz`` is unreadable, damaged, edited, or from another run."""
-
-
-def checkpoint_refused(problem):
-    """A :class:`CheckpointError`: ``problem``, then the two ways on (a new run or folder)."""
-    return CheckpointError(
-        Message(
-            "{problem}; start a new run (overwrite=True, --overwrite) or use another {out_dir}.",
-            problem=problem,
-        )
-    )
 
 
 def check_out_dir(out_dir):
@@ -121,18 +92,6 @@ def _pid_alive(pid):
     except OSError:  # PermissionError: alive, owned by another user
         return True
     return True
-
-
-def _checksum(meta, arrays):
-    """SHA-256 over the metadata (without its checksum) and every array's name, type and bytes."""
-    digest = hashlib.sha256()
-    body = {k: v for k, v in meta.items() if k != "checksum"}
-    digest.update(json.dumps(body, sort_keys=True).encode())
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}:{a.dtype.str}{a.shape}".encode())
-        digest.update(memoryview(a).cast("B"))
-    return digest.hexdigest()
 
 
 class RunFolder:
@@ -380,120 +339,14 @@ class RunFolder:
                 plot(history, self.path / name)
 
     def write_checkpoint(self, meta, loss, params):
-        """Write ``checkpoint.npz``: ``meta`` (JSON), the loss list and the parameters, signed."""
-        arrays = {"loss": np.asarray(loss, dtype=np.float64), **params}
-        meta = {**meta, "format": FORMAT}
-        meta["checksum"] = _checksum(meta, arrays)
-        with self._writing(self.checkpoint), atomic_open(self.checkpoint, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        """Write ``checkpoint.npz`` (:func:`fastnum.checkpoint.write`): ``meta``, the loss list
+        and the parameters and state arrays, signed."""
+        with self._writing(self.checkpoint):
+            checkpoint.write(self.checkpoint, meta, loss, params)
 
     # --- reading ------------------------------------------------------------------------------
 
     def read_checkpoint(self, param_names):
-        """Return ``(meta, arrays)`` of the checkpoint, or raise :class:`CheckpointError`."""
-        path = self.checkpoint
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {key: z[key] for key in ("loss", *param_names)}
-                # And every other array (an optimizer's state): the checksum covers them all.
-                arrays.update({k: z[k] for k in z.files if k not in arrays and k != "meta"})
-                meta = json.loads(str(z["meta"]))
-        # Whatever a damaged file makes np.load raise (EOFError for zero bytes, BadZipFile,
-        # KeyError for a missing array, ValueError for bad JSON) means one thing to the user.
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise checkpoint_refused(
-                f"{path} is not a readable fastnum checkpoint ({exc})"
-            ) from exc
-        if not isinstance(meta, dict):
-            raise checkpoint_refused(
-                f"{path} is not a readable fastnum checkpoint (its metadata is not a mapping)"
-            )
-        if meta.get("format") != FORMAT:
-            raise checkpoint_refused(
-                f"{path} has checkpoint format {meta.get('format')!r}, expected {FORMAT}"
-            )
-        missing = [key for key in _META_KEYS if key not in meta]
-        if missing:
-            raise checkpoint_refused(
-                f"{path} is not a readable fastnum checkpoint (its metadata "
-                f"lacks {', '.join(missing)})"
-            )
-        for name in param_names:
-            if not np.isfinite(arrays[name]).all():
-                raise checkpoint_refused(
-                    f"{path} holds non-finite parameters ({name} contains NaN or inf): no "
-                    f"fastnum run writes such a checkpoint, so the file was damaged or edited"
-                )
-        if meta["checksum"] != _checksum(meta, arrays):
-            raise checkpoint_refused(
-                f"{path} does not match its checksum: it was damaged or edited after it was "
-                f"written (parameters, loss list or metadata), and resuming from it would not "
-                f"give the uninterrupted run's numbers"
-            )
-        _check_lengths(meta, arrays, path)
-        return meta, arrays
-
-
-def _check_lengths(meta, arrays, path):
-    it, h = meta["iteration"], meta["history"]
-    problems = []
-    if not isinstance(it, int) or it < 0:
-        problems.append(f"iteration {it!r} is not a count")
-    elif len(arrays["loss"]) != it:
-        problems.append(f"iteration {it} but {len(arrays['loss'])} recorded losses")
-    if not isinstance(h, dict) or any(not isinstance(h.get(k), list) for k in _EPOCH_KEYS):
-        problems.append("the epoch history is incomplete")
-    elif len({len(h[k]) for k in _EPOCH_KEYS} | {len(meta["epoch_seconds"])}) != 1:
-        problems.append("the epoch records have different lengths")
-    if problems:
-        raise checkpoint_refused(f"{path} is inconsistent ({'; '.join(problems)})")
-
-
-def check_resumable(meta, config, backend, data_info, per_epoch, path):
-    """Raise :class:`CheckpointError` unless ``meta`` is a checkpoint of the same run.
-
-    ``config`` is the new run's config as a dict, ``backend`` its resolved backend,
-    ``data_info`` its data description and ``per_epoch`` its iterations per epoch.
-    """
-    saved = meta["config"]
-    diffs, values = [], {}
-    for k, now in config.items():
-        was = saved.get(k)
-        if k not in MAY_CHANGE_ON_RESUME and was != now:
-            # The setting's name is a field of the Message, so that a caller can spell it.
-            diffs.append("{" + k + "}={" + k + "_was!r} there, {" + k + "_now!r} now")
-            values.update({f"{k}_was": was, f"{k}_now": now})
-    if meta["backend"] != backend:
-        diffs.append("backend {backend_was!r} there, {backend_now!r} now")
-        values.update(backend_was=meta["backend"], backend_now=backend)
-    if meta["data"] != data_info:
-        diffs.append("different training/test data")
-    if diffs:
-        raise CheckpointError(
-            Message(
-                "cannot resume from {path}: it was made with other settings ("
-                + "; ".join(diffs)
-                + "). Resume with the original settings, or start a new run in another "
-                "{out_dir}.",
-                path=path,
-                **values,
-            )
-        )
-    it = meta["iteration"]
-    # The book evaluates after iterations 1, 1 + per_epoch, ...: the records must say so.
-    if meta["history"]["epoch_iter"] != list(range(1, it + 1, per_epoch)):
-        raise checkpoint_refused(
-            f"{path} is inconsistent (its epoch records do not follow the "
-            f"schedule of {it} iterations, {per_epoch} per epoch)"
-        )
-    if it > config["iters"]:
-        raise CheckpointError(
-            Message(
-                "cannot resume from {path}: it is at iteration {it}, past {name}={value}; pass "
-                "{name} >= {it}.",
-                "iters",
-                path=path,
-                it=it,
-                value=config["iters"],
-            )
-        )
+        """Return ``(meta, arrays)`` of the checkpoint (:func:`fastnum.checkpoint.read`), or
+        raise :class:`CheckpointError`."""
+        return checkpoint.read(self.checkpoint, param_names)

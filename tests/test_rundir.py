@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastnum import rundir
+from fastnum import checkpoint, rundir
 from fastnum.cli import main
 from fastnum.rundir import CheckpointError, RunFolderError
 from tests._training import SimulatedInterruptError, blob_data, quiet_train, small, stop_at_epoch
@@ -36,7 +36,7 @@ def read_checkpoint(path):
 
 def write_checkpoint(path, meta, arrays, sign=False):
     if sign:  # as a forger who knows the checksum would
-        meta = {**meta, "checksum": rundir._checksum(meta, arrays)}
+        meta = {**meta, "checksum": checkpoint.checksum(meta, arrays)}
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
