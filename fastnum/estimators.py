@@ -127,6 +127,8 @@ def _two_layer_activation(net, x):
     """The activation code when ``net`` is a two-layer dense network, else None."""
     from fastnum.kernels.multilayer import RELU, SIGMOID
 
+    if getattr(net, "weight_decay_lambda", 0):  # the two-layer kernel's loss has no decay term
+        return None
     kinds = tuple(spec[0] for spec in getattr(net, "stack", ()))
     codes = {("affine", "sigmoid", "affine"): SIGMOID, ("affine", "relu", "affine"): RELU}
     return codes.get(kinds) if x.ndim == 2 else None

@@ -5,6 +5,13 @@ Each entry says what the network is, whether it trains on images, which settings
 made, so a bad run fails before it loads data) and how to build it freshly from a
 config.  A new network (the book's chapter 8 ``DeepConvNet``, say) is one more entry
 here and one more ``--net`` choice, which the command line reads from this table.
+
+A network with batch norm, dropout or weight decay says so with a true ``chapter6``
+attribute and offers what :func:`fastnum.train_step.step_gradient` and the checkpoint
+(:mod:`fastnum.checkpoint`) use, as :class:`fastnum.MultiLayerNet` does:
+``new_dropout_masks(batch)``, ``dropout_masks``, ``dropout_rng`` (the generator the
+masks come from), ``use_dropout``, ``running_stats`` (layer -> (mean, var)) and
+``update_running_stats(x, masks)``.
 """
 
 from __future__ import annotations
@@ -131,7 +138,7 @@ def _build_simpleconv(config, n_features, n_classes, input_dim, backend):
 #: name -> :class:`NetKind`; the names are ``fastnum train --net``'s choices.
 NETS = {
     "dense": NetKind(
-        "the book's TwoLayerNet, or a MultiLayerNet with hidden_sizes",
+        "the book's TwoLayerNet, or a MultiLayerNet given hidden layer widths",
         False,
         _check_dense,
         _build_dense,

@@ -50,7 +50,8 @@ def step_gradient(net, x, t, config, iteration=0):
 
     - dropout draws one set of masks per step from the network's seeded generator
       (``numerical_gradient`` draws it itself; the other estimators get it drawn here),
-      used by every loss evaluation of the step and by the loss recorded after it;
+      used by every loss evaluation of the step and by the loss recorded after it, so
+      equal seeds give equal masks whatever the estimator;
     - batch norm's running statistics move once per step, at the step's parameters
       (the numerical gradient and backprop do it themselves; forward differences and
       SPSA only evaluate losses, so the statistics are moved here);
@@ -59,9 +60,10 @@ def step_gradient(net, x, t, config, iteration=0):
     ``x`` and ``t`` must already be validated (the step uses trusted methods).
     """
     chapter6 = getattr(net, "chapter6", False)
-    masks = None
+    masks = drawn = None
     if chapter6 and config.grad != "numerical":
         masks = net.new_dropout_masks(len(x))  # {} without dropout (nothing drawn)
+        drawn = net.dropout_rng.bit_generator.state
     grads = estimate_gradient_trusted(
         net,
         x,
@@ -74,7 +76,10 @@ def step_gradient(net, x, t, config, iteration=0):
         config.strategy,
     )
     if chapter6 and config.grad == "backprop":
-        net.dropout_masks = masks  # gradient() drew the next set; the step keeps its own
+        # gradient() drew the next step's masks ahead: take them back, so that the loss
+        # recorded uses this step's and every estimator draws the same masks in turn.
+        net.dropout_rng.bit_generator.state = drawn
+        net.dropout_masks = masks
     elif chapter6 and config.grad != "numerical":
         net.update_running_stats(x, masks)
     return grads

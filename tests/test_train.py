@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -684,6 +685,231 @@ def test_cli_passes_the_optimizer_and_the_initialisation(capsys, tmp_path, monke
     assert "--momentum=1.0 must be a number in [0, 1); the book uses --momentum=0.9." in (
         capsys.readouterr().err
     )
+
+
+# --- batch norm, dropout, weight decay (chapter 6) ---------------------------------------------
+
+GRAD_NAMES = ("numerical", "forward", "spsa", "backprop")
+
+
+def chapter6(**kw):
+    """small() with a two-hidden-layer relu MultiLayerNet, batch norm, dropout and weight decay."""
+    base = dict(
+        hidden_sizes=(5, 4),
+        activation="relu",
+        use_batchnorm=True,
+        dropout_ratio=0.3,
+        weight_decay_lambda=0.05,
+        lr=0.3,
+        iters=32,
+    )
+    return small(**{**base, **kw})
+
+
+def assert_same_chapter6_run(a, b):
+    assert a.params.keys() == b.params.keys()
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k
+    assert np.array_equal(a.history["loss"], b.history["loss"])
+    assert a.history == b.history
+    assert a.net.running_stats.keys() == b.net.running_stats.keys()
+    for k, stats in a.net.running_stats.items():
+        for x, y in zip(stats, b.net.running_stats[k], strict=True):
+            assert np.array_equal(x, y), k
+    assert (a.final_train_acc, a.final_test_acc) == (b.final_train_acc, b.final_test_acc)
+
+
+@pytest.mark.parametrize(
+    "grad, backend",
+    [
+        *[(g, "numpy") for g in GRAD_NAMES],
+        pytest.param("numerical", "numba", marks=pytest.mark.numba),
+        pytest.param("spsa", "numba", marks=pytest.mark.numba),
+    ],
+)
+def test_chapter6_resume_is_bit_identical(blobs, tmp_path, grad, backend):
+    """N steps straight equal N/2 steps, then N/2 more resumed from the checkpoint."""
+    extra = {"directions": 3} if grad == "spsa" else {}
+    config = chapter6(grad=grad, backend=backend, **extra)
+    full = quiet_train(config, blobs)
+    half = dataclasses.replace(config, iters=config.iters // 2)
+    quiet_train(half, blobs, tmp_path)
+    with np.load(tmp_path / "checkpoint.npz") as z:
+        saved = sorted(k for k in z.files if k.startswith("batchnorm."))
+        meta = json.loads(str(z["meta"]))
+    assert saved == sorted(
+        f"batchnorm.{s}.{k}" for s in ("running_mean", "running_var") for k in (1, 2)
+    )
+    assert meta["network"]["dropout_rng"]["bit_generator"] == "PCG64"
+    resumed = quiet_train(config, blobs, tmp_path, resume=True)
+    assert_same_chapter6_run(full, resumed)
+    # The layers were really there: masks dropped units, the statistics moved.
+    assert any((m == 0).any() for m in full.net.dropout_masks.values())
+    assert all(stats[1].any() for stats in full.net.running_stats.values())
+
+
+@pytest.mark.parametrize("grad, atol", [("numerical", 1e-6), ("forward", 1e-3)])
+def test_every_estimator_trains_the_same_chapter6_step(blobs, grad, atol):
+    """Same seed: the same dropout masks, weight decay and batch norm for every --grad."""
+    # Sigmoid: with relu, a unit that batch norm puts within h of its corner makes the
+    # difference quotient differ from the derivative by far more than its rounding.
+    exact = quiet_train(chapter6(grad="backprop", iters=12, activation="sigmoid"), blobs)
+    other = quiet_train(chapter6(grad=grad, iters=12, activation="sigmoid"), blobs)
+    for k in exact.params:
+        np.testing.assert_allclose(other.params[k], exact.params[k], rtol=0, atol=atol)
+    np.testing.assert_allclose(other.history["loss"], exact.history["loss"], rtol=0, atol=atol)
+    for k, (mean, var) in exact.net.running_stats.items():
+        np.testing.assert_allclose(other.net.running_stats[k][0], mean, rtol=0, atol=atol)
+        np.testing.assert_allclose(other.net.running_stats[k][1], var, rtol=0, atol=atol)
+    # Each option changes the run: weight decay, dropout and batch norm are not ignored.
+    for off in ({"weight_decay_lambda": 0.0}, {"dropout_ratio": None}, {"use_batchnorm": False}):
+        changed = quiet_train(chapter6(grad=grad, iters=12, activation="sigmoid", **off), blobs)
+        assert not np.allclose(changed.params["W1"], other.params["W1"], rtol=0, atol=1e-3), off
+
+
+def test_chapter6_options_build_the_books_multilayer_net():
+    from fastnum.multilayer import MultiLayerNet
+    from fastnum.train import build_net
+
+    net = build_net(chapter6(), 6, 4)
+    book = MultiLayerNet(
+        6,
+        (5, 4),
+        4,
+        activation="relu",
+        weight_init_std=0.5,
+        seed=0,
+        backend="numpy",
+        use_batchnorm=True,
+        use_dropout=True,
+        dropout_ratio=0.3,
+        weight_decay_lambda=0.05,
+    )
+    assert (net.use_batchnorm, net.use_dropout, net.dropout_ratio) == (True, True, 0.3)
+    assert net.weight_decay_lambda == 0.05 and net.stack == book.stack
+    for k in book.params:
+        assert np.array_equal(net.params[k], book.params[k]), k
+    plain = build_net(chapter6(use_batchnorm=False, dropout_ratio=None), 6, 4)
+    assert not plain.use_dropout and not plain.use_batchnorm
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"dropout_ratio": 1.5}, ValueError, r"dropout_ratio=1.5 must be below 1"),
+        ({"dropout_ratio": -0.1}, ValueError, r"dropout_ratio=-0.1 must be a finite number >= 0"),
+        ({"dropout_ratio": "half"}, TypeError, r"dropout_ratio='half' must be a number"),
+        ({"weight_decay_lambda": -1.0}, ValueError, r"weight_decay_lambda=-1.0 must be a finite"),
+        ({"use_batchnorm": 1}, TypeError, r"use_batchnorm=1 must be True or False"),
+        (
+            {"hidden_sizes": None, "use_batchnorm": True},
+            ValueError,
+            r"use_batchnorm needs hidden_sizes: the book's TwoLayerNet has no batch norm.*"
+            r"hidden_sizes=\(50,\)",
+        ),
+        (
+            {"hidden_sizes": None, "weight_decay_lambda": 0.1},
+            ValueError,
+            r"weight_decay_lambda needs hidden_sizes",
+        ),
+        (
+            {"net": "simpleconv", "hidden_sizes": None, "dropout_ratio": 0.5},
+            ValueError,
+            r"dropout_ratio is for net='dense' with hidden_sizes .*SimpleConvNet has no",
+        ),
+    ],
+)
+def test_chapter6_settings_are_checked_by_name(kwargs, error, match):
+    base = dict(grad="backprop", hidden_sizes=(5,), activation="sigmoid", backend="numpy")
+    with pytest.raises(error, match=match):
+        TrainConfig(**{**base, **kwargs})
+
+
+def test_cli_passes_the_chapter6_options(capsys, tmp_path, monkeypatch):
+    import fastnum.train
+    from fastnum.cli import main
+
+    seen = []
+
+    def fake_train(config, **kw):
+        seen.append(config)
+        raise KeyboardInterrupt  # enough: the config is what is tested
+
+    monkeypatch.setattr(fastnum.train, "train", fake_train)
+    argv = ["train", "-q", "--out", str(tmp_path), "--backend", "numpy"]
+    ch6 = ["--hidden-sizes", "5,4", "--batchnorm", "--dropout", "0.2", "--weight-decay", "0.1"]
+    assert main([*argv, *ch6, "--weight-init", "he", "--grad", "spsa"]) == 130
+    assert main(argv) == 130
+    on, off = seen
+    assert (on.use_batchnorm, on.dropout_ratio, on.weight_decay_lambda) == (True, 0.2, 0.1)
+    assert on.weight_init_std == "he" and on.grad == "spsa"
+    assert (off.use_batchnorm, off.dropout_ratio, off.weight_decay_lambda) == (False, None, 0.0)
+    capsys.readouterr()
+    assert main([*argv, "--hidden-sizes", "5", "--dropout", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "fastnum train: error: --dropout=1.5 must be below 1 (it is the probability of "
+        "dropping a unit: 1 drops them all); the book uses 0.5."
+    )
+    assert main([*argv, "--batchnorm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastnum train: error: --batchnorm needs --hidden-sizes: the book's")
+    assert err.endswith("pass e.g. --hidden-sizes 50 (the same network as a MultiLayerNet).")
+    assert main([*argv, "--net", "simpleconv", "--weight-decay", "0.1"]) == 2
+    assert "--weight-decay is for --net dense with --hidden-sizes" in capsys.readouterr().err
+
+
+def _rewrite_as_format_2(path):
+    """The checkpoint as the trainer wrote it before chapter 6: no such settings or state."""
+    from fastnum import checkpoint
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(str(z["meta"]))
+    del meta["network"]
+    for key in ("use_batchnorm", "dropout_ratio", "weight_decay_lambda"):
+        del meta["config"][key]
+    meta["format"] = 2
+    meta["checksum"] = checkpoint.checksum(meta, arrays)
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    return meta, arrays
+
+
+def test_a_checkpoint_from_before_chapter6_resumes(blobs, tmp_path):
+    config = small(iters=30, optimizer="momentum", lr=0.2)
+    full = quiet_train(config, blobs)
+    quiet_train(dataclasses.replace(config, iters=15), blobs, tmp_path)
+    _rewrite_as_format_2(tmp_path / "checkpoint.npz")
+    assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
+    # ... and resuming it with a chapter 6 option is another run, said so.
+    _rewrite_as_format_2(tmp_path / "checkpoint.npz")
+    with pytest.raises(CheckpointError, match="weight_decay_lambda=0.0 there, 0.1 now"):
+        quiet_train(
+            dataclasses.replace(config, hidden_sizes=(5,), weight_decay_lambda=0.1),
+            blobs,
+            tmp_path,
+            resume=True,
+        )
+
+
+def test_a_checkpoint_without_its_dropout_state_or_of_format_1_is_refused(blobs, tmp_path):
+    from fastnum import checkpoint
+
+    config = chapter6(iters=12)
+    quiet_train(config, blobs, tmp_path)
+    path = tmp_path / "checkpoint.npz"
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(str(z["meta"]))
+    del meta["network"]["dropout_rng"]
+    meta["checksum"] = checkpoint.checksum(meta, arrays)  # signed: only the content is wrong
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(CheckpointError, match="its batch norm or dropout state: KeyError"):
+        quiet_train(config, blobs, tmp_path, resume=True)
+    meta["format"] = 1
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(CheckpointError, match="has checkpoint format 1; this fastnum reads"):
+        quiet_train(config, blobs, tmp_path, resume=True)
 
 
 # --- real MNIST -------------------------------------------------------------------------------

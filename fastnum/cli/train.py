@@ -19,6 +19,7 @@ from fastnum.train import (
     TrainConfig,
     run_backend,
 )
+from fastnum.train_nets import NETS as NET_KINDS
 
 #: Library names whose option stores under another name: ``train(out_dir=...)`` is ``--out``.
 ALIASES = {"out_dir": "out"}
@@ -41,6 +42,9 @@ examples:
       --weight-init-std he --out runs/adam    chapter 6: Adam (lr 0.001) and He initialisation
   fastnum train --net simpleconv --hidden 100 --iters 600 --out runs/conv
                                            the book's chapter 7 CNN, one epoch
+  fastnum train --hidden-sizes 100,100 --activation relu --weight-init he --batchnorm \\
+      --dropout 0.2 --weight-decay 0.1 --out runs/ch6    chapter 6: batch norm, dropout,
+                                           weight decay (any --grad; --resume stays exact)
 """
 
 
@@ -84,6 +88,35 @@ def _add_optimizer_options(p):
     )
     p.add_argument(
         "--beta2", type=float, help="adam: decay of the squared gradient's average (default: 0.999)"
+    )
+
+
+def _add_chapter6_options(p):
+    """--batchnorm, --dropout and --weight-decay (the book's chapter 6; a MultiLayerNet)."""
+    d = DEFAULTS
+    p.add_argument(
+        "--batchnorm",
+        dest="use_batchnorm",
+        action="store_true",
+        help="batch normalisation before every hidden activation (needs --hidden-sizes)",
+    )
+    p.add_argument(
+        "--dropout",
+        dest="dropout_ratio",
+        type=float,
+        metavar="R",
+        help="dropout after every hidden activation, dropping each unit with probability "
+        "R in [0, 1), one mask per step (the book uses 0.5; needs --hidden-sizes) "
+        "(default: no dropout)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        dest="weight_decay_lambda",
+        type=float,
+        metavar="L",
+        default=d.weight_decay_lambda,
+        help="weight decay lambda: adds 0.5*L*sum(W**2) over the weight matrices to the "
+        "loss (the book uses 0.1; needs --hidden-sizes) (default: %(default)s)",
     )
 
 
@@ -136,9 +169,8 @@ def add_parser(sub):
         "--net",
         choices=NETS,
         default=d.net,
-        help="dense: the book's TwoLayerNet (a MultiLayerNet with --hidden-sizes); "
-        "simpleconv: the book's chapter 7 SimpleConvNet on 28x28 images "
-        "(default: %(default)s)",
+        help="; ".join(f"{name}: {kind.description}" for name, kind in NET_KINDS.items())
+        + " (default: %(default)s)",
     )
     p.add_argument(
         "--hidden",
@@ -162,7 +194,9 @@ def add_parser(sub):
         help="activation of the hidden layers; relu needs --hidden-sizes (default: %(default)s)",
     )
     p.add_argument(
+        "--weight-init",
         "--weight-init-std",
+        dest="weight_init_std",
         type=_init_std,
         default=d.weight_init_std,
         metavar="STD",
@@ -170,6 +204,7 @@ def add_parser(sub):
         f"{'/'.join(WEIGHT_INIT_NAMES[:2])} sqrt(2/n_in), "
         f"{'/'.join(WEIGHT_INIT_NAMES[2:])} sqrt(1/n_in) (default: %(default)s)",
     )
+    _add_chapter6_options(p)
     p.add_argument(
         "--h",
         type=float,
