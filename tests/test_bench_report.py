@@ -1,4 +1,4 @@
-"""The benchmark report (``benchmarks/report.py``) and the plan it reads (``bench_plan``).
+"""The benchmark report (``benchmarks/report*.py``) and the plan it reads (``bench_plan``).
 
 The results are built here, case by case with round medians, so that every
 expected figure in the rendered report can be worked out by hand.  The committed
