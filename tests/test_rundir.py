@@ -83,6 +83,11 @@ def _endless_run(out, mnist_source_dir):
     ]
 
 
+def _outputs(out):
+    """The folder's files, without the running run's half-written temporary copies."""
+    return sorted(p.name for p in out.iterdir() if ".part." not in p.name)
+
+
 def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
     tmp_path, mnist_source_dir, capsys
 ):
@@ -98,7 +103,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
         _wait_for(out / "checkpoint.npz")
         owner = json.loads((out / "run.lock").read_text())
         assert owner["pid"] == first.pid and owner["host"] == socket.gethostname()
-        before = sorted(p.name for p in out.iterdir())
+        before = _outputs(out)
         # The first try, without options, must already say why (not "already holds a run,
         # continue it with --resume"); --overwrite would delete the running run's files.
         in_use = f"is in use by PID {first.pid} ({socket.gethostname()}, started "
@@ -106,7 +111,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
             assert main([*argv, *extra]) == 2
             line = capsys.readouterr().err.strip()
             assert in_use in line and "\n" not in line, line
-        assert before == sorted(p.name for p in out.iterdir())
+        assert before == _outputs(out)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
