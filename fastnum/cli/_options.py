@@ -11,7 +11,7 @@ import argparse
 
 from fastnum._validate import Spelling
 from fastnum.backend import BACKEND_ENV, BACKENDS, STRATEGIES, describe_backend, resolve_backend
-from fastnum.train import TrainConfig
+from fastnum.train_config import TrainConfig
 
 #: The book's settings, which ``fastnum train`` starts from.
 DEFAULTS = TrainConfig()
