@@ -57,13 +57,29 @@ def step_gradient(net, x, t, config, iteration=0):
       SPSA only evaluate losses, so the statistics are moved here);
     - weight decay is part of every loss evaluated and of backprop's gradient.
 
-    ``x`` and ``t`` must already be validated (the step uses trusted methods).
+    Parameters
+    ----------
+    net : TwoLayerNet, MultiLayerNet or SimpleConvNet
+        At the step's parameters; its backend picks the estimator's path.
+    x, t : ndarray
+        The batch, already validated (float64 C-contiguous, int64 labels in range):
+        the step uses the network's trusted methods.
+    config : fastnum.train_config.TrainConfig
+        ``grad``, ``h``, ``directions``, ``spsa_distribution``, ``strategy``, ``seed``.
+    iteration : int, default 0
+        The 0-based step, which seeds SPSA's directions (:func:`step_seed`).
+
+    Returns
+    -------
+    dict of str to ndarray
+        The gradient estimate, keyed like ``net.params``.
     """
     chapter6 = getattr(net, "chapter6", False)
+    rng = getattr(net, "dropout_rng", None)
     masks = drawn = None
     if chapter6 and config.grad != "numerical":
         masks = net.new_dropout_masks(len(x))  # {} without dropout (nothing drawn)
-        drawn = net.dropout_rng.bit_generator.state
+        drawn = None if rng is None else rng.bit_generator.state
     grads = estimate_gradient_trusted(
         net,
         x,
@@ -78,7 +94,8 @@ def step_gradient(net, x, t, config, iteration=0):
     if chapter6 and config.grad == "backprop":
         # gradient() drew the next step's masks ahead: take them back, so that the loss
         # recorded uses this step's and every estimator draws the same masks in turn.
-        net.dropout_rng.bit_generator.state = drawn
+        if rng is not None:
+            rng.bit_generator.state = drawn
         net.dropout_masks = masks
     elif chapter6 and config.grad != "numerical":
         net.update_running_stats(x, masks)
