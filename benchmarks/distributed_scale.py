@@ -121,6 +121,12 @@ def measure_network(label, net, x, t, rounds, client, block_size):
     try:
         whole_1 = _median_seconds(one_process, rounds)
         costs = _block_costs(stack, params, x, t, block_size)
+        # What every block pays whatever its cells: a block of the last bias's first cell.
+        last = engine.param_names(stack)[-1]
+        fixed = _median_seconds(
+            lambda: engine.numerical_gradient_at(stack, params, x, t, {last: np.arange(1)}),
+            rounds,
+        )
     finally:
         set_num_threads(threads)
     return {
@@ -133,6 +139,7 @@ def measure_network(label, net, x, t, rounds, client, block_size):
         "identical": identical,
         "blocks": len(costs),
         "block_size": block_size,
+        "block_fixed_s": fixed,
         "block_median_s": statistics.median(costs),
         "block_max_s": max(costs),
         "blocks_sum_s": sum(costs),
@@ -188,6 +195,11 @@ def main(argv=None):
         help="cells per block of the deep conv net on paper (483: 256 blocks, one per core)",
     )
     parser.add_argument("--deep-cells", type=int, default=8, help="deep conv cells timed")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="the LocalCluster's worker in its own process (data pickled to it)",
+    )
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -202,7 +214,7 @@ def main(argv=None):
     rows = []
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            n_workers=1, threads_per_worker=1, processes=args.processes, dashboard_address=None
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -216,11 +228,15 @@ def main(argv=None):
             )
     deep = measure_deep_conv(images, t, args.deep_cells, args.deep_block_size, rng)
     load = os.getloadavg()
-    print(f"batch {args.batch}, {get_num_threads()} numba threads, load {load[0]:.2f}")
+    where = "worker process" if args.processes else "in-process worker"
+    print(
+        f"batch {args.batch}, {get_num_threads()} numba threads, LocalCluster: 1 {where}, "
+        f"load {load[0]:.2f}"
+    )
     print(
         "| network | params | one process | LocalCluster, 1 block | overhead | LocalCluster, "
-        "blocks | identical | blocks | block median (1 thread) | block max | sum of blocks "
-        "| whole on 1 thread |"
+        "blocks | identical | blocks | on 1 thread: block of 1 cell | block median | block max "
+        "| sum of blocks | whole |"
     )
     for r in rows:
         print(
@@ -228,6 +244,7 @@ def main(argv=None):
             f"| {r['local_cluster_one_block_s'] * 1e3:.1f} ms | {r['overhead_s'] * 1e3:+.1f} ms "
             f"| {r['local_cluster_s'] * 1e3:.1f} ms "
             f"| {r['identical']} | {r['blocks']} x {r['block_size']} "
+            f"| {r['block_fixed_s'] * 1e3:.1f} ms "
             f"| {r['block_median_s'] * 1e3:.1f} ms | {r['block_max_s'] * 1e3:.1f} ms "
             f"| {r['blocks_sum_s'] * 1e3:.1f} ms | {r['whole_1thread_s'] * 1e3:.1f} ms |"
         )
@@ -241,7 +258,16 @@ def main(argv=None):
     )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"batch": args.batch, "load": load, "networks": rows, "deep": deep}, f)
+            json.dump(
+                {
+                    "batch": args.batch,
+                    "processes": args.processes,
+                    "load": load,
+                    "networks": rows,
+                    "deep": deep,
+                },
+                f,
+            )
 
 
 if __name__ == "__main__":

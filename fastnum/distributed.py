@@ -34,10 +34,14 @@ from fastnum.backend import DEFAULT_STRATEGY, check_strategy
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD
 from fastnum.constants import H
 
-#: Cells per block unless told otherwise.  Chosen from the measured per-block costs
-#: (README, "Scale out"): at batch 100 a block of SimpleConvNet's dense cells costs
-#: about as much as the task's fixed part (the cached forward pass and Dask's own
-#: overhead), and the deep conv net's 123,552 parameters make 31 blocks.
+#: Cells per block unless told otherwise (read at each call, so it may be set for a
+#: whole program: ``fastnum.distributed.DEFAULT_BLOCK_SIZE = 483``).  No size suits
+#: every stack (README, "Scale out"): on ``delta`` every block pays the engine's cached
+#: forward pass again (SimpleConvNet at batch 100, one thread: a block pays about 10 times
+#: what 4,096 of its dense cells cost), so cheap cells want big blocks; on
+#: ``full`` a cell costs two forward passes and nothing is paid per block, so a big
+#: cluster wants at least one block per core (the deep conv net's 123,552 cells on 256
+#: cores: 483).
 DEFAULT_BLOCK_SIZE = 4096
 
 
