@@ -173,6 +173,8 @@ class NetworkFrontend:
         scheduler = scheduler if scheduler is not None else getattr(self, "scheduler", None)
         if self.backend == "numba":
             params = self.params if params is None else params
+            if scheduler is None:  # subclasses' overrides need not know about schedulers
+                return self._numba_numerical_gradient(x, t, h, strategy, params)
             return self._numba_numerical_gradient(x, t, h, strategy, params, scheduler)
         if scheduler is not None:
             raise ValueError(
