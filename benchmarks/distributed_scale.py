@@ -7,7 +7,7 @@
   (``processes=False``, one worker of one thread: the cluster's own overhead, since
   the blocks then run one after another on the same cores); medians of ``--rounds``;
 - per block: each block of the default partition timed alone in this process
-  (``engine.numerical_gradient_at`` on 1 numba thread), with their sum;
+  (``engine.numerical_gradient_at`` on 1 numba thread, CPU seconds), with their sum;
 - the chapter 8 deep conv net (123,552 parameters; the stack is built here): the cost
   of a few cells on 1 thread, scaled to a block and to the whole gradient on one core
   and on 16 machines x 16 cores (blocks / 256 rounds of per-block cost, on paper).
@@ -36,13 +36,29 @@ from fastnum.network import TwoLayerNet
 CORES = 16 * 16  # the paper cluster: 16 machines of 16 cores, one 1-thread task per core
 
 
-def _median_seconds(fn, rounds):
+def _median_seconds(fn, rounds, clock=time.perf_counter):
     times = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
+
+
+def _median_wall_and_cpu(fn, rounds):
+    """Medians of wall seconds and of this process's CPU seconds (all its threads)."""
+    walls, cpus = [], []
+    for _ in range(rounds):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+# The costs on one thread are CPU seconds of this process: on the shared machine the wall
+# time of a one-thread computation grows with the other jobs' load, its CPU time hardly.
+_CPU = time.process_time
 
 
 def deep_conv_stack():
@@ -90,9 +106,9 @@ def _block_costs(stack, params, x, t, block_size, masks=None):
     costs = []
     for block in blocks:
         indices = {k: np.arange(a, b) for k, (a, b) in block.items()}
-        start = time.perf_counter()
+        start = _CPU()
         engine.numerical_gradient_at(stack, params, x, t, indices, masks=masks)
-        costs.append(time.perf_counter() - start)
+        costs.append(_CPU() - start)
     return costs
 
 
@@ -112,20 +128,23 @@ def measure_network(label, net, x, t, rounds, client, block_size):
 
     ref_grads, comp_grads = one_process(), on_dask()  # also compiles and warms the worker
     identical = all(np.array_equal(ref_grads[k], comp_grads[k]) for k in ref_grads)
-    local = _median_seconds(one_process, rounds)
+    local, local_cpu = _median_wall_and_cpu(one_process, rounds)
     dask = _median_seconds(on_dask, rounds)
-    # One block: the same computation as one process, plus Dask's own cost per step.
-    dask_one = _median_seconds(lambda: on_dask(n_params), rounds)
+    # One block: the same computation as one process, plus Dask's own cost per step (its
+    # CPU seconds too: in-process workers count in this process, and CPU time is what
+    # the machine's load distorts least).
+    dask_one, dask_one_cpu = _median_wall_and_cpu(lambda: on_dask(n_params), rounds)
     threads = get_num_threads()
     set_num_threads(1)
     try:
-        whole_1 = _median_seconds(one_process, rounds)
+        whole_1 = _median_seconds(one_process, rounds, _CPU)
         costs = _block_costs(stack, params, x, t, block_size)
         # What every block pays whatever its cells: a block of the last bias's first cell.
         last = engine.param_names(stack)[-1]
         fixed = _median_seconds(
             lambda: engine.numerical_gradient_at(stack, params, x, t, {last: np.arange(1)}),
             rounds,
+            _CPU,
         )
     finally:
         set_num_threads(threads)
@@ -135,6 +154,9 @@ def measure_network(label, net, x, t, rounds, client, block_size):
         "one_process_s": local,
         "local_cluster_one_block_s": dask_one,
         "overhead_s": dask_one - local,
+        "one_process_cpu_s": local_cpu,
+        "local_cluster_one_block_cpu_s": dask_one_cpu,
+        "overhead_cpu_s": dask_one_cpu - local_cpu,
         "local_cluster_s": dask,
         "identical": identical,
         "blocks": len(costs),
@@ -160,9 +182,9 @@ def measure_deep_conv(x, t, cells, block_size, rng):
     threads = get_num_threads()
     set_num_threads(1)
     try:
-        start = time.perf_counter()
+        start = _CPU()
         engine.numerical_gradient_at(stack, params, x, t, indices, masks=masks)
-        seconds = time.perf_counter() - start
+        seconds = _CPU() - start
     finally:
         set_num_threads(threads)
     per_cell = seconds / cells
@@ -235,13 +257,14 @@ def main(argv=None):
     )
     print(
         "| network | params | one process | LocalCluster, 1 block | overhead | LocalCluster, "
-        "blocks | identical | blocks | on 1 thread: block of 1 cell | block median | block max "
+        "blocks | identical | blocks | CPU on 1 thread: block of 1 cell | block median | block max "
         "| sum of blocks | whole |"
     )
     for r in rows:
         print(
             f"| {r['network']} | {r['parameters']:,} | {r['one_process_s'] * 1e3:.1f} ms "
             f"| {r['local_cluster_one_block_s'] * 1e3:.1f} ms | {r['overhead_s'] * 1e3:+.1f} ms "
+            f"(CPU {r['overhead_cpu_s'] * 1e3:+.1f} ms) "
             f"| {r['local_cluster_s'] * 1e3:.1f} ms "
             f"| {r['identical']} | {r['blocks']} x {r['block_size']} "
             f"| {r['block_fixed_s'] * 1e3:.1f} ms "
@@ -250,7 +273,7 @@ def main(argv=None):
         )
     print(
         f"deep conv net, {deep['parameters']:,} parameters: "
-        f"{deep['per_cell_1thread_s'] * 1e3:.1f} ms per cell on 1 thread "
+        f"{deep['per_cell_1thread_s'] * 1e3:.1f} ms CPU per cell on 1 thread "
         f"({deep['cells_timed']} cells timed); one core {deep['one_core_s'] / 3600:.2f} h; "
         f"{deep['blocks']} blocks of {deep['block_size']} cells, "
         f"{deep['per_block_1thread_s']:.1f} s each; on {deep['cluster_cores']} cores "
