@@ -17,7 +17,8 @@ def dask_client(scheduler):
         from distributed import Client, LocalCluster
     except ImportError:
         raise ImportError(
-            "--scheduler needs Dask: pip install 'fastnum[distributed]' (or 'dask[distributed]')."
+            "scheduler= (--scheduler) needs Dask: pip install 'fastnum[distributed]' "
+            "(or 'dask[distributed]')."
         ) from None
     if isinstance(scheduler, Client):
         yield scheduler

@@ -73,10 +73,10 @@ class NetworkFrontend:
 
         return engine.loss(self.stack, params, x, t)
 
-    def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        from fastnum import engine
+    def _numba_numerical_gradient(self, x, t, h, strategy, params, scheduler=None):
+        from fastnum.distributed import gradient_function
 
-        return engine.numerical_gradient(self.stack, params, x, t, h, strategy)
+        return gradient_function(scheduler)(self.stack, params, x, t, h, strategy)
 
     def predict(self, x):
         """Class probabilities for a batch.
@@ -138,7 +138,7 @@ class NetworkFrontend:
         """:meth:`accuracy` for validated ``x``, integer labels ``t`` and ``params``."""
         return float(np.mean(self.predict_trusted(x, params).argmax(axis=1) == t))
 
-    def numerical_gradient(self, x, t, h=reference.H, strategy=None):
+    def numerical_gradient(self, x, t, h=reference.H, strategy=None, scheduler=None):
         """Central-difference gradient of the loss for every parameter.
 
         Parameters
@@ -150,6 +150,11 @@ class NetworkFrontend:
             float64 rounding of the loss swamps the difference.
         strategy : {"delta", "full"} or None
             Overrides the network's strategy for the numba backend.
+        scheduler : str, distributed.Client or cluster, optional
+            Compute the gradient in parameter blocks on a Dask cluster
+            (:mod:`fastnum.distributed`; ``"local"`` for an in-process one).  The
+            result equals the one-process gradient.  Default: the network's
+            ``scheduler`` attribute, None (this process) unless set.
 
         Returns
         -------
@@ -159,14 +164,23 @@ class NetworkFrontend:
         """
         params, x, t = self._checked(x, t)
         return self.numerical_gradient_trusted(
-            x, t, check_step(h), check_strategy(strategy or self.strategy), params
+            x, t, check_step(h), check_strategy(strategy or self.strategy), params, scheduler
         )
 
-    def numerical_gradient_trusted(self, x, t, h, strategy, params=None):
+    def numerical_gradient_trusted(self, x, t, h, strategy, params=None, scheduler=None):
         """:meth:`numerical_gradient` for validated inputs, positive ``h``, known strategy."""
+        # The trainer calls this method: a scheduler set on the network reaches every step.
+        scheduler = scheduler if scheduler is not None else getattr(self, "scheduler", None)
         if self.backend == "numba":
             params = self.params if params is None else params
-            return self._numba_numerical_gradient(x, t, h, strategy, params)
+            if scheduler is None:  # subclasses' overrides need not know about schedulers
+                return self._numba_numerical_gradient(x, t, h, strategy, params)
+            return self._numba_numerical_gradient(x, t, h, strategy, params, scheduler)
+        if scheduler is not None:
+            raise ValueError(
+                f"scheduler={scheduler!r} runs the engine's numba kernels on the workers, but "
+                "this network's backend is 'numpy'; use backend='numba' (or no scheduler)."
+            )
         # The reference perturbs the arrays it is given in place: give it copies, so
         # that another thread using this network never sees a perturbed parameter.
         params = {k: np.array(v) for k, v in (self.params if params is None else params).items()}

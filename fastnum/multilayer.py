@@ -553,13 +553,13 @@ class MultiLayerNet(NetworkFrontend, ReferenceMultiLayerNet):
             )
         return self._oracle(params).loss(x, t, train_flg)
 
-    def _numba_numerical_gradient(self, x, t, h, strategy, params):
+    def _numba_numerical_gradient(self, x, t, h, strategy, params, scheduler=None):
         if not self.chapter6:
-            return super()._numba_numerical_gradient(x, t, h, strategy, params)
-        from fastnum import engine
+            return super()._numba_numerical_gradient(x, t, h, strategy, params, scheduler)
+        from fastnum.distributed import gradient_function
 
         masks = self.new_dropout_masks(len(x))  # one set for the whole gradient
-        grads = engine.numerical_gradient(
+        grads = gradient_function(scheduler)(
             self.stack,
             params,
             x,
