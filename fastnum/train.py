@@ -32,6 +32,7 @@ import numpy as np
 from fastnum import checkpoint
 from fastnum._validate import Message
 from fastnum.backend import describe_backend
+from fastnum.distributed import scheduled
 from fastnum.estimators import loss_evaluations
 from fastnum.progress import NoProgress, Progress
 from fastnum.rundir import HISTORY, RunFolder, check_out_dir
@@ -345,6 +346,7 @@ def train(
     progress=True,
     log=print,
     callback=None,
+    scheduler=None,
 ):
     """Train the book's ``TwoLayerNet`` with minibatch SGD (or another chapter 6 optimizer).
 
@@ -382,6 +384,11 @@ def train(
         Called after each epoch's checkpoint with a dict (iteration, epoch,
         loss, train_acc, test_acc).  An exception raised there stops training;
         the checkpoint of that epoch is already on disk.
+    scheduler : str, distributed.Client or cluster, optional
+        Run every step's numerical gradient in parameter blocks on this Dask
+        scheduler (:mod:`fastnum.distributed`; ``"local"`` for an in-process
+        cluster).  The results are those of one process, so a run may be resumed
+        with or without it.  Needs ``grad="numerical"`` and the numba backend.
 
     Returns
     -------
@@ -424,8 +431,18 @@ def train(
     out = check_out_dir(out_dir)
     if resume and out is None:
         raise ValueError("resume=True needs out_dir: the run directory holding checkpoint.npz.")
+    if scheduler is not None and config.grad != "numerical":
+        raise ValueError(
+            f"scheduler={scheduler!r} spreads the numerical gradient over a Dask cluster, "
+            f"but grad={config.grad!r}; use grad='numerical' (--grad numerical) or drop it."
+        )
     data = prepare_data(config, data, data_dir)
-    run_backend(config)  # raises on a backend that cannot run, before files are touched
+    backend = run_backend(config)  # raises on a backend that cannot run, before files are touched
+    if scheduler is not None and backend != "numba":
+        raise ValueError(
+            f"scheduler={scheduler!r} runs the numba kernels on the Dask workers, but the run's "
+            f"backend is {backend!r}; use the numba backend (--backend numba) or drop it."
+        )
     if config.threads is not None:  # raises on a count numba cannot give, before files too
         from fastnum._jit import set_num_threads
 
@@ -441,7 +458,8 @@ def train(
         # shows up as a non-finite loss or parameter, which the loop checks explicitly.
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             try:
-                run.loop(callback)
+                with scheduled(run.net, scheduler):
+                    run.loop(callback)
             finally:
                 run.progress.close()
             return run.finish()

@@ -157,13 +157,36 @@ def test_resume_can_extend_a_finished_run(blobs, tmp_path):
 
 
 @pytest.mark.numba
-@pytest.mark.numba
 def test_resume_is_bit_identical_with_numba(blobs, tmp_path):
     config = small(grad="numerical", iters=25, backend="numba", strategy="delta")
     full = quiet_train(config, blobs)
     with pytest.raises(SimulatedInterruptError):
         quiet_train(config, blobs, tmp_path, callback=stop_at_epoch(1))
     assert_same_run(full, quiet_train(config, blobs, tmp_path, resume=True))
+
+
+@pytest.mark.numba
+def test_a_run_on_a_dask_scheduler_equals_one_process(blobs, tmp_path):
+    pytest.importorskip("distributed", reason="Dask not installed: pip install 'fastnum[distributed]'")
+    config = small(grad="numerical", iters=20, backend="numba", strategy="delta")
+    ref_run = quiet_train(config, blobs)
+    with pytest.raises(SimulatedInterruptError):  # half on the cluster, half resumed without
+        quiet_train(config, blobs, tmp_path, callback=stop_at_epoch(1), scheduler="local")
+    assert_same_run(ref_run, quiet_train(config, blobs, tmp_path, resume=True))
+    assert_same_run(ref_run, quiet_train(config, blobs, scheduler="local"))
+
+
+@pytest.mark.parametrize(
+    "config, word",
+    [
+        ({"grad": "backprop"}, "grad='numerical'"),
+        ({"grad": "numerical", "backend": "numpy"}, "--backend numba"),
+    ],
+)
+def test_a_scheduler_is_refused_where_it_cannot_run(blobs, tmp_path, config, word):
+    with pytest.raises(ValueError, match=word):
+        quiet_train(small(iters=2, **config), blobs, tmp_path, scheduler="tcp://127.0.0.1:1")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize(

@@ -259,6 +259,13 @@ def add_parser(sub):
         action="store_true",
         help="print nothing but errors (no progress bar, no epoch lines)",
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="compute each step's numerical gradient in parameter blocks on this Dask "
+        "scheduler (tcp://host:8786, or 'local' for an in-process cluster); results are "
+        "those of one process. Needs --grad numerical and pip install 'fastnum[distributed]'",
+    )
     add_backend_options(p)
     return p
 
@@ -300,6 +307,7 @@ def _train(args):
         data_dir=args.data_dir,
         progress=not args.quiet,
         log=None if args.quiet else print,
+        scheduler=args.scheduler,
     )
     if not args.quiet:
         seconds = result.timings["total_seconds"]
