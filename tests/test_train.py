@@ -167,7 +167,9 @@ def test_resume_is_bit_identical_with_numba(blobs, tmp_path):
 
 @pytest.mark.numba
 def test_a_run_on_a_dask_scheduler_equals_one_process(blobs, tmp_path):
-    pytest.importorskip("distributed", reason="Dask not installed: pip install 'fastnum[distributed]'")
+    pytest.importorskip(
+        "distributed", reason="Dask not installed: pip install 'fastnum[distributed]'"
+    )
     config = small(grad="numerical", iters=20, backend="numba", strategy="delta")
     ref_run = quiet_train(config, blobs)
     with pytest.raises(SimulatedInterruptError):  # half on the cluster, half resumed without
