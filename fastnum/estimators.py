@@ -125,7 +125,7 @@ def _spsa_reference(loss, params, h, directions, distribution, seed):
 
 def _two_layer_activation(net, x):
     """The activation code when ``net`` is a two-layer dense network, else None."""
-    from fastnum.kernels.multilayer import RELU, SIGMOID
+    from fastnum.kernels._blocks import RELU, SIGMOID
 
     kinds = tuple(spec[0] for spec in getattr(net, "stack", ()))
     codes = {("affine", "sigmoid", "affine"): SIGMOID, ("affine", "relu", "affine"): RELU}
