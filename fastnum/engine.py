@@ -123,6 +123,7 @@ def _two_layer_names(stack, x, activation="sigmoid"):
 
 
 def _two_layer_params(params, names):
+    """The two-layer kernel's parameter tuple from the stack's names."""
     from fastnum.kernels import two_layer
 
     return two_layer.as_params({k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)})
@@ -214,6 +215,7 @@ def _full(stack, params, x, t, h, log_guard, indices, masks):
 
 
 def _layered_delta(plan, params, x, t, h, log_guard, indices, masks):
+    """The conv-block + dense delta kernel, after the memory guard."""
     _check_delta_memory(plan, params, x)
     return _delta_at(plan, params, x, t, h, log_guard, indices)
 
