@@ -396,17 +396,13 @@ COMPARISONS = {
             rtol=0.0,
             yardsticks={"backprop": 1e-5},
         ),
-        dataclasses.replace(
-            _gradient_operation(
-                "multilayer_gradient",
-                _multilayer_net_args,
-                _multilayer_np_args,
-                _multilayer_gradient,
-                engine.STRATEGIES,
-            ),
-            labels={
-                numba_impl(s): f"MultiLayerNet.numerical_gradient, {s}" for s in engine.STRATEGIES
-            },
+        # Through the public MultiLayerNet.numerical_gradient: the path users run.
+        _gradient_operation(
+            "multilayer_gradient",
+            _multilayer_net_args,
+            _multilayer_np_args,
+            _multilayer_gradient,
+            engine.STRATEGIES,
         ),
         # The price of the public API's checks (parameters' shapes, dtypes and
         # finiteness, inputs, labels, step) on the book's gradient: "numba" is the
