@@ -268,3 +268,20 @@ def test_one_op_code_table_for_activations_and_pipeline_steps():
     assert np.isnan(_blocks._act(np.nan, _blocks.RELU))
     assert np.isnan(_blocks._act(np.nan, _blocks.SIGMOID))
     assert _blocks._act(-0.5, _blocks.RELU) == 0.0 and _blocks._act(0.5, _blocks.RELU) == 0.5
+
+
+def test_dense_packing_offsets_and_nonzero_lists():
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal((4, 3)), rng.standard_normal((3, 2))]
+    biases = [rng.standard_normal(3), rng.standard_normal(2)]
+    packed = _blocks.pack_dense(weights, biases)
+    assert packed.sizes.tolist() == [4, 3, 2]
+    for layer, (W, b) in enumerate(zip(weights, biases, strict=True)):
+        wo, bo = packed.w_off[layer], packed.b_off[layer]
+        assert np.array_equal(packed.w[wo : wo + W.size].reshape(W.shape), W)
+        assert np.array_equal(packed.b[bo : bo + b.size], b)
+    assert _blocks.batch_offsets(5, packed.sizes).tolist() == [0, 5 * 3]
+    x = np.array([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, -3.0]])
+    nz_ptr, nz_idx = _blocks.nonzeros(x)
+    rows = [nz_idx[nz_ptr[s] : nz_ptr[s + 1]].tolist() for s in range(3)]
+    assert rows == [[1], [], [0, 2]]
