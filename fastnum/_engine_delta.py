@@ -132,7 +132,7 @@ def _nan_gradients(plan, params, indices):
 
 
 def _conv_cache(plan, params, x):
-    """The conv block's cache: (ConvBlock, ConvImage without its non-zero lists, F)."""
+    """The conv block's cache: (its :class:`~fastnum.kernels.conv_delta.ConvBlock`, F)."""
     n = x.shape[0]
     _, cw, cb, stride, pad = plan.conv
     Wt = params[cw]
@@ -230,7 +230,8 @@ def _row_selection(inputs, indices, wn, bn, n_out):
 
 
 def _dense_gradients(layer, wn, bn, F, tail, ev, indices, width):
-    """One affine layer's delta gradients (unscaled sums): name -> sums."""
+    """One affine layer's unscaled delta sums gT (n_out, n_in + 1; the bias last) and the
+    requested cells (None: all)."""
     n = F.shape[0]
     n_in, n_out = int(tail.sizes[layer]), int(tail.sizes[layer + 1])
     if layer == 0:
