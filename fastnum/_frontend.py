@@ -26,9 +26,9 @@ import copy
 
 import numpy as np
 
-from fastnum import reference
 from fastnum._validate import as_float_batch, as_labels, as_network_params, check_step
 from fastnum.backend import check_strategy, resolve_backend
+from fastnum.constants import H
 
 
 class NetworkFrontend:
@@ -138,7 +138,7 @@ class NetworkFrontend:
         """:meth:`accuracy` for validated ``x``, integer labels ``t`` and ``params``."""
         return float(np.mean(self.predict_trusted(x, params).argmax(axis=1) == t))
 
-    def numerical_gradient(self, x, t, h=reference.H, strategy=None, scheduler=None):
+    def numerical_gradient(self, x, t, h=H, strategy=None, scheduler=None):
         """Central-difference gradient of the loss for every parameter.
 
         Parameters

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 
+from fastnum import engine
 from fastnum._jit import HAVE_NUMBA, JIT_ENABLED
-from fastnum.kernels import multilayer as multilayer_kernels
-from fastnum.kernels import two_layer as two_layer_kernels
+from fastnum.engine import DEFAULT_STRATEGY, check_strategy  # noqa: F401  (re-exported)
 
 BACKENDS = ("auto", "numba", "numpy")
 #: Numerical-gradient strategies of the numba backend, simplest first (the CLI's
-#: choices): the names of the network kernel modules' STRATEGIES tables.
-STRATEGIES = tuple(dict.fromkeys([*two_layer_kernels.STRATEGIES, *multilayer_kernels.STRATEGIES]))
-DEFAULT_STRATEGY = "delta"
+#: choices): the keys of the engine's strategy table, :data:`fastnum.engine.STRATEGIES`.
+STRATEGIES = tuple(engine.STRATEGIES)
 #: Environment variable read when no backend is given explicitly.
 BACKEND_ENV = "FASTNUM_BACKEND"
 
@@ -40,16 +39,6 @@ def resolve_backend(backend: str | None = None) -> str:
             "run `pip install numba` or use backend='numpy'."
         )
     return requested
-
-
-def check_strategy(strategy: str) -> str:
-    """Validate a numerical-gradient strategy name (one of :data:`STRATEGIES`)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"strategy={strategy!r} is unknown; use one of {', '.join(map(repr, STRATEGIES))} "
-            f"(default {DEFAULT_STRATEGY!r}; the fastnum.kernels docstring describes each)."
-        )
-    return strategy
 
 
 def describe_backend(backend: str) -> str:

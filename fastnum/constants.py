@@ -15,3 +15,6 @@ LOG_GUARD = 1e-7
 #: The book's batch-norm epsilon inside the square root, sqrt(var + BN_EPSILON).  The book
 #: writes it 10e-7, which is 1e-6; readers' classes copied from it use this value.
 BN_EPSILON = 10e-7
+#: Relative tolerance within which a reader's loss must match the engine's for the engine
+#: (or the unguarded loss) to stand in for it: rounding of the same sums, nothing more.
+LOSS_MATCH_RTOL = 1e-9

@@ -27,6 +27,7 @@ from fastnum._validate import (
     check_step,
 )
 from fastnum.backend import DEFAULT_STRATEGY, check_strategy
+from fastnum.constants import H
 
 #: Stack spec kind -> (layer class name prefix, builder from (params, *spec args)).
 LAYER_TYPES = {
@@ -337,7 +338,7 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         )
         return hits / len(x)
 
-    def numerical_gradient_at(self, x, t, indices, h=reference.H, strategy=None):
+    def numerical_gradient_at(self, x, t, indices, h=H, strategy=None):
         """Central-difference gradient at chosen entries of the parameters.
 
         Parameters

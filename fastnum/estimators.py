@@ -125,7 +125,7 @@ def _spsa_reference(loss, params, h, directions, distribution, seed):
 
 def _two_layer_activation(net, x):
     """The activation code when ``net`` is a two-layer dense network, else None."""
-    from fastnum.kernels.multilayer import RELU, SIGMOID
+    from fastnum.kernels._blocks import RELU, SIGMOID
 
     if getattr(net, "weight_decay_lambda", 0):  # the two-layer kernel's loss has no decay term
         return None

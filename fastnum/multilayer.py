@@ -3,8 +3,7 @@
 :class:`ReferenceMultiLayerNet` is the oracle (and the ``numpy`` backend): short,
 literal, built from :mod:`fastnum.reference`'s functions, validating nothing.
 :class:`MultiLayerNet` validates its inputs and runs ``predict``, ``loss`` and
-``numerical_gradient`` in :mod:`fastnum.kernels.multilayer` for the ``numba``
-backend.
+``numerical_gradient`` through :mod:`fastnum.engine` for the ``numba`` backend.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from fastnum._validate import (
 )
 from fastnum.backend import DEFAULT_STRATEGY
 from fastnum.constants import H
-from fastnum.kernels import multilayer as kernels
+from fastnum.kernels._blocks import ACTIVATION_CODES
 
 
 def relu(x):
@@ -43,16 +42,16 @@ class Activation(NamedTuple):
 
     forward: Callable  # NumPy: pre-activation z -> a = f(z)
     backward: Callable  # NumPy: (upstream gradient g, output a) -> g * f'(z)
-    kernel_code: int  # the act_kind that fastnum.kernels.multilayer._act computes
+    kernel_code: int  # the code that fastnum.kernels._blocks._act computes
 
 
 #: The one table of activations: name -> NumPy forward and backward, and kernel code.
 #: The sigmoid's backward keeps the product order of the book's TwoLayerNet.gradient.
 ACTIVATIONS = {
     "sigmoid": Activation(
-        reference.sigmoid, lambda g, a: g * a * (1 - a), kernels.ACTIVATION_CODES["sigmoid"]
+        reference.sigmoid, lambda g, a: g * a * (1 - a), ACTIVATION_CODES["sigmoid"]
     ),
-    "relu": Activation(relu, lambda g, a: g * (a > 0), kernels.ACTIVATION_CODES["relu"]),
+    "relu": Activation(relu, lambda g, a: g * (a > 0), ACTIVATION_CODES["relu"]),
 }
 
 

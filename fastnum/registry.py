@@ -6,8 +6,11 @@ the numerical gradient of a :class:`~fastnum.multilayer.MultiLayerNet` of any de
 Each :class:`Operation` has a ``setup`` that turns a :class:`Problem` into the
 arguments of its implementations (done once, outside any timed call), the
 name of the implementation every other must match, and the tolerance of that
-match.  The numba implementations are derived from the kernel modules'
-``STRATEGIES`` tables, one ``numba-<strategy>`` entry per strategy, in table order.
+match.  The numba implementations are derived from the engine's strategy table
+(:data:`fastnum.engine.STRATEGIES`), one ``numba-<strategy>`` entry per strategy, in
+table order, and reach the kernels the way users do: the two-layer operations
+through :mod:`fastnum.engine` (the book's stack), ``multilayer_gradient`` through the
+public ``MultiLayerNet.numerical_gradient``.
 Yardsticks (the analytic backprop gradient) are timed beside the
 others but compute a different function, so they are checked against their own,
 looser tolerance.
@@ -25,11 +28,13 @@ import numpy as np
 from fastnum import constants, engine, reference
 from fastnum._validate import as_float_batch, as_labels
 from fastnum.convnet import ReferenceLayeredNet, ReferenceSimpleConvNet
-from fastnum.kernels import losses, two_layer
-from fastnum.kernels import multilayer as multilayer_kernels
-from fastnum.multilayer import ACTIVATIONS, ReferenceMultiLayerNet
+from fastnum.kernels import losses
+from fastnum.multilayer import MultiLayerNet, ReferenceMultiLayerNet
+from fastnum.network import TwoLayerNet
 
 LEARNING_RATE = 0.1  # the book's, for the SGD-step operation
+#: The book's two-layer network as an engine stack (the two-layer operations run it).
+BOOK_STACK = TwoLayerNet.stack
 
 
 @dataclass(frozen=True)
@@ -131,30 +136,40 @@ def _per_strategy(strategies, make_implementation):
 
 def _numba_gradient(strategy):
     def run(params, x, t, h):
-        return two_layer.numerical_gradient_trusted(params, x, t, h, strategy)
+        return engine.numerical_gradient(BOOK_STACK, params, x, t, h, strategy)
 
     return run
 
 
 def _numba_step(strategy):
-    def run(params, kernel_params, x, t, h):
-        grads = two_layer.numerical_gradient_trusted(kernel_params, x, t, h, strategy)
-        return _sgd(params, grads)
+    def run(params, x, t, h):
+        return _sgd(params, engine.numerical_gradient(BOOK_STACK, params, x, t, h, strategy))
 
     return run
 
 
 def _multilayer_gradient(strategy):
-    def run(packed, x, t, h, act_kind, names):
-        grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, h, act_kind, strategy)
-        return dict(zip(names, grads, strict=True))
+    def run(net, x, t, h):
+        return net.numerical_gradient(x, t, h, strategy=strategy)
 
     return run
 
 
-def _multilayer_kernel_args(pr):
-    packed = multilayer_kernels.as_params([pr.params[k] for k in pr.param_names])
-    return (packed, pr.x, pr.t, pr.h, ACTIVATIONS[pr.activation].kernel_code, pr.param_names)
+def _multilayer_net_args(pr):
+    """The public :class:`~fastnum.multilayer.MultiLayerNet` carrying the problem's parameters."""
+    from fastnum._jit import HAVE_NUMBA
+
+    p = pr.params
+    net = MultiLayerNet(
+        p["W1"].shape[0],
+        pr.hidden_sizes,
+        p[pr.param_names[-2]].shape[1],
+        pr.activation,
+        # Without numba installed the public network falls back to the NumPy reference.
+        backend="numba" if HAVE_NUMBA else "numpy",
+    )
+    net.params = {k: np.array(v, dtype=np.float64) for k, v in p.items()}
+    return (net, pr.x, pr.t, pr.h)
 
 
 def _multilayer_np_args(pr):
@@ -187,7 +202,7 @@ def _np_gradient_args(pr):
 
 
 def _kernel_args(pr):
-    return (two_layer.as_params(pr.params), pr.x, pr.t, pr.h)
+    return (pr.params, pr.x, pr.t, pr.h)
 
 
 def _public_net_args(pr):
@@ -339,7 +354,7 @@ COMPARISONS = {
                 _kernel_args,
                 _np_gradient_args,
                 _numba_gradient,
-                two_layer.STRATEGIES,
+                engine.STRATEGIES,
             )
         ),
         Operation(
@@ -355,12 +370,12 @@ COMPARISONS = {
         Operation(
             name="forward",
             setup={
-                "default": lambda pr: (two_layer.as_params(pr.params), pr.x),
+                "default": lambda pr: (pr.params, pr.x),
                 "numpy": lambda pr: (reference_net(pr.params), pr.x),
             },
             implementations={
                 "numpy": lambda net, x: net.predict(x),
-                "numba": two_layer.predict_trusted,
+                "numba": lambda params, x: engine.predict(BOOK_STACK, params, x),
             },
             atol=0.0,
             rtol=1e-12,
@@ -368,29 +383,30 @@ COMPARISONS = {
         Operation(
             name="sgd_step",
             setup={
-                "default": lambda pr: (pr.params, two_layer.as_params(pr.params), pr.x, pr.t, pr.h),
+                "default": _kernel_args,
                 "numpy": _np_gradient_args,
                 "backprop": _np_gradient_args,
             },
             implementations={
                 "numpy": lambda net, x, t, h: _sgd(net.params, net.numerical_gradient(x, t, h)),
-                **_per_strategy(two_layer.STRATEGIES, _numba_step),
+                **_per_strategy(engine.STRATEGIES, _numba_step),
                 "backprop": lambda net, x, t, h: _sgd(net.params, net.gradient(x, t)),
             },
             atol=1e-9 * LEARNING_RATE,
             rtol=0.0,
             yardsticks={"backprop": 1e-5},
         ),
+        # Through the public MultiLayerNet.numerical_gradient: the path users run.
         _gradient_operation(
             "multilayer_gradient",
-            _multilayer_kernel_args,
+            _multilayer_net_args,
             _multilayer_np_args,
             _multilayer_gradient,
-            multilayer_kernels.STRATEGIES,
+            engine.STRATEGIES,
         ),
         # The price of the public API's checks (parameters' shapes, dtypes and
         # finiteness, inputs, labels, step) on the book's gradient: "numba" is the
-        # validated TwoLayerNet.numerical_gradient, "numba-delta" the trusted kernel
+        # validated TwoLayerNet.numerical_gradient, "numba-delta" the trusted engine call
         # it ends in, timed side by side in one run.
         Operation(
             name="validated_gradient",
@@ -403,7 +419,7 @@ COMPARISONS = {
             rtol=0.0,
             reference="numba-delta",
             labels={
-                "numba-delta": "numba delta, trusted kernel call",
+                "numba-delta": "numba delta, trusted engine call",
                 "numba": "TwoLayerNet.numerical_gradient (validated)",
             },
         ),

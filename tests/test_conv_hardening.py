@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastnum import engine
+from fastnum import _engine_memory, engine
 from fastnum._jit import JIT_ENABLED
 from fastnum.convnet import LAYER_TYPES, SimpleConvNet
 from tests._stacks import STACKS, problem
@@ -250,7 +250,7 @@ def test_a_batch_that_does_not_fit_is_refused_before_allocating(monkeypatch, at)
     stack, params, x, t = _dense_batch("simpleconv", 40)
     memory = engine.delta_memory(stack, params, x.shape[1:])
     available = memory.bytes(25)
-    monkeypatch.setattr(engine, "available_memory", lambda: (available, "a test's limit"))
+    monkeypatch.setattr(_engine_memory, "available_memory", lambda: (available, "a test's limit"))
 
     def must_not_run(*args):
         raise AssertionError("allocated before refusing")
@@ -272,7 +272,7 @@ def test_a_batch_that_does_not_fit_is_refused_before_allocating(monkeypatch, at)
 def test_the_largest_batch_named_fits_and_one_more_does_not(monkeypatch):
     stack, params, x, t = _dense_batch("simpleconv", 12)
     memory = engine.delta_memory(stack, params, x.shape[1:])
-    monkeypatch.setattr(engine, "available_memory", lambda: (memory.bytes(11), "test"))
+    monkeypatch.setattr(_engine_memory, "available_memory", lambda: (memory.bytes(11), "test"))
     cells = {"W1": [0, 7], "b1": [1], "W2": [3, 40], "b3": [2]}
     ref_ = engine.numerical_gradient_at(stack, params, x[:11], t[:11], cells, strategy="full")
     comp_ = engine.numerical_gradient(stack, params, x[:11], t[:11])
@@ -302,16 +302,16 @@ def test_memory_limit_variable_overrides_and_turns_the_check_off(monkeypatch):
 def test_available_memory_reads_the_machine_and_the_address_space_limit(
     monkeypatch, no_memory_override
 ):
-    monkeypatch.setattr(engine, "_address_space_left", lambda: None)
+    monkeypatch.setattr(_engine_memory, "_address_space_left", lambda: None)
     available, source = engine.available_memory()
     assert available > 0 and source.startswith("MemAvailable in ")
-    monkeypatch.setattr(engine, "_MEMINFO", "/nonexistent/meminfo")
+    monkeypatch.setattr(_engine_memory, "_MEMINFO", "/nonexistent/meminfo")
     available, source = engine.available_memory()
     assert available > 0 and source == "free physical pages from os.sysconf"
     # An address-space limit counts when it leaves less (less the threads' reserve).
-    monkeypatch.setattr(engine, "_address_space_left", lambda: 2**62)
+    monkeypatch.setattr(_engine_memory, "_address_space_left", lambda: 2**62)
     assert engine.available_memory()[1] == "free physical pages from os.sysconf"
-    monkeypatch.setattr(engine, "_address_space_left", lambda: 5 * 2**20)
+    monkeypatch.setattr(_engine_memory, "_address_space_left", lambda: 5 * 2**20)
     assert engine.available_memory() == (0, "what the address-space limit (ulimit -v) leaves")
 
 
@@ -341,5 +341,5 @@ def test_under_an_address_space_limit_a_huge_batch_is_refused_not_aborted(tmp_pa
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused: the delta gradient of a batch of 10,000 samples" in done.stdout
-    if engine._machine_available()[0] > 3 * 2**30:  # else MemAvailable is the smaller
+    if _engine_memory._machine_available()[0] > 3 * 2**30:  # else MemAvailable is the smaller
         assert "ulimit -v" in done.stdout

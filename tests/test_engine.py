@@ -14,7 +14,7 @@ import pytest
 from fastnum import engine
 from fastnum._jit import get_num_threads, set_num_threads
 from fastnum.convnet import ReferenceLayeredNet, param_names
-from fastnum.kernels import layered
+from fastnum.kernels import _blocks
 from tests._stacks import SIMPLE, STACKS, max_abs_diff, problem
 
 TOL = 1e-9  # gradients, absolute
@@ -111,7 +111,7 @@ def test_gradient_with_another_guard_matches_its_own_central_differences(strateg
 
 def test_delta_plan_covers_one_conv_block_and_dense_layers():
     assert engine._delta_plan(SIMPLE) == engine._DeltaPlan(
-        SIMPLE[0], SIMPLE[1:3], (("W2", "b2", layered.RELU), ("W3", "b3", layered.NONE))
+        SIMPLE[0], SIMPLE[1:3], (("W2", "b2", _blocks.RELU), ("W3", "b3", _blocks.NONE))
     )
     assert engine._delta_plan(STACKS["two-convs"][0]) is None  # falls back to full
     assert engine._delta_plan((("relu",), ("affine", "W", "b"))) is None
@@ -135,12 +135,18 @@ def test_fast_paths_are_selected_at_the_books_guard(monkeypatch):
     )
     # Another guard cannot use the hand-written kernels (their guard is fixed).
     calls = []
-    monkeypatch.setattr(engine, "_fast_path_kernels", lambda: calls.append(1))
+
+    def spy(stack, params, x, t, h, strategy):
+        calls.append(strategy)
+        return None
+
+    monkeypatch.setattr(
+        engine, "FAST_PATHS", tuple(f._replace(gradient=spy) for f in engine.FAST_PATHS)
+    )
     engine.numerical_gradient(ref.stack, params, x, t, log_guard=1e-3)
-    engine.loss(ref.stack, params, x, t, log_guard=1e-3)
     assert calls == []
-    with pytest.raises(AttributeError):  # at the book's guard the (patched) fast path is asked
-        engine.numerical_gradient(ref.stack, params, x, t)
+    engine.numerical_gradient(ref.stack, params, x, t)  # at the book's guard they are asked
+    assert calls == ["delta", "delta"]  # the two rows that serve delta
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -156,25 +162,45 @@ def test_two_layer_kernel_takes_relu_and_matches_at_its_corner(strategy):
         params["b1"][j] = ref.params["b1"][j] = offset - a1[1, j]
     ref_g = ref.numerical_gradient(x, t)
     comp_g = two_layer.numerical_gradient_trusted(
-        two_layer.as_params(params), x, t, h, strategy, layered.RELU
+        two_layer.as_params(params), x, t, h, strategy, _blocks.RELU
     )
     assert max_abs_diff(comp_g, ref_g) <= TOL
     if strategy == "delta":  # the engine hands the stack to this kernel
         assert max_abs_diff(engine.numerical_gradient(ref.stack, params, x, t), comp_g) == 0.0
 
 
-def test_dense_stacks_of_one_activation_take_the_multilayer_kernels_for_full():
+def test_dense_stacks_of_one_activation_take_the_dense_full_kernel_for_full():
     ref, params, x, t = problem("dense-relu-3")
-    from fastnum.kernels import multilayer
+    from fastnum.kernels import _blocks, dense_full
 
     names = param_names(ref.stack)
-    packed = multilayer.as_params([params[k] for k in names])
-    expected = multilayer.numerical_gradient_trusted(packed, x, t, 1e-4, multilayer.RELU, "full")
+    packed = _blocks.pack_dense([params[k] for k in names[0::2]], [params[k] for k in names[1::2]])
+    expected = dense_full.numerical_gradient_trusted(packed, x, t, 1e-4, _blocks.RELU)
     comp_g = engine.numerical_gradient(ref.stack, params, x, t, strategy="full")
     assert max_abs_diff(comp_g, dict(zip(names, expected, strict=True))) == 0.0
-    # delta stays on the engine's own kernels (faster); the same values to rounding.
+    # delta stays on the engine's own kernels; the same values to rounding.
     assert engine._fast_path(ref.stack, params, x, t, 1e-4, "delta", 1e-7) is None
     assert max_abs_diff(engine.numerical_gradient(ref.stack, params, x, t), comp_g) <= TOL
+
+
+def test_a_strategy_that_does_not_cover_a_stack_refuses_it(monkeypatch):
+    # A strategy row without a fallback refuses the stacks it does not cover, naming
+    # the strategy and the stack, instead of running another strategy.
+    ref, params, x, t = problem("two-convs")
+    row = engine.Strategy(lambda *args: None, None)
+    monkeypatch.setitem(engine.STRATEGIES, "sparse", row)
+    with pytest.raises(engine.StrategyNotImplementedError) as refused:
+        engine.numerical_gradient(ref.stack, params, x, t, strategy="sparse")
+    message = str(refused.value)
+    assert "strategy='sparse'" in message and "conv, relu, conv, affine" in message
+    with pytest.raises(engine.StrategyNotImplementedError, match="strategy='sparse'"):
+        engine.numerical_gradient_at(ref.stack, params, x, t, {"W1": [0]}, strategy="sparse")
+    # delta's fallback to full is the table's, explicit: the same values as full.
+    assert engine.STRATEGIES["delta"].fallback == "full"
+    assert engine._delta(ref.stack, params, x, t, 1e-4, 1e-7, None, None) is None
+    ref_g = engine.numerical_gradient(ref.stack, params, x, t, strategy="full")
+    comp_g = engine.numerical_gradient(ref.stack, params, x, t, strategy="delta")
+    assert max_abs_diff(comp_g, ref_g) == 0.0
 
 
 def test_unknown_strategy_and_layer_kind_are_refused():

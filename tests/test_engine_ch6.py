@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastnum import engine, layers
+from fastnum import _engine_delta, engine, layers
 from fastnum._jit import get_num_threads, set_num_threads
 from fastnum.constants import BN_EPSILON
 from fastnum.convnet import ReferenceLayeredNet, param_names
@@ -393,7 +393,7 @@ def test_delta_blocks_of_any_size_give_the_same_gradient(pairs, monkeypatch):
     # that split the weights, and the bias/gamma/beta stage, must not change a value.
     ref, params, x, t = problem("book-ch6", batch=5, weight_decay=0.1)
     ref_g = ref.numerical_gradient(x, t)
-    monkeypatch.setattr(engine, "_NORM_PAIRS", pairs)
+    monkeypatch.setattr(_engine_delta, "_NORM_PAIRS", pairs)
     comp_g = engine.numerical_gradient(ref.stack, params, x, t, masks=ref.masks, weight_decay=0.1)
     assert max_abs_diff(comp_g, ref_g) <= TOL
 

@@ -1,6 +1,7 @@
 """Non-finite values and extreme magnitudes: the kernels agree with libm and the reference.
 
-The kernels are called directly (their trusted entry points), so these tests run
+The kernels are called through their trusted entry points (the engine's for the dense
+stacks), so these tests run
 compiled, with NUMBA_DISABLE_JIT=1 and without numba (as plain Python).
 """
 
@@ -13,19 +14,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastnum import reference
+from fastnum import engine, reference
 from fastnum._jit import JIT_ENABLED
-from fastnum.kernels import multilayer as multilayer_kernels
 from fastnum.kernels import two_layer
 from fastnum.kernels._vmath import fexp, flog
-from fastnum.kernels.multilayer import SIGMOID
-from fastnum.multilayer import ACTIVATIONS, ReferenceMultiLayerNet
+from fastnum.multilayer import ReferenceMultiLayerNet
 
 # The reference's sigmoid overflows (to the right limit, 0) at the extreme scales these
 # tests choose on purpose; NumPy's warning about it is expected, not a finding.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
 EPS = np.finfo(np.float64).eps
+
+
+def _dense_stack(n_layers, activation):
+    """The engine stack of a MultiLayerNet: affine (activation affine) * (n_layers - 1)."""
+    stack = []
+    for k in range(1, n_layers + 1):
+        stack += [("affine", f"W{k}", f"b{k}")] + ([(activation,)] if k < n_layers else [])
+    return tuple(stack)
+
+
 TINY = np.finfo(np.float64).tiny
 # Special points and the edges of exp's range: overflow (~709.78), the last normal
 # result (~-708.40), the subnormal results down to the last non-zero (~-745.13).
@@ -190,15 +199,12 @@ def test_multilayer_delta_equals_the_reference_for_any_input_scale(
         10, (5, 4), 3, activation, weight_init_std=0.3 * weight_scale, seed=seed
     )
     ref_ = net.numerical_gradient(x, t, h)
-    packed = multilayer_kernels.as_params([net.params[k] for k in net.param_names])
-    comp_ = multilayer_kernels.numerical_gradient_trusted(
-        packed, x, t, h, ACTIVATIONS[activation].kernel_code, "delta"
-    )
+    comp_ = engine.numerical_gradient(_dense_stack(3, activation), net.params, x, t, h, "delta")
     weights = [net.params[f"W{k}"] for k in (1, 2, 3)]
     tol = _tolerance(ref_.values(), net.loss(x, t), _reach(x, weights), h)
-    for k, comp in zip(net.param_names, comp_, strict=True):
-        assert np.isfinite(comp).all()
-        assert np.abs(comp - ref_[k]).max() <= tol, (k, scale, h)
+    for k in net.param_names:
+        assert np.isfinite(comp_[k]).all()
+        assert np.abs(comp_[k] - ref_[k]).max() <= tol, (k, scale, h)
 
 
 @pytest.mark.parametrize("strategy", ["delta", "full"])
@@ -213,9 +219,10 @@ def test_kernels_given_a_nan_parameter_return_nan_like_the_reference(strategy):
     grads = two_layer.numerical_gradient_trusted(packed, x, t, 1e-4, strategy)
     assert all(np.isnan(g).all() for g in grads.values())
 
-    ml = ReferenceMultiLayerNet(8, (4,), 3, seed=0)
-    ml.params["b2"][1] = np.nan
-    packed = multilayer_kernels.as_params([ml.params[k] for k in ml.param_names])
-    assert np.isnan(multilayer_kernels.loss_trusted(packed, x, t, SIGMOID))
-    grads = multilayer_kernels.numerical_gradient_trusted(packed, x, t, 1e-4, SIGMOID, strategy)
-    assert all(np.isnan(g).all() for g in grads)
+    # The engine's dense path (two hidden layers: not the two-layer kernel).
+    ml = ReferenceMultiLayerNet(8, (4, 4), 3, seed=0)
+    ml.params["b3"][1] = np.nan
+    stack = _dense_stack(3, "sigmoid")
+    assert np.isnan(engine.loss(stack, ml.params, x, t))
+    grads = engine.numerical_gradient(stack, ml.params, x, t, 1e-4, strategy)
+    assert all(np.isnan(g).all() for g in grads.values())

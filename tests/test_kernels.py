@@ -7,10 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastnum import backend, constants, reference
+from fastnum import backend, constants, engine, reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
-from fastnum.kernels import losses, two_layer
-from fastnum.kernels import multilayer as multilayer_kernels
+from fastnum.kernels import _blocks, losses, two_layer
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog, flog_guarded
 from fastnum.network import TwoLayerNet
 from fastnum.registry import COMPARISONS, make_problem, max_errors, numba_impl
@@ -239,18 +238,50 @@ def test_guarded_log_equals_the_full_log_on_guarded_probabilities_and_keeps_nan(
     assert np.isnan(flog_guarded(np.nan))
 
 
-def test_strategy_tables_drive_the_backend_and_the_registry():
-    """The kernel modules' STRATEGIES tables are the one list of strategies."""
-    assert tuple(two_layer.STRATEGIES) == tuple(multilayer_kernels.STRATEGIES) == backend.STRATEGIES
+def test_the_engine_strategy_table_drives_the_backend_and_the_registry():
+    """The engine's STRATEGIES table is the one list of strategies."""
+    assert backend.STRATEGIES == tuple(engine.STRATEGIES)
     assert backend.DEFAULT_STRATEGY in backend.STRATEGIES
-    tables = {
-        "numerical_gradient": two_layer.STRATEGIES,
-        "sgd_step": two_layer.STRATEGIES,
-        "multilayer_gradient": multilayer_kernels.STRATEGIES,
-    }
-    for op_name, table in tables.items():
+    for op_name in ("numerical_gradient", "sgd_step", "multilayer_gradient"):
         impls = list(COMPARISONS[op_name].implementations)
-        assert [i for i in impls if i.startswith("numba-")] == [numba_impl(s) for s in table]
+        assert [i for i in impls if i.startswith("numba-")] == [
+            numba_impl(s) for s in engine.STRATEGIES
+        ]
+    # A fast path computes only strategies the engine has, and its kernel has them too.
+    for fast in engine.FAST_PATHS:
+        assert set(fast.strategies) <= set(engine.STRATEGIES), fast.name
+        if fast.name.startswith("two-layer"):
+            assert set(fast.strategies) <= set(two_layer.STRATEGIES), fast.name
     with pytest.raises(ValueError, match="strategy='fast'") as refused:
         backend.check_strategy("fast")
     assert all(repr(s) in str(refused.value) for s in backend.STRATEGIES)
+
+
+def test_one_op_code_table_for_activations_and_pipeline_steps():
+    codes = list(_blocks.OP_CODES.values())
+    assert len(set(codes)) == len(codes) == len(_blocks.OP_NAMES)
+    assert set(_blocks.ACTIVATION_CODES.items()) <= set(_blocks.OP_CODES.items())
+    assert _blocks.POOL not in _blocks.ACTIVATION_CODES.values()
+    # One _act for every kernel family: NONE passes a value through, NaN stays NaN.
+    comp_ = [_blocks._act(v, _blocks.NONE) for v in (-2.0, 0.0, 3.5)]
+    assert comp_ == [-2.0, 0.0, 3.5]
+    assert np.isnan(_blocks._act(np.nan, _blocks.RELU))
+    assert np.isnan(_blocks._act(np.nan, _blocks.SIGMOID))
+    assert _blocks._act(-0.5, _blocks.RELU) == 0.0 and _blocks._act(0.5, _blocks.RELU) == 0.5
+
+
+def test_dense_packing_offsets_and_nonzero_lists():
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal((4, 3)), rng.standard_normal((3, 2))]
+    biases = [rng.standard_normal(3), rng.standard_normal(2)]
+    packed = _blocks.pack_dense(weights, biases)
+    assert packed.sizes.tolist() == [4, 3, 2]
+    for layer, (W, b) in enumerate(zip(weights, biases, strict=True)):
+        wo, bo = packed.w_off[layer], packed.b_off[layer]
+        assert np.array_equal(packed.w[wo : wo + W.size].reshape(W.shape), W)
+        assert np.array_equal(packed.b[bo : bo + b.size], b)
+    assert _blocks.batch_offsets(5, packed.sizes).tolist() == [0, 5 * 3]
+    x = np.array([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, -3.0]])
+    nz_ptr, nz_idx = _blocks.nonzeros(x)
+    rows = [nz_idx[nz_ptr[s] : nz_ptr[s + 1]].tolist() for s in range(3)]
+    assert rows == [[1], [], [0, 2]]

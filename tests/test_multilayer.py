@@ -16,7 +16,6 @@ import pytest
 from fastnum import reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
 from fastnum.backend import STRATEGIES
-from fastnum.kernels import multilayer as kernels
 from fastnum.multilayer import ACTIVATIONS, MultiLayerNet, ReferenceMultiLayerNet
 from fastnum.network import TwoLayerNet
 from tests._backends import on_kernels
@@ -229,25 +228,6 @@ def test_bad_step_and_strategy_are_refused():
             net.numerical_gradient(x, t, h=h)
     with pytest.raises(ValueError, match="strategy='exact'"):
         on_kernels(net).numerical_gradient(x, t, strategy="exact")
-
-
-@pytest.mark.parametrize(
-    ("plist", "error", "message"),
-    [
-        ([np.zeros((6, 3))], ValueError, "even number"),
-        ([np.zeros((6, 3)), np.zeros(4)], ValueError, r"expected \(n_in, n_out\)"),
-        (
-            [np.zeros((6, 3)), np.zeros(3), np.zeros((2, 4)), np.zeros(4)],
-            ValueError,
-            "consecutive layer widths",
-        ),
-        ([np.zeros((6, 1)), np.zeros(1)], ValueError, "at least 2"),
-        ([np.zeros((6, 3), dtype=int), np.zeros(3)], TypeError, "float arrays"),
-    ],
-)
-def test_packing_checks_the_parameters(plist, error, message):
-    with pytest.raises(error, match=message):
-        kernels.as_params(plist)
 
 
 # ----------------------------------------------------------------------------- real MNIST

@@ -37,7 +37,7 @@ from fastnum._validate import (
     check_positive,
     check_step,
 )
-from fastnum.constants import LOG_GUARD, H
+from fastnum.constants import LOG_GUARD, LOSS_MATCH_RTOL, H
 from fastnum.gradcheck import _generic, _kinks, _stack
 from fastnum.gradcheck._errors import GradcheckRefusedError, UserCodeError, describe_exception
 from fastnum.gradcheck._report import (
@@ -292,7 +292,7 @@ def _engine_gradients(net, stack, x, t, steps, log_guard, point, require_jit):
     masks, decay = _stack.engine_extras(stack, point.own.net, len(x))
     extras = dict(log_guard=guard, masks=masks, weight_decay=decay)
     engine_loss = engine.loss(stack, params, x, t, **extras)
-    if not abs(engine_loss - point.loss) <= 1e-9 * max(1.0, abs(point.loss)):
+    if not abs(engine_loss - point.loss) <= LOSS_MATCH_RTOL * max(1.0, abs(point.loss)):
         raise _stack.EngineUnsupportedError(
             _engine_mismatch(stack, params, point.loss, engine_loss)
         )

@@ -34,8 +34,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum import reference
+from fastnum.constants import LOG_GUARD, LOSS_MATCH_RTOL
 from fastnum.gradcheck._errors import UserCodeError, as_loss_value, describe_exception
-from fastnum.reference import LOG_GUARD
 
 # Blocks per worker: a few each evens out blocks that take longer than others.
 BLOCKS_PER_WORKER = 4
@@ -938,7 +938,7 @@ def unguarded_mode(net, x, t, rng_state, probabilities_from_predict):
     labels = label_indices(t)
     p = np.asarray(y)[np.arange(len(x)), labels]
     expected = float(np.mean(np.log(p) - np.log(p + LOG_GUARD)))
-    if not abs(before - after - expected) <= 1e-9 * max(1.0, abs(before)):
+    if not abs(before - after - expected) <= LOSS_MATCH_RTOL * max(1.0, abs(before)):
         return False, (
             f"{name or 'predict'} does not give the book's softmax cross-entropy "
             f"(loss {before!r} vs {after!r} without the guard)"

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from fastnum.reference import LOG_GUARD
+from fastnum.constants import LOG_GUARD
 
 #: Per-element tolerances, ``|num - bp| <= atol + rtol * |bp|``.  rtol: the book's 1e-7 inside
 #: log() moves the numerical gradient by about 1e-7 / p(true class) relative (~1e-6 at p ~ 0.1)

@@ -1,97 +1,102 @@
-"""The numba kernels: which one serves which network, operation and strategy, and how to extend.
+"""The numba kernels: one family behind one dispatcher, and where a new piece goes.
+
+Every network, the gradient check, the registry and the benchmarks reach these
+kernels through :mod:`fastnum.engine`, the only dispatcher: it owns the layer
+table (``LAYER_KINDS``), the strategy table (``STRATEGIES``), the delta kernels
+(``DELTA_KERNELS``) and the fast paths (``FAST_PATHS``).  How fast each path is:
+the benchmark report, ``docs/benchmarks/report.md``.
 
 Map
 ---
-=======================  ===========================================  ==========================
-module                   serves                                       entry points
-=======================  ===========================================  ==========================
-``two_layer``            :class:`fastnum.network.TwoLayerNet`         ``predict_trusted``,
-                         (the book's affine-sigmoid-affine-softmax;   ``loss_trusted``,
-                         the gradient also with ReLU, chapter 5);     ``numerical_gradient_trusted``
-                         registry ops ``numerical_gradient``,         (``STRATEGIES``: full, delta)
-                         ``forward``, ``sgd_step``                    ``forward_gradient_trusted``
-                                                                      (one-sided delta,
-                                                                      :mod:`fastnum.estimators`)
-``multilayer``           :class:`fastnum.multilayer.MultiLayerNet`    ``predict_trusted``,
-                         (any depth, any activation of the table);    ``loss_trusted``,
-                         registry op ``multilayer_gradient``          ``numerical_gradient_trusted``
-                                                                      (``STRATEGIES``: full, delta)
-``losses``               the fused softmax + cross-entropy rows that  ``softmax_cross_entropy``
-                         ``two_layer`` uses; registry op              (validating: no network
-                         ``softmax_cross_entropy``                    stands in front of it)
-``generic``              :func:`fastnum.gradient.numerical_gradient`  ``numerical_gradient_jitted``
-                         of any ``@njit`` scalar function
-``_vmath``               vectorizable ``fexp``/``flog`` for the       (helpers)
-                         kernels above
-``layered``              :mod:`fastnum.engine`: sequential stacks of  ``engine.predict``,
-                         conv, pool, affine and activation layers     ``engine.loss``,
-                         (:class:`fastnum.convnet.SimpleConvNet`,     ``engine.numerical_gradient``
-                         the gradient check's fast path); registry    (``_at``; full, delta);
-                         op ``convolution``                           ``two_layer`` and
-                                                                      ``multilayer`` are its
-                                                                      fast paths
-``normalization``        :mod:`fastnum.engine`'s chapter 6 layers:    (engine entry points as
-                         batch norm and dropout forward, and the      for ``layered``)
-                         delta gradient of dense stacks with them
-                         (:class:`fastnum.multilayer.MultiLayerNet`
-                         with ``use_batchnorm`` / ``use_dropout``)
-=======================  ===========================================  ==========================
+====================  ==========================================  ============================
+module                job                                         used by
+====================  ==========================================  ============================
+``_blocks``           the shared building blocks: one op-code     every module below
+                      table (activations and pipeline steps),
+                      ``_act``, the affine loop, the ordered sum;
+                      non-zero lists, task counts, dense packing
+                      and offsets (Python side)
+``layered``           a layer stack's batch forward (conv, pool,  ``engine``: ``predict``,
+                      activation, affine), the delta cache, and   ``loss``, ``full``, the
+                      ``_propagate`` (re-evaluate the dense tail  delta caches
+                      from a changed layer); the ops table's
+                      column names
+``dense_delta``       delta of a perturbed affine layer           ``engine`` delta
+``conv_delta``        delta of a perturbed convolution (the       ``engine`` delta
+                      channel pipeline pushed from dirty
+                      positions)
+``normalization``     chapter 6: batch norm and dropout forward,  ``engine`` (``LAYER_KINDS``
+                      and the delta of dense stacks with them     rows, ``DELTA_KERNELS``)
+``two_layer``         the book's two-layer net, hand-written      ``engine.FAST_PATHS``;
+                      (sigmoid; ReLU for the gradient), full and  ``estimators`` (one-sided
+                      delta                                       delta)
+``dense_full``        ``full`` of a dense stack of one hidden     ``engine.FAST_PATHS``
+                      activation, parallel over parameters
+``losses``            fused softmax + cross-entropy rows          every loss above; registry
+                                                                  op ``softmax_cross_entropy``
+``generic``           :func:`fastnum.gradient.numerical_gradient` users' own functions
+                      of any ``@njit`` scalar function
+``_vmath``            vectorizable ``fexp``/``flog``              the kernels above
+====================  ==========================================  ============================
 
 Strategies: ``full`` re-runs the whole forward pass of the batch for each
-perturbed parameter (the book's algorithm, compiled and parallel); ``delta``
-caches the unperturbed forward pass and re-evaluates only what a perturbation
-moves.  Both evaluate the loss at theta +- h e_i; neither uses an analytic
-derivative.
+perturbed parameter (the book's algorithm, compiled); ``delta`` caches the
+unperturbed forward pass and re-evaluates only what a perturbation moves.  Both
+evaluate the loss at theta +- h e_i; neither uses an analytic derivative.
 
 Conventions
 -----------
 * One validating layer.  The public networks (:mod:`fastnum._frontend`) validate
-  their inputs once; nothing in this package re-validates (``losses`` excepted,
-  as noted above).  Kernels never import :mod:`fastnum.reference`; the problem's
-  constants (``H``, ``LOG_GUARD``) come from :mod:`fastnum.constants`.
-* One naming for the trusted path: a public function or method whose name ends
-  in ``_trusted`` takes validated inputs (float64 C-contiguous ``x``, int64
-  labels in range, positive ``h``, a known strategy) and allocates its outputs.
-  Every network method ``predict``/``loss``/``accuracy``/``numerical_gradient``/
-  ``gradient`` validates and then calls its ``*_trusted`` twin, which the trainer
-  calls directly.  ``_private`` ``@njit`` kernels fill preallocated arrays.
+  their inputs once; nothing in this package re-validates (``losses`` excepted: its
+  registry entry point has no network in front of it).  Kernels never import
+  :mod:`fastnum.reference`; the problem's constants (``H``, ``LOG_GUARD``) come
+  from :mod:`fastnum.constants`.
+* ``*_trusted`` Python entry points take validated inputs and allocate their
+  outputs; ``_private`` ``@njit`` kernels fill preallocated arrays.  Long kernels
+  take grouped arguments (NamedTuples such as ``layered.DenseTail``,
+  ``conv_delta.ConvBlock``) and are split at their seams.
 * numba options live in :mod:`fastnum._jit` only.  Results must not depend on the
   thread count: each output cell is written by one task, sums run in a fixed order.
+  ``scripts/bitwise_gradients.py`` records every engine result and compares a
+  refactor's bit for bit.
 
-How to add
-----------
-a strategy
-    Write ``_<name>_strategy`` in ``two_layer`` and ``multilayer`` (same
-    signature as the existing ones) and add it to each module's ``STRATEGIES``
-    table.  The strategy names of :mod:`fastnum.backend` (hence the networks'
-    ``strategy=`` and the CLI's ``--strategy`` choices), the registry's
-    ``numba-<name>`` implementations (hence the equivalence tests and the
-    benchmarks, in table order) and the report labels all derive from the tables.
+Where a new piece goes
+----------------------
 an activation
-    Give it a code in ``multilayer`` (next to ``SIGMOID``, ``RELU``) and a branch
-    in ``multilayer._act``, then one entry in :data:`fastnum.multilayer.ACTIVATIONS`
-    (NumPy forward, NumPy backward, kernel code).  ``MultiLayerNet``, the trainer
-    and the CLI's ``--activation`` read that table.
-an operation
-    One :class:`fastnum.registry.Operation` in ``registry.COMPARISONS``: a setup
-    (problem -> arguments), the NumPy reference and the kernel implementations
-    (``_per_strategy`` for a gradient), a tolerance.  ``tests/test_kernels.py``
-    checks it against the reference and ``benchmarks/`` times it, with no other edit.
-a benchmark
-    Sizes and skips live in ``benchmarks/bench_plan.py``; the implementations and
-    their order come from the registry, so a new operation or strategy is timed
-    without touching the benchmark code.
+    A name in ``_blocks.OP_NAMES`` (its code follows; no other code can collide)
+    and a branch in ``_blocks._act``; a name -> code entry in
+    ``_blocks.ACTIVATION_CODES``; one row in :data:`fastnum.multilayer.ACTIVATIONS`
+    (NumPy forward and backward); one ``LAYER_KINDS`` row in
+    :mod:`fastnum._engine_layers` (like ``"relu"``).  Every kernel then computes it
+    (forward, ``full``, both delta kernels, the conv pipeline).
 a layer type
     One class in :mod:`fastnum.layers` (the NumPy reference, with the book's
     attribute names) and one builder row in ``fastnum.convnet.LAYER_TYPES``; one
-    row in ``fastnum.engine.LAYER_KINDS`` (output shape, batch forward, where the
-    parameter names sit in the spec) plus its map kernel in ``layered``, which
-    makes it usable by ``predict``, ``loss`` and the ``full`` gradient at once.
-    For ``delta``, an elementwise or per-channel op joins the conv channel
-    pipeline as one more code in ``layered._pipeline_step``; a layer that mixes
-    channels needs its own delta kernel beside ``layered._conv_delta_task`` and a
-    case in ``engine._delta_plan``.  Until then ``delta`` falls back to ``full``
-    for stacks with it, which stays correct.  The gradient check recognises the
-    book's layers by their attributes (:mod:`fastnum.gradcheck._stack`): a new
-    kind needs one branch in ``_layer_spec`` there.
+    ``LAYER_KINDS`` row (output shape, batch forward, parameter slots) and its batch
+    kernel in ``layered``, which makes it usable by ``predict``, ``loss`` and
+    ``full`` at once.  For ``delta``: an elementwise or per-channel step joins the
+    conv pipeline (a name in ``_blocks.OP_NAMES``, a case in
+    ``conv_delta._pipeline_step``, a row in ``_engine_delta._ops_table``); a layer
+    that mixes channels needs its own delta kernel (a module here) and a row in
+    ``engine.DELTA_KERNELS`` (a plan function: which stacks it covers; a run
+    function).  Until then ``delta`` falls back to ``full`` for stacks with it
+    (the ``fallback`` column of ``engine.STRATEGIES``).  The gradient check
+    recognises the book's layers by their attributes (:mod:`fastnum.gradcheck._stack`):
+    a new kind needs one branch in ``_layer_spec`` there.
+a strategy
+    One row in ``engine.STRATEGIES``: its gradient function (returns None for a
+    stack it does not cover) and its fallback (None: such a stack is refused with
+    ``engine.StrategyNotImplementedError``).  The backend's names (the networks'
+    ``strategy=``, the CLI's ``--strategy``), the registry's ``numba-<name>``
+    implementations (hence the equivalence tests and the benchmarks) derive from it.
+    A fast path that also computes it lists it in its ``FAST_PATHS`` row.
+a faster kernel for some stacks
+    A module here and a row in ``engine.FAST_PATHS`` (the strategies it computes,
+    whether it serves sampled gradients, a function that returns None for a stack it
+    does not cover), or a row in ``engine.DELTA_KERNELS`` for a delta kernel.
+an operation or a benchmark
+    One :class:`fastnum.registry.Operation` in ``registry.COMPARISONS`` (setup, the
+    NumPy reference, the implementations through the engine or a public network, a
+    tolerance); ``tests/test_kernels.py`` checks it and ``benchmarks/`` times it;
+    sizes and skips live in ``benchmarks/bench_plan.py``.
 """

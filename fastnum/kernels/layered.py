@@ -1,4 +1,9 @@
-"""Numba kernels of the layered engine (:mod:`fastnum.engine`): trusted inputs, float64.
+"""Numba kernels of the layered engine (:mod:`fastnum.engine`): forward and delta cache.
+
+Trusted inputs, float64.  The delta evaluations that read the cache are in
+:mod:`~fastnum.kernels.dense_delta` (a perturbed affine layer) and
+:mod:`~fastnum.kernels.conv_delta` (a perturbed convolution); both end in
+:func:`_propagate` here, which re-evaluates the dense tail from a changed layer.
 
 Layout
 ------
@@ -9,13 +14,16 @@ rows of ``C * H * W`` doubles, so one kernel signature serves every geometry
 * Map kernels (``_conv_channel``, ``_pool_map``, ``_act_map``) work on one
   sample's flat maps; the batch kernels run in parallel over samples (the
   batch convolution scatters non-zero pixels instead, see ``_conv_batch``).
+* The conv block's activation and pooling steps are the rows of an ops table
+  (``engine`` builds it), read through the column names ``OP_KIND`` ... ``OP_OW``.
 * The dense tail (affine layers, each with an optional activation) is packed
-  like :mod:`fastnum.kernels.multilayer`: flat ``w``/``b`` with per-layer
+  as :mod:`fastnum.kernels._blocks` describes: flat ``w``/``b`` with per-layer
   offsets, widths ``sizes = (d0, ..., dL)``, activation codes ``acts``.
 * The delta cache: ``F`` (N, d0) the tail's input, ``Z``/``A`` the tail's
   pre-activations/activations (layer ``l`` at ``z_off[l] + s * d_{l+1}``),
   and for a conv stack ``S``: every stage of the conv block per channel (the
-  conv output, then each activation/pooling output).
+  conv output, then each activation/pooling output).  :class:`DenseTail` groups
+  what the delta tasks read of the tail.
 
 Delta evaluation
 ----------------
@@ -30,49 +38,51 @@ did not change adds nothing).  Per-sample differences L_n(+) - L_n(-) are
 summed over samples in ascending order inside one task, so results do not
 depend on the thread count.  No analytic derivatives are used anywhere.
 
-The two delta kernels are plain (``nogil``) functions of one task; the engine
-runs their tasks on a thread pool.  A ``prange`` around them made numba compile
-and optimize the whole kernel a second time inside the parallel region (the
+The delta kernels are plain (``nogil``) functions of one task; the engine runs
+their tasks on a thread pool.  A ``prange`` around them made numba compile and
+optimize the whole kernel a second time inside the parallel region (the
 SimpleConvNet delta path compiled about 5x longer cold, measured).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from fastnum._jit import njit, prange
-from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog
+from fastnum.kernels._blocks import NONE, POOL, _act, _affine_into
 from fastnum.kernels.losses import column_losses
 
-# The activation codes are the multilayer kernels' (one table); the engine reads them here.
-from fastnum.kernels.multilayer import ACTIVATION_CODES, RELU, SIGMOID, _affine_into  # noqa: F401
+# Columns of a row of the conv pipeline's ops table (one row per activation or pooling
+# step after the convolution): the step's code, the pooling window, stride and
+# padding (activations: 0, 0, 1, 0), and the step's input and output map sizes.
+OP_KIND, OP_PH, OP_PW, OP_STRIDE, OP_PAD, OP_H, OP_W, OP_OH, OP_OW = range(9)
+OPS_COLUMNS = 9
 
-# Largest |logit step| (|chg * w|) for which _logit_step_losses reuses the cached
-# exponentials exp(z_k - m).  Below it exp(step) and every product stay finite, and a
-# cached exponential that underflowed or went subnormal (z_k - m < -708) is off by at
-# most 5e-324 * e**256 relative to the sum (which is at least e**-256): nothing.
-# Beyond it (inputs x 1e10 moved logits by thousands) exp(step) overflowed to inf
-# and 0 * inf made NaN where the reference, shifting by the perturbed max, is finite;
-# such steps take the general path, as the reference computes.
-_CACHED_EXP_SAFE = 256.0
 
-# Pipeline codes: the activations' codes are those of the multilayer kernels (``_act``
-# computes them here); NONE passes a value through and POOL marks a pooling step.
-NONE = 0
-POOL = 3
+class DenseTail(NamedTuple):
+    """The dense tail as the delta tasks read it: the packed weights and the unperturbed
+    pass of :func:`_tail_cache` (module docstring)."""
+
+    w: np.ndarray
+    w_off: np.ndarray
+    sizes: np.ndarray
+    acts: np.ndarray
+    z_off: np.ndarray
+    Z: np.ndarray
+    A: np.ndarray
+
+
+class Evaluation(NamedTuple):
+    """What every perturbed loss needs besides the network: labels, step and log guard."""
+
+    t: np.ndarray
+    h: float
+    guard: float
 
 
 # ------------------------------------------------------------------------------ map pieces
-
-
-@njit
-def _act(v, kind):
-    """The activation ``kind`` of one value (NONE passes it through; NaN stays NaN)."""
-    if kind == RELU:
-        return 0.0 if v <= 0.0 else v  # not "v > 0", which turns NaN into 0
-    if kind == SIGMOID:
-        return 1.0 / (1.0 + fexp(-v))
-    return v
 
 
 @njit
@@ -224,15 +234,6 @@ def _affine_batch(x, Wm, b, out):
         _affine_into(x[n], D, w, 0, b, 0, M, out[n])
 
 
-@njit
-def _ordered_sum(v):
-    """Sum in ascending index order (fixed, whatever the threads)."""
-    total = 0.0
-    for k in range(v.shape[0]):
-        total += v[k]
-    return total
-
-
 # ------------------------------------------------------------------------------ delta cache
 
 
@@ -250,24 +251,24 @@ def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
             _conv_channel(x[n], C, H, W, Wt, b, f, stride, pad, OH, OW, S[n, start : start + size])
             for o in range(n_ops):
                 src = S[n, start : start + size]
-                size = ops[o, 7] * ops[o, 8]
+                size = ops[o, OP_OH] * ops[o, OP_OW]
                 start = FN * st_off[o + 1] + f * size
                 dst = S[n, start : start + size]
-                if ops[o, 0] == POOL:
+                if ops[o, OP_KIND] == POOL:
                     _pool_map(
                         src,
-                        ops[o, 5],
-                        ops[o, 6],
-                        ops[o, 1],
-                        ops[o, 2],
-                        ops[o, 3],
-                        ops[o, 4],
-                        ops[o, 7],
-                        ops[o, 8],
+                        ops[o, OP_H],
+                        ops[o, OP_W],
+                        ops[o, OP_PH],
+                        ops[o, OP_PW],
+                        ops[o, OP_STRIDE],
+                        ops[o, OP_PAD],
+                        ops[o, OP_OH],
+                        ops[o, OP_OW],
                         dst,
                     )
                 else:
-                    _act_map(src, size, ops[o, 0], dst)
+                    _act_map(src, size, ops[o, OP_KIND], dst)
             for q in range(size):
                 F[n, f * size + q] = S[n, start + q]
 
@@ -298,8 +299,7 @@ def _propagate(m, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out):
     columns of z1[:d_{m+1}, :n_q]; every later layer is the cached pre-activation plus
     the activation changes times the weights.
 
-    ``tail`` is the dense tail as the delta kernels share it: (w, w_off, sizes, acts,
-    z_off, Z, A), the packed weights and the unperturbed pass of :func:`_tail_cache`.
+    ``tail`` is the :class:`DenseTail`.
     """
     w, w_off, sizes, acts, z_off, Z, A = tail
     n_layers = sizes.shape[0] - 1
@@ -337,461 +337,3 @@ def _propagate(m, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out):
         src, dst = dst, src
         m += 1
     column_losses(src, sizes[n_layers], n_q, t[s], guard, mx, sm, out)
-
-
-# ------------------------------------------------------------------------------ delta: dense
-
-
-@njit
-def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out):
-    """out[q] = loss when the logits Z[zs:zs + k_out] move by chg[q] * w[row:row + k_out];
-    False (out untouched) when a step exceeds _CACHED_EXP_SAFE, else True.
-
-    exp(z_k + c w_k - m) = exp(z_k - m) * exp(c w_k), with m the unperturbed max: the
-    cached exponentials are reused and exp of the small step is a short polynomial
-    (exact to double precision below SMALL_EXP_BOUND).  A zero step gives exactly
-    the unperturbed sum, in the same order.
-    """
-    biggest = 0.0
-    for q in range(n_q):
-        biggest = max(biggest, abs(chg[q]))
-    w_max = 0.0
-    for c in range(k_out):
-        w_max = max(w_max, abs(w[row + c]))
-    if not biggest * w_max <= _CACHED_EXP_SAFE:  # NaN too: the general path propagates it
-        return False
-    m = Z[zs]
-    for c in range(1, k_out):
-        m = max(m, Z[zs + c])
-    for q in range(n_q):
-        sm[q] = 0.0
-    for c in range(k_out):
-        ec = fexp(Z[zs + c] - m)
-        wc = w[row + c]
-        small = biggest * abs(wc) <= SMALL_EXP_BOUND
-        if small:
-            for q in range(n_q):
-                sm[q] += ec * fexp_small(chg[q] * wc)
-        else:
-            for q in range(n_q):
-                sm[q] += ec * fexp(chg[q] * wc)
-        if c == label:
-            if small:
-                for q in range(n_q):
-                    y[q] = ec * fexp_small(chg[q] * wc)
-            else:
-                for q in range(n_q):
-                    y[q] = ec * fexp(chg[q] * wc)
-    for q in range(n_q):
-        out[q] = -flog(y[q] / sm[q] + guard)
-    return True
-
-
-@njit
-def _dense_delta_task(
-    task,
-    layer,
-    F,
-    tail,
-    t,
-    h,
-    guard,
-    nz_ptr,
-    nz_idx,
-    amax,
-    sel_ptr,
-    sel_idx,
-    use_all,
-    max_q,
-    width,
-    n_tasks,
-    gT,
-):
-    """gT[j, r] = sum_n (L_n(+) - L_n(-)) for W_l[r, j] (r < n_in) and b_l[j] (r = n_in).
-
-    One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks).  Tasks
-    own whole units j (interleaved); for one sample, every selected row r whose
-    input is non-zero is evaluated side by side (2 columns per row: +h, then -h).
-    ``use_all`` selects every row (the CSR nz_ptr/nz_idx lists the non-zero inputs);
-    otherwise unit j's rows are sel_idx[sel_ptr[j]:sel_ptr[j + 1]].  ``tail`` as for
-    :func:`_propagate`.
-    """
-    w, w_off, sizes, acts, z_off, Z, A = tail
-    n = F.shape[0]
-    n_layers = sizes.shape[0] - 1
-    n_in = sizes[layer]
-    n_out = sizes[layer + 1]
-    last = layer == n_layers - 1
-    code = acts[layer]
-    rows = np.empty(max_q, dtype=np.int64)
-    vals = np.empty(max_q)
-    z1 = np.empty((width, 2 * max_q))
-    z2 = np.empty((width, 2 * max_q))
-    dq = np.empty(2 * max_q)
-    chg = np.empty(2 * max_q)
-    mx = np.empty(2 * max_q)
-    sm = np.empty(2 * max_q)
-    out = np.empty(2 * max_q)
-    for j in range(task, n_out, n_tasks):
-        g = gT[j]
-        for s in range(n):
-            zj = Z[z_off[layer] + s * n_out + j]
-            # A relu unit off before and after every step of this sample: nothing moves.
-            if code == RELU and not last and zj + h * max(amax[s], 1.0) <= 0.0:
-                continue
-            nr = 0
-            if use_all:
-                for p in range(nz_ptr[s], nz_ptr[s + 1]):
-                    r = nz_idx[p]
-                    rows[nr] = r
-                    vals[nr] = F[s, r] if layer == 0 else A[z_off[layer - 1] + s * n_in + r]
-                    nr += 1
-                rows[nr] = n_in
-                vals[nr] = 1.0
-                nr += 1
-            else:
-                for p in range(sel_ptr[j], sel_ptr[j + 1]):
-                    r = sel_idx[p]
-                    if r == n_in:
-                        a = 1.0
-                    elif layer == 0:
-                        a = F[s, r]
-                    else:
-                        a = A[z_off[layer - 1] + s * n_in + r]
-                    if a != 0.0:
-                        rows[nr] = r
-                        vals[nr] = a
-                        nr += 1
-            if nr == 0:
-                continue
-            n_q = 2 * nr
-            if last:
-                zs = z_off[layer] + s * n_out
-                for c in range(n_out):
-                    zc = Z[zs + c]
-                    for q in range(n_q):
-                        z1[c, q] = zc
-                for q in range(nr):
-                    z1[j, q] = zj + h * vals[q]
-                    z1[j, nr + q] = zj - h * vals[q]
-                _propagate(layer, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
-            else:
-                aj = A[z_off[layer] + s * n_out + j]
-                for q in range(nr):
-                    chg[q] = _act(zj + h * vals[q], code) - aj
-                    chg[nr + q] = _act(zj - h * vals[q], code) - aj
-                moved = False
-                for q in range(n_q):
-                    if chg[q] != 0.0:
-                        moved = True
-                if not moved:
-                    continue
-                n_next = sizes[layer + 2]
-                zs = z_off[layer + 1] + s * n_next
-                row = w_off[layer + 1] + j * n_next
-                if (
-                    layer == n_layers - 2
-                    and acts[n_layers - 1] == NONE
-                    and _logit_step_losses(
-                        Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm, out
-                    )
-                ):
-                    for q in range(nr):
-                        g[rows[q]] += out[q] - out[nr + q]
-                    continue
-                for c in range(n_next):
-                    zc = Z[zs + c]
-                    wjc = w[row + c]
-                    for q in range(n_q):
-                        z1[c, q] = zc + chg[q] * wjc
-                _propagate(layer + 1, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
-            for q in range(nr):
-                g[rows[q]] += out[q] - out[nr + q]
-
-
-# ------------------------------------------------------------------------------ delta: conv
-
-
-@njit
-def _window_tables(ops, lo_h, hi_h, lo_w, hi_w):
-    """For each pooling op and input row (column): the first and last window containing it."""
-    for o in range(ops.shape[0]):
-        if ops[o, 0] != POOL:
-            continue
-        for axis in range(2):
-            win = ops[o, 1 + axis]
-            stride = ops[o, 3]
-            pad = ops[o, 4]
-            n_in = ops[o, 5 + axis]
-            n_out = ops[o, 7 + axis]
-            lo_t = lo_h if axis == 0 else lo_w
-            hi_t = hi_h if axis == 0 else hi_w
-            for i in range(n_in):
-                lo = i + pad - win + 1
-                lo_t[o, i] = 0 if lo <= 0 else (lo + stride - 1) // stride
-                hi_t[o, i] = min((i + pad) // stride, n_out - 1)
-
-
-@njit
-def _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w, hi_w):
-    """Push the dirty stage-0 positions of one channel through the pipeline ops.
-
-    ``work`` holds this channel's stages (stage k at st_off[k]) equal to the cache
-    except at the dirty positions (flat index, row, column per stage); each op
-    recomputes only the outputs that can see a dirty input and keeps those that
-    really changed (a relu that stays off, a window whose max did not change, stop
-    the propagation there).
-    """
-    for o in range(ops.shape[0]):
-        kind = ops[o, 0]
-        H = ops[o, 5]
-        W = ops[o, 6]
-        OW = ops[o, 8]
-        w_in = st_off[o]
-        w_out = st_off[o + 1]
-        n_new = 0
-        if kind == POOL:
-            ph = ops[o, 1]
-            pw = ops[o, 2]
-            stride = ops[o, 3]
-            pad = ops[o, 4]
-            n_cand = 0
-            for d in range(n_dirty[o]):
-                i = d_row[o, d]
-                jj = d_col[o, d]
-                for oh in range(lo_h[o, i], hi_h[o, i] + 1):
-                    for ow in range(lo_w[o, jj], hi_w[o, jj] + 1):
-                        q = oh * OW + ow
-                        if mark[q] == 0:
-                            mark[q] = 1
-                            dirty[o + 1, n_cand] = q
-                            d_row[o + 1, n_cand] = oh
-                            d_col[o + 1, n_cand] = ow
-                            n_cand += 1
-            src = work[w_in : w_in + H * W]
-            for d in range(n_cand):
-                q = dirty[o + 1, d]
-                oh = d_row[o + 1, d]
-                ow = d_col[o + 1, d]
-                mark[q] = 0
-                v = _pool_window(src, H, W, ph, pw, stride, pad, oh, ow)
-                if v != work[w_out + q]:
-                    work[w_out + q] = v
-                    dirty[o + 1, n_new] = q
-                    d_row[o + 1, n_new] = oh
-                    d_col[o + 1, n_new] = ow
-                    n_new += 1
-        else:
-            for d in range(n_dirty[o]):
-                p = dirty[o, d]
-                v = _act(work[w_in + p], kind)
-                if v != work[w_out + p]:
-                    work[w_out + p] = v
-                    dirty[o + 1, n_new] = p
-                    d_row[o + 1, n_new] = d_row[o, d]
-                    d_col[o + 1, n_new] = d_col[o, d]
-                    n_new += 1
-        n_dirty[o + 1] = n_new
-        if n_new == 0:
-            for later in range(o + 2, ops.shape[0] + 1):
-                n_dirty[later] = 0
-            return
-
-
-@njit
-def _load_channel(S, s, f, FN, st_off, st_size, work):
-    """work = channel f of every cached stage of sample s."""
-    for k in range(st_size.shape[0]):
-        start = FN * st_off[k] + f * st_size[k]
-        for q in range(st_size[k]):
-            work[st_off[k] + q] = S[s, start + q]
-
-
-@njit
-def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
-    """Undo the dirty positions of every stage (back to the cache)."""
-    for k in range(st_size.shape[0]):
-        start = FN * st_off[k] + f * st_size[k]
-        for d in range(n_dirty[k]):
-            p = dirty[k, d]
-            work[st_off[k] + p] = S[s, start + p]
-
-
-@njit
-def _conv_delta_task(
-    task,
-    x,
-    xnz_ptr,
-    xnz_row,
-    xnz_col,
-    xnz_val,
-    C,
-    H,
-    W,
-    Wt,
-    stride,
-    pad,
-    OH,
-    OW,
-    ops,
-    st_off,
-    st_size,
-    S,
-    tail,
-    t,
-    h,
-    guard,
-    sel,
-    grp_ptr,
-    grp_idx,
-    width,
-    n_tasks,
-    out_sums,
-):
-    """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter sel[p] (flat index into
-    Wt, then the bias), samples in ascending order inside one task.
-
-    One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks).  A task
-    owns whole filters f (the positions p of filter f's parameters in sel are
-    grp_idx[grp_ptr[f]:grp_ptr[f + 1]]), so each sample's cached channel is loaded
-    once for all of the filter's parameters.  The non-zero pixels of channel c of
-    sample s are entries xnz_ptr[s * C + c] to xnz_ptr[s * C + c + 1] of xnz_row,
-    xnz_col (position) and xnz_val (value).  ``tail`` as for :func:`_propagate`.
-    """
-    w, w_off, sizes, acts, z_off, Z, A = tail
-    n = x.shape[0]
-    FN = Wt.shape[0]
-    FH = Wt.shape[2]
-    FW = Wt.shape[3]
-    n_w = Wt.size
-    size = OH * OW
-    n_stages = st_size.shape[0]
-    last = n_stages - 1
-    fsize = st_size[last]
-    d1 = sizes[1]
-    n_sel = sel.shape[0]
-    biggest = 0
-    for k in range(n_stages):
-        biggest = max(biggest, st_size[k])
-    work = np.empty(st_off[n_stages])
-    dirty = np.empty((n_stages, biggest), dtype=np.int64)
-    d_row = np.empty((n_stages, biggest), dtype=np.int64)
-    d_col = np.empty((n_stages, biggest), dtype=np.int64)
-    n_dirty = np.zeros(n_stages, dtype=np.int64)
-    lo_h = np.zeros((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64)
-    hi_h = np.zeros_like(lo_h)
-    lo_w = np.zeros((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64)
-    hi_w = np.zeros_like(lo_w)
-    _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
-    mark = np.zeros(biggest, dtype=np.int8)
-    tpos = np.empty(size, dtype=np.int64)
-    trow = np.empty(size, dtype=np.int64)
-    tcol = np.empty(size, dtype=np.int64)
-    tval = np.empty(size)
-    moved_idx = np.empty((2, fsize), dtype=np.int64)
-    moved_d = np.empty((2, fsize))
-    n_moved = np.zeros(2, dtype=np.int64)
-    z1 = np.empty((width, 2))
-    z2 = np.empty((width, 2))
-    zacc = np.empty(d1)
-    dq = np.empty(2)
-    mx = np.empty(2)
-    sm = np.empty(2)
-    res = np.empty(2)
-    acc = np.zeros(n_sel)
-    for f in range(task, FN, n_tasks):
-        if grp_ptr[f + 1] == grp_ptr[f]:
-            continue
-        fstart = FN * st_off[last] + f * fsize
-        for s in range(n):
-            _load_channel(S, s, f, FN, st_off, st_size, work)
-            for g in range(grp_ptr[f], grp_ptr[f + 1]):
-                p = grp_idx[g]
-                param = sel[p]
-                # Conv outputs this parameter touches in sample s (zero inputs move nothing).
-                nt = 0
-                if param >= n_w:  # the bias: every output position, input 1
-                    for oh in range(OH):
-                        for ow in range(OW):
-                            tpos[nt] = nt
-                            trow[nt] = oh
-                            tcol[nt] = ow
-                            tval[nt] = 1.0
-                            nt += 1
-                else:
-                    rem = param % (C * FH * FW)
-                    ci = rem // (FH * FW)
-                    kh = (rem % (FH * FW)) // FW
-                    kw = rem % FW
-                    # Walk the channel's non-zero pixels: each is seen by at most one
-                    # output position through this filter tap.
-                    row = s * C + ci
-                    for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
-                        ih = xnz_row[e] + pad - kh
-                        iw = xnz_col[e] + pad - kw
-                        if ih < 0 or iw < 0:
-                            continue
-                        if stride == 1:
-                            oh = ih
-                            ow = iw
-                        else:
-                            if ih % stride or iw % stride:
-                                continue
-                            oh = ih // stride
-                            ow = iw // stride
-                        if oh < OH and ow < OW:
-                            tpos[nt] = oh * OW + ow
-                            trow[nt] = oh
-                            tcol[nt] = ow
-                            tval[nt] = xnz_val[e]
-                            nt += 1
-                if nt == 0:
-                    continue
-                for sign in range(2):
-                    step = h if sign == 0 else -h
-                    for d in range(nt):
-                        o = tpos[d]
-                        work[o] = work[o] + step * tval[d]
-                        dirty[0, d] = o
-                        d_row[0, d] = trow[d]
-                        d_col[0, d] = tcol[d]
-                    n_dirty[0] = nt
-                    _pipeline_step(
-                        ops,
-                        st_off,
-                        work,
-                        dirty,
-                        d_row,
-                        d_col,
-                        n_dirty,
-                        mark,
-                        lo_h,
-                        hi_h,
-                        lo_w,
-                        hi_w,
-                    )
-                    n_moved[sign] = n_dirty[last]
-                    for d in range(n_dirty[last]):
-                        q = dirty[last, d]
-                        moved_idx[sign, d] = f * fsize + q
-                        moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
-                    _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
-                if n_moved[0] == 0 and n_moved[1] == 0:
-                    continue
-                zs = z_off[0] + s * d1
-                for sign in range(2):
-                    # Contiguous accumulation (vectorizes), then into the evaluation column.
-                    for c in range(d1):
-                        zacc[c] = Z[zs + c]
-                    for q in range(n_moved[sign]):
-                        row = moved_idx[sign, q] * d1
-                        d = moved_d[sign, q]
-                        wrow = w[row : row + d1]
-                        for c in range(d1):
-                            zacc[c] += d * wrow[c]
-                    for c in range(d1):
-                        z1[c, sign] = zacc[c]
-                _propagate(0, 2, s, z1, z2, dq, tail, t, guard, mx, sm, res)
-                acc[p] += res[0] - res[1]
-        for g in range(grp_ptr[f], grp_ptr[f + 1]):
-            out_sums[grp_idx[g]] = acc[grp_idx[g]]

@@ -43,18 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from fastnum._jit import njit, prange
+from fastnum.kernels._blocks import _act
 from fastnum.kernels._vmath import fexp, flog
-from fastnum.kernels.multilayer import RELU, SIGMOID
-
-
-@njit
-def _act(v, kind):
-    """The activation ``kind`` (RELU, SIGMOID, anything else passes) of one value."""
-    if kind == RELU:
-        return v if v > 0.0 else 0.0
-    if kind == SIGMOID:
-        return 1.0 / (1.0 + fexp(-v))
-    return v
 
 
 @njit

@@ -31,9 +31,9 @@ import numpy as np
 
 from fastnum._jit import njit, prange
 from fastnum.constants import LOG_GUARD
+from fastnum.kernels._blocks import RELU, SIGMOID, _act
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog_guarded
 from fastnum.kernels.losses import _row_cross_entropy, _softmax_cross_entropy_rows
-from fastnum.kernels.multilayer import RELU, SIGMOID, _act
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 # The full strategy splits the parameters into this many chunks, each with its own

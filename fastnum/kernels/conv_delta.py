@@ -1,0 +1,415 @@
+"""The delta evaluation of a perturbed convolution (the engine's conv delta).
+
+A conv parameter moves one output channel f by ``h * x`` at the positions its
+non-zero inputs reach.  That channel's activation/pooling pipeline is pushed
+forward from the dirty positions only (:func:`_pipeline_step`: an op recomputes
+the outputs a dirty input can reach and keeps those that really changed), the
+features that moved shift the first affine layer's pre-activations, and
+:func:`fastnum.kernels.layered._propagate` re-evaluates the rest of the tail.
+A task owns whole filters, so each sample's cached channel is loaded once for all
+of the filter's parameters.  Layout, cache and guarantees:
+:mod:`fastnum.kernels.layered`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from fastnum._jit import njit
+from fastnum.kernels._blocks import POOL, _act
+from fastnum.kernels.layered import (
+    OP_H,
+    OP_KIND,
+    OP_OH,
+    OP_OW,
+    OP_PAD,
+    OP_PH,
+    OP_PW,
+    OP_STRIDE,
+    OP_W,
+    _pool_window,
+    _propagate,
+)
+
+
+class ConvImage(NamedTuple):
+    """The batch's images (N, C*H*W) and their non-zero pixels: channel c of sample s
+    has entries ``nz_ptr[s * C + c]`` to ``nz_ptr[s * C + c + 1]`` of ``nz_row``,
+    ``nz_col`` (position) and ``nz_val`` (value)."""
+
+    x: np.ndarray
+    nz_ptr: np.ndarray
+    nz_row: np.ndarray
+    nz_col: np.ndarray
+    nz_val: np.ndarray
+    C: int
+    H: int
+    W: int
+
+
+class ConvBlock(NamedTuple):
+    """The convolution (filters ``Wt`` (FN, C, FH, FW), stride, padding, output OH x OW),
+    its pipeline's ops table, and the cache ``S`` of every stage per channel (stage k
+    of channel f at ``FN * st_off[k] + f * st_size[k]``)."""
+
+    Wt: np.ndarray
+    stride: int
+    pad: int
+    OH: int
+    OW: int
+    ops: np.ndarray
+    st_off: np.ndarray
+    st_size: np.ndarray
+    S: np.ndarray
+
+
+class ConvSelection(NamedTuple):
+    """The conv parameters to evaluate: ``sel[p]`` a flat index into Wt (then the bias
+    at ``Wt.size + f``); filter f's positions in sel are
+    ``grp_idx[grp_ptr[f]:grp_ptr[f + 1]]``."""
+
+    sel: np.ndarray
+    grp_ptr: np.ndarray
+    grp_idx: np.ndarray
+
+
+class _Scratch(NamedTuple):
+    """One conv task's buffers (allocated once per task by :func:`_scratch`)."""
+
+    work: np.ndarray  # this channel's stages, stage k at st_off[k]
+    dirty: np.ndarray  # per stage: the positions that differ from the cache,
+    d_row: np.ndarray  # with their rows
+    d_col: np.ndarray  # and columns
+    n_dirty: np.ndarray
+    mark: np.ndarray  # pooling outputs already queued
+    lo_h: np.ndarray  # per pooling op and input row/column: first/last window
+    hi_h: np.ndarray
+    lo_w: np.ndarray
+    hi_w: np.ndarray
+    tpos: np.ndarray  # the conv outputs one parameter touches: position,
+    trow: np.ndarray  # row,
+    tcol: np.ndarray  # column
+    tval: np.ndarray  # and the input that multiplies it
+    moved_idx: np.ndarray  # per sign: the tail inputs that moved
+    moved_d: np.ndarray  # and by how much
+    n_moved: np.ndarray
+    z1: np.ndarray
+    z2: np.ndarray
+    zacc: np.ndarray
+    dq: np.ndarray
+    mx: np.ndarray
+    sm: np.ndarray
+    res: np.ndarray
+
+
+@njit
+def _window_tables(ops, lo_h, hi_h, lo_w, hi_w):
+    """For each pooling op and input row (column): the first and last window containing it."""
+    for o in range(ops.shape[0]):
+        if ops[o, OP_KIND] != POOL:
+            continue
+        for axis in range(2):
+            win = ops[o, OP_PH + axis]
+            stride = ops[o, OP_STRIDE]
+            pad = ops[o, OP_PAD]
+            n_in = ops[o, OP_H + axis]
+            n_out = ops[o, OP_OH + axis]
+            lo_t = lo_h if axis == 0 else lo_w
+            hi_t = hi_h if axis == 0 else hi_w
+            for i in range(n_in):
+                lo = i + pad - win + 1
+                lo_t[o, i] = 0 if lo <= 0 else (lo + stride - 1) // stride
+                hi_t[o, i] = min((i + pad) // stride, n_out - 1)
+
+
+@njit
+def _pool_step(o, ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w, hi_w):
+    """Pooling op o of the pipeline from its dirty inputs: the outputs that changed."""
+    H = ops[o, OP_H]
+    W = ops[o, OP_W]
+    OW = ops[o, OP_OW]
+    ph = ops[o, OP_PH]
+    pw = ops[o, OP_PW]
+    stride = ops[o, OP_STRIDE]
+    pad = ops[o, OP_PAD]
+    w_in = st_off[o]
+    w_out = st_off[o + 1]
+    # The windows a dirty input lies in, each once (mark), are the candidates.
+    n_cand = 0
+    for d in range(n_dirty[o]):
+        i = d_row[o, d]
+        jj = d_col[o, d]
+        for oh in range(lo_h[o, i], hi_h[o, i] + 1):
+            for ow in range(lo_w[o, jj], hi_w[o, jj] + 1):
+                q = oh * OW + ow
+                if mark[q] == 0:
+                    mark[q] = 1
+                    dirty[o + 1, n_cand] = q
+                    d_row[o + 1, n_cand] = oh
+                    d_col[o + 1, n_cand] = ow
+                    n_cand += 1
+    src = work[w_in : w_in + H * W]
+    n_new = 0
+    for d in range(n_cand):
+        q = dirty[o + 1, d]
+        oh = d_row[o + 1, d]
+        ow = d_col[o + 1, d]
+        mark[q] = 0
+        v = _pool_window(src, H, W, ph, pw, stride, pad, oh, ow)
+        if v != work[w_out + q]:
+            work[w_out + q] = v
+            dirty[o + 1, n_new] = q
+            d_row[o + 1, n_new] = oh
+            d_col[o + 1, n_new] = ow
+            n_new += 1
+    return n_new
+
+
+@njit
+def _act_step(o, kind, st_off, work, dirty, d_row, d_col, n_dirty):
+    """Activation op o of the pipeline from its dirty inputs: the outputs that changed."""
+    w_in = st_off[o]
+    w_out = st_off[o + 1]
+    n_new = 0
+    for d in range(n_dirty[o]):
+        p = dirty[o, d]
+        v = _act(work[w_in + p], kind)
+        if v != work[w_out + p]:
+            work[w_out + p] = v
+            dirty[o + 1, n_new] = p
+            d_row[o + 1, n_new] = d_row[o, d]
+            d_col[o + 1, n_new] = d_col[o, d]
+            n_new += 1
+    return n_new
+
+
+@njit
+def _pipeline_step(ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w, hi_w):
+    """Push the dirty stage-0 positions of one channel through the pipeline ops.
+
+    ``work`` holds this channel's stages (stage k at st_off[k]) equal to the cache
+    except at the dirty positions (flat index, row, column per stage); each op
+    recomputes only the outputs that can see a dirty input and keeps those that
+    really changed (a relu that stays off, a window whose max did not change, stop
+    the propagation there).
+    """
+    for o in range(ops.shape[0]):
+        kind = ops[o, OP_KIND]
+        if kind == POOL:
+            n_new = _pool_step(
+                o, ops, st_off, work, dirty, d_row, d_col, n_dirty, mark, lo_h, hi_h, lo_w, hi_w
+            )
+        else:
+            n_new = _act_step(o, kind, st_off, work, dirty, d_row, d_col, n_dirty)
+        n_dirty[o + 1] = n_new
+        if n_new == 0:
+            for later in range(o + 2, ops.shape[0] + 1):
+                n_dirty[later] = 0
+            return
+
+
+@njit
+def _load_channel(S, s, f, FN, st_off, st_size, work):
+    """work = channel f of every cached stage of sample s."""
+    for k in range(st_size.shape[0]):
+        start = FN * st_off[k] + f * st_size[k]
+        for q in range(st_size[k]):
+            work[st_off[k] + q] = S[s, start + q]
+
+
+@njit
+def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
+    """Undo the dirty positions of every stage (back to the cache)."""
+    for k in range(st_size.shape[0]):
+        start = FN * st_off[k] + f * st_size[k]
+        for d in range(n_dirty[k]):
+            p = dirty[k, d]
+            work[st_off[k] + p] = S[s, start + p]
+
+
+@njit
+def _scratch(image, block, d1, width):
+    """A conv task's buffers (:class:`_Scratch`), the pooling window tables filled."""
+    st_size = block.st_size
+    n_stages = st_size.shape[0]
+    size = block.OH * block.OW
+    fsize = st_size[n_stages - 1]
+    biggest = 0
+    for k in range(n_stages):
+        biggest = max(biggest, st_size[k])
+    lo_h = np.zeros((max(n_stages - 1, 1), max(image.H, block.OH)), dtype=np.int64)
+    hi_h = np.zeros_like(lo_h)
+    lo_w = np.zeros((max(n_stages - 1, 1), max(image.W, block.OW)), dtype=np.int64)
+    hi_w = np.zeros_like(lo_w)
+    _window_tables(block.ops, lo_h, hi_h, lo_w, hi_w)
+    return _Scratch(
+        np.empty(block.st_off[n_stages]),
+        np.empty((n_stages, biggest), dtype=np.int64),
+        np.empty((n_stages, biggest), dtype=np.int64),
+        np.empty((n_stages, biggest), dtype=np.int64),
+        np.zeros(n_stages, dtype=np.int64),
+        np.zeros(biggest, dtype=np.int8),
+        lo_h,
+        hi_h,
+        lo_w,
+        hi_w,
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(size),
+        np.empty((2, fsize), dtype=np.int64),
+        np.empty((2, fsize)),
+        np.zeros(2, dtype=np.int64),
+        np.empty((width, 2)),
+        np.empty((width, 2)),
+        np.empty(d1),
+        np.empty(2),
+        np.empty(2),
+        np.empty(2),
+        np.empty(2),
+    )
+
+
+@njit
+def _touched_outputs(param, s, image, block, sc):
+    """The conv outputs ``param`` touches in sample s, into sc.tpos/trow/tcol/tval (the
+    input that multiplies it): their count (zero inputs move nothing)."""
+    OH, OW, stride, pad = block.OH, block.OW, block.stride, block.pad
+    C, FH, FW = block.Wt.shape[1], block.Wt.shape[2], block.Wt.shape[3]
+    nt = 0
+    if param >= block.Wt.size:  # the bias: every output position, input 1
+        for oh in range(OH):
+            for ow in range(OW):
+                sc.tpos[nt] = nt
+                sc.trow[nt] = oh
+                sc.tcol[nt] = ow
+                sc.tval[nt] = 1.0
+                nt += 1
+        return nt
+    rem = param % (C * FH * FW)
+    ci = rem // (FH * FW)
+    kh = (rem % (FH * FW)) // FW
+    kw = rem % FW
+    # Walk the channel's non-zero pixels: each is seen by at most one output
+    # position through this filter tap.
+    row = s * C + ci
+    for e in range(image.nz_ptr[row], image.nz_ptr[row + 1]):
+        ih = image.nz_row[e] + pad - kh
+        iw = image.nz_col[e] + pad - kw
+        if ih < 0 or iw < 0:
+            continue
+        if stride == 1:
+            oh = ih
+            ow = iw
+        else:
+            if ih % stride or iw % stride:
+                continue
+            oh = ih // stride
+            ow = iw // stride
+        if oh < OH and ow < OW:
+            sc.tpos[nt] = oh * OW + ow
+            sc.trow[nt] = oh
+            sc.tcol[nt] = ow
+            sc.tval[nt] = image.nz_val[e]
+            nt += 1
+    return nt
+
+
+@njit
+def _moved_features(s, f, nt, block, h, sc):
+    """Push +h (sign 0) and -h (sign 1) of one parameter through filter f's pipeline:
+    the tail inputs that moved, and by how much, into sc.moved_idx/moved_d/n_moved."""
+    S, st_off, st_size = block.S, block.st_off, block.st_size
+    FN = block.Wt.shape[0]
+    last = st_size.shape[0] - 1
+    fsize = st_size[last]
+    fstart = FN * st_off[last] + f * fsize
+    work, dirty, n_dirty = sc.work, sc.dirty, sc.n_dirty
+    for sign in range(2):
+        step = h if sign == 0 else -h
+        for d in range(nt):
+            o = sc.tpos[d]
+            work[o] = work[o] + step * sc.tval[d]
+            dirty[0, d] = o
+            sc.d_row[0, d] = sc.trow[d]
+            sc.d_col[0, d] = sc.tcol[d]
+        n_dirty[0] = nt
+        _pipeline_step(
+            block.ops,
+            st_off,
+            work,
+            dirty,
+            sc.d_row,
+            sc.d_col,
+            n_dirty,
+            sc.mark,
+            sc.lo_h,
+            sc.hi_h,
+            sc.lo_w,
+            sc.hi_w,
+        )
+        sc.n_moved[sign] = n_dirty[last]
+        for d in range(n_dirty[last]):
+            q = dirty[last, d]
+            sc.moved_idx[sign, d] = f * fsize + q
+            sc.moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
+        _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
+
+
+@njit
+def _first_layer_columns(s, tail, sc):
+    """z1[:, sign] = the first affine layer's pre-activations of sample s with the moved
+    features of each sign added (contiguous accumulation, which vectorizes)."""
+    w, Z = tail.w, tail.Z
+    d1 = tail.sizes[1]
+    zs = tail.z_off[0] + s * d1
+    zacc = sc.zacc
+    for sign in range(2):
+        for c in range(d1):
+            zacc[c] = Z[zs + c]
+        for q in range(sc.n_moved[sign]):
+            row = sc.moved_idx[sign, q] * d1
+            d = sc.moved_d[sign, q]
+            wrow = w[row : row + d1]
+            for c in range(d1):
+                zacc[c] += d * wrow[c]
+        for c in range(d1):
+            sc.z1[c, sign] = zacc[c]
+
+
+@njit
+def _conv_delta_task(task, image, block, tail, ev, chosen, width, n_tasks, out_sums):
+    """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter chosen.sel[p], samples in
+    ascending order inside one task.
+
+    One task of ``n_tasks`` (run side by side by the engine's task runner); it owns
+    whole filters f.  ``image`` is the :class:`ConvImage`, ``block`` the
+    :class:`ConvBlock`, ``tail`` the :class:`~fastnum.kernels.layered.DenseTail`,
+    ``ev`` the :class:`~fastnum.kernels.layered.Evaluation`, ``chosen`` the
+    :class:`ConvSelection`.
+    """
+    n = image.x.shape[0]
+    FN = block.Wt.shape[0]
+    grp_ptr, grp_idx = chosen.grp_ptr, chosen.grp_idx
+    sc = _scratch(image, block, tail.sizes[1], width)
+    acc = np.zeros(chosen.sel.shape[0])
+    for f in range(task, FN, n_tasks):
+        if grp_ptr[f + 1] == grp_ptr[f]:
+            continue
+        for s in range(n):
+            _load_channel(block.S, s, f, FN, block.st_off, block.st_size, sc.work)
+            for g in range(grp_ptr[f], grp_ptr[f + 1]):
+                p = grp_idx[g]
+                nt = _touched_outputs(chosen.sel[p], s, image, block, sc)
+                if nt == 0:
+                    continue
+                _moved_features(s, f, nt, block, ev.h, sc)
+                if sc.n_moved[0] == 0 and sc.n_moved[1] == 0:
+                    continue
+                _first_layer_columns(s, tail, sc)
+                _propagate(0, 2, s, sc.z1, sc.z2, sc.dq, tail, ev.t, ev.guard, sc.mx, sc.sm, sc.res)
+                acc[p] += sc.res[0] - sc.res[1]
+        for g in range(grp_ptr[f], grp_ptr[f + 1]):
+            out_sums[grp_idx[g]] = acc[grp_idx[g]]
