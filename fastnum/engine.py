@@ -92,6 +92,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastnum import _conv_stack_plan
 from fastnum._jit import JIT_ENABLED, get_num_threads
 from fastnum.backend import DEFAULT_STRATEGY, check_strategy
 from fastnum.constants import BN_EPSILON, H
@@ -924,11 +925,15 @@ def delta_memory(stack, params, sample_shape, threads=None):
     """
     param_names(stack)  # refuses unknown layer kinds
     plan = _delta_plan(stack)
-    if plan is None:
+    conv_stack = _conv_stack_plan.plan(stack)
+    if plan is None and conv_stack is None:
         return None
     if threads is None:
         threads = get_num_threads() if JIT_ENABLED else 1
     shapes = {k: tuple(getattr(v, "shape", v)) for k, v in params.items()}
+    if conv_stack is not None:
+        per_sample, fixed = _conv_stack_plan.memory(conv_stack, shapes, sample_shape, threads)
+        return DeltaMemory(per_sample, fixed, int(threads))
     return _delta_memory(plan, shapes, tuple(sample_shape), int(threads))
 
 
@@ -1164,6 +1169,9 @@ def numerical_gradient(
 
 def _data_gradient(stack, params, x, t, h, strategy, log_guard, masks):
     """numerical_gradient without the weight-decay term."""
+    conv_stack = _conv_stack_plan.plan(stack) if strategy == "delta" else None
+    if conv_stack is not None:  # two or more convolutions, or dropout after one
+        return _conv_stack_plan.delta_gradient(conv_stack, params, x, t, h, log_guard, masks)
     if _is_chapter6(stack):
         plan = _norm_plan(stack, x) if strategy == "delta" else None
         if plan is not None:
@@ -1221,6 +1229,11 @@ def numerical_gradient_at(
 
 def _data_gradient_at(stack, params, x, t, indices, h, strategy, log_guard, masks):
     """numerical_gradient_at without the weight-decay term."""
+    conv_stack = _conv_stack_plan.plan(stack) if strategy == "delta" else None
+    if conv_stack is not None:
+        return _conv_stack_plan.delta_gradient(
+            conv_stack, params, x, t, h, log_guard, masks, indices
+        )
     if _is_chapter6(stack):
         # The delta kernel's whole gradient costs about as much as its cache: cells from it.
         plan = _norm_plan(stack, x) if strategy == "delta" else None
