@@ -83,6 +83,16 @@ def _geometry(stack, shapes, sample_shape):
     return rows, sizes, mask_sizes
 
 
+def _linear_stretch(stack):
+    """Op index a of ``conv relu pool affine`` (the last such convolution after the
+    first op), whose change the kernel maps through one matrix per sample; -1: none."""
+    kinds = [spec[0] for spec in stack]
+    for a in range(len(kinds) - 4, 0, -1):
+        if kinds[a : a + 4] == ["conv", "relu", "pool", "affine"]:
+            return a
+    return -1
+
+
 def _channels_last(a, shape):
     """(N, C*H*W) channel-major rows -> (N, H*W*C) channels-last rows."""
     C, H, W = shape
@@ -186,6 +196,15 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
             nm: np.full(shapes[nm] if indices is None else len(indices[nm]), np.nan) for nm in names
         }
     sums = np.zeros(len(jobs))
+    lin_a = _linear_stretch(stack)
+    if lin_a >= 0 and len(jobs) and jobs[:, 0].min() < lin_a:
+        M = rows[lin_a + 3][kern.C_OUT]
+        J = np.empty((n, sizes[lin_a] * M))
+        kern._linear_tail_cache(S, wp, ops, lin_a, J)
+        Wc = params[stack[lin_a][1]]
+        n1 = np.abs(Wc).reshape(Wc.shape[0], -1).sum(axis=1)
+    else:
+        lin_a, J, n1 = -1, np.zeros((1, 1)), np.zeros(1)
     if len(jobs):
         max_pos = max(r[kern.H_OUT] * r[kern.W_OUT] for r in rows)
         max_pos = max(max_pos, sizes[0])
@@ -202,6 +221,9 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
             float(h),
             float(log_guard),
             int(max_pos),
+            int(lin_a),
+            J,
+            n1,
             n_tasks,
             sums,
         )
@@ -235,7 +257,9 @@ def memory(splan, shapes, sample_shape, threads):
     Per sample: every stage of the unperturbed pass, channels-last (``8 sum_k size_k``
     with the input), the dropout masks in the same layout (``8`` per masked value),
     and the engine's forward stage and its channels-last copy while the cache is
-    built (``16 max_k size_k``).  Fixed: the packed weights and the gradient (``16``
+    built (``16 max_k size_k``), and for a ``conv relu pool affine`` stretch after the
+    first op, its matrix (``8 size_a M``: the convolution's input times the affine
+    layer's outputs).  Fixed: the packed weights and the gradient (``16``
     bytes per parameter), the jobs (``32`` bytes per parameter) and per task running
     at once: two change columns of every stage (``16 sum_k size_k``) and the dirty
     lists (``8 (n_ops + 1) max_pos + max_pos``, max_pos the most spatial positions
@@ -244,6 +268,9 @@ def memory(splan, shapes, sample_shape, threads):
     rows, sizes, mask_sizes = _geometry(splan.stack, shapes, tuple(sample_shape))
     total = sum(sizes)
     per_sample = 8 * total + 8 * sum(mask_sizes) + 16 * max(sizes)
+    a = _linear_stretch(splan.stack)
+    if a >= 0:  # the linear stretch's matrix
+        per_sample += 8 * sizes[a] * rows[a + 3][kern.C_OUT]
     n_params = sum(
         int(np.prod(shapes[spec[k]]))
         for spec in splan.stack

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from fastnum import _conv_stack_plan, engine
-from fastnum._jit import get_num_threads, set_num_threads
+from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
 from fastnum.convnet import ReferenceLayeredNet
+from fastnum.kernels import conv_stack
 
 TOL = 1e-9  # gradients, absolute
 
@@ -138,7 +139,9 @@ def test_plan_takes_deep_stacks_and_leaves_the_rest():
 
 @pytest.mark.parametrize("name", STACKS)
 @pytest.mark.parametrize(
-    "variant", [{}, {"grid": True}, {"scale": 1e-4}], ids=["normal", "grid-ties", "tiny"]
+    "variant",
+    [{}, {"grid": True}, {"scale": 1e-4}, {"scale": 1e-2, "seed": 2}],
+    ids=["normal", "grid-ties", "tiny", "small"],
 )
 def test_every_parameter_matches_the_full_path(name, variant):
     stack, params, x, t, masks = problem(name, **variant)
@@ -159,6 +162,25 @@ def test_corners_within_h_are_crossed_and_still_match():
     ref_g = engine.numerical_gradient(stack, params, x, t, h=h, strategy="full", masks=masks)
     comp_g = engine.numerical_gradient(stack, params, x, t, h=h, strategy="delta", masks=masks)
     assert max_diff(comp_g, ref_g) <= TOL
+
+
+@pytest.mark.skipif(JIT_ENABLED, reason="counts calls of a kernel function: plain Python only")
+def test_the_linear_stretch_is_taken_and_left_where_a_corner_may_be_crossed(monkeypatch):
+    # conv relu pool affine maps its input's change through one matrix unless a window
+    # of the pooling may change its argmax or a ReLU its side; then the ops run one by one.
+    taken = []
+
+    def counted(*args):
+        taken.append(linear_tail(*args))
+        return taken[-1]
+
+    linear_tail = conv_stack._linear_tail
+    monkeypatch.setattr(conv_stack, "_linear_tail", counted)
+    stack, params, x, t, masks = problem("deepconv-like", scale=1e-2, seed=2)
+    ref_g = engine.numerical_gradient(stack, params, x, t, strategy="full", masks=masks)
+    comp_g = engine.numerical_gradient(stack, params, x, t, strategy="delta", masks=masks)
+    assert max_diff(comp_g, ref_g) <= TOL
+    assert True in taken and False in taken
 
 
 def test_sampled_indices_and_weight_decay():
