@@ -241,3 +241,44 @@ def test_results_are_bit_identical_at_one_and_two_threads():
     finally:
         set_num_threads(before)
     assert max_diff(results[0], results[1]) == 0.0
+
+
+def deep_conv_net(batch, seed=0, ratio=0.5):
+    """The chapter 8 architecture (6 convolutions 3x3, 3 poolings, dropout; 123,552
+    parameters, He initialisation), images with a zero background like MNIST's."""
+    rng = np.random.default_rng(seed)
+    stack, params = [], {}
+    for i, (fn, c, pad) in enumerate(
+        [(16, 1, 1), (16, 16, 1), (32, 16, 1), (32, 32, 2), (64, 32, 1), (64, 64, 1)], 1
+    ):
+        params[f"W{i}"] = rng.normal(0, np.sqrt(2.0 / (9 * c)), (fn, c, 3, 3))
+        params[f"b{i}"] = np.zeros(fn)
+        stack += [("conv", f"W{i}", f"b{i}", 1, pad), ("relu",)]
+        if i % 2 == 0:
+            stack.append(("pool", 2, 2, 2, 0))
+    params["W7"], params["b7"] = rng.normal(0, np.sqrt(2.0 / 1024), (1024, 50)), np.zeros(50)
+    params["W8"], params["b8"] = rng.normal(0, np.sqrt(2.0 / 50), (50, 10)), np.zeros(10)
+    stack += [("affine", "W7", "b7"), ("relu",), ("dropout", "m1")]
+    stack += [("affine", "W8", "b8"), ("dropout", "m2")]
+    x = rng.random((batch, 1, 28, 28)) * (rng.random((batch, 1, 28, 28)) < 0.2)
+    t = rng.integers(0, 10, batch).astype(np.int64)
+    masks = {
+        k: (rng.random((batch, d)) >= ratio).astype(float) for k, d in (("m1", 50), ("m2", 10))
+    }
+    return tuple(stack), params, x, t, masks
+
+
+@pytest.mark.numba
+def test_the_chapter8_deep_conv_net_matches_the_full_path_at_sampled_parameters():
+    stack, params, x, t, masks = deep_conv_net(batch=2)
+    assert sum(v.size for v in params.values()) == 123_552
+    assert _conv_stack_plan.plan(stack) is not None
+    rng = np.random.default_rng(1)
+    indices = {k: rng.integers(0, v.size, 2) for k, v in params.items()}
+    ref_g = engine.numerical_gradient_at(stack, params, x, t, indices, strategy="full", masks=masks)
+    comp_g = engine.numerical_gradient_at(
+        stack, params, x, t, indices, strategy="delta", masks=masks
+    )
+    assert max_diff(comp_g, ref_g) <= TOL
+    mem = engine.delta_memory(stack, params, x.shape[1:], threads=2)
+    assert 1e6 < mem.per_sample < 1e7  # every stage (121k doubles) and the linear stretch
