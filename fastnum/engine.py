@@ -38,9 +38,10 @@ for every parameter; no analytic derivatives anywhere):
     dropout, each affine layer followed by ``[batchnorm] [activation] [dropout]``
     in the book's order (:mod:`fastnum.kernels.normalization`: a perturbation's
     column is renormalised over the batch, then the later layers are recomputed
-    for every sample that moved).  Any other stack (two convolutions, two
-    activations in a row, batch norm after a convolution, ...) falls back to
-    ``full``.
+    for every sample that moved).  Deeper convolution stacks (several
+    convolutions, dropout after one; :mod:`fastnum._conv_stack_plan`) take
+    :mod:`fastnum.kernels.conv_stack`.  Any other stack (two activations in a
+    row, batch norm after a convolution, ...) falls back to ``full``.
 
 Fast paths: with ``log_guard == 1e-7`` the book's sigmoid two-layer stack runs on
 :mod:`fastnum.kernels.two_layer` (gradient and loss; ``predict`` at any guard), so

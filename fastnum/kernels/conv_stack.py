@@ -38,6 +38,15 @@ no corner crossed, no tie broken the other way).  The first op where it fails is
 rerun with two explicit columns, and every later op carries both.  No analytic
 derivative is used anywhere: both losses are evaluations at theta +- h e_i.
 
+A ``conv relu pool affine`` stretch (the last block of the book's DeepConvNet) is
+piecewise linear: while no ReLU changes side and no pooling window changes its argmax,
+the change of the affine output is one matrix (per sample, :func:`_linear_tail_cache`)
+times the change of the convolution's input, which replaces the convolution's whole
+scatter.  Each evaluation first proves that no corner is crossed at +h or -h: a
+unit's change is at most its filter's absolute sum times the largest change in its
+receptive field, windows this bound cannot clear are checked with their units' exact
+changes, and when one of them really crosses, the ops run one by one as above.
+
 Each job (one parameter) sums ``L_n(+) - L_n(-)`` over the samples in ascending
 order inside one task, so results do not depend on the thread count.
 """
@@ -578,6 +587,13 @@ def _linear_tail(s, a, S, D, wp, ops, pos, npos, clo, chi, J, n1, mabs, bnd, ex)
         a_hi = min(ph, OH - i0)
         b_lo = max(0, -j0)
         b_hi = min(pw, OW - j0)
+        moved = False
+        for da in range(a_lo, a_hi):
+            for db in range(b_lo, b_hi):
+                if bnd[(i0 + da) * OW + j0 + db] != 0.0:
+                    moved = True
+        if not moved:  # no unit of the window changes (a tie stays a tie): nothing moves
+            continue
         for o in range(FN):
             m = S[s, p_off + wq * FN + o]
             nb = n1[o]
@@ -713,8 +729,8 @@ def _evaluate(
 
 @njit
 def _stack_delta_task(task, jobs, S, mk, wp, ops, t, h, guard, max_pos, lin_a, J, n1, n_tasks, out):
-    """out[j] = sum_n (L_n(+) - L_n(-)) for every job j of this task (jobs task, task +
-    n_tasks, ...), samples in ascending order.
+    """out[j] += sum_n (L_n(+) - L_n(-)) for every job j of this task (jobs task, task +
+    n_tasks, ...), samples in ascending order (``out`` starts at zero).
 
     A job is (op k, output channel or unit f, input channel c or channels-last input
     row, tap kh * FW + kw); c = -1 is the bias of f.  One task of ``n_tasks`` (run side
@@ -734,13 +750,13 @@ def _stack_delta_task(task, jobs, S, mk, wp, ops, t, h, guard, max_pos, lin_a, J
     res = np.empty(2)
     win = ops[lin_a + 2, KH] * ops[lin_a + 2, KW] if lin_a >= 0 else 1
     lin = (lin_a, J, n1, np.empty(max_pos), np.empty(max_pos), np.empty(win))
-    for j in range(task, jobs.shape[0], n_tasks):
-        acc = 0.0
-        for s in range(S.shape[0]):
-            job = jobs[j]
-            acc += _evaluate(
+    # Samples outermost: one sample's stages and matrix stay in cache for all the jobs
+    # (jobs outermost ran 1.9x slower per sample at batch 10 than at batch 2).
+    for s in range(S.shape[0]):
+        for j in range(task, jobs.shape[0], n_tasks):
+            out[j] += _evaluate(
                 s,
-                job,
+                jobs[j],
                 S,
                 mk,
                 wp,
@@ -760,4 +776,3 @@ def _stack_delta_task(task, jobs, S, mk, wp, ops, t, h, guard, max_pos, lin_a, J
                 res,
                 lin,
             )
-        out[j] = acc
