@@ -282,3 +282,24 @@ def test_the_chapter8_deep_conv_net_matches_the_full_path_at_sampled_parameters(
     assert max_diff(comp_g, ref_g) <= TOL
     mem = engine.delta_memory(stack, params, x.shape[1:], threads=2)
     assert 1e6 < mem.per_sample < 1e7  # every stage (121k doubles) and the linear stretch
+
+
+@pytest.mark.numba  # tracemalloc over the plain-Python kernels traces every scalar: minutes
+def test_delta_memory_bounds_the_arrays_the_gradient_allocates(monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setenv(engine.MEMORY_LIMIT_ENV, "off")
+    stack, params, x, t, masks = problem("deepconv-like", batch=300)
+    x = x + 5.0  # no zeros: the estimate's worst case
+    engine.numerical_gradient(
+        stack, params, x[:2], t[:2], masks={k: m[:2] for k, m in masks.items()}
+    )
+    tracemalloc.start()
+    try:
+        engine.numerical_gradient(stack, params, x, t, strategy="delta", masks=masks)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = engine.delta_memory(stack, params, x.shape[1:]).bytes(len(x))
+    # The tasks' buffers, allocated inside the compiled kernels, are not traced.
+    assert 0.5 * estimate <= peak <= estimate
