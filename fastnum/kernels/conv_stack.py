@@ -270,44 +270,56 @@ def _op_conv(o, D, wp, ops, pos, npos, clo, chi, ncol, mark):
     w_off = ops[o, W_OFF]
     i_off = ops[o, IN_OFF]
     o_off = ops[o, OUT_OFF]
+    n_taps = FH * FW
+    tap_w = np.empty(n_taps, dtype=np.int64)  # filter tap and output position per valid tap
+    tap_q = np.empty(n_taps, dtype=np.int64)
     cnt = 0
     for d in range(npos[o]):
         p = pos[o, d]
         i = p // W
         jj = p % W
+        base = i_off + p * C
+        moved = False
         for c in range(clo[o], chi[o]):
-            d0 = D[0, i_off + p * C + c]
-            d1 = D[1, i_off + p * C + c] if ncol == 2 else 0.0
+            if D[0, base + c] != 0.0 or (ncol == 2 and D[1, base + c] != 0.0):
+                moved = True
+                break
+        if not moved:
+            continue
+        # The outputs this input position feeds, once for all its channels.
+        nv = 0
+        for kh in range(FH):
+            ih = i + pad - kh
+            if ih < 0 or ih % stride or ih // stride >= OH:
+                continue
+            for kw in range(FW):
+                iw = jj + pad - kw
+                if iw < 0 or iw % stride or iw // stride >= OW:
+                    continue
+                q = (ih // stride) * OW + iw // stride
+                tap_w[nv] = kh * FW + kw
+                tap_q[nv] = q
+                nv += 1
+                if mark[q] == 0:
+                    mark[q] = 1
+                    pos[o + 1, cnt] = q
+                    cnt += 1
+        for c in range(clo[o], chi[o]):
+            d0 = D[0, base + c]
+            d1 = D[1, base + c] if ncol == 2 else 0.0
             if d0 == 0.0 and d1 == 0.0:
                 continue
-            for kh in range(FH):
-                ih = i + pad - kh
-                if ih < 0 or ih % stride:
-                    continue
-                oh = ih // stride
-                if oh >= OH:
-                    continue
-                for kw in range(FW):
-                    iw = jj + pad - kw
-                    if iw < 0 or iw % stride:
-                        continue
-                    ow = iw // stride
-                    if ow >= OW:
-                        continue
-                    q = oh * OW + ow
-                    if mark[q] == 0:
-                        mark[q] = 1
-                        pos[o + 1, cnt] = q
-                        cnt += 1
-                    w0 = w_off + ((c * FH + kh) * FW + kw) * FN
-                    wrow = wp[w0 : w0 + FN]
-                    out0 = D[0, o_off + q * FN : o_off + (q + 1) * FN]
+            for v in range(nv):
+                w0 = w_off + (c * n_taps + tap_w[v]) * FN
+                wrow = wp[w0 : w0 + FN]
+                q = tap_q[v]
+                out0 = D[0, o_off + q * FN : o_off + (q + 1) * FN]
+                for f in range(FN):
+                    out0[f] += d0 * wrow[f]
+                if ncol == 2:
+                    out1 = D[1, o_off + q * FN : o_off + (q + 1) * FN]
                     for f in range(FN):
-                        out0[f] += d0 * wrow[f]
-                    if ncol == 2:
-                        out1 = D[1, o_off + q * FN : o_off + (q + 1) * FN]
-                        for f in range(FN):
-                            out1[f] += d1 * wrow[f]
+                        out1[f] += d1 * wrow[f]
     for d in range(cnt):
         mark[pos[o + 1, d]] = 0
     npos[o + 1] = cnt
