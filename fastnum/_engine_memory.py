@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from fastnum import _conv_stack_plan
 from fastnum._engine_delta import _delta_plan, _ops_table
 from fastnum._engine_layers import param_names
 from fastnum._jit import JIT_ENABLED, get_num_threads
@@ -157,11 +158,15 @@ def delta_memory(stack, params, sample_shape, threads=None):
     """
     param_names(stack)  # refuses unknown layer kinds
     plan = _delta_plan(stack)
-    if plan is None:
+    conv_stack = _conv_stack_plan.plan(stack)
+    if plan is None and conv_stack is None:
         return None
     if threads is None:
         threads = get_num_threads() if JIT_ENABLED else 1
     shapes = {k: tuple(getattr(v, "shape", v)) for k, v in params.items()}
+    if conv_stack is not None:
+        per_sample, fixed = _conv_stack_plan.memory(conv_stack, shapes, sample_shape, threads)
+        return DeltaMemory(per_sample, fixed, int(threads))
     return _delta_memory(plan, shapes, tuple(sample_shape), int(threads))
 
 

@@ -45,10 +45,12 @@ Dispatch: three tables
     convolution followed by any activations and poolings, then affine layers each
     followed by at most one activation (:mod:`fastnum._engine_delta`); dense
     stacks with batch norm or dropout, each affine layer followed by
-    ``[batchnorm] [activation] [dropout]`` in the book's order.  Any other stack
-    (two convolutions, two activations in a row, batch norm after a convolution,
-    ...) runs ``full``: that fallback is the row's ``fallback`` column, and a
-    strategy without one refuses a stack it does not cover
+    ``[batchnorm] [activation] [dropout]`` in the book's order; deeper
+    convolution stacks (several convolutions, poolings, activations and dropout
+    before a dense part, the book's chapter 8 net: :mod:`fastnum._conv_stack_plan`,
+    :mod:`fastnum.kernels.conv_stack`).  Any other stack (two activations in a
+    row, batch norm after a convolution, ...) runs ``full``: that fallback is the
+    row's ``fallback`` column, and a strategy without one refuses a stack it does not cover
     (:class:`StrategyNotImplementedError`) instead of running another.
 :data:`FAST_PATHS`
     Hand-written kernels that serve some stacks faster than the general path, at
@@ -77,6 +79,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastnum import _conv_stack_plan
 from fastnum._engine_delta import (  # noqa: F401  (re-exported for tests and tools)
     _delta_at,
     _delta_plan,
@@ -228,6 +231,11 @@ def _chapter6_delta(plan, params, x, t, h, log_guard, indices, masks):
     return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
 
 
+def _conv_stack_delta(plan, params, x, t, h, log_guard, indices, masks):
+    """The deep conv-stack delta kernel (it checks its own memory)."""
+    return _conv_stack_plan.delta_gradient(plan, params, x, t, h, log_guard, masks, indices)
+
+
 class DeltaKernel(NamedTuple):
     """A delta kernel: which stacks it covers and how it runs."""
 
@@ -244,6 +252,11 @@ DELTA_KERNELS = (
         _chapter6_delta,
     ),
     DeltaKernel("conv block + dense", lambda stack, x: _delta_plan(stack), _layered_delta),
+    DeltaKernel(
+        "deep conv stack + dense",
+        lambda stack, x: _conv_stack_plan.plan(stack),
+        _conv_stack_delta,
+    ),
 )
 
 

@@ -233,8 +233,10 @@ def test_delta_memory_grows_with_the_batch_and_is_none_where_delta_falls_back():
     assert one.bytes(1000) - one.bytes(10) == 990 * one.per_sample
     assert one.max_batch(one.bytes(37)) == 37
     assert one.max_batch(one.fixed - 1) == 0
-    two_convs, shapes, sample = STACKS["two-convs"]
-    assert engine.delta_memory(two_convs, shapes, sample) is None
+    conv_bn, shapes, sample = STACKS["conv-bn"]  # batch norm after a conv: full
+    assert engine.delta_memory(conv_bn, shapes, sample) is None
+    two_convs, shapes, sample = STACKS["two-convs"]  # the conv-stack kernel's estimate
+    assert engine.delta_memory(two_convs, shapes, sample).per_sample > 0
 
 
 def test_book_simpleconvnet_estimate_at_batch_100_is_tens_of_megabytes():

@@ -25,6 +25,11 @@ module                job                                         used by
 ``conv_delta``        delta of a perturbed convolution (the       ``engine`` delta
                       channel pipeline pushed from dirty
                       positions)
+``conv_stack``        delta of deep convolution stacks (several   ``engine`` delta, planned
+                      convolutions, poolings, dropout; the        by ``_conv_stack_plan``
+                      book's chapter 8 net): every stage cached,
+                      a perturbed channel's change pushed
+                      through the later layers
 ``normalization``     chapter 6: batch norm and dropout forward,  ``engine`` (``LAYER_KINDS``
                       and the delta of dense stacks with them     rows, ``DELTA_KERNELS``)
 ``two_layer``         the book's two-layer net, hand-written      ``engine.FAST_PATHS``;

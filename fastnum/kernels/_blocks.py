@@ -32,8 +32,10 @@ from fastnum.kernels._vmath import fexp
 #: Every code a kernel dispatches on, activations and the conv pipeline's steps in one
 #: table, so two codes cannot collide: a new activation is appended here (and gets a
 #: branch in :func:`_act`), a new pipeline step too (and gets its case in
-#: ``conv_delta._pipeline_step``).  ``none`` passes a value through.
-OP_NAMES = ("none", "relu", "sigmoid", "pool")
+#: ``conv_delta._pipeline_step``).  ``none`` passes a value through.  The last four are
+#: the step kinds of the deep conv-stack kernel's ops table (:mod:`.conv_stack`), whose
+#: ``activation`` rows carry one of the activation codes in a column of their own.
+OP_NAMES = ("none", "relu", "sigmoid", "pool", "conv", "activation", "dropout", "affine")
 OP_CODES = {name: code for code, name in enumerate(OP_NAMES)}
 NONE = OP_CODES["none"]
 RELU = OP_CODES["relu"]
