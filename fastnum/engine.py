@@ -1176,6 +1176,12 @@ def _data_gradient(stack, params, x, t, h, strategy, log_guard, masks):
     fast = _fast_path(stack, params, x, t, h, strategy, log_guard)
     if fast is not None:
         return fast
+    if strategy == "delta":  # deep dense relu stacks: the corner-aware kernel
+        from fastnum.kernels import dense_relu
+
+        fast = dense_relu.engine_gradient(stack, params, x, t, h, log_guard)
+        if fast is not None:
+            return fast
     plan = _delta_plan(stack) if strategy == "delta" else None
     if plan is not None:
         _check_delta_memory(plan, params, x)
