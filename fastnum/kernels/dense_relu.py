@@ -136,14 +136,15 @@ def _jacobian_task(task, n_tasks, n, w, w_off, sizes, z_off, Z, hid_off, width, 
     P2 = np.empty((width, width))
     units = np.empty(width, dtype=np.int64)
     on = np.empty(width, dtype=np.int64)
-    tau = np.empty(width)
+    tau = np.empty((width, 2))
     for s in range(task, n, n_tasks):
         for layer in range(n_layers - 1):
             d = sizes[layer + 1]
             zl = z_off[layer] + s * d
             n_units = 0
             for j in range(d):
-                T[s, hid_off[layer] + j] = -1.0
+                T[s, hid_off[layer] + j, 0] = -1.0
+                T[s, hid_off[layer] + j, 1] = -1.0
                 if Z[zl + j] > 0.0:
                     units[n_units] = j
                     n_units += 1
@@ -155,7 +156,8 @@ def _jacobian_task(task, n_tasks, n, w, w_off, sizes, z_off, Z, hid_off, width, 
                 src_row = w[start : start + n_next]
                 for c in range(n_next):
                     P[a, c] = src_row[c]
-                tau[a] = np.inf
+                tau[a, 0] = np.inf
+                tau[a, 1] = np.inf
             src = P
             dst = P2
             m = layer + 1
@@ -163,16 +165,26 @@ def _jacobian_task(task, n_tasks, n, w, w_off, sizes, z_off, Z, hid_off, width, 
                 dm = sizes[m + 1]
                 zm = z_off[m] + s * dm
                 zrow = Z[zm : zm + dm]
-                # A later unit k moves by chg * P[k]: it stays on its side while
+                # A later unit k moves by chg * P[k]: away from its corner for one sign
+                # of chg, towards it for the other, where it stays on its side while
                 # |chg| * |P[k]| < |z_m[k]| (a zero entry bounds nothing).
                 for a in range(n_units):
-                    ta = tau[a]
+                    tp = tau[a, 0]
+                    tm = tau[a, 1]
                     for k in range(dm):
-                        p = abs(src[a, k])
-                        az = abs(zrow[k])
-                        if p != 0.0 and p * ta > az:
-                            ta = az / p
-                    tau[a] = ta
+                        p = src[a, k]
+                        if p == 0.0:
+                            continue
+                        z = zrow[k]
+                        az = abs(z)
+                        ap = abs(p)
+                        if (z > 0.0) == (p < 0.0):  # chg > 0 moves it towards 0
+                            if ap * tp > az:
+                                tp = az / ap
+                        elif ap * tm > az:
+                            tm = az / ap
+                    tau[a, 0] = tp
+                    tau[a, 1] = tm
                 n_on = 0
                 for k in range(dm):
                     if zrow[k] > 0.0:
@@ -195,13 +207,14 @@ def _jacobian_task(task, n_tasks, n, w, w_off, sizes, z_off, Z, hid_off, width, 
                 m += 1
             for a in range(n_units):
                 cell = hid_off[layer] + units[a]
-                finite = tau[a] == tau[a]
+                finite = tau[a, 0] == tau[a, 0] and tau[a, 1] == tau[a, 1]
                 for c in range(k_out):
                     v = src[a, c]
                     J[s, cell, c] = v
                     if not (abs(v) < np.inf):
                         finite = False
-                T[s, cell] = tau[a] * (1.0 - _MARGIN) if finite else -1.0
+                for side in range(2):
+                    T[s, cell, side] = tau[a, side] * (1.0 - _MARGIN) if finite else -1.0
 
 
 @njit
@@ -218,10 +231,13 @@ def _line_losses(Z, zs, k_out, jrow, chg, n_q, label, guard, z1, mx, sm, out):
 
 
 @njit
-def _exact_losses(layer, j, s, chg, n_q, tail, t, guard, pcol, pnext, zq, znext, zl, mx, sm, out):
-    """out[q] = loss of sample s when a_layer[j] moves by chg[q] (q < n_q), every later
-    relu applied: linear (``chg * P``) through the layers where no unit can cross its
-    corner for the largest |chg|, then layer by layer from the first where one may.
+def _exact_losses(
+    layer, j, s, chg, n_q, sign, tail, t, guard, pcol, pnext, zq, znext, zl, mx, sm, out
+):
+    """out[q] = loss of sample s when a_layer[j] moves by chg[q] (q < n_q, each 0 or of
+    the given sign), every later relu applied: linear (``chg * P``) through the layers
+    where no unit can cross its corner for the largest |chg|, then layer by layer from
+    the first where one may.
 
     ``pcol``, ``pnext``, ``zq``, ``znext`` hold ``width`` values, ``zl`` (k_out, n_q)
     the logits; ``tail`` as for :func:`fastnum.kernels.layered._propagate`.
@@ -242,8 +258,12 @@ def _exact_losses(layer, j, s, chg, n_q, tail, t, guard, pcol, pnext, zq, znext,
         zrow = Z[z_off[m] + s * d : z_off[m] + (s + 1) * d]
         cross = False
         for k in range(d):
-            # Not "<": a unit at exactly 0 (or a NaN) takes the exact path.
-            if not (cmax * abs(pcol[k]) < abs(zrow[k])):
+            p = pcol[k]
+            z = zrow[k]
+            # Units moving away from their corner cannot cross it.  Not "<": a unit at
+            # exactly 0 (or an overflowed product) takes the exact path.
+            towards = (z > 0.0) == (sign * p < 0.0)
+            if (towards or not abs(p) < np.inf) and not (cmax * abs(p) < abs(z)):
                 cross = True
                 break
         if cross:
@@ -301,7 +321,7 @@ def _exact_losses(layer, j, s, chg, n_q, tail, t, guard, pcol, pnext, zq, znext,
 def _scatter(gsum, gbase, grow, gsgn, gend, base, g_lo, g_hi, out, half):
     """Add each group's difference out[g] - out[half + g] to its members' cells."""
     for g in range(g_lo, g_hi):
-        diff = out[g - g_lo] - out[half + g - g_lo]
+        diff = out[g] - out[half + g]
         start = base if g == 0 else base + gend[base + g - 1]
         for p in range(start, base + gend[base + g]):
             gsum[gbase + grow[p]] += gsgn[p] * diff
@@ -344,6 +364,7 @@ def _eval_task(
     n_q_max = 2 * max_g
     chg = np.empty(n_q_max)
     out = np.empty(n_q_max)
+    both = np.empty(n_q_max)
     mx = np.empty(n_q_max)
     sm = np.empty(n_q_max)
     z1 = np.empty((k_out, n_q_max))
@@ -380,36 +401,62 @@ def _eval_task(
                 continue
             zj = Z[z_off[layer] + s * n_out + j]
             aj = A[z_off[layer] + s * n_out + j]
+            zsl = zs + s * k_out
             lo = 0  # groups [0, lo): nothing moves (an off unit that stays off)
-            hi = 0  # groups [lo, hi): linear in chg; [hi, n_groups): re-run the tail
-            if zj > 0.0:
-                tau = T[s, hid_off[layer] + j]
-                while hi < n_groups and h * vals[hi] < tau:
-                    hi += 1
-                if hi > 0:
-                    for g in range(hi):
-                        chg[g] = _act(zj + h * vals[g], RELU) - aj
-                        chg[hi + g] = _act(zj - h * vals[g], RELU) - aj
-                    jrow = J[s, hid_off[layer] + j]
-                    zsl = zs + s * k_out
-                    _line_losses(Z, zsl, k_out, jrow, chg, 2 * hi, t[s], guard, z1, mx, sm, out)
-                    _scatter(gsum, gbase, grow, gsgn, gend, base, 0, hi, out, hi)
-            else:
+            if zj <= 0.0:
                 if zj + h * vals[n_groups - 1] <= 0.0:  # off before and after every step
                     continue
-                while lo < n_groups and zj + h * vals[lo] <= 0.0:
+                while zj + h * vals[lo] <= 0.0:
                     lo += 1
+            # Losses at +h (both[g]) and -h (both[n_groups + g]) for the groups g >= lo.
+            for side in range(2):
+                sign = 1.0 if side == 0 else -1.0
+                at = side * n_groups
+                if zj <= 0.0 and side == 1:  # an off unit stepped down stays off
+                    chg[0] = 0.0
+                    _line_losses(Z, zsl, k_out, eye, chg, 1, t[s], guard, z1, mx, sm, out)
+                    for g in range(lo, n_groups):
+                        both[at + g] = out[0]
+                    continue
+                for g in range(lo, n_groups):
+                    chg[g] = _act(zj + sign * h * vals[g], RELU) - aj
+                # [lo, hi): linear in chg (no later corner within reach); [hi, n_groups):
+                # the exact path.  Only units that are on have a Jacobian row.
                 hi = lo
-            if hi == n_groups:
-                continue
-            n_r = n_groups - hi
-            for g in range(n_r):
-                chg[g] = _act(zj + h * vals[hi + g], RELU) - aj
-                chg[n_r + g] = _act(zj - h * vals[hi + g], RELU) - aj
-            _exact_losses(
-                layer, j, s, chg, 2 * n_r, tail, t, guard, pcol, pnext, zq, znext, z1, mx, sm, out
-            )
-            _scatter(gsum, gbase, grow, gsgn, gend, base, hi, n_groups, out, n_r)
+                if zj > 0.0:
+                    tau = T[s, hid_off[layer] + j, side]
+                    while hi < n_groups and h * vals[hi] < tau:
+                        hi += 1
+                if hi > lo:
+                    jrow = J[s, hid_off[layer] + j]
+                    _line_losses(
+                        Z, zsl, k_out, jrow, chg[lo:hi], hi - lo, t[s], guard, z1, mx, sm, out
+                    )
+                    for g in range(lo, hi):
+                        both[at + g] = out[g - lo]
+                if hi < n_groups:
+                    _exact_losses(
+                        layer,
+                        j,
+                        s,
+                        chg[hi:n_groups],
+                        n_groups - hi,
+                        sign,
+                        tail,
+                        t,
+                        guard,
+                        pcol,
+                        pnext,
+                        zq,
+                        znext,
+                        z1,
+                        mx,
+                        sm,
+                        out,
+                    )
+                    for g in range(hi, n_groups):
+                        both[at + g] = out[g - hi]
+            _scatter(gsum, gbase, grow, gsgn, gend, base, lo, n_groups, both, n_groups)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -491,7 +538,7 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
         grow = np.empty(n_slots, dtype=np.int64)
         gsgn = np.empty(n_slots)
         _run(_groups_task, nb, xb, A, sizes, z_off, in_off, gcount, gval, gend, grow, gsgn)
-        T = np.empty((nb, int(hid_off[-1])))
+        T = np.empty((nb, int(hid_off[-1]), 2))
         J = np.zeros((nb, int(hid_off[-1]), int(sizes[-1])))
         _run(_jacobian_task, nb, nb, w, w_off, sizes, z_off, Z, hid_off, width, T, J)
         tail = (w, w_off, sizes, acts, z_off, Z, A)
