@@ -574,6 +574,29 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
     return grads
 
 
+def cache_bytes(sizes, batch, threads=1):
+    """Bytes :func:`numerical_gradient_trusted` allocates for widths ``sizes`` (d_0 .. d_L).
+
+    Per sample of a block (at most :data:`BLOCK` samples): pre-activations and
+    activations (``16 sum d_l``, l >= 1), the input groups (``32 sum (d_l + 1)``,
+    l < L), the corner distances (``16 H``) and Jacobian rows (``8 H d_L``), H the
+    hidden units.  Fixed: the gradient accumulator and the gradients copied out of it
+    (``16`` bytes per parameter), and per running task the Jacobian task's two
+    ``width x width`` blocks or the evaluation task's buffers (``8 (d_L + 5)``
+    values per evaluation column, 2 (max d_l + 1) columns), whichever is larger.
+    """
+    sizes = [int(v) for v in sizes]
+    hidden = sum(sizes[1:-1])
+    per_sample = (
+        16 * sum(sizes[1:]) + 32 * sum(d + 1 for d in sizes[:-1]) + 16 * hidden
+    ) + 8 * hidden * sizes[-1]
+    n_params = sum((sizes[k] + 1) * sizes[k + 1] for k in range(len(sizes) - 1))
+    width = max(sizes[1:])
+    columns = 2 * (max(sizes[:-1]) + 1)
+    task = max(16 * width * width, 8 * (sizes[-1] + 5) * columns + 32 * width)
+    return per_sample * min(int(batch), BLOCK) + 16 * n_params + int(threads) * task
+
+
 def relu_stack_names(stack):
     """[(W_name, b_name), ...] when the stack is ``affine (relu affine)+``, else None."""
     kinds = tuple(spec[0] for spec in stack)
