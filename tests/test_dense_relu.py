@@ -259,3 +259,26 @@ def test_mnist_deep_relu_net_matches_full(mnist, monkeypatch):
     full_g = engine.numerical_gradient_at(net.stack, net.params, x, t, sample, strategy="full")
     for k, idx in sample.items():
         assert np.abs(comp_g[k].ravel()[idx] - full_g[k]).max() <= TOL
+
+
+@pytest.mark.numba  # plain Python under tracemalloc takes a minute: the same arrays
+@pytest.mark.parametrize("batch", [5, 40])
+def test_memory_is_what_cache_bytes_says(batch, monkeypatch):
+    import tracemalloc
+
+    sizes = (30, 20, 12, 4)
+    monkeypatch.setattr(dense_relu, "BLOCK", 16)  # three blocks at batch 40
+    stack, params, x, t = near_corner_net(sizes, batch, seed=9)
+    names = dense_relu.relu_stack_names(stack)
+    weights, biases = [params[w] for w, _ in names], [params[b] for _, b in names]
+    dense_relu.numerical_gradient_trusted(weights, biases, x, t, H, 1e-7)  # compile first
+    tracemalloc.start()  # NumPy's and numba's arrays are traced
+    try:
+        dense_relu.numerical_gradient_trusted(weights, biases, x, t, H, 1e-7)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    estimate = dense_relu.cache_bytes(sizes, batch, get_num_threads())
+    # Beyond the arrays: the thread pool's and the calls' Python objects (~25 KiB).
+    assert peak <= estimate + 40 * 1024
+    assert estimate <= 2 * peak

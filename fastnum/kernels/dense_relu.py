@@ -565,6 +565,7 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
             width,
             gsum,
         )
+        del tail, Z, A, gcount, gval, gend, grow, gsgn, T, J  # before the next block's
     gsum *= 1.0 / (2.0 * h * n)
     grads = []
     for layer in range(n_layers):
@@ -580,8 +581,8 @@ def cache_bytes(sizes, batch, threads=1):
     Per sample of a block (at most :data:`BLOCK` samples): pre-activations and
     activations (``16 sum d_l``, l >= 1), the input groups (``32 sum (d_l + 1)``,
     l < L), the corner distances (``16 H``) and Jacobian rows (``8 H d_L``), H the
-    hidden units.  Fixed: the gradient accumulator and the gradients copied out of it
-    (``16`` bytes per parameter), and per running task the Jacobian task's two
+    hidden units.  Fixed: the packed weights, the gradient accumulator and the gradients
+    copied out of it (``24`` bytes per parameter), and per running task the Jacobian task's two
     ``width x width`` blocks or the evaluation task's buffers (``8 (d_L + 5)``
     values per evaluation column, 2 (max d_l + 1) columns), whichever is larger.
     """
@@ -594,7 +595,7 @@ def cache_bytes(sizes, batch, threads=1):
     width = max(sizes[1:])
     columns = 2 * (max(sizes[:-1]) + 1)
     task = max(16 * width * width, 8 * (sizes[-1] + 5) * columns + 32 * width)
-    return per_sample * min(int(batch), BLOCK) + 16 * n_params + int(threads) * task
+    return per_sample * min(int(batch), BLOCK) + 24 * n_params + int(threads) * task
 
 
 def relu_stack_names(stack):
