@@ -223,7 +223,15 @@ def test_huge_weights_and_a_pass_that_overflows():
     stack, params, x, t = near_corner_net((5, 4, 4, 3), 3, seed=6)
     params["W1"] = params["W1"] * 1e300  # finite logits of ~1e300: steps lost to rounding
     check_against_brute_force(stack, params, x, t, H)
-    params["W1"] = params["W1"] * 1e8  # overflows: left to the engine, which gives NaN
+    # A sample whose unguarded loss is inf (its label's probability underflows to 0):
+    # every central difference is NaN; left to the engine, which says so.
+    params["W1"] = params["W1"] / 1e300
+    params["W3"] = params["W3"] * 1e4
+    assert engine.loss(stack, params, x, t, log_guard=0.0) == np.inf
+    assert dense_relu.engine_gradient(stack, params, x, t, H, 0.0) is None
+    grads = engine.numerical_gradient(stack, params, x, t, log_guard=0.0)
+    assert all(np.isnan(g).all() for g in grads.values())
+    params["W1"] = params["W1"] * 1e308  # overflows: left to the engine, which gives NaN
     assert dense_relu.engine_gradient(stack, params, x, t, H, 1e-7) is None
     grads = engine.numerical_gradient(stack, params, x, t)
     assert all(np.isnan(g).all() for g in grads.values())

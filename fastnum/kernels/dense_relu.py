@@ -487,6 +487,18 @@ def _offsets(counts):
     return out
 
 
+def _finite_pass(Z, logits_at, t, guard):
+    """Whether the cached pass is finite and so is every sample's loss (a sample whose
+    loss is inf makes every central difference NaN, as the engine computes them)."""
+    if not np.isfinite(Z).all():
+        return False
+    logits = Z[int(logits_at) :].reshape(len(t), -1)
+    with np.errstate(all="ignore"):  # an underflowed probability is what this looks for
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        y = e[np.arange(len(t)), t] / e.sum(axis=1)
+        return bool(np.isfinite(np.log(y + guard)).all())
+
+
 def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
     """Central-difference gradient of the batch-mean loss of a dense ReLU stack.
 
@@ -504,7 +516,8 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
     -------
     list of (ndarray, ndarray) or None
         The gradients ``(dW_l, db_l)`` per layer, or None when a cached pre-activation
-        is not finite (the caller's general kernels handle that case).
+        or a sample's loss is not finite (the caller's general kernels handle that case:
+        the engine's gradients are then NaN).
     """
     n_layers = len(weights)
     n = x.shape[0]
@@ -528,7 +541,7 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
         Z = np.empty(nb * int(sizes[1:].sum()))
         A = np.empty_like(Z)
         _tail_cache(xb, w, b, w_off, b_off, sizes, acts, z_off, Z, A)
-        if not np.isfinite(Z).all():
+        if not _finite_pass(Z, z_off[-1], tb, log_guard):
             return None
         in_off = _offsets(nb * (sizes[:-1] + 1))[:-1]
         n_slots = int(nb * (sizes[:-1] + 1).sum())
@@ -612,7 +625,8 @@ def engine_gradient(stack, params, x, t, h, log_guard):
 
     ``stack``/``params``/``x``/``t`` as :func:`fastnum.engine.numerical_gradient` takes
     them (trusted).  None for any other stack, when :data:`ENABLED` is False, and
-    when the cached pass is not finite (the engine's delta then gives NaN gradients).
+    when the cached pass or a loss is not finite (the engine's delta then gives NaN
+    gradients).
     """
     names = relu_stack_names(stack) if ENABLED and x.ndim == 2 else None
     if names is None:
