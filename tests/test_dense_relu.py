@@ -219,6 +219,7 @@ def test_engine_delta_takes_the_kernel_for_dense_relu_stacks(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 def test_huge_weights_and_a_pass_that_overflows():
     stack, params, x, t = near_corner_net((5, 4, 4, 3), 3, seed=6)
     params["W1"] = params["W1"] * 1e300  # finite logits of ~1e300: steps lost to rounding
