@@ -191,18 +191,42 @@ def _jacobian_task(task, n_tasks, n, w, w_off, sizes, z_off, Z, hid_off, width, 
                         on[n_on] = k
                         n_on += 1
                 d2 = sizes[m + 2]
-                for a in range(n_units):
-                    out = dst[a, :d2]
-                    for c in range(d2):
-                        out[c] = 0.0
+                # Four rows at a time share each weight row's loads; every out[c] is
+                # still its own sum over k in ascending order.
+                for a0 in range(0, n_units, 4):
+                    n_rows = min(4, n_units - a0)
+                    for a in range(a0, a0 + n_rows):
+                        for c in range(d2):
+                            dst[a, c] = 0.0
+                    if n_rows < 4:
+                        for a in range(a0, a0 + n_rows):
+                            out = dst[a, :d2]
+                            for i in range(n_on):
+                                k = on[i]
+                                pk = src[a, k]
+                                start = w_off[m + 1] + k * d2
+                                wrow = w[start : start + d2]
+                                for c in range(d2):
+                                    out[c] += pk * wrow[c]
+                        continue
+                    out0 = dst[a0, :d2]
+                    out1 = dst[a0 + 1, :d2]
+                    out2 = dst[a0 + 2, :d2]
+                    out3 = dst[a0 + 3, :d2]
                     for i in range(n_on):
                         k = on[i]
-                        pk = src[a, k]
-                        if pk != 0.0:
-                            start = w_off[m + 1] + k * d2
-                            wrow = w[start : start + d2]
-                            for c in range(d2):
-                                out[c] += pk * wrow[c]
+                        p0 = src[a0, k]
+                        p1 = src[a0 + 1, k]
+                        p2 = src[a0 + 2, k]
+                        p3 = src[a0 + 3, k]
+                        start = w_off[m + 1] + k * d2
+                        wrow = w[start : start + d2]
+                        for c in range(d2):
+                            wc = wrow[c]
+                            out0[c] += p0 * wc
+                            out1[c] += p1 * wc
+                            out2[c] += p2 * wc
+                            out3[c] += p3 * wc
                 src, dst = dst, src
                 m += 1
             for a in range(n_units):
