@@ -10,19 +10,31 @@ weights through the units that are on in this sample.  So the perturbed logits
 are the cached logits plus ``chg * J[:, j]`` (``J`` the logits' column), and the
 loss is one softmax cross-entropy of those logits; no layer is re-run.
 
-Whether a corner can be crossed is decided exactly, per sample and unit: with
-``tau_j = min over later hidden units k of |z_m[k]| / |P_{m<-l}[k, j]|`` (shrunk
-by a relative 1e-9), every ``|delta| < tau_j`` leaves every later unit on its side
-(by induction over the layers, the change each one sees is exactly ``chg * P``).
-The evaluations with ``|delta| >= tau_j``, and those of a unit that is off but
-within ``|delta|`` of its corner (its ``J`` is not computed), re-run the sample's
-tail from layer ``l + 1`` exactly as the engine's delta kernel does
-(:func:`fastnum.kernels.layered._propagate`, which applies every relu), so kinks
-within ``h`` are evaluated, never linearised.  A unit that is off and stays off
-(``z + |delta| <= 0``) changes nothing: its difference is exactly 0, as in a
-brute-force evaluation.  The decisions near a corner are as good as the rounding
-of ``z`` and ``P``; a ReLU network is continuous, so a decision that rounding
-flips changes a loss by a rounding-sized amount only.
+Whether a corner can be crossed is decided exactly, per sample, unit and sign of
+the step (a later unit moving away from its corner cannot cross it): with
+``tau_j = min over later hidden units k moving towards their corner of
+|z_m[k]| / |P_{m<-l}[k, j]|`` (shrunk by a relative 1e-9), every ``|delta| <
+tau_j`` leaves every later unit on its side (by induction over the layers, the
+change each one sees is exactly ``chg * P``).  Unit ``j`` itself may cross: the
+relu in ``chg`` is exact.  The other evaluations (``|delta| >= tau_j``, and a unit
+that is off but within ``|delta|`` of its corner, whose ``J`` is not cached) take
+the exact path, :func:`_exact_losses`: the change stays ``chg * P`` up to the first
+layer where a unit may cross, and from there every layer is recomputed from its
+cached pre-activation plus the activation changes (every relu applied), as the
+engine's delta kernel does, so kinks within ``h`` are evaluated, never
+linearised.  A unit that is off and stays off (``z + |delta| <= 0``) changes
+nothing: its difference is exactly 0, as in a brute-force evaluation.  The
+decisions near a corner are as good as the rounding of ``z`` and ``P``; a ReLU
+network is continuous, so a decision that rounding flips changes a loss by a
+rounding-sized amount only.  Per-sample losses of +h and -h are differenced,
+then summed over samples in ascending order.
+
+Measured (``python -m benchmarks.dense_relu``, MNIST, ``MultiLayerNet`` with its
+default ``weight_init_std`` 0.01, 2 threads, a machine shared with other jobs):
+784-100x4-10 at batch 128 in 0.34 s against the engine's generic delta's 8.1 s
+(24x; 0.18 s against 3.2 s of CPU), 784-100x6-10 at batch 100 in 1.3 s against
+24 s (19x).  With He initialisation fewer evaluations meet a corner: 0.10 s and
+0.15 s of CPU.
 
 Evaluations are shared: the inputs of a layer that have the same magnitude (an
 MNIST digit has ~65 distinct values among ~147 non-zero pixels; a bias's input
