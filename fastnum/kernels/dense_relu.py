@@ -29,12 +29,13 @@ network is continuous, so a decision that rounding flips changes a loss by a
 rounding-sized amount only.  Per-sample losses of +h and -h are differenced,
 then summed over samples in ascending order.
 
-Measured (``python -m benchmarks.dense_relu``, MNIST, ``MultiLayerNet`` with its
-default ``weight_init_std`` 0.01, 2 threads, a machine shared with other jobs):
-784-100x4-10 at batch 128 in 0.34 s against the engine's generic delta's 8.1 s
-(24x; 0.18 s against 3.2 s of CPU), 784-100x6-10 at batch 100 in 1.3 s against
-24 s (19x).  With He initialisation fewer evaluations meet a corner: 0.10 s and
-0.15 s of CPU.
+Measured side by side (``python -m benchmarks.dense_relu``, MNIST, ``MultiLayerNet``
+with its default ``weight_init_std`` 0.01, 2 threads, medians of 5, on the 2-core
+machine at a load average of 8-10 from other jobs): 784-100x4-10 at batch 128 took
+0.18 s of CPU (0.55 s wall) against the engine's generic delta's 3.5 s (11.2 s
+wall), 19x; 784-100x6-10 at batch 100, 0.43 s of CPU (1.05 s wall) against 8.0 s
+(21 s wall), 19x.  With He initialisation fewer evaluations meet a corner: 0.10 s
+and 0.15 s of CPU.
 
 Evaluations are shared: the inputs of a layer that have the same magnitude (an
 MNIST digit has ~65 distinct values among ~147 non-zero pixels; a bias's input
