@@ -137,9 +137,10 @@ def _groups_task(task, n_tasks, x, A, sizes, z_off, in_off, gcount, gval, gend, 
 @njit
 def _jacobian_task(task, n_tasks, n, w, w_off, sizes, z_off, Z, hid_off, width, T, J):
     """For every sample s and unit j that is on in hidden layer l: J[s, hid_off[l] + j]
-    = d logits / d a_l[j] through the units on in s, and T[s, hid_off[l] + j] the
-    largest |change of a_l[j]| that provably crosses no corner after layer l (-1
-    when the products are not finite, so every evaluation is re-run).
+    = d logits / d a_l[j] through the units on in s, and T[s, hid_off[l] + j, side]
+    the largest increase (side 0) or decrease (side 1) of a_l[j] that provably crosses
+    no corner after layer l (-1 when the products are not finite: every evaluation
+    then takes the exact path; -1 too for the units that are off).
 
     One task of ``n_tasks`` owns samples task, task + n_tasks, ...
     """
