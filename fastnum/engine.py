@@ -929,6 +929,12 @@ def delta_memory(stack, params, sample_shape, threads=None):
     if threads is None:
         threads = get_num_threads() if JIT_ENABLED else 1
     shapes = {k: tuple(getattr(v, "shape", v)) for k, v in params.items()}
+    from fastnum.kernels import dense_relu  # deep dense relu stacks run on its kernel
+
+    sizes = dense_relu.stack_sizes(stack, shapes) if len(sample_shape) == 1 else None
+    if sizes is not None:  # its caches are per block of samples: an upper bound
+        fixed = dense_relu.fixed_bytes(sizes, threads)
+        return DeltaMemory(dense_relu.per_sample_bytes(sizes), fixed, int(threads))
     return _delta_memory(plan, shapes, tuple(sample_shape), int(threads))
 
 

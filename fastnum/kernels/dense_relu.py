@@ -626,34 +626,69 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
     return grads
 
 
-def cache_bytes(sizes, batch, threads=1):
-    """Bytes :func:`numerical_gradient_trusted` allocates for widths ``sizes`` (d_0 .. d_L).
+#: Python objects of a call beyond its arrays (the thread pool, the tasks' futures),
+#: per thread: measured 3 KiB at 1 thread, 19 KiB at 2 (tracemalloc).
+_PYTHON_BYTES_PER_THREAD = 12 * 1024
 
-    Per sample of a block (at most :data:`BLOCK` samples): pre-activations and
-    activations (``16 sum d_l``, l >= 1), the input groups (``32 sum (d_l + 1)``,
-    l < L), the corner distances (``16 H``) and Jacobian rows (``8 H d_L``), H the
-    hidden units.  Fixed: the packed weights, the gradient accumulator and the gradients
-    copied out of it (``24`` bytes per parameter), and per running task the Jacobian task's two
-    ``width x width`` blocks or the evaluation task's buffers (``8 (d_L + 5)``
-    values per evaluation column, 2 (max d_l + 1) columns), whichever is larger.
+
+def per_sample_bytes(sizes):
+    """Bytes :func:`numerical_gradient_trusted` allocates per sample of a block.
+
+    Pre-activations and activations (``16 sum d_l``, l >= 1), the input groups
+    (``32 sum (d_l + 1)``, l < L), the corner distances (``16 H``) and Jacobian rows
+    (``8 H d_L``), H the hidden units; ``sizes`` the widths d_0 .. d_L.
     """
     sizes = [int(v) for v in sizes]
     hidden = sum(sizes[1:-1])
-    per_sample = (
-        16 * sum(sizes[1:]) + 32 * sum(d + 1 for d in sizes[:-1]) + 16 * hidden
-    ) + 8 * hidden * sizes[-1]
+    return (
+        16 * sum(sizes[1:])
+        + 32 * sum(d + 1 for d in sizes[:-1])
+        + 16 * hidden
+        + 8 * hidden * sizes[-1]
+    )
+
+
+def fixed_bytes(sizes, threads=1):
+    """Bytes :func:`numerical_gradient_trusted` allocates whatever the batch.
+
+    The packed weights, the gradient accumulator and the gradients copied out of it
+    (``24`` bytes per parameter); per running task the Jacobian task's two ``width x
+    width`` blocks or the evaluation task's buffers (``8 (d_L + 5)`` values per
+    evaluation column, 2 (max d_l + 1) columns), whichever is larger, and the call's
+    Python objects (:data:`_PYTHON_BYTES_PER_THREAD`).
+    """
+    sizes = [int(v) for v in sizes]
     n_params = sum((sizes[k] + 1) * sizes[k + 1] for k in range(len(sizes) - 1))
     width = max(sizes[1:])
     columns = 2 * (max(sizes[:-1]) + 1)
     task = max(16 * width * width, 8 * (sizes[-1] + 5) * columns + 32 * width)
-    return per_sample * min(int(batch), BLOCK) + 24 * n_params + int(threads) * task
+    return 24 * n_params + int(threads) * (task + _PYTHON_BYTES_PER_THREAD)
+
+
+def cache_bytes(sizes, batch, threads=1):
+    """Bytes :func:`numerical_gradient_trusted` allocates for widths ``sizes`` (d_0 .. d_L)
+    at a batch of ``batch`` on ``threads`` threads: :func:`fixed_bytes` plus
+    :func:`per_sample_bytes` for each sample of one block (at most :data:`BLOCK`)."""
+    return fixed_bytes(sizes, threads) + per_sample_bytes(sizes) * min(int(batch), BLOCK)
+
+
+def stack_sizes(stack, shapes):
+    """The widths d_0 .. d_L of a stack :func:`engine_gradient` takes, else None.
+
+    ``shapes`` maps parameter names to shapes.
+    """
+    names = relu_stack_names(stack)
+    if names is None:
+        return None
+    return [int(shapes[names[0][0]][0])] + [int(shapes[wn][1]) for wn, _ in names]
 
 
 def relu_stack_names(stack):
-    """[(W_name, b_name), ...] when the stack is ``affine (relu affine)+``, else None."""
+    """[(W_name, b_name), ...] when the stack is ``affine (relu affine)+`` with at least
+    two hidden layers, else None (the engine runs one on the two-layer kernels)."""
     kinds = tuple(spec[0] for spec in stack)
     n_hidden = len(kinds) // 2
-    if n_hidden < 1 or kinds != ("affine", "relu") * n_hidden + ("affine",):
+    if n_hidden < 2 or kinds != ("affine", "relu") * n_hidden + ("affine",):
         return None
     return [(spec[1], spec[2]) for spec in stack[0::2]]
 
