@@ -31,11 +31,12 @@ then summed over samples in ascending order.
 
 Measured side by side (``python -m benchmarks.dense_relu``, MNIST, ``MultiLayerNet``
 with its default ``weight_init_std`` 0.01, 2 threads, medians of 5, on the 2-core
-machine at a load average of 8-10 from other jobs): 784-100x4-10 at batch 128 took
-0.18 s of CPU (0.55 s wall) against the engine's generic delta's 3.5 s (11.2 s
-wall), 19x; 784-100x6-10 at batch 100, 0.43 s of CPU (1.05 s wall) against 8.0 s
-(21 s wall), 19x.  With He initialisation fewer evaluations meet a corner: 0.10 s
-and 0.15 s of CPU.
+machine at a load average of 7-8 from other jobs): 784-100x4-10 at batch 128 took
+0.32 s wall (0.17 s of CPU) against the engine's generic delta's 6.9 s (3.2 s of
+CPU), 21x; 784-100x6-10 at batch 100, 0.86 s (0.43 s of CPU) against 16.6 s (7.9 s
+of CPU), 19x.  With He initialisation (``weight_init_std='relu'``) fewer
+evaluations meet a corner: 0.17 s (0.12 s of CPU, 37x) and 0.21 s (0.16 s, 71x).
+The caches take 10.8 MiB and 14.0 MiB at batch 100 (:func:`cache_bytes`).
 
 Evaluations are shared: the inputs of a layer that have the same magnitude (an
 MNIST digit has ~65 distinct values among ~147 non-zero pixels; a bias's input
