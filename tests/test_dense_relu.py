@@ -92,12 +92,12 @@ def near_corner_net(sizes, batch, seed, h=H, scale=0.8, offsets=None):
 
 
 def dyadic_net(sizes, batch, seed):
-    """Weights, biases and inputs on a grid of 1/4: every sum is exact, so pre-activations
-    of exactly 0 occur (the biases put several there), and steps of h = 1/4 land on
-    corners exactly."""
+    """Weights, biases and inputs (some negative, the same magnitude with both signs) on a
+    grid of 1/4: every sum is exact, so pre-activations of exactly 0 occur (the biases
+    put several there), and steps of h = 1/4 land on corners exactly."""
     rng = np.random.default_rng(seed)
     stack = relu_stack(len(sizes) - 1)
-    x = rng.integers(0, 5, (batch, sizes[0])) / 4.0
+    x = rng.integers(-3, 5, (batch, sizes[0])) / 4.0  # negative inputs too
     params, a = {}, x
     for k in range(1, len(sizes)):
         W = rng.integers(-4, 5, (sizes[k - 1], sizes[k])) / 4.0
