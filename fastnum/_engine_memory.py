@@ -16,6 +16,7 @@ from fastnum import _conv_stack_plan
 from fastnum._engine_delta import _delta_plan, _ops_table
 from fastnum._engine_layers import param_names
 from fastnum._jit import JIT_ENABLED, get_num_threads
+from fastnum.kernels import dense_relu
 from fastnum.kernels.layered import OP_OH, OP_OW
 from fastnum.layers import conv_output_size
 
@@ -167,6 +168,10 @@ def delta_memory(stack, params, sample_shape, threads=None):
     if conv_stack is not None:
         per_sample, fixed = _conv_stack_plan.memory(conv_stack, shapes, sample_shape, threads)
         return DeltaMemory(per_sample, fixed, int(threads))
+    sizes = dense_relu.stack_sizes(stack, shapes) if len(sample_shape) == 1 else None
+    if sizes is not None and dense_relu.ENABLED:  # caches per block of samples: an upper bound
+        fixed = dense_relu.fixed_bytes(sizes, threads)
+        return DeltaMemory(dense_relu.per_sample_bytes(sizes), fixed, int(threads))
     return _delta_memory(plan, shapes, tuple(sample_shape), int(threads))
 
 

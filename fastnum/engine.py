@@ -45,7 +45,10 @@ Dispatch: three tables
     convolution followed by any activations and poolings, then affine layers each
     followed by at most one activation (:mod:`fastnum._engine_delta`); dense
     stacks with batch norm or dropout, each affine layer followed by
-    ``[batchnorm] [activation] [dropout]`` in the book's order; deeper
+    ``[batchnorm] [activation] [dropout]`` in the book's order; dense ReLU
+    stacks of two or more hidden layers (:mod:`fastnum.kernels.dense_relu`: cached
+    logits plus a Jacobian column wherever no corner can be crossed, the exact
+    layers elsewhere); deeper
     convolution stacks (several convolutions, poolings, activations and dropout
     before a dense part, the book's chapter 8 net: :mod:`fastnum._conv_stack_plan`,
     :mod:`fastnum.kernels.conv_stack`).  Any other stack (two activations in a
@@ -110,6 +113,7 @@ from fastnum._engine_memory import (  # noqa: F401
 )
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kernels hard-code it
 from fastnum.constants import H
+from fastnum.kernels import dense_relu
 from fastnum.kernels._blocks import ACTIVATION_CODES, RELU, SIGMOID, pack_dense
 
 # ---------------------------------------------------------------------------- fast paths
@@ -244,8 +248,26 @@ class DeltaKernel(NamedTuple):
     run: Callable  # (plan, params, x, t, h, log_guard, indices, masks) -> gradients
 
 
-#: The delta kernels, tried in order: the first whose plan covers the stack runs.
+def _dense_relu_plan(stack, x):
+    """The stack itself when the corner-aware dense ReLU kernel covers it, else None."""
+    if not dense_relu.ENABLED or x.ndim != 2 or dense_relu.relu_stack_names(stack) is None:
+        return None
+    return stack
+
+
+def _dense_relu_delta(stack, params, x, t, h, log_guard, indices, masks):
+    """The corner-aware kernel's whole gradient (cells from it: it costs about as much as
+    its cache), or None when a loss is not finite (the next kernel then gives NaN)."""
+    whole = dense_relu.engine_gradient(stack, params, x, t, h, log_guard)
+    if whole is None or indices is None:
+        return whole
+    return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
+
+
+#: The delta kernels, tried in order: the first whose plan covers the stack and that
+#: returns a gradient runs (a kernel may decline a batch by returning None).
 DELTA_KERNELS = (
+    DeltaKernel("deep dense relu, corner-aware", _dense_relu_plan, _dense_relu_delta),
     DeltaKernel(
         "dense with batch norm / dropout",
         lambda stack, x: _norm_plan(stack, x) if _is_chapter6(stack) else None,
@@ -264,8 +286,11 @@ def _delta(stack, params, x, t, h, log_guard, indices, masks):
     """The ``delta`` strategy, or None when no delta kernel covers the stack."""
     for kernel in DELTA_KERNELS:
         plan = kernel.plan(stack, x)
-        if plan is not None:
-            return kernel.run(plan, params, x, t, h, log_guard, indices, masks)
+        grads = (
+            None if plan is None else kernel.run(plan, params, x, t, h, log_guard, indices, masks)
+        )
+        if grads is not None:
+            return grads
     return None
 
 

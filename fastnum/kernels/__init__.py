@@ -25,6 +25,10 @@ module                job                                         used by
 ``conv_delta``        delta of a perturbed convolution (the       ``engine`` delta
                       channel pipeline pushed from dirty
                       positions)
+``dense_relu``        delta of dense ReLU stacks of two or more   ``engine`` delta (first
+                      hidden layers: cached logits plus a         row of ``DELTA_KERNELS``)
+                      Jacobian column where no corner can be
+                      crossed, the exact layers elsewhere
 ``conv_stack``        delta of deep convolution stacks (several   ``engine`` delta, planned
                       convolutions, poolings, dropout; the        by ``_conv_stack_plan``
                       book's chapter 8 net): every stage cached,
