@@ -273,19 +273,19 @@ def _scratch(image, block, d1, width):
 
 
 @njit
-def _touched_outputs(param, s, image, block, sc):
-    """The conv outputs ``param`` touches in sample s, into sc.tpos/trow/tcol/tval (the
-    input that multiplies it): their count (zero inputs move nothing)."""
-    OH, OW, stride, pad = block.OH, block.OW, block.stride, block.pad
-    C, FH, FW = block.Wt.shape[1], block.Wt.shape[2], block.Wt.shape[3]
+def _touched_outputs(param, s, geom, xnz_ptr, xnz_row, xnz_col, xnz_val, tpos, trow, tcol, tval):
+    """The conv outputs ``param`` touches in sample s, into tpos/trow/tcol and tval (the
+    input that multiplies it): their count (zero inputs move nothing).  ``geom`` is
+    (C, FH, FW, n_w, OH, OW, stride, pad), n_w the number of filter weights."""
+    C, FH, FW, n_w, OH, OW, stride, pad = geom
     nt = 0
-    if param >= block.Wt.size:  # the bias: every output position, input 1
+    if param >= n_w:  # the bias: every output position, input 1
         for oh in range(OH):
             for ow in range(OW):
-                sc.tpos[nt] = nt
-                sc.trow[nt] = oh
-                sc.tcol[nt] = ow
-                sc.tval[nt] = 1.0
+                tpos[nt] = nt
+                trow[nt] = oh
+                tcol[nt] = ow
+                tval[nt] = 1.0
                 nt += 1
         return nt
     rem = param % (C * FH * FW)
@@ -295,9 +295,9 @@ def _touched_outputs(param, s, image, block, sc):
     # Walk the channel's non-zero pixels: each is seen by at most one output
     # position through this filter tap.
     row = s * C + ci
-    for e in range(image.nz_ptr[row], image.nz_ptr[row + 1]):
-        ih = image.nz_row[e] + pad - kh
-        iw = image.nz_col[e] + pad - kw
+    for e in range(xnz_ptr[row], xnz_ptr[row + 1]):
+        ih = xnz_row[e] + pad - kh
+        iw = xnz_col[e] + pad - kw
         if ih < 0 or iw < 0:
             continue
         if stride == 1:
@@ -309,74 +309,29 @@ def _touched_outputs(param, s, image, block, sc):
             oh = ih // stride
             ow = iw // stride
         if oh < OH and ow < OW:
-            sc.tpos[nt] = oh * OW + ow
-            sc.trow[nt] = oh
-            sc.tcol[nt] = ow
-            sc.tval[nt] = image.nz_val[e]
+            tpos[nt] = oh * OW + ow
+            trow[nt] = oh
+            tcol[nt] = ow
+            tval[nt] = xnz_val[e]
             nt += 1
     return nt
 
 
 @njit
-def _moved_features(s, f, nt, block, h, sc):
-    """Push +h (sign 0) and -h (sign 1) of one parameter through filter f's pipeline:
-    the tail inputs that moved, and by how much, into sc.moved_idx/moved_d/n_moved."""
-    S, st_off, st_size = block.S, block.st_off, block.st_size
-    FN = block.Wt.shape[0]
-    last = st_size.shape[0] - 1
-    fsize = st_size[last]
-    fstart = FN * st_off[last] + f * fsize
-    work, dirty, n_dirty = sc.work, sc.dirty, sc.n_dirty
-    for sign in range(2):
-        step = h if sign == 0 else -h
-        for d in range(nt):
-            o = sc.tpos[d]
-            work[o] = work[o] + step * sc.tval[d]
-            dirty[0, d] = o
-            sc.d_row[0, d] = sc.trow[d]
-            sc.d_col[0, d] = sc.tcol[d]
-        n_dirty[0] = nt
-        _pipeline_step(
-            block.ops,
-            st_off,
-            work,
-            dirty,
-            sc.d_row,
-            sc.d_col,
-            n_dirty,
-            sc.mark,
-            sc.lo_h,
-            sc.hi_h,
-            sc.lo_w,
-            sc.hi_w,
-        )
-        sc.n_moved[sign] = n_dirty[last]
-        for d in range(n_dirty[last]):
-            q = dirty[last, d]
-            sc.moved_idx[sign, d] = f * fsize + q
-            sc.moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
-        _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
-
-
-@njit
-def _first_layer_columns(s, tail, sc):
-    """z1[:, sign] = the first affine layer's pre-activations of sample s with the moved
+def _first_layer_columns(zs, d1, n_moved, moved_idx, moved_d, w, Z, zacc, z1):
+    """z1[:, sign] = the first affine layer's pre-activations (from Z[zs:]) with the moved
     features of each sign added (contiguous accumulation, which vectorizes)."""
-    w, Z = tail.w, tail.Z
-    d1 = tail.sizes[1]
-    zs = tail.z_off[0] + s * d1
-    zacc = sc.zacc
     for sign in range(2):
         for c in range(d1):
             zacc[c] = Z[zs + c]
-        for q in range(sc.n_moved[sign]):
-            row = sc.moved_idx[sign, q] * d1
-            d = sc.moved_d[sign, q]
+        for q in range(n_moved[sign]):
+            row = moved_idx[sign, q] * d1
+            d = moved_d[sign, q]
             wrow = w[row : row + d1]
             for c in range(d1):
                 zacc[c] += d * wrow[c]
         for c in range(d1):
-            sc.z1[c, sign] = zacc[c]
+            z1[c, sign] = zacc[c]
 
 
 @njit
@@ -388,28 +343,96 @@ def _conv_delta_task(task, image, block, tail, ev, chosen, width, n_tasks, out_s
     whole filters f.  ``image`` is the :class:`ConvImage`, ``block`` the
     :class:`ConvBlock`, ``tail`` the :class:`~fastnum.kernels.layered.DenseTail`,
     ``ev`` the :class:`~fastnum.kernels.layered.Evaluation`, ``chosen`` the
-    :class:`ConvSelection`.
+    :class:`ConvSelection`.  The groups are unpacked once here and the helpers take
+    plain arrays (a NamedTuple field read in a hot loop costs a reference count each time).
     """
-    n = image.x.shape[0]
-    FN = block.Wt.shape[0]
-    grp_ptr, grp_idx = chosen.grp_ptr, chosen.grp_idx
-    sc = _scratch(image, block, tail.sizes[1], width)
-    acc = np.zeros(chosen.sel.shape[0])
+    x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W = image
+    Wt, stride, pad, OH, OW, ops, st_off, st_size, S = block
+    t, h, guard = ev
+    sel, grp_ptr, grp_idx = chosen
+    w, _, sizes, _, z_off, Z, _ = tail
+    n = x.shape[0]
+    FN = Wt.shape[0]
+    geom = (C, Wt.shape[2], Wt.shape[3], Wt.size, OH, OW, stride, pad)
+    last = st_size.shape[0] - 1
+    fsize = st_size[last]
+    d1 = sizes[1]
+    (
+        work,
+        dirty,
+        d_row,
+        d_col,
+        n_dirty,
+        mark,
+        lo_h,
+        hi_h,
+        lo_w,
+        hi_w,
+        tpos,
+        trow,
+        tcol,
+        tval,
+        moved_idx,
+        moved_d,
+        n_moved,
+        z1,
+        z2,
+        zacc,
+        dq,
+        mx,
+        sm,
+        res,
+    ) = _scratch(image, block, d1, width)
+    acc = np.zeros(sel.shape[0])
     for f in range(task, FN, n_tasks):
         if grp_ptr[f + 1] == grp_ptr[f]:
             continue
+        fstart = FN * st_off[last] + f * fsize
         for s in range(n):
-            _load_channel(block.S, s, f, FN, block.st_off, block.st_size, sc.work)
+            _load_channel(S, s, f, FN, st_off, st_size, work)
             for g in range(grp_ptr[f], grp_ptr[f + 1]):
                 p = grp_idx[g]
-                nt = _touched_outputs(chosen.sel[p], s, image, block, sc)
+                nt = _touched_outputs(
+                    sel[p], s, geom, xnz_ptr, xnz_row, xnz_col, xnz_val, tpos, trow, tcol, tval
+                )
                 if nt == 0:
                     continue
-                _moved_features(s, f, nt, block, ev.h, sc)
-                if sc.n_moved[0] == 0 and sc.n_moved[1] == 0:
+                # +h (sign 0) and -h (sign 1) through the channel's pipeline: the tail
+                # inputs that moved, and by how much.
+                for sign in range(2):
+                    step = h if sign == 0 else -h
+                    for d in range(nt):
+                        o = tpos[d]
+                        work[o] = work[o] + step * tval[d]
+                        dirty[0, d] = o
+                        d_row[0, d] = trow[d]
+                        d_col[0, d] = tcol[d]
+                    n_dirty[0] = nt
+                    _pipeline_step(
+                        ops,
+                        st_off,
+                        work,
+                        dirty,
+                        d_row,
+                        d_col,
+                        n_dirty,
+                        mark,
+                        lo_h,
+                        hi_h,
+                        lo_w,
+                        hi_w,
+                    )
+                    n_moved[sign] = n_dirty[last]
+                    for d in range(n_dirty[last]):
+                        q = dirty[last, d]
+                        moved_idx[sign, d] = f * fsize + q
+                        moved_d[sign, d] = work[st_off[last] + q] - S[s, fstart + q]
+                    _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty)
+                if n_moved[0] == 0 and n_moved[1] == 0:
                     continue
-                _first_layer_columns(s, tail, sc)
-                _propagate(0, 2, s, sc.z1, sc.z2, sc.dq, tail, ev.t, ev.guard, sc.mx, sc.sm, sc.res)
-                acc[p] += sc.res[0] - sc.res[1]
+                zs = z_off[0] + s * d1
+                _first_layer_columns(zs, d1, n_moved, moved_idx, moved_d, w, Z, zacc, z1)
+                _propagate(0, 2, s, z1, z2, dq, tail, t, guard, mx, sm, res)
+                acc[p] += res[0] - res[1]
         for g in range(grp_ptr[f], grp_ptr[f + 1]):
             out_sums[grp_idx[g]] = acc[grp_idx[g]]

@@ -95,13 +95,15 @@ def _logit_step_losses(Z, zs, k_out, w, row, chg, n_q, label, guard, y, sm, out)
 
 
 @njit
-def _gather_rows(layer, j, s, F, tail, chosen, rows, vals):
-    """Rows r of unit j that move sample s (non-zero input), with their inputs: the count."""
-    A, z_off, n_in = tail.A, tail.z_off, tail.sizes[layer]
+def _gather_rows(
+    layer, j, s, F, A, z_off, n_in, use_all, nz_ptr, nz_idx, sel_ptr, sel_idx, rows, vals
+):
+    """Rows r of unit j that move sample s (non-zero input), with their inputs: the count
+    (:class:`RowSelection` says which rows)."""
     nr = 0
-    if chosen.use_all:
-        for p in range(chosen.nz_ptr[s], chosen.nz_ptr[s + 1]):
-            r = chosen.nz_idx[p]
+    if use_all:
+        for p in range(nz_ptr[s], nz_ptr[s + 1]):
+            r = nz_idx[p]
             rows[nr] = r
             vals[nr] = F[s, r] if layer == 0 else A[z_off[layer - 1] + s * n_in + r]
             nr += 1
@@ -109,8 +111,8 @@ def _gather_rows(layer, j, s, F, tail, chosen, rows, vals):
         vals[nr] = 1.0
         nr += 1
     else:
-        for p in range(chosen.sel_ptr[j], chosen.sel_ptr[j + 1]):
-            r = chosen.sel_idx[p]
+        for p in range(sel_ptr[j], sel_ptr[j + 1]):
+            r = sel_idx[p]
             if r == n_in:
                 a = 1.0
             elif layer == 0:
@@ -125,58 +127,40 @@ def _gather_rows(layer, j, s, F, tail, chosen, rows, vals):
 
 
 @njit
-def _output_unit_losses(layer, j, s, zj, nr, vals, tail, ev, buf):
-    """Losses of sample s with output unit j moved by +-h * vals[q]: into buf.out."""
-    z1, z2, dq, chg, mx, sm, out = buf
-    n_out = tail.sizes[layer + 1]
-    zs = tail.z_off[layer] + s * n_out
+def _output_columns(j, zs, n_out, zj, h, nr, vals, Z, z1):
+    """z1[:, q]: the output layer's pre-activations with unit j moved by +h * vals[q]
+    (q < nr), then by -h * vals[q - nr]."""
     n_q = 2 * nr
     for c in range(n_out):
-        zc = tail.Z[zs + c]
+        zc = Z[zs + c]
         for q in range(n_q):
             z1[c, q] = zc
     for q in range(nr):
-        z1[j, q] = zj + ev.h * vals[q]
-        z1[j, nr + q] = zj - ev.h * vals[q]
-    _propagate(layer, n_q, s, z1, z2, dq, tail, ev.t, ev.guard, mx, sm, out)
+        z1[j, q] = zj + h * vals[q]
+        z1[j, nr + q] = zj - h * vals[q]
 
 
 @njit
-def _hidden_unit_losses(layer, j, s, zj, nr, vals, tail, ev, buf):
-    """Losses of sample s with hidden unit j moved by +-h * vals[q]: into buf.out;
-    False when the unit's activation moves in no evaluation (nothing to add)."""
-    z1, z2, dq, chg, mx, sm, out = buf
-    w, w_off, sizes, acts, z_off, Z, A = tail
-    n_layers = sizes.shape[0] - 1
-    n_out = sizes[layer + 1]
-    code = acts[layer]
-    n_q = 2 * nr
-    aj = A[z_off[layer] + s * n_out + j]
+def _activation_changes(zj, aj, h, nr, vals, code, chg):
+    """chg[q]: how hidden unit j's activation moves in each evaluation; whether any does."""
     for q in range(nr):
-        chg[q] = _act(zj + ev.h * vals[q], code) - aj
-        chg[nr + q] = _act(zj - ev.h * vals[q], code) - aj
+        chg[q] = _act(zj + h * vals[q], code) - aj
+        chg[nr + q] = _act(zj - h * vals[q], code) - aj
     moved = False
-    for q in range(n_q):
+    for q in range(2 * nr):
         if chg[q] != 0.0:
             moved = True
-    if not moved:
-        return False
-    n_next = sizes[layer + 2]
-    zs = z_off[layer + 1] + s * n_next
-    row = w_off[layer + 1] + j * n_next
-    if (
-        layer == n_layers - 2
-        and acts[n_layers - 1] == NONE
-        and _logit_step_losses(Z, zs, n_next, w, row, chg, n_q, ev.t[s], ev.guard, mx, sm, out)
-    ):
-        return True
+    return moved
+
+
+@njit
+def _next_layer_columns(zs, row, n_next, n_q, chg, w, Z, z1):
+    """z1[:, q]: the next layer's pre-activations moved by chg[q] times row j of its weights."""
     for c in range(n_next):
         zc = Z[zs + c]
         wjc = w[row + c]
         for q in range(n_q):
             z1[c, q] = zc + chg[q] * wjc
-    _propagate(layer + 1, n_q, s, z1, z2, dq, tail, ev.t, ev.guard, mx, sm, out)
-    return True
 
 
 @njit
@@ -186,40 +170,73 @@ def _dense_delta_task(task, layer, F, tail, ev, chosen, width, n_tasks, gT):
     One task of ``n_tasks`` (run side by side by the engine's task runner).  Tasks
     own whole units j (interleaved); ``tail`` is the :class:`~fastnum.kernels.layered.
     DenseTail`, ``ev`` the :class:`~fastnum.kernels.layered.Evaluation`, ``chosen`` the
-    :class:`RowSelection`; ``F`` the tail's input (layer 0's inputs).
+    :class:`RowSelection`; ``F`` the tail's input (layer 0's inputs).  The groups are
+    unpacked once here and the helpers take plain arrays (a NamedTuple field read in a
+    hot loop costs a reference count each time).
     """
+    w, w_off, sizes, acts, z_off, Z, A = tail
+    t, h, guard = ev
+    use_all, nz_ptr, nz_idx, sel_ptr, sel_idx, max_q, amax = chosen
     n = F.shape[0]
-    n_layers = tail.sizes.shape[0] - 1
-    n_out = tail.sizes[layer + 1]
+    n_layers = sizes.shape[0] - 1
+    n_in = sizes[layer]
+    n_out = sizes[layer + 1]
     last = layer == n_layers - 1
-    code = tail.acts[layer]
-    max_q = chosen.max_q
+    code = acts[layer]
     rows = np.empty(max_q, dtype=np.int64)
     vals = np.empty(max_q)
-    # z1, z2, dq, chg, mx, sm, out: the evaluations' columns and per-evaluation scratch.
-    buf = (
-        np.empty((width, 2 * max_q)),
-        np.empty((width, 2 * max_q)),
-        np.empty(2 * max_q),
-        np.empty(2 * max_q),
-        np.empty(2 * max_q),
-        np.empty(2 * max_q),
-        np.empty(2 * max_q),
-    )
-    out = buf[6]
+    z1 = np.empty((width, 2 * max_q))
+    z2 = np.empty((width, 2 * max_q))
+    dq = np.empty(2 * max_q)
+    chg = np.empty(2 * max_q)
+    mx = np.empty(2 * max_q)
+    sm = np.empty(2 * max_q)
+    out = np.empty(2 * max_q)
     for j in range(task, n_out, n_tasks):
         g = gT[j]
         for s in range(n):
-            zj = tail.Z[tail.z_off[layer] + s * n_out + j]
+            zj = Z[z_off[layer] + s * n_out + j]
             # A relu unit off before and after every step of this sample: nothing moves.
-            if code == RELU and not last and zj + ev.h * max(chosen.amax[s], 1.0) <= 0.0:
+            if code == RELU and not last and zj + h * max(amax[s], 1.0) <= 0.0:
                 continue
-            nr = _gather_rows(layer, j, s, F, tail, chosen, rows, vals)
+            nr = _gather_rows(
+                layer,
+                j,
+                s,
+                F,
+                A,
+                z_off,
+                n_in,
+                use_all,
+                nz_ptr,
+                nz_idx,
+                sel_ptr,
+                sel_idx,
+                rows,
+                vals,
+            )
             if nr == 0:
                 continue
+            n_q = 2 * nr
             if last:
-                _output_unit_losses(layer, j, s, zj, nr, vals, tail, ev, buf)
-            elif not _hidden_unit_losses(layer, j, s, zj, nr, vals, tail, ev, buf):
-                continue
+                _output_columns(j, z_off[layer] + s * n_out, n_out, zj, h, nr, vals, Z, z1)
+                _propagate(layer, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
+            else:
+                aj = A[z_off[layer] + s * n_out + j]
+                if not _activation_changes(zj, aj, h, nr, vals, code, chg):
+                    continue
+                n_next = sizes[layer + 2]
+                zs = z_off[layer + 1] + s * n_next
+                row = w_off[layer + 1] + j * n_next
+                # Only the logits move: the cached exponentials serve (when the step is safe).
+                if not (
+                    layer == n_layers - 2
+                    and acts[n_layers - 1] == NONE
+                    and _logit_step_losses(
+                        Z, zs, n_next, w, row, chg, n_q, t[s], guard, mx, sm, out
+                    )
+                ):
+                    _next_layer_columns(zs, row, n_next, n_q, chg, w, Z, z1)
+                    _propagate(layer + 1, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
             for q in range(nr):
                 g[rows[q]] += out[q] - out[nr + q]
