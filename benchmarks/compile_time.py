@@ -161,6 +161,10 @@ def measure(nets=None, repeat=1, command=None):
         raise ValueError(f"nets={unknown} unknown; use any of {[*NETWORKS, ALL]}.")
     started = time.perf_counter()
     load_start = list(os.getloadavg())
+    if command is None:
+        command = "python -m benchmarks.compile_time" + (
+            f" --repeat {repeat}" if repeat > 1 else ""
+        )
     result = {"command": command, "repeat": repeat, "networks": {}}
     for name in nets:
         names = list(NETWORKS) if name == ALL else [name]

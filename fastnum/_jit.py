@@ -110,7 +110,7 @@ def _helper_pool():
         return _pool
 
 
-def run_tasks(kernel, n_items, *args):
+def run_tasks(kernel, n_items, *args, min_items=1):
     """Call ``kernel(task, n_tasks, *args)`` for every task, on get_num_threads() threads.
 
     The serial counterpart of a ``prange`` loop over ``n_items`` (rows, samples,
@@ -121,9 +121,13 @@ def run_tasks(kernel, n_items, *args):
     fast.  Every output cell must belong to one item, computed in a fixed order, so
     that neither the split nor the schedule can change a result.  Safe to call from
     several threads at once (no launch lock is needed) and after a fork.
+
+    ``min_items``: the fewest items worth a task of their own.  Handing a task to
+    another thread costs tens of microseconds (more on a loaded machine), so a
+    kernel whose items take microseconds each runs small batches on one thread.
     """
     threads = get_num_threads()
-    n_tasks = max(1, min(int(n_items), TASKS_PER_THREAD * threads))
+    n_tasks = max(1, min(int(n_items) // max(1, min_items), TASKS_PER_THREAD * threads))
     helpers = min(threads, n_tasks) - 1
     if helpers <= 0 or not JIT_ENABLED:
         for task in range(n_tasks):

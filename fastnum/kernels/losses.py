@@ -59,7 +59,8 @@ def _cross_entropy_task(task, n_tasks, a, t, guard, losses):
 
 def _softmax_cross_entropy_rows(a, t, guard, losses):
     """losses[n] = cross-entropy of row n (float64 C-contiguous a, int64 t); rows in parallel."""
-    run_tasks(_cross_entropy_task, a.shape[0], a, t, float(guard), losses)
+    # A row takes well under a microsecond: only big batches are worth several threads.
+    run_tasks(_cross_entropy_task, a.shape[0], a, t, float(guard), losses, min_items=1024)
 
 
 def softmax_cross_entropy(logits, t, per_sample=False):

@@ -75,7 +75,9 @@ def _logits_row(z, W2, b2, a2, n):
 
 # The kernels below are serial, each a task of :func:`fastnum._jit.run_tasks` over
 # samples (or parameters): compiled as parallel=True they took ~30% longer to compile
-# and ran no faster.
+# and ran no faster.  A sample's forward pass takes microseconds: batches of fewer
+# than _MIN_ROWS samples per task run on one thread.
+_MIN_ROWS = 64
 
 
 @njit
@@ -111,9 +113,9 @@ def predict_trusted(params, x):
     """Class probabilities for validated float64 inputs; ``params`` from :func:`as_params`."""
     W1, b1, W2, b2 = params
     a2 = np.empty((x.shape[0], W2.shape[1]))
-    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2)
+    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, min_items=_MIN_ROWS)
     y = np.empty_like(a2)
-    run_tasks(_softmax_rows, a2.shape[0], a2, y)
+    run_tasks(_softmax_rows, a2.shape[0], a2, y, min_items=_MIN_ROWS)
     return y
 
 
@@ -121,7 +123,7 @@ def loss_trusted(params, x, t):
     """Batch-mean cross-entropy for validated inputs (integer labels)."""
     W1, b1, W2, b2 = params
     a2 = np.empty((x.shape[0], W2.shape[1]))
-    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2)
+    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, min_items=_MIN_ROWS)
     losses = np.empty(x.shape[0])
     _softmax_cross_entropy_rows(a2, t, LOG_GUARD, losses)
     return float(losses.sum() / x.shape[0])
@@ -475,7 +477,9 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
     n_values = np.empty(n_batch, dtype=np.int64)
     value_index = np.empty((n_batch, n_pixels), dtype=np.int32)
     one_index = np.empty(n_batch, dtype=np.int64)
-    run_tasks(_distinct_inputs, n_batch, x, values, n_values, value_index, one_index)
+    run_tasks(
+        _distinct_inputs, n_batch, x, values, n_values, value_index, one_index, min_items=_MIN_ROWS
+    )
     offsets = np.zeros(n_batch + 1, dtype=np.int64)
     np.cumsum(n_values, out=offsets[1:])
     d_hidden = np.empty((offsets[-1], n_hidden))
