@@ -64,6 +64,26 @@ def _record_compiles():
     return self_times
 
 
+def _record_loads():
+    """Time numba's loads from the on-disk cache; return a function giving them by function."""
+    from numba.core import caching
+
+    times = {}
+    load = caching.Cache.load_overload
+
+    def timed_load(cache, sig, target_context):
+        start = time.perf_counter()
+        loaded = load(cache, sig, target_context)
+        if loaded is not None:  # None: not in the cache, numba compiles instead
+            # The cache's name is the function's repr: "<function NAME at 0x...>".
+            name = cache._name.split()[1] if cache._name.startswith("<function") else cache._name
+            times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        return loaded
+
+    caching.Cache.load_overload = timed_load
+    return lambda: dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
 def _worker(names):
     """Run inside the fresh process: time the import and the first calls, print JSON."""
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -72,6 +92,7 @@ def _worker(names):
 
     import_seconds = time.perf_counter() - start
     self_times = _record_compiles() if JIT_ENABLED else dict
+    load_times = _record_loads() if JIT_ENABLED else dict
     from fastnum.warmup import warm
 
     t0 = time.perf_counter()
@@ -80,7 +101,7 @@ def _worker(names):
     # CPU time of the whole process (every thread): on a shared machine it moves far
     # less with the load than the wall time does.
     cpu = time.process_time() - cpu_start
-    compiles = self_times()
+    compiles, loads = self_times(), load_times()
     print(
         json.dumps(
             {
@@ -93,6 +114,9 @@ def _worker(names):
                 "per_network": per_network,
                 "functions": len(compiles),
                 "slowest": [[k, v] for k, v in list(compiles.items())[:TOP]],
+                "loads": len(loads),
+                "load_seconds": sum(loads.values()),
+                "slowest_loads": [[k, v] for k, v in list(loads.items())[:TOP]],
             }
         )
     )
@@ -149,7 +173,8 @@ def measure(nets=None, repeat=1, command=None):
         ``networks``: name -> ``description``, ``cold`` and ``warm`` (the median run:
         ``import_seconds``, ``first_call_seconds``, ``total_seconds`` (wall),
         ``cpu_seconds`` (CPU time of the process), ``slowest``
-        functions with their self time), ``cold_runs`` and ``warm_runs`` (every
+        functions with their self time; ``loads``, ``load_seconds`` and
+        ``slowest_loads``: loads from the cache), ``cold_runs`` and ``warm_runs`` (every
         run's total), ``cache_files``; plus ``command``, ``repeat``, ``jit_enabled``,
         ``threads``, ``loadavg_start`` / ``loadavg_end`` and ``seconds``.
     """

@@ -18,8 +18,12 @@ import numpy as np
 
 from fastnum._jit import JIT_ENABLED
 
+# The problems are as small as the networks allow: the first call also *runs* the
+# gradient, and the full strategy re-runs the forward pass twice per parameter.
+N_CLASSES = 3
 
-def _batch(n_features, n_classes=10, n=2, seed=0):
+
+def _batch(n_features, n_classes=N_CLASSES, n=2, seed=0):
     """A tiny batch: ``n`` rows of ``n_features`` values in [0, 1), some zero, and labels."""
     rng = np.random.default_rng(seed)
     x = rng.random((n, n_features))
@@ -37,29 +41,29 @@ def _run(net, x, t, strategies):
 def _two_layer(strategies):
     from fastnum.network import TwoLayerNet
 
-    x, t = _batch(784)
-    _run(TwoLayerNet(784, 3, 10, seed=0, backend="numba"), x, t, strategies)
+    x, t = _batch(6)
+    _run(TwoLayerNet(6, 3, N_CLASSES, seed=0, backend="numba"), x, t, strategies)
 
 
 def _multilayer(strategies):
     from fastnum.multilayer import MultiLayerNet
 
-    x, t = _batch(12)
-    for activation in ("sigmoid", "relu"):  # relu 784-H-10 takes the two-layer kernel's delta
-        net = MultiLayerNet(12, (4, 3), 10, activation, seed=0, backend="numba")
+    x, t = _batch(6)
+    for activation in ("sigmoid", "relu"):
+        net = MultiLayerNet(6, (3, 2), N_CLASSES, activation, seed=0, backend="numba")
         _run(net, x, t, strategies)
-    x, t = _batch(784)
-    _run(MultiLayerNet(784, (3,), 10, "relu", seed=0, backend="numba"), x, t, strategies)
+    # One relu hidden layer: its delta runs on the two-layer kernel.
+    _run(MultiLayerNet(6, (3,), N_CLASSES, "relu", seed=0, backend="numba"), x, t, strategies)
 
 
 def _chapter6(strategies):
     from fastnum.multilayer import MultiLayerNet
 
-    x, t = _batch(12)
+    x, t = _batch(6)
     net = MultiLayerNet(
-        12,
-        (4, 3),
-        10,
+        6,
+        (3, 2),
+        N_CLASSES,
         "relu",
         seed=0,
         backend="numba",
@@ -74,9 +78,9 @@ def _conv(strategies):
     from fastnum.convnet import SimpleConvNet
 
     conv = {"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1}
-    net = SimpleConvNet((1, 8, 8), conv, hidden_size=3, seed=0, backend="numba")
-    x, t = _batch(64)
-    _run(net, x.reshape(2, 1, 8, 8), t, strategies)
+    net = SimpleConvNet((1, 6, 6), conv, 2, N_CLASSES, seed=0, backend="numba")
+    x, t = _batch(36)
+    _run(net, x.reshape(2, 1, 6, 6), t, strategies)
 
 
 class Network(NamedTuple):
