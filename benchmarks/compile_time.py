@@ -198,7 +198,7 @@ def measure(nets=None, repeat=1, command=None):
         result["jit_enabled"] = colds[0]["jit_enabled"]
         result["threads"] = colds[0]["threads"]
         result["networks"][name] = {
-            "description": "every network above, in one process"
+            "description": "every network of fastnum.warmup, in one process"
             if name == ALL
             else NETWORKS[name].description,
             "cold": _median_run(colds),

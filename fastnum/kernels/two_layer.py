@@ -14,7 +14,7 @@ honest central difference that evaluates the loss at theta +- h * e_i for
 every parameter:
 
 ``full``
-    The book's algorithm compiled: per parameter, perturb a thread-private copy
+    The book's algorithm compiled: per parameter, perturb a task-private copy
     of the weights and run the whole forward pass and loss over the batch.
 ``delta``
     Caches the unperturbed activations and recomputes only what a perturbation
