@@ -271,10 +271,50 @@ def thread_table(rows, cat):
     return lines
 
 
+def network_compile_lines(info):
+    """Markdown table of :func:`benchmarks.compile_time.measure`: cold and warm per network."""
+    if not info.get("jit_enabled", True):
+        return ["numba's JIT was disabled (NUMBA_DISABLE_JIT=1): nothing was compiled."]
+    lines = [
+        "| network | cold: import + first call | of which CPU | warm: import + first call "
+        "| slowest compiles (self time) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in info["networks"].items():
+        cold, warm = r["cold"], r["warm"]
+        slowest = ", ".join(
+            f"`{f.rsplit('.', 1)[-1]}` {fmt_seconds(s)}" for f, s in cold["slowest"][:3]
+        )
+        lines.append(
+            f"| {name}: {r['description']} | {fmt_seconds(cold['total_seconds'])} | "
+            f"{fmt_seconds(cold['cpu_seconds'])} | {fmt_seconds(warm['total_seconds'])} | "
+            f"{slowest} |"
+        )
+    load = info.get("loadavg_start"), info.get("loadavg_end")
+    lines += [
+        "",
+        f"Reproduce with `{info['command']}` (median of {info['repeat']} run(s)). Each cell is a "
+        "fresh process: *cold* on an empty `NUMBA_CACHE_DIR` (compiles, then writes the "
+        "cache), *warm* on the cache the cold run wrote; both time `import fastnum` plus the "
+        "network's first `predict`, `loss` and numerical gradient with every strategy on a "
+        "tiny problem (`fastnum.warmup`). The CPU column moves less with the machine's load "
+        "than the wall time"
+        + (
+            f"; load average {load[0][0]:.1f} at start, {load[1][0]:.1f} at end."
+            if all(load)
+            else "."
+        )
+        + " `fastnum warmup` fills the cache ahead of time.",
+    ]
+    return lines
+
+
 def compile_lines(compile_info):
     """Markdown table of first-call times with a cold and a warm numba cache."""
     if not compile_info:
         return ["Not measured in this run."]
+    if "networks" in compile_info:  # per network (benchmarks/compile_time.py since issue 18)
+        return network_compile_lines(compile_info)
     cold, warm = compile_info["cold"], compile_info["warm"]
     if not cold.get("jit_enabled", True):
         return ["numba's JIT was disabled (NUMBA_DISABLE_JIT=1): nothing was compiled."]

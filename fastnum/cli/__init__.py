@@ -1,4 +1,4 @@
-"""The ``fastnum`` command: ``fastnum train`` and ``fastnum gradcheck``.
+"""The ``fastnum`` command: ``fastnum train``, ``fastnum gradcheck`` and ``fastnum warmup``.
 
 Run it as ``fastnum ...`` once installed, or as ``python -m fastnum ...``.
 Bad input, errors raised by a ``--model``'s own code and training failures end with
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: The subcommands, in the order ``fastnum --help`` lists them: modules of this package.
-COMMANDS = ("train", "gradcheck")
+COMMANDS = ("train", "gradcheck", "warmup")
 
 _MAIN_EPILOG = """\
 examples:
@@ -63,6 +63,7 @@ examples:
   fastnum train --resume --out runs/numerical
                                            continue an interrupted run where it stopped
   fastnum gradcheck                        numerical vs backprop gradient on 3 MNIST images
+  fastnum warmup                           compile every kernel once (images, clusters)
 
 exit codes: 0 success, 1 training diverged or gradient check failed,
 2 bad option or input, or an error raised by --model's own code,

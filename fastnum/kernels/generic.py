@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._jit import HAVE_NUMBA, JIT_ENABLED, njit, prange
-
-# Elements are split into this many chunks, each with a private copy of x; a
-# constant so that each element's evaluation is the same whatever the threads.
-_CHUNKS = 256
+from fastnum._jit import HAVE_NUMBA, JIT_ENABLED, njit, run_tasks
 
 
-@njit(parallel=True, cache=False)  # a function-typed argument cannot be cached on disk
-def _numerical_gradient_jitted(f, x, h, grad):
-    """grad.flat[p] = (f(x + h e_p) - f(x - h e_p)) / 2h, evaluated on thread-private copies."""
+# Serial, one task of run_tasks: it is compiled anew for every function f (a
+# function-typed argument cannot be cached on disk), so its compile time counts.
+@njit(cache=False)
+def _numerical_gradient_jitted(task, n_tasks, f, x, h, grad):
+    """grad.flat[p] = (f(x + h e_p) - f(x - h e_p)) / 2h for this task's elements.
+
+    Evaluated on a task-private copy of x, each element put back exactly after its
+    two evaluations: every evaluation sees x but for one element, whatever the split.
+    """
     size = x.size
-    n_chunks = min(size, _CHUNKS)
-    for c in prange(n_chunks):
-        private = x.copy()
-        flat = private.reshape(size)
-        for p in range(c * size // n_chunks, (c + 1) * size // n_chunks):
-            saved = flat[p]
-            flat[p] = saved + h
-            f_plus = f(private)
-            flat[p] = saved - h
-            f_minus = f(private)
-            flat[p] = saved
-            grad[p] = (f_plus - f_minus) / (2 * h)
+    private = x.copy()
+    flat = private.reshape(size)
+    for p in range(task * size // n_tasks, (task + 1) * size // n_tasks):
+        saved = flat[p]
+        flat[p] = saved + h
+        f_plus = f(private)
+        flat[p] = saved - h
+        f_minus = f(private)
+        flat[p] = saved
+        grad[p] = (f_plus - f_minus) / (2 * h)
 
 
 def is_jitted(f):
@@ -46,5 +46,5 @@ def numerical_gradient_jitted(f, x, h):
     """
     private = np.ascontiguousarray(x)
     grad = np.empty(private.size, dtype=private.dtype)
-    _numerical_gradient_jitted(f, private, private.dtype.type(h), grad)
+    run_tasks(_numerical_gradient_jitted, private.size, f, private, private.dtype.type(h), grad)
     return grad.reshape(x.shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._jit import njit, prange
+from fastnum._jit import njit, run_tasks
 from fastnum._validate import as_float_batch, as_labels
 from fastnum.constants import LOG_GUARD
 from fastnum.kernels._vmath import SMALLEST_NORMAL, fexp, flog, flog_guarded
@@ -50,11 +50,17 @@ def column_losses(z, k, n_e, label, guard, mx, sm, out):
             out[e] = -flog(fexp(z[label, e] - mx[e]) / sm[e] + guard)
 
 
-@njit(parallel=True)
-def _softmax_cross_entropy_rows(a, t, guard, losses):
-    """losses[n] = cross-entropy of row n; each row is one independent task."""
-    for n in prange(a.shape[0]):
+@njit
+def _cross_entropy_task(task, n_tasks, a, t, guard, losses):
+    """losses[n] = cross-entropy of row n, for this task's rows."""
+    for n in range(task * a.shape[0] // n_tasks, (task + 1) * a.shape[0] // n_tasks):
         losses[n] = _row_cross_entropy(a, n, t[n], guard)
+
+
+def _softmax_cross_entropy_rows(a, t, guard, losses):
+    """losses[n] = cross-entropy of row n (float64 C-contiguous a, int64 t); rows in parallel."""
+    # A row takes well under a microsecond: only big batches are worth several threads.
+    run_tasks(_cross_entropy_task, a.shape[0], a, t, float(guard), losses, min_items=1024)
 
 
 def softmax_cross_entropy(logits, t, per_sample=False):

@@ -14,7 +14,7 @@ honest central difference that evaluates the loss at theta +- h * e_i for
 every parameter:
 
 ``full``
-    The book's algorithm compiled: per parameter, perturb a thread-private copy
+    The book's algorithm compiled: per parameter, perturb a task-private copy
     of the weights and run the whole forward pass and loss over the batch.
 ``delta``
     Caches the unperturbed activations and recomputes only what a perturbation
@@ -29,17 +29,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._jit import njit, prange
+from fastnum._jit import njit, run_tasks
 from fastnum.constants import LOG_GUARD
 from fastnum.kernels._blocks import RELU, SIGMOID, _act
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog_guarded
 from fastnum.kernels.losses import _row_cross_entropy, _softmax_cross_entropy_rows
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
-# The full strategy splits the parameters into this many chunks, each with its own
-# copy of the weights.  A constant (not the thread count) so the work done per
-# parameter, and hence every result, is independent of the number of threads.
-_FULL_CHUNKS = 256
 # |exponent| up to which exp(-a) * exp(-s) equals exp(-(a + s)) to rounding: every
 # factor and the product stay normal numbers (exp overflows past ~709.8).
 _PRODUCT_SAFE = 700.0
@@ -77,20 +73,34 @@ def _logits_row(z, W2, b2, a2, n):
         a2[n, k] = acc + b2[k]
 
 
-@njit(parallel=True)
-def _forward_logits(x, W1, b1, W2, b2, a2):
-    """Fill the logits a2 (N, K) for the batch x, one sample per parallel task."""
-    for n in prange(x.shape[0]):
-        z = np.empty(W1.shape[1])
-        _hidden_row(x, n, W1, b1, z, SIGMOID)
+# The kernels below are serial, each a task of :func:`fastnum._jit.run_tasks` over
+# samples (or parameters): compiled as parallel=True they took ~30% longer to compile
+# and ran no faster.  A sample's forward pass takes microseconds: batches of fewer
+# than _MIN_ROWS samples per task run on one thread.
+_MIN_ROWS = 64
+
+
+@njit
+def _forward_logits(task, n_tasks, x, W1, b1, W2, b2, activation, a2):
+    """Fill this task's rows of the logits a2 (N, K) for the batch x."""
+    z = np.empty(W1.shape[1])
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
+        _hidden_row(x, n, W1, b1, z, activation)
         _logits_row(z, W2, b2, a2, n)
 
 
-@njit(parallel=True)
-def _softmax_rows(a, y):
-    """y = softmax(a) row by row, shifted by the row max."""
-    for n in prange(a.shape[0]):
-        m = a[n].max()
+@njit
+def _softmax_rows(task, n_tasks, a, y):
+    """y = softmax(a) for this task's rows, shifted by the row max."""
+    for n in range(task * a.shape[0] // n_tasks, (task + 1) * a.shape[0] // n_tasks):
+        # The row max as np.max gives it (the first NaN, else the first largest), in a
+        # loop: np.max's implementation added ~1 s to the cold compile.
+        m = a[n, 0]
+        for k in range(1, a.shape[1]):
+            if m != m:
+                break
+            if a[n, k] > m or a[n, k] != a[n, k]:
+                m = a[n, k]
         s = 0.0
         for k in range(a.shape[1]):
             y[n, k] = np.exp(a[n, k] - m)
@@ -103,9 +113,9 @@ def predict_trusted(params, x):
     """Class probabilities for validated float64 inputs; ``params`` from :func:`as_params`."""
     W1, b1, W2, b2 = params
     a2 = np.empty((x.shape[0], W2.shape[1]))
-    _forward_logits(x, W1, b1, W2, b2, a2)
+    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, min_items=_MIN_ROWS)
     y = np.empty_like(a2)
-    _softmax_rows(a2, y)
+    run_tasks(_softmax_rows, a2.shape[0], a2, y, min_items=_MIN_ROWS)
     return y
 
 
@@ -113,7 +123,7 @@ def loss_trusted(params, x, t):
     """Batch-mean cross-entropy for validated inputs (integer labels)."""
     W1, b1, W2, b2 = params
     a2 = np.empty((x.shape[0], W2.shape[1]))
-    _forward_logits(x, W1, b1, W2, b2, a2)
+    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, min_items=_MIN_ROWS)
     losses = np.empty(x.shape[0])
     _softmax_cross_entropy_rows(a2, t, LOG_GUARD, losses)
     return float(losses.sum() / x.shape[0])
@@ -124,12 +134,16 @@ def loss_trusted(params, x, t):
 
 @njit
 def _batch_loss(x, t, W1, b1, W2, b2, z, a2, activation):
-    """Batch-mean loss, evaluated sample by sample in a fixed order (no parallelism)."""
+    """Batch-mean loss, evaluated sample by sample in a fixed order (no parallelism).
+
+    ``a2`` has a row per sample, so that the row helpers are called with the sample
+    index as the forward pass calls them (a literal row 0 compiled second copies).
+    """
     total = 0.0
     for n in range(x.shape[0]):
         _hidden_row(x, n, W1, b1, z, activation)
-        _logits_row(z, W2, b2, a2, 0)
-        total += _row_cross_entropy(a2, 0, t[n], LOG_GUARD)
+        _logits_row(z, W2, b2, a2, n)
+        total += _row_cross_entropy(a2, n, t[n], LOG_GUARD)
     return total / x.shape[0]
 
 
@@ -145,31 +159,34 @@ def _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2, activati
     return f_plus - f_minus
 
 
-@njit(parallel=True)
-def _numerical_gradient_full(x, t, W1, b1, W2, b2, h, activation, grad):
-    """grad (flat: W1, b1, W2, b2 raveled) by the book's perturb / re-run / restore loop."""
+@njit
+def _numerical_gradient_full(task, n_tasks, x, t, W1, b1, W2, b2, h, activation, grad):
+    """This task's share of grad (flat: W1, b1, W2, b2 raveled) by the book's perturb /
+    re-run / restore loop.
+
+    Each parameter's two losses see the original weights but for that one entry (put
+    back exactly after each parameter), so no split into tasks changes a result.
+    """
     n_params = grad.shape[0]
-    n_chunks = min(n_params, _FULL_CHUNKS)
     end_w1 = W1.size
     end_b1 = end_w1 + b1.size
     end_w2 = end_b1 + W2.size
-    for c in prange(n_chunks):
-        # Thread-private copies: perturbing them cannot disturb another task.
-        w1, c1, w2, c2 = W1.copy(), b1.copy(), W2.copy(), b2.copy()
-        w1_flat, w2_flat = w1.reshape(w1.size), w2.reshape(w2.size)
-        z = np.empty(W1.shape[1])
-        a2 = np.empty((1, W2.shape[1]))
-        for p in range(c * n_params // n_chunks, (c + 1) * n_params // n_chunks):
-            if p < end_w1:
-                flat, q = w1_flat, p
-            elif p < end_b1:
-                flat, q = c1, p - end_w1
-            elif p < end_w2:
-                flat, q = w2_flat, p - end_b1
-            else:
-                flat, q = c2, p - end_w2
-            diff = _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2, activation)
-            grad[p] = diff / (2.0 * h)
+    # Task-private copies: perturbing them cannot disturb another task.
+    w1, c1, w2, c2 = W1.copy(), b1.copy(), W2.copy(), b2.copy()
+    w1_flat, w2_flat = w1.reshape(w1.size), w2.reshape(w2.size)
+    z = np.empty(W1.shape[1])
+    a2 = np.empty((x.shape[0], W2.shape[1]))
+    for p in range(task * n_params // n_tasks, (task + 1) * n_params // n_tasks):
+        if p < end_w1:
+            flat, q = w1_flat, p
+        elif p < end_b1:
+            flat, q = c1, p - end_w1
+        elif p < end_w2:
+            flat, q = w2_flat, p - end_b1
+        else:
+            flat, q = c2, p - end_w2
+        diff = _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2, activation)
+        grad[p] = diff / (2.0 * h)
 
 
 # ------------------------------------------------------ delta numerical gradient
@@ -199,17 +216,17 @@ def _sort_by_key(keys, payload, m):
         gap = (gap - 1.0) / 2.25
 
 
-@njit(parallel=True)
-def _distinct_inputs(x, values, n_values, value_index, one_index):
-    """Per sample: sorted distinct non-zero pixel values plus 1.0 (the bias input).
+@njit
+def _distinct_inputs(task, n_tasks, x, values, n_values, value_index, one_index):
+    """Per sample of this task: sorted distinct non-zero pixel values plus 1.0 (the bias input).
 
     ``value_index[n, i]`` is the position of ``x[n, i]`` in ``values[n]`` (-1 for
     a zero pixel); ``one_index[n]`` is the position of 1.0, which b1 uses.
     """
     n_pixels = x.shape[1]
-    for n in prange(x.shape[0]):
-        pixel = np.empty(n_pixels + 1, dtype=np.int64)
-        vals = np.empty(n_pixels + 1)
+    pixel = np.empty(n_pixels + 1, dtype=np.int64)
+    vals = np.empty(n_pixels + 1)
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         m = 0
         for i in range(n_pixels):
             value_index[n, i] = -1
@@ -232,11 +249,27 @@ def _distinct_inputs(x, values, n_values, value_index, one_index):
         n_values[n] = count
 
 
-@njit(parallel=True)
+@njit
 def _delta_sample_terms(
-    x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out, one_sided
+    task,
+    n_tasks,
+    x,
+    t,
+    W1,
+    b1,
+    W2,
+    b2,
+    h,
+    activation,
+    values,
+    n_values,
+    offsets,
+    d_hidden,
+    d_out,
+    one_sided,
 ):
-    """For every sample, the loss differences L_n(+) - L_n(-) of each distinct perturbation.
+    """For this task's samples, the loss differences L_n(+) - L_n(-) of each distinct
+    perturbation.
 
     ``one_sided``: L_n(+) - L_n(0) instead (forward differences), with no -h evaluations.
 
@@ -245,7 +278,7 @@ def _delta_sample_terms(
     Loops run over the perturbations (the +h half, then the -h half) so they vectorize.
     """
     n_hidden, n_out = W2.shape
-    for n in prange(x.shape[0]):
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         # The unperturbed sample, with the same exp as the perturbed evaluations so
         # that their differences carry no exp-implementation mismatch.
         a1 = b1.copy()
@@ -266,7 +299,13 @@ def _delta_sample_terms(
         for k in range(n_out):
             for j in range(n_hidden):
                 shifted[k] += z1[j] * W2[j, k]
-        shifted -= shifted.max()
+        top = shifted[0]  # shifted.max() as np.max gives it (first NaN, else first largest)
+        for k in range(1, n_out):
+            if top != top:
+                break
+            if shifted[k] > top or shifted[k] != shifted[k]:
+                top = shifted[k]
+        shifted -= top
         e_row = np.empty(n_out)
         for k in range(n_out):
             e_row[k] = fexp(shifted[k])
@@ -394,12 +433,17 @@ def _delta_sample_terms(
                 ) - flog_guarded(y_plus / ((before + e_plus) + after) + LOG_GUARD)
 
 
-@njit(parallel=True)
-def _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, gW1, gb1, gW2, gb2):
-    """Sum the per-sample loss differences into gradients, samples in ascending order."""
+@njit
+def _assemble_delta(
+    task, n_tasks, value_index, offsets, one_index, d_hidden, d_out, scale, gW1, gb1, gW2, gb2
+):
+    """Sum the per-sample loss differences into gradients, samples in ascending order.
+
+    Tasks split the pixels (the rows of gW1); the last task also sums gb1, gW2 and gb2.
+    """
     n_batch, n_pixels = value_index.shape
     n_hidden, n_out = gW2.shape
-    for i in prange(n_pixels):
+    for i in range(task * n_pixels // n_tasks, (task + 1) * n_pixels // n_tasks):
         for n in range(n_batch):
             v = value_index[n, i]
             if v >= 0:
@@ -407,6 +451,8 @@ def _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, gW1
                     gW1[i, j] += d_hidden[offsets[n] + v, j]
         for j in range(n_hidden):
             gW1[i, j] *= scale
+    if task != n_tasks - 1:
+        return
     for n in range(n_batch):
         for j in range(n_hidden):
             gb1[j] += d_hidden[offsets[n] + one_index[n], j]
@@ -431,19 +477,46 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
     n_values = np.empty(n_batch, dtype=np.int64)
     value_index = np.empty((n_batch, n_pixels), dtype=np.int32)
     one_index = np.empty(n_batch, dtype=np.int64)
-    _distinct_inputs(x, values, n_values, value_index, one_index)
+    run_tasks(
+        _distinct_inputs, n_batch, x, values, n_values, value_index, one_index, min_items=_MIN_ROWS
+    )
     offsets = np.zeros(n_batch + 1, dtype=np.int64)
     np.cumsum(n_values, out=offsets[1:])
     d_hidden = np.empty((offsets[-1], n_hidden))
     d_out = np.empty((n_batch, n_out, n_hidden + 1))
-    _delta_sample_terms(
-        x, t, W1, b1, W2, b2, h, activation, values, n_values, offsets, d_hidden, d_out, one_sided
+    run_tasks(
+        _delta_sample_terms,
+        n_batch,
+        x,
+        t,
+        W1,
+        b1,
+        W2,
+        b2,
+        h,
+        activation,
+        values,
+        n_values,
+        offsets,
+        d_hidden,
+        d_out,
+        one_sided,
     )
     grads = {k: np.zeros(a.shape) for k, a in zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True)}
     # (L(+) - L(-)) / 2h (or (L(+) - L(0)) / h) with L the batch mean, as a sum of
     # per-sample differences.
     scale = 1.0 / ((1.0 if one_sided else 2.0) * h * n_batch)
-    _assemble_delta(value_index, offsets, one_index, d_hidden, d_out, scale, *grads.values())
+    run_tasks(
+        _assemble_delta,
+        n_pixels,
+        value_index,
+        offsets,
+        one_index,
+        d_hidden,
+        d_out,
+        scale,
+        *grads.values(),
+    )
     if np.isnan(d_out).all(axis=(1, 2)).any():
         # A sample's loss is NaN (a NaN parameter): so is every perturbed batch loss of
         # the reference, where delta would leave exact zeros for parameters that do not
@@ -456,7 +529,7 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
 def _full_strategy(params, x, t, h, activation=SIGMOID):
     """The full strategy: the book's perturb / re-run / restore loop, parallel over parameters."""
     flat = np.empty(sum(p.size for p in params))
-    _numerical_gradient_full(x, t, *params, h, activation, flat)
+    run_tasks(_numerical_gradient_full, flat.shape[0], x, t, *params, h, activation, flat)
     grads, start = {}, 0
     for name, p in zip(PARAM_NAMES, params, strict=True):
         grads[name] = flat[start : start + p.size].reshape(p.shape)

@@ -1,0 +1,123 @@
+"""``fastnum warmup``, :mod:`fastnum.warmup` and the task runner the two-layer kernels use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnum import _jit, warmup
+from fastnum.cli import main
+from fastnum.kernels import two_layer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_names_every_network(capsys):
+    assert main(["warmup", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--net LIST" in out
+    for name in warmup.NETWORKS:
+        assert name in out
+
+
+def test_unknown_network_is_refused_before_any_work(capsys):
+    assert main(["warmup", "--net", "two_layer,lenet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before it announces any compiling
+    assert "lenet" in captured.err and "two_layer, multilayer, chapter6, conv" in captured.err
+
+
+def test_without_the_jit_there_is_nothing_to_compile():
+    # In a fresh process: whether numba compiles is decided when fastnum is imported.
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnum", "warmup"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to compile" in proc.stdout
+
+
+def test_warm_returns_nothing_when_nothing_compiles(monkeypatch):
+    monkeypatch.setattr(warmup, "JIT_ENABLED", False)
+    assert warmup.warm(["two_layer", "conv"]) == {}
+    with pytest.raises(ValueError, match="net=lenet"):
+        warmup.warm(["lenet"])
+    with pytest.raises(ValueError, match="strategy=fastest"):
+        warmup.warm(strategies=["fastest"])
+
+
+@pytest.mark.numba
+def test_warm_reports_each_network_it_ran(capsys):
+    assert main(["warmup", "--net", "two_layer"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "two_layer" in lines[0]
+    # Seconds (0.00 when an earlier test already compiled the kernels in this process).
+    name, seconds, unit, *description = lines[1].split()
+    assert (name, unit) == ("two_layer", "s") and float(seconds) >= 0
+    assert " ".join(description) == warmup.NETWORKS["two_layer"].description
+    assert lines[-1].split()[0] == "total"
+
+
+def test_run_tasks_runs_every_task_once():
+    seen, lock = [], threading.Lock()
+
+    def kernel(task, n_tasks, out):
+        with lock:
+            seen.append((task, n_tasks))
+        out[task] += 1
+
+    out = np.zeros(_jit.TASKS_PER_THREAD * _jit.get_num_threads())
+    _jit.run_tasks(kernel, 1000, out)
+    n_tasks = len(out)
+    assert sorted(seen) == [(task, n_tasks) for task in range(n_tasks)]
+    assert (out == 1).all()
+    seen.clear()
+    _jit.run_tasks(kernel, 100, out, min_items=64)  # too few items for two tasks
+    assert seen == [(0, 1)]
+    seen.clear()
+    _jit.run_tasks(kernel, 0, out)  # an empty batch is still one (empty) task
+    assert seen == [(0, 1)]
+
+
+def test_run_tasks_reraises_a_task_error():
+    def kernel(task, n_tasks):
+        if task == n_tasks - 1:
+            raise ArithmeticError(f"task {task}")
+
+    with pytest.raises(ArithmeticError, match="task"):
+        _jit.run_tasks(kernel, 100)
+
+
+@pytest.mark.threads
+@pytest.mark.parametrize("strategy", ["full", "delta"])
+@pytest.mark.parametrize("activation", [two_layer.SIGMOID, two_layer.RELU])
+def test_two_layer_gradient_is_the_same_on_1_and_2_threads(strategy, activation):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (70, 20)) / 255.0  # 70 samples: tasks of 64+ rows split too
+    x[rng.random(x.shape) < 0.6] = 0.0
+    t = rng.integers(0, 10, 70)
+    params = tuple(rng.normal(0.0, 0.5, shape) for shape in ((20, 6), (6,), (6, 10), (10,)))
+    before = _jit.get_num_threads()
+    try:
+        _jit.set_num_threads(1)
+        one = two_layer.numerical_gradient_trusted(params, x, t, 1e-4, strategy, activation)
+        one_p = two_layer.predict_trusted(params, np.repeat(x, 4, axis=0))
+        _jit.set_num_threads(2)
+        two = two_layer.numerical_gradient_trusted(params, x, t, 1e-4, strategy, activation)
+        two_p = two_layer.predict_trusted(params, np.repeat(x, 4, axis=0))
+    finally:
+        _jit.set_num_threads(before)
+    for name in two_layer.PARAM_NAMES:
+        assert np.array_equal(one[name], two[name]), name
+    assert np.array_equal(one_p, two_p)
