@@ -54,12 +54,10 @@ finite cached pass; :func:`engine_gradient` declines anything else).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from fastnum._jit import JIT_ENABLED, get_num_threads, njit
-from fastnum.kernels._blocks import NONE, RELU, TASKS_PER_THREAD, _act
+from fastnum._jit import njit, run_tasks
+from fastnum.kernels._blocks import NONE, RELU, _act
 from fastnum.kernels.dense_delta import _logit_step_losses
 from fastnum.kernels.layered import _tail_cache
 from fastnum.kernels.losses import column_losses
@@ -495,24 +493,6 @@ def _eval_task(
 # ---------------------------------------------------------------------------- driver
 
 
-def _run(task_kernel, n_items, *args):
-    """task_kernel(task, n_tasks, *args) for every task, on get_num_threads() threads.
-
-    The kernels are compiled ``nogil``; every output cell belongs to one task, so the
-    schedule never changes a result.
-    """
-    threads = get_num_threads() if JIT_ENABLED else 1
-    n_tasks = max(1, min(int(n_items), TASKS_PER_THREAD * threads))
-    if threads <= 1 or n_tasks == 1:
-        for task in range(n_tasks):
-            task_kernel(task, n_tasks, *args)
-        return
-    with ThreadPoolExecutor(max_workers=min(threads, n_tasks)) as pool:
-        futures = [pool.submit(task_kernel, task, n_tasks, *args) for task in range(n_tasks)]
-        for future in futures:
-            future.result()  # re-raises a task's exception here
-
-
 def _offsets(counts):
     """Exclusive prefix sums of ``counts`` (length len(counts) + 1), int64."""
     out = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -583,12 +563,12 @@ def numerical_gradient_trusted(weights, biases, x, t, h, log_guard):
         gend = np.empty(n_slots, dtype=np.int64)
         grow = np.empty(n_slots, dtype=np.int64)
         gsgn = np.empty(n_slots)
-        _run(_groups_task, nb, xb, A, sizes, z_off, in_off, gcount, gval, gend, grow, gsgn)
+        run_tasks(_groups_task, nb, xb, A, sizes, z_off, in_off, gcount, gval, gend, grow, gsgn)
         T = np.empty((nb, int(hid_off[-1]), 2))
         J = np.zeros((nb, int(hid_off[-1]), int(sizes[-1])))
-        _run(_jacobian_task, nb, nb, w, w_off, sizes, z_off, Z, hid_off, width, T, J)
+        run_tasks(_jacobian_task, nb, nb, w, w_off, sizes, z_off, Z, hid_off, width, T, J)
         tail = (w, w_off, sizes, acts, z_off, Z, A)
-        _run(
+        run_tasks(
             _eval_task,
             int(unit_off[-1]),
             nb,
