@@ -266,7 +266,6 @@ def run(args):
                 f"the {n_params} parameters costs two NumPy loss evaluations, hours "
                 "per check. Install numba (and unset NUMBA_DISABLE_JIT)."
             )
-
     if args.verbose:
         say_backend(args)
     # The reader's files first: their errors should not wait for the MNIST load.
