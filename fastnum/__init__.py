@@ -9,6 +9,7 @@ The book's functions, in plain NumPy, are re-exported under the book's names;
 from fastnum import gradcheck, optimizers
 from fastnum.backend import resolve_backend
 from fastnum.convnet import SimpleConvNet
+from fastnum.deepconv import DeepConvNet
 from fastnum.gradient import numerical_gradient
 from fastnum.multilayer import MultiLayerNet
 from fastnum.network import TwoLayerNet
@@ -31,6 +32,7 @@ __all__ = [
     "SGD",
     "AdaGrad",
     "Adam",
+    "DeepConvNet",
     "Momentum",
     "MultiLayerNet",
     "Nesterov",

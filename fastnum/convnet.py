@@ -238,18 +238,19 @@ def off_the_kinks(net, seed=None, bias_std=CONV_CHECK.bias_std):
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_conv_param(conv_param):
+def _check_conv_param(conv_param, name="conv_param", defaults=None):
+    """``conv_param`` completed with ``defaults`` (SimpleConvNet's) and checked; errors say
+    ``name`` (DeepConvNet has six of them)."""
+    defaults = DEFAULT_CONV_PARAM if defaults is None else defaults
     if conv_param is None:
         conv_param = {}
     if not isinstance(conv_param, dict):
-        raise TypeError(f"conv_param={conv_param!r} must be a dict like {DEFAULT_CONV_PARAM}.")
-    unknown = sorted(set(conv_param) - set(DEFAULT_CONV_PARAM))
+        raise TypeError(f"{name}={conv_param!r} must be a dict like {defaults}.")
+    unknown = sorted(set(conv_param) - set(defaults))
     if unknown:
-        raise ValueError(
-            f"conv_param has unknown key(s) {unknown}; use {', '.join(DEFAULT_CONV_PARAM)}."
-        )
-    conv = {**DEFAULT_CONV_PARAM, **conv_param}
-    return {k: check_int(f"conv_param[{k!r}]", v, 0 if k == "pad" else 1) for k, v in conv.items()}
+        raise ValueError(f"{name} has unknown key(s) {unknown}; use {', '.join(defaults)}.")
+    conv = {**defaults, **conv_param}
+    return {k: check_int(f"{name}[{k!r}]", v, 0 if k == "pad" else 1) for k, v in conv.items()}
 
 
 class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):

@@ -1,7 +1,7 @@
 """Networks written the way a reader of "Deep Learning from Scratch" writes them.
 
-Same interface as the book's chapter 5, 6 and 7 classes (attribute names, method
-signatures, layers in an OrderedDict, ``lastLayer`` / ``last_layer``, weights
+Same interface as the book's chapter 5 to 8 classes (attribute names, method
+signatures, layers in an OrderedDict (a list in chapter 8), ``lastLayer`` / ``last_layer``, weights
 drawn from NumPy's global generator), but our own code.  fastnum never imports
 this module: the gradient check must recognise these classes by structure only.
 """
@@ -440,6 +440,90 @@ class SimpleConvNet:
         grads = {}
         for w, b, layer in names:
             grads[w], grads[b] = self.layers[layer].dW, self.layers[layer].db
+        return grads
+
+
+class DeepConvNet:
+    """Chapter 8: (Conv Relu Conv Relu Pool) x 3, Affine Relu Dropout Affine Dropout; a list.
+
+    He initialisation, W1..W8 as the book numbers them; dropout masks from NumPy's global
+    generator on every training forward pass; ``predict`` returns the logits.
+    """
+
+    def __init__(
+        self,
+        input_dim=(1, 28, 28),
+        conv_param_1={"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},  # noqa: B006 - the book's signature
+        conv_param_2={"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},  # noqa: B006
+        conv_param_3={"filter_num": 32, "filter_size": 3, "pad": 1, "stride": 1},  # noqa: B006
+        conv_param_4={"filter_num": 32, "filter_size": 3, "pad": 2, "stride": 1},  # noqa: B006
+        conv_param_5={"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},  # noqa: B006
+        conv_param_6={"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},  # noqa: B006
+        hidden_size=50,
+        output_size=10,
+        dropout_ratio=0.5,
+    ):
+        convs = [conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5, conv_param_6]
+        channels, size = input_dim[0], input_dim[1]
+        self.params, self.layers = {}, []
+        for i, cp in enumerate(convs):
+            fs, fn = cp["filter_size"], cp["filter_num"]
+            scale = np.sqrt(2.0 / (channels * fs * fs))
+            self.params[f"W{i + 1}"] = scale * np.random.randn(fn, channels, fs, fs)
+            self.params[f"b{i + 1}"] = np.zeros(fn)
+            self.layers.append(
+                Convolution(
+                    self.params[f"W{i + 1}"], self.params[f"b{i + 1}"], cp["stride"], cp["pad"]
+                )
+            )
+            self.layers.append(Relu())
+            size = (size + 2 * cp["pad"] - fs) // cp["stride"] + 1
+            channels = fn
+            if i % 2 == 1:
+                self.layers.append(Pooling(pool_h=2, pool_w=2, stride=2))
+                size //= 2
+        flat = channels * size * size
+        self.params["W7"] = np.sqrt(2.0 / flat) * np.random.randn(flat, hidden_size)
+        self.params["b7"] = np.zeros(hidden_size)
+        self.params["W8"] = np.sqrt(2.0 / hidden_size) * np.random.randn(hidden_size, output_size)
+        self.params["b8"] = np.zeros(output_size)
+        self.layers += [
+            Affine(self.params["W7"], self.params["b7"]),
+            Relu(),
+            Dropout(dropout_ratio),
+            Affine(self.params["W8"], self.params["b8"]),
+            Dropout(dropout_ratio),
+        ]
+        self.last_layer = SoftmaxWithLoss()
+
+    def predict(self, x, train_flg=False):
+        for layer in self.layers:
+            x = layer.forward(x, train_flg) if isinstance(layer, Dropout) else layer.forward(x)
+        return x
+
+    def loss(self, x, t):
+        return self.last_layer.forward(self.predict(x, train_flg=True), t)
+
+    def accuracy(self, x, t, batch_size=100):
+        t = t.argmax(axis=1) if t.ndim != 1 else t
+        hits = 0
+        for i in range(0, len(x), batch_size):
+            y = self.predict(x[i : i + batch_size])
+            hits += int(np.sum(y.argmax(axis=1) == t[i : i + batch_size]))
+        return hits / len(x)
+
+    numerical_gradient = _not_needed
+
+    def gradient(self, x, t):
+        self.loss(x, t)
+        dout = self.last_layer.backward(1)
+        for layer in self.layers[::-1]:
+            dout = layer.backward(dout)
+        grads, k = {}, 0
+        for layer in self.layers:
+            if isinstance(layer, Convolution | Affine):
+                k += 1
+                grads[f"W{k}"], grads[f"b{k}"] = layer.dW, layer.db
         return grads
 
 

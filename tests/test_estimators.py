@@ -268,7 +268,50 @@ def test_quick_experiment_runs(tmp_path, mnist_source_dir, capsys):
     for name in ("central differences", "forward differences", "SPSA K=100", "backprop"):
         assert name in summary
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("label,grad,directions,iteration,loss_evaluations")
+    assert rows[0].startswith("label,net,grad,directions,iteration,loss_evaluations")
     # 6 runs, each with points at 0, 5 and 10 steps.
     assert len(rows) == 1 + 6 * 3
     assert (out / "estimators.png").stat().st_size > 1000
+    assert "SimpleConvNet" not in summary  # full mode only
+
+
+def test_full_experiment_trains_simpleconv_like_the_dense_net():
+    from fastnum.experiments import estimators as experiment
+
+    specs = experiment.specs(experiment.FULL)
+    dense = [s for s in specs if s["net"] == "dense"]
+    conv = [s for s in specs if s["net"] == "simpleconv"]
+    shared = ("iters", "batch_size", "lr", "seed", "train_size", "test_size", "threads")
+    for spec in conv:
+        assert all(spec["config"][k] == dense[0]["config"][k] for k in shared)
+        assert spec["config"]["net"] == "simpleconv" and spec["config"]["hidden_size"] == 100
+    assert {(s["config"]["grad"], s["config"].get("directions")) for s in conv} == {
+        ("numerical", None),
+        ("spsa", 1),
+        ("spsa", 10),
+        ("spsa", 100),
+        ("backprop", None),
+    }
+
+
+@pytest.mark.numba
+def test_experiment_with_simpleconv_writes_its_section(tmp_path, mnist_source_dir):
+    from fastnum.experiments import estimators as experiment
+
+    conv = {
+        "methods": [["numerical", 1], ["spsa", 2], ["backprop", 1]],
+        "hidden_size": 3,
+        "iters": 4,
+        "eval_every": 2,
+    }
+    settings = {**experiment.QUICK, "methods": [["backprop", 1]], "conv": conv}
+    files, summary = experiment.run(settings, tmp_path, data_dir=str(mnist_source_dir))
+    assert files == ["results.csv", "estimators.png", "estimators-simpleconv.png"]
+    rows = (tmp_path / "results.csv").read_text().splitlines()[1:]
+    # 1 dense run (points at 0, 5, 10) and 3 SimpleConvNet runs (points at 0, 2, 4).
+    assert [row.split(",")[1] for row in rows] == ["dense"] * 3 + ["simpleconv"] * 9
+    assert (tmp_path / "estimators-simpleconv.png").stat().st_size > 1000
+    section = summary[summary.index("## SimpleConvNet (30 filters 5x5, hidden 3)") :]
+    assert "| central differences | 27,566 |" in section  # 2 x its 13,783 parameters
+    assert "| SPSA K=2 | 4 |" in section
+    assert "Forward differences were not run" in section and "13,784 evaluations" in section

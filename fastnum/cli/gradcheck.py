@@ -16,8 +16,9 @@ from fastnum.train import ACTIVATIONS
 #: the networks' hidden_size is --hidden.
 ALIASES = {"rtol": "tol", "hidden_size": "hidden"}
 
-#: Networks that ``fastnum gradcheck --net`` builds; simpleconv needs fastnum.convnet.
-NETS = ("two-layer", "multilayer", "simpleconv")
+#: Networks that ``fastnum gradcheck --net`` builds; the last two are convolutional.
+NETS = ("two-layer", "multilayer", "simpleconv", "deepconv")
+CONV_NETS = ("simpleconv", "deepconv")
 
 _EPILOG = """\
 Compares the numerical gradient (central differences) with backprop, element by
@@ -43,6 +44,7 @@ kernels; anything else through its own loss on all cores (or --scheduler).
 examples:
   fastnum gradcheck
   fastnum gradcheck --first 3 --net multilayer --hidden-sizes 50,50 --activation relu
+  fastnum gradcheck --net deepconv --batch-size 2     # chapter 8's network (slow today)
   fastnum gradcheck --model ch05/two_layer_net.py:TwoLayerNet \\
       --model-args '{"input_size": 784, "hidden_size": 50, "output_size": 10}' --first 3
   fastnum gradcheck --params runs/bp/params.npz --hidden 50 --no-log-guard
@@ -88,8 +90,8 @@ def add_parser(sub):
         "--hidden",
         type=int,
         metavar="N",
-        help="hidden units of --net two-layer (default: 10) or simpleconv (default: "
-        "the book's 100)",
+        help="hidden units of --net two-layer (default: 10), simpleconv (default: "
+        "the book's 100) or deepconv (default: the book's 50)",
     )
     net.add_argument(
         "--hidden-sizes",
@@ -110,7 +112,7 @@ def add_parser(sub):
         metavar="STD",
         help=f"std of the Gaussian initial weights (default: "
         f"{DEFAULTS.weight_init_std}; {CONV_CHECK.weight_init_std} for "
-        "--net simpleconv, see below)",
+        "--net simpleconv, see below; --net deepconv takes He's, as the book)",
     )
     net.add_argument(
         "--seed",
@@ -138,7 +140,7 @@ def add_parser(sub):
         "--image",
         action="store_true",
         help="pass images as (N, 1, 28, 28) rather than flat 784-vectors "
-        "(convolutional models; implied by --net simpleconv)",
+        "(convolutional models; implied by --net simpleconv and deepconv)",
     )
     data.add_argument(
         "--one-hot", action="store_true", help="pass one-hot labels rather than integers"
@@ -148,7 +150,7 @@ def add_parser(sub):
         "--h",
         type=float,
         help=f"central-difference step (default: {DEFAULTS.h}; {CONV_CHECK.h} "
-        "for --net simpleconv)",
+        "for --net simpleconv and deepconv)",
     )
     check.add_argument(
         "--tol",
@@ -247,14 +249,21 @@ def run(args):
     check_positive("--tol", args.tol, defaults, allow_zero=True)
     check_positive("--atol", args.atol, defaults, allow_zero=True)
     check_int("--seed", args.seed, 0, "a non-negative integer such as 0.")
-    conv = args.net == "simpleconv" and not args.model  # fastnum's own CNN
+    conv = args.net in CONV_NETS and not args.model  # fastnum's own CNNs
+    if conv and args.net == "deepconv" and args.weight_init_std is not None:
+        raise ValueError(
+            f"--weight-init-std {args.weight_init_std:g} does not apply to --net deepconv: "
+            "its weights take He's std sqrt(2 / fan_in), as the book's DeepConvNet; "
+            "leave the option out."
+        )
     if conv:
         from fastnum._jit import JIT_ENABLED
 
         if not JIT_ENABLED:  # before the slow MNIST load
+            n_params = {"simpleconv": "433,890", "deepconv": "123,552"}[args.net]
             raise ValueError(
-                "--net simpleconv needs numba's compiled engine: without it each of "
-                "the 433,890 parameters costs two NumPy loss evaluations, hours "
+                f"--net {args.net} needs numba's compiled engine: without it each of "
+                f"the {n_params} parameters costs two NumPy loss evaluations, hours "
                 "per check. Install numba (and unset NUMBA_DISABLE_JIT)."
             )
     if args.verbose:
@@ -276,7 +285,7 @@ def run(args):
     x, t = x_train[idx], t_train[idx]
     if args.image or conv:
         x = x.reshape(len(x), 1, 28, 28)
-    # Per-network defaults: SimpleConvNet is checked off the kinks of relu and pooling.
+    # Per-network defaults: the conv nets are checked off the kinks of relu and pooling.
     defaults = CONV_CHECK if conv else DEFAULTS
     if args.weight_init_std is None:
         args.weight_init_std = defaults.weight_init_std
@@ -308,8 +317,17 @@ def run(args):
     )
     print(result.report(worst=args.worst))
     if conv:
-        print(CONV_CHECK.why)
+        print(CONV_CHECK.why if args.net == "simpleconv" else DEEPCONV_WHY)
     return {"PASS": EXIT_OK, "FAIL": EXIT_FAILED}.get(result.verdict, EXIT_REFUSED)
+
+
+#: Why --net deepconv is checked with random biases and a small step (printed after its report).
+DEEPCONV_WHY = (
+    f"DeepConvNet is checked with its He-initialised weights, biases drawn N(0, "
+    f"{CONV_CHECK.bias_std}) and h={CONV_CHECK.h:g}: at the book's zero biases and "
+    "h=1e-4, relu units and\npooling windows sit on or within h of their kinks, where "
+    "the central difference and backprop\nlegitimately differ."
+)
 
 
 def _network(args, input_size):
@@ -341,6 +359,18 @@ def _network(args, input_size):
         )
     from fastnum.convnet import SimpleConvNet, off_the_kinks
 
+    if args.net == "deepconv":
+        from fastnum.deepconv import DeepConvNet
+
+        return off_the_kinks(
+            DeepConvNet(
+                hidden_size=args.hidden or 50,
+                seed=args.seed,
+                backend=args.backend,
+                strategy=args.strategy,
+            ),
+            seed=args.seed,
+        )
     return off_the_kinks(
         SimpleConvNet(
             hidden_size=args.hidden or 100,

@@ -6,6 +6,15 @@ estimator of :mod:`fastnum.estimators`: central differences and forward
 differences (both with delta evaluation, numba), SPSA with K random directions
 for each K of the settings, and backprop.  Every run uses one numba thread.
 
+The settings' ``conv`` entry (full mode; the quick mode has none) adds the book's
+chapter 7 ``SimpleConvNet`` (30 filters of 5x5, ``hidden_size`` relu units),
+trained with the same seed, batches, learning rate and step budget by the
+estimators of its own ``methods``.  Central
+differences run on its delta kernels; forward differences are left out by
+default, since only the two-layer dense network has a one-sided delta kernel: on
+the convolution every one of its 433,891 evaluations per step would be a whole
+forward pass of the batch (the summary states the time that would take).
+
 Each step is exactly :func:`fastnum.train.sgd_step`, the step ``fastnum train``
 takes (SPSA's directions seeded from (seed, iteration)); the batches are drawn
 as ``train`` draws them.  Only the steps are timed: the test accuracy,
@@ -18,6 +27,10 @@ Usage::
 
     python -m fastnum.experiments.estimators           # full -> docs/experiments/estimators/
     python -m fastnum.experiments.estimators --quick   # seconds -> runs/experiments/...-quick/
+
+The full mode takes about 8 minutes for the dense network and hours for
+SimpleConvNet (SPSA with K = 100 alone: 200 forward passes of 100 images per
+step); on a Dask cluster (``--scheduler``) the runs go side by side.
 """
 
 from __future__ import annotations
@@ -50,6 +63,11 @@ FULL = {
     "seed": 0,
     "threads": 1,
     "thresholds": [0.5, 0.7, 0.8, 0.85],
+    # SimpleConvNet with the book's chapter 7 sizes; the rest of the settings are shared.
+    "conv": {
+        "methods": [["numerical", 1], ["spsa", 1], ["spsa", 10], ["spsa", 100], ["backprop", 1]],
+        "hidden_size": 100,
+    },
 }
 QUICK = {
     **FULL,
@@ -60,10 +78,19 @@ QUICK = {
     "test_size": 100,
     "hidden_size": 3,
     "thresholds": [0.2, 0.3],
+    # Seconds on every CI leg: SimpleConvNet's numerical gradient in NumPy (no numba) takes
+    # minutes per step, so the conv net is full mode only.
+    "conv": None,
 }
+
+#: The networks of the experiment: "dense" (the book's chapter 4 net) and "simpleconv".
+NETS = {"dense": "784-{hidden_size}-10 sigmoid", "simpleconv": "SimpleConvNet"}
+
+IMAGE = (1, 28, 28)  # MNIST images as SimpleConvNet takes them
 
 COLUMNS = [
     "label",
+    "net",
     "grad",
     "directions",
     "iteration",
@@ -86,26 +113,47 @@ def label(grad, directions):
     }.get(grad, f"SPSA K={directions}")
 
 
+def networks(settings):
+    """(net, its settings) for each network of the experiment: dense first, then the conv net."""
+    nets = [("dense", settings)]
+    if settings.get("conv"):
+        nets.append(("simpleconv", {**settings, **settings["conv"]}))
+    return nets
+
+
 def specs(settings, data_dir=None):
-    """One spec per estimator; same seed, batches and step budget for all."""
-    config = {
-        key: settings[key]
-        for key in ("iters", "batch_size", "train_size", "test_size", "hidden_size", "lr", "seed")
-    }
-    return [
-        {
-            "name": label(grad, k),
-            "config": {
-                **config,
-                "grad": grad,
-                "threads": settings["threads"],
-                **({"directions": k} if grad == "spsa" else {}),
-            },
-            "eval_every": settings["eval_every"],
-            "data_dir": data_dir,
+    """One spec per network and estimator; same seed, batches and step budget for all."""
+    out = []
+    for net, net_settings in networks(settings):
+        config = {
+            key: net_settings[key]
+            for key in (
+                "iters",
+                "batch_size",
+                "train_size",
+                "test_size",
+                "hidden_size",
+                "lr",
+                "seed",
+            )
         }
-        for grad, k in settings["methods"]
-    ]
+        out += [
+            {
+                "name": label(grad, k),
+                "net": net,
+                "config": {
+                    **config,
+                    "net": net,
+                    "grad": grad,
+                    "threads": settings["threads"],
+                    **({"directions": k} if grad == "spsa" else {}),
+                },
+                "eval_every": net_settings["eval_every"],
+                "data_dir": data_dir,
+            }
+            for grad, k in net_settings["methods"]
+        ]
+    return out
 
 
 def run_estimator(spec):
@@ -120,20 +168,25 @@ def run_estimator(spec):
         ``evaluations_per_step``, ``backend`` and ``host``.
     """
     from fastnum._jit import set_num_threads
-    from fastnum._validate import as_float_batch, as_labels
+    from fastnum._validate import as_float_batch, as_image_batch, as_labels
     from fastnum.estimators import loss_evaluations
     from fastnum.train import TrainConfig, build_net, run_backend, sgd_step
 
     config = TrainConfig(**spec["config"])
     (x_train, t_train), (x_test, t_test) = grid._mnist(spec.get("data_dir"))
-    x_train = as_float_batch(x_train[: config.train_size])
+    images = config.net == "simpleconv"  # (N, 1, 28, 28), as the conv net takes them
+    as_batch = (
+        (lambda x: as_image_batch(x.reshape(-1, *IMAGE), IMAGE)) if images else as_float_batch
+    )
+    x_train = as_batch(x_train[: config.train_size])
     t_train = as_labels(t_train[: config.train_size], len(x_train), 10)
-    x_test = as_float_batch(x_test[: config.test_size])
+    x_test = as_batch(x_test[: config.test_size])
     t_test = as_labels(t_test[: config.test_size], len(x_test), 10)
     backend = run_backend(config)
     if backend == "numba":
         set_num_threads(config.threads)
-    net = build_net(config, x_train.shape[1], 10)
+    n_features = int(np.prod(x_train.shape[1:]))
+    net = build_net(config, n_features, 10, input_dim=IMAGE if images else None)
     optimizer = config.make_optimizer()
     per_step = loss_evaluations(
         config.grad, sum(p.size for p in net.params.values()), config.directions
@@ -142,7 +195,7 @@ def run_estimator(spec):
     rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         # Warm-up on a throwaway copy, so that compiling is not timed.
-        warm = build_net(config, x_train.shape[1], 10)
+        warm = build_net(config, n_features, 10, input_dim=IMAGE if images else None)
         sgd_step(warm, x_train[:2], t_train[:2], config, config.make_optimizer())
         points, losses, seconds, status = [], [], 0.0, "completed"
 
@@ -172,10 +225,12 @@ def run_estimator(spec):
                 record(it + 1)
     return {
         "name": spec.get("name"),
+        "net": config.net,
         "config": config.to_dict(),
         "status": status,
         "points": points,
         "evaluations_per_step": per_step,
+        "n_params": int(sum(p.size for p in net.params.values())),
         "backend": backend,
         "host": platform.node(),
     }
@@ -190,6 +245,7 @@ def rows_of(results):
             rows.append(
                 {
                     "label": r["name"],
+                    "net": r["net"],
                     "grad": c["grad"],
                     "directions": c["directions"] if c["grad"] == "spsa" else "",
                     **p,
@@ -201,7 +257,19 @@ def rows_of(results):
     return rows
 
 
-def plot(results, settings, path):
+def describe(net, settings):
+    """The network in words, e.g. "784-50-10 sigmoid" or "SimpleConvNet (30 filters 5x5, 100)"."""
+    if net == "simpleconv":
+        return f"SimpleConvNet (30 filters 5x5, hidden {settings['hidden_size']})"
+    return f"784-{settings['hidden_size']}-10 sigmoid"
+
+
+def figure_name(net):
+    """The figure of one network's runs: estimators.png (dense), estimators-simpleconv.png."""
+    return "estimators.png" if net == "dense" else f"estimators-{net}.png"
+
+
+def plot(results, settings, path, net="dense"):
     """Two panels: test accuracy against step wall time and against loss evaluations."""
     fig, (a, b) = output.figure(2)
     for i, r in enumerate(results):
@@ -216,7 +284,7 @@ def plot(results, settings, path):
     b.set_title("Accuracy against loss evaluations")
     a.legend(fontsize="small")
     fig.suptitle(
-        f"Gradient estimators, 784-{settings['hidden_size']}-10 sigmoid, SGD lr "
+        f"Gradient estimators, {describe(net, settings)}, SGD lr "
         f"{settings['lr']:g}, batch {settings['batch_size']}, {settings['iters']} steps, "
         "1 numba thread"
     )
@@ -262,7 +330,15 @@ def _fastest(runs, threshold, key):
     return min(reached, key=lambda rp: rp[1][key]) if reached else None
 
 
-def _findings(results, settings):
+#: What one coordinate-wise evaluation with delta recomputes, per network.
+DELTA_WORK = {
+    "dense": "one hidden unit of the samples a perturbation reaches",
+    "simpleconv": "one filter's channel (or one hidden unit) of the samples a perturbation "
+    "reaches, then the layers after it",
+}
+
+
+def _findings(results, settings, net="dense"):
     exact = [r for r in results if r["config"]["grad"] in ("numerical", "forward")]
     spsa = [r for r in results if r["config"]["grad"] == "spsa"]
     bp = [r for r in results if r["config"]["grad"] == "backprop"]
@@ -284,9 +360,8 @@ def _findings(results, settings):
         )
         lines.append(
             "- Wall time per loss evaluation: "
-            f"{cost}.  A coordinate-wise evaluation with delta recomputes one hidden "
-            "unit of the samples a perturbation reaches; an SPSA evaluation moves every "
-            "parameter and so runs the whole batch."
+            f"{cost}.  A coordinate-wise evaluation with delta recomputes {DELTA_WORK[net]}; "
+            "an SPSA evaluation moves every parameter and so runs the whole batch."
         )
         for th in settings["thresholds"]:
             by_time = _fastest(exact, th, "step_seconds")
@@ -322,8 +397,58 @@ def _findings(results, settings):
     return "\n".join(lines)
 
 
+def _duration(seconds):
+    """``seconds`` in s, min or h, e.g. "0.52 s", "14 min", "31 h"."""
+    if seconds < 60:
+        return f"{seconds:.2g} s"
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:,.0f} h"
+
+
+def _forward_estimate(results, settings):
+    """What forward differences would cost on a network they did not run on, or ""."""
+    spsa = [r for r in results if r["config"]["grad"] == "spsa"]
+    if not spsa or any(r["config"]["grad"] == "forward" for r in results):
+        return ""
+    per_eval = min(_per_step(r) / r["evaluations_per_step"] for r in spsa)
+    n = spsa[0]["n_params"]
+    step = (n + 1) * per_eval
+    return (
+        f"- Forward differences were not run: without a one-sided delta kernel for this "
+        f"network each of its {n + 1:,} evaluations per step is a whole forward pass of the "
+        f"batch, {1e6 * per_eval:.3g} µs as the SPSA runs measured it, so one step would "
+        f"take about {_duration(step)} and the {settings['iters']:,} steps "
+        f"{_duration(settings['iters'] * step)}."
+    )
+
+
+def _section(results, settings, net):
+    """One network's table and findings."""
+    forward = _forward_estimate(results, settings)
+    return f"""{_table(results, settings)}
+
+## What the numbers show: {describe(net, settings)}
+
+{_findings(results, settings, net)}
+{forward}"""
+
+
 def summary(results, settings):
-    """The body of summary.md: settings, the table and what it shows."""
+    """The body of summary.md: settings, each network's table and what it shows."""
+    sections = []
+    for net, net_settings in networks(settings):
+        runs = [r for r in results if r.get("net", "dense") == net]
+        title = "" if net == "dense" else f"## {describe(net, net_settings)}\n\n"
+        if net != "dense":
+            same = (
+                "seed, batches, learning rate and number of steps as above"
+                if net_settings["iters"] == settings["iters"]
+                else f"seed, batches and learning rate as above, {net_settings['iters']} steps"
+            )
+            title += (
+                f"The same {same}, with the estimators {', '.join(r['name'] for r in runs)}.\n\n"
+            )
+        sections.append(title + _section(runs, net_settings, net))
+    files = ", ".join(f"`{figure_name(net)}`" for net, _ in networks(settings))
     return f"""Settings: `{settings}`.  Same seed, same batches, same number of SGD steps for
 every estimator; only the steps are timed (the test accuracy, evaluated every
 {settings["eval_every"]} steps on the first {settings["test_size"]} test images, is
@@ -334,22 +459,22 @@ per backprop step.  "µs/evaluation" is the step time divided by the evaluations
 of the step's estimate (the update and the batch loss after it included).  "s to
 X" is the step time until the test accuracy first reached X (— when it never did).
 
-{_table(results, settings)}
+{(chr(10) * 2).join(sections)}
 
-## What the numbers show
-
-{_findings(results, settings)}
-
-Files: `results.csv` (one row per evaluation), `estimators.png`.
+Files: `results.csv` (one row per evaluation), {files}.
 """
 
 
 def run(settings, out, scheduler=None, data_dir=None):
-    """Run the experiment; write results.csv and estimators.png; return (files, summary)."""
+    """Run the experiment; write results.csv and one figure per network; return (files, summary)."""
     results = grid.run_grid(specs(settings, data_dir), scheduler, func=run_estimator)
     output.write_csv(out / "results.csv", rows_of(results), COLUMNS)
-    plot(results, settings, out / "estimators.png")
-    return ["results.csv", "estimators.png"], summary(results, settings)
+    figures = []
+    for net, net_settings in networks(settings):
+        runs = [r for r in results if r["net"] == net]
+        plot(runs, net_settings, out / figure_name(net), net)
+        figures.append(figure_name(net))
+    return ["results.csv", *figures], summary(results, settings)
 
 
 EXPERIMENT = command.Experiment(

@@ -227,7 +227,9 @@ def _true_class_probabilities(net, x, t):
     name = _generic.last_layer_name(net)
     y = getattr(getattr(net, name), "y", None) if name else None
     if y is None and _stack.fastnum_stack(net) is not None and hasattr(net, "predict"):
-        y = net.predict(x)
+        # The training mode's probabilities (the dropout masks the loss used), where it has one.
+        train_mode = "train_flg" in inspect.signature(net.predict).parameters
+        y = net.predict(x, train_flg=True) if train_mode else net.predict(x)
     y = np.asarray(y) if y is not None else None
     if y is None or y.ndim != 2 or y.shape[0] != len(x):
         return None

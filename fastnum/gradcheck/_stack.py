@@ -150,7 +150,9 @@ def recognise(net):
         raise EngineUnsupportedError(
             f"net.params has entries {extra} that no recognised layer uses"
         )
-    if not stack or stack[-1][0] != "affine":
+    # Dropout may follow the last Affine (the book's chapter 8 net drops logits too).
+    kinds = [spec[0] for spec in stack if spec[0] != "dropout"]
+    if not kinds or kinds[-1] != "affine":
         raise EngineUnsupportedError("the layer before the softmax-with-loss is not an Affine")
     return stack
 
