@@ -75,35 +75,6 @@ class ConvSelection(NamedTuple):
     grp_idx: np.ndarray
 
 
-class _Scratch(NamedTuple):
-    """One conv task's buffers (allocated once per task by :func:`_scratch`)."""
-
-    work: np.ndarray  # this channel's stages, stage k at st_off[k]
-    dirty: np.ndarray  # per stage: the positions that differ from the cache,
-    d_row: np.ndarray  # with their rows
-    d_col: np.ndarray  # and columns
-    n_dirty: np.ndarray
-    mark: np.ndarray  # pooling outputs already queued
-    lo_h: np.ndarray  # per pooling op and input row/column: first/last window
-    hi_h: np.ndarray
-    lo_w: np.ndarray
-    hi_w: np.ndarray
-    tpos: np.ndarray  # the conv outputs one parameter touches: position,
-    trow: np.ndarray  # row,
-    tcol: np.ndarray  # column
-    tval: np.ndarray  # and the input that multiplies it
-    moved_idx: np.ndarray  # per sign: the tail inputs that moved
-    moved_d: np.ndarray  # and by how much
-    n_moved: np.ndarray
-    z1: np.ndarray
-    z2: np.ndarray
-    zacc: np.ndarray
-    dq: np.ndarray
-    mx: np.ndarray
-    sm: np.ndarray
-    res: np.ndarray
-
-
 @njit
 def _window_tables(ops, lo_h, hi_h, lo_w, hi_w):
     """For each pooling op and input row (column): the first and last window containing it."""
@@ -230,49 +201,6 @@ def _restore_channel(S, s, f, FN, st_off, st_size, work, dirty, n_dirty):
 
 
 @njit
-def _scratch(image, block, d1, width):
-    """A conv task's buffers (:class:`_Scratch`), the pooling window tables filled."""
-    st_size = block.st_size
-    n_stages = st_size.shape[0]
-    size = block.OH * block.OW
-    fsize = st_size[n_stages - 1]
-    biggest = 0
-    for k in range(n_stages):
-        biggest = max(biggest, st_size[k])
-    lo_h = np.zeros((max(n_stages - 1, 1), max(image.H, block.OH)), dtype=np.int64)
-    hi_h = np.zeros_like(lo_h)
-    lo_w = np.zeros((max(n_stages - 1, 1), max(image.W, block.OW)), dtype=np.int64)
-    hi_w = np.zeros_like(lo_w)
-    _window_tables(block.ops, lo_h, hi_h, lo_w, hi_w)
-    return _Scratch(
-        np.empty(block.st_off[n_stages]),
-        np.empty((n_stages, biggest), dtype=np.int64),
-        np.empty((n_stages, biggest), dtype=np.int64),
-        np.empty((n_stages, biggest), dtype=np.int64),
-        np.zeros(n_stages, dtype=np.int64),
-        np.zeros(biggest, dtype=np.int8),
-        lo_h,
-        hi_h,
-        lo_w,
-        hi_w,
-        np.empty(size, dtype=np.int64),
-        np.empty(size, dtype=np.int64),
-        np.empty(size, dtype=np.int64),
-        np.empty(size),
-        np.empty((2, fsize), dtype=np.int64),
-        np.empty((2, fsize)),
-        np.zeros(2, dtype=np.int64),
-        np.empty((width, 2)),
-        np.empty((width, 2)),
-        np.empty(d1),
-        np.empty(2),
-        np.empty(2),
-        np.empty(2),
-        np.empty(2),
-    )
-
-
-@njit
 def _touched_outputs(param, s, geom, xnz_ptr, xnz_row, xnz_col, xnz_val, tpos, trow, tcol, tval):
     """The conv outputs ``param`` touches in sample s, into tpos/trow/tcol and tval (the
     input that multiplies it): their count (zero inputs move nothing).  ``geom`` is
@@ -357,32 +285,40 @@ def _conv_delta_task(task, image, block, tail, ev, chosen, width, n_tasks, out_s
     last = st_size.shape[0] - 1
     fsize = st_size[last]
     d1 = sizes[1]
-    (
-        work,
-        dirty,
-        d_row,
-        d_col,
-        n_dirty,
-        mark,
-        lo_h,
-        hi_h,
-        lo_w,
-        hi_w,
-        tpos,
-        trow,
-        tcol,
-        tval,
-        moved_idx,
-        moved_d,
-        n_moved,
-        z1,
-        z2,
-        zacc,
-        dq,
-        mx,
-        sm,
-        res,
-    ) = _scratch(image, block, d1, width)
+    # The task's buffers: this channel's stages (stage k at st_off[k]); per stage the
+    # positions that differ from the cache with their rows and columns; the pooling
+    # outputs already queued; per pooling op and input row/column the first and last
+    # window; the conv outputs one parameter touches; the tail inputs that moved.
+    n_stages = st_size.shape[0]
+    size = OH * OW
+    biggest = 0
+    for k in range(n_stages):
+        biggest = max(biggest, st_size[k])
+    work = np.empty(st_off[n_stages])
+    dirty = np.empty((n_stages, biggest), dtype=np.int64)
+    d_row = np.empty((n_stages, biggest), dtype=np.int64)
+    d_col = np.empty((n_stages, biggest), dtype=np.int64)
+    n_dirty = np.zeros(n_stages, dtype=np.int64)
+    mark = np.zeros(biggest, dtype=np.int8)
+    lo_h = np.zeros((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64)
+    hi_h = np.zeros_like(lo_h)
+    lo_w = np.zeros((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64)
+    hi_w = np.zeros_like(lo_w)
+    _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
+    tpos = np.empty(size, dtype=np.int64)
+    trow = np.empty(size, dtype=np.int64)
+    tcol = np.empty(size, dtype=np.int64)
+    tval = np.empty(size)
+    moved_idx = np.empty((2, fsize), dtype=np.int64)
+    moved_d = np.empty((2, fsize))
+    n_moved = np.zeros(2, dtype=np.int64)
+    z1 = np.empty((width, 2))
+    z2 = np.empty((width, 2))
+    zacc = np.empty(d1)
+    dq = np.empty(2)
+    mx = np.empty(2)
+    sm = np.empty(2)
+    res = np.empty(2)
     acc = np.zeros(sel.shape[0])
     for f in range(task, FN, n_tasks):
         if grp_ptr[f + 1] == grp_ptr[f]:
