@@ -167,6 +167,20 @@ class ReferenceDeepConvNet:
 
     # ------------------------------------------------------------------ dropout masks
 
+    #: What the trainer (:func:`fastnum.train_step.step_gradient`, :mod:`fastnum.checkpoint`)
+    #: reads of a network with chapter 6 layers: one dropout mask set per step from
+    #: ``dropout_rng`` (whose state the checkpoint keeps); no batch-norm statistics.
+    chapter6 = True
+    use_dropout = True
+
+    @property
+    def running_stats(self):
+        """Batch-norm running statistics: none (the book's chapter 8 net has no batch norm)."""
+        return {}
+
+    def update_running_stats(self, x, masks=None):
+        """Nothing to move: the net has no batch norm (the trainer calls it every step)."""
+
     @property
     def dropout_masks(self):
         """The current training step's masks {"mask1": (N, hidden), "mask2": (N, output)} of

@@ -3,7 +3,7 @@
 Each entry says what the network is, whether it trains on images, which settings of a
 :class:`fastnum.train_config.TrainConfig` it cannot take (checked when the config is
 made, so a bad run fails before it loads data) and how to build it freshly from a
-config.  A new network (the book's chapter 8 ``DeepConvNet``, say) is one more entry
+config.  A new network is one more entry
 here and one more ``--net`` choice, which the command line reads from this table.
 
 A network with batch norm, dropout or weight decay says so with a true ``chapter6``
@@ -135,6 +135,47 @@ def _build_simpleconv(config, n_features, n_classes, input_dim, backend):
     )
 
 
+def _check_deepconv(config):
+    """DeepConvNet: the book's He initialisation, dropout only (its ratio may be set)."""
+    if config.hidden_sizes is not None:
+        raise ParameterError(
+            "hidden_sizes",
+            "{name} is for {dense}; DeepConvNet has one hidden affine layer of "
+            "{hidden_size} units (the book uses 50).",
+            dense=Setting("net", "dense"),
+        )
+    if config.weight_init_std not in (0.01, "he", "relu"):  # 0.01: the option's default
+        raise ParameterError(
+            "weight_init_std",
+            "{name}={value!r}: DeepConvNet always starts from the book's He initialisation; "
+            "drop the option or pass 'he'.",
+            value=config.weight_init_std,
+        )
+    if config.use_batchnorm or config.weight_decay_lambda:
+        name = "use_batchnorm" if config.use_batchnorm else "weight_decay_lambda"
+        raise ParameterError(
+            name,
+            "{name} is for {dense} with {hidden_sizes} (a MultiLayerNet); the book's "
+            "DeepConvNet has dropout only (its ratio: {dropout}).",
+            dense=Setting("net", "dense"),
+            dropout=Setting("dropout_ratio", 0.5),
+        )
+
+
+def _build_deepconv(config, n_features, n_classes, input_dim, backend):
+    from fastnum.deepconv import DeepConvNet
+
+    return DeepConvNet(
+        input_dim,
+        hidden_size=config.hidden_size,
+        output_size=n_classes,
+        dropout_ratio=0.5 if config.dropout_ratio is None else config.dropout_ratio,
+        seed=config.seed,
+        backend=backend,
+        strategy=config.strategy,
+    )
+
+
 #: name -> :class:`NetKind`; the names are ``fastnum train --net``'s choices.
 NETS = {
     "dense": NetKind(
@@ -148,6 +189,12 @@ NETS = {
         True,
         _check_simpleconv,
         _build_simpleconv,
+    ),
+    "deepconv": NetKind(
+        "the book's chapter 8 DeepConvNet (6 convolutions, dropout) on 28x28 images",
+        True,
+        _check_deepconv,
+        _build_deepconv,
     ),
 }
 

@@ -972,3 +972,43 @@ def test_train_loads_mnist_itself(mnist_source_dir, tmp_path):
     doc = json.loads((tmp_path / "history.json").read_text())
     assert doc["data"]["n_features"] == 784 and doc["data"]["n_classes"] == 10
     assert result.params["W2"].shape == (5, 10)
+
+
+# --- the chapter 8 DeepConvNet ---------------------------------------------------------------
+
+
+def _tiny_images(n=12, seed=0):
+    """Random 12x12 one-channel images with labels in 0..3 (the net's smallest input)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 1, 12, 12)).astype(np.float32)
+    t = rng.integers(0, 4, n).astype(np.uint8)
+    return (x[:8], t[:8]), (x[8:], t[8:])
+
+
+# The numerical gradient of ~60,000 parameters needs the compiled engine (the NumPy
+# oracle takes minutes per step).
+@pytest.mark.parametrize("grad", ["backprop", pytest.param("numerical", marks=pytest.mark.numba)])
+def test_deepconv_trains_and_resumes_bit_identically(tmp_path, grad):
+    config = TrainConfig(
+        net="deepconv", grad=grad, iters=5, batch_size=4, lr=0.01, dropout_ratio=0.3, seed=1
+    )
+    data = _tiny_images()
+    ref_run = quiet_train(config, data)
+    assert type(ref_run.net).__name__ == "DeepConvNet" and ref_run.net.dropout_ratio == 0.3
+    with pytest.raises(SimulatedInterruptError):
+        quiet_train(config, data, tmp_path, callback=stop_at_epoch(1))
+    assert_same_run(ref_run, quiet_train(config, data, tmp_path, resume=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"use_batchnorm": True}, "use_batchnorm is for net='dense'"),
+        ({"weight_decay_lambda": 0.1}, "weight_decay_lambda is for net='dense'"),
+        ({"weight_init_std": 0.1}, "He initialisation"),
+        ({"hidden_sizes": (5,)}, "hidden_sizes is for net='dense'"),
+    ],
+)
+def test_deepconv_settings_it_does_not_take_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(net="deepconv", **kwargs)
