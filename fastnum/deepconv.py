@@ -455,11 +455,11 @@ class DeepConvNet(NetworkFrontend, ReferenceDeepConvNet):
             hits += int(np.sum(y.argmax(axis=1) == t[i : i + batch_size]))
         return hits / len(x)
 
-    def _numba_numerical_gradient(self, x, t, h, strategy, params):
-        from fastnum import engine
+    def _numba_numerical_gradient(self, x, t, h, strategy, params, scheduler=None):
+        from fastnum.distributed import gradient_function
 
         masks = self.new_dropout_masks(len(x))  # one set for the whole gradient
-        return engine.numerical_gradient(self.stack, params, x, t, h, strategy, masks=masks)
+        return gradient_function(scheduler)(self.stack, params, x, t, h, strategy, masks=masks)
 
     def numerical_gradient_at(self, x, t, indices, h=reference.H, strategy=None):
         """Central-difference gradient at chosen entries, under one new set of masks.

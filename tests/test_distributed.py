@@ -41,9 +41,9 @@ def _dense_batch(n=6, d=12, classes=4, seed=0):
     return rng.random((n, d)), rng.integers(0, classes, n)
 
 
-def _image_batch(n=3, seed=0):
+def _image_batch(n=3, seed=0, size=6):
     rng = np.random.default_rng(seed)
-    return rng.random((n, 1, 6, 6)), rng.integers(0, 3, n)
+    return rng.random((n, 1, size, size)), rng.integers(0, 3, n)
 
 
 def _small_conv(seed=2):
@@ -187,11 +187,21 @@ def test_dense_full_agrees_to_rounding(client):
         np.testing.assert_allclose(comp_grads[k], ref_grads[k], rtol=0, atol=1e-9)
 
 
+def _small_deepconv(seed=2):
+    """The chapter 8 net's layer sequence at a 4x4 input, 2 filters per convolution."""
+    from fastnum.deepconv import DeepConvNet
+
+    convs = [{"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 1} for _ in range(6)]
+    convs[3] = {**convs[3], "pad": 2}  # the book's fourth convolution pads by 2
+    return DeepConvNet((1, 4, 4), *convs, hidden_size=4, output_size=3, seed=seed)
+
+
 def _networks():
     return [
         ("two_layer", lambda: TwoLayerNet(12, 5, 4, weight_init_std=0.5, seed=1), _dense_batch),
         ("chapter6", _chapter6, _dense_batch),
         ("conv", _small_conv, _image_batch),
+        ("deepconv", _small_deepconv, lambda: _image_batch(n=3, size=4)),
     ]
 
 
@@ -207,7 +217,7 @@ def test_the_networks_scheduler_argument_gives_the_same_gradient(client, monkeyp
         ref_grads = ref_net.numerical_gradient(x, t)
         comp_grads = comp_net.numerical_gradient(x, t, scheduler=client)
         assert _same(ref_grads, comp_grads)
-    if isinstance(ref_net, MultiLayerNet):
+    if hasattr(ref_net, "dropout_rng"):
         # One set of masks per gradient, drawn in this process: the generator and the
         # batch-norm statistics moved exactly as in one process.
         assert ref_net.dropout_rng.random() == comp_net.dropout_rng.random()
