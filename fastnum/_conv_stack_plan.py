@@ -17,11 +17,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastnum._engine_delta import _delta_plan, _finite_loss, _run_tasks
+from fastnum._engine_delta import _delta_plan, _finite_loss
 from fastnum._engine_layers import LAYER_KINDS, _mask_names
-from fastnum._jit import JIT_ENABLED, get_num_threads
+from fastnum._jit import JIT_ENABLED, get_num_threads, run_tasks
 from fastnum.kernels import conv_stack as kern
-from fastnum.kernels._blocks import ACTIVATION_CODES, n_tasks
+from fastnum.kernels._blocks import ACTIVATION_CODES
 from fastnum.layers import conv_output_size
 
 
@@ -207,10 +207,9 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
     if len(jobs):
         max_pos = max(r[kern.H_OUT] * r[kern.W_OUT] for r in rows)
         max_pos = max(max_pos, sizes[0])
-        tasks = n_tasks(len(jobs))
-        _run_tasks(
+        run_tasks(
             kern._stack_delta_task,
-            tasks,
+            len(jobs),
             jobs,
             S,
             mk,
@@ -223,7 +222,6 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
             int(lin_a),
             J,
             n1,
-            tasks,
             sums,
         )
     sums *= 1.0 / (2.0 * h * n)

@@ -7,18 +7,17 @@ dense layers (:func:`_delta_plan`, :func:`_delta_at`; kernels in
 :mod:`fastnum.kernels.layered`, :mod:`~fastnum.kernels.dense_delta` and
 :mod:`~fastnum.kernels.conv_delta`), and dense stacks with batch norm or dropout
 (:func:`_norm_plan`, :func:`_norm_delta_at`; :mod:`fastnum.kernels.normalization`).
-The delta tasks run side by side on a thread pool (:func:`_run_tasks`).
+The delta tasks run side by side on a thread pool (:func:`fastnum._jit.run_tasks`).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
 from fastnum._engine_layers import _conv_shape
-from fastnum._jit import JIT_ENABLED, get_num_threads
+from fastnum._jit import run_tasks
 from fastnum.constants import BN_EPSILON
 from fastnum.kernels import conv_delta, dense_delta, layered, normalization
 from fastnum.kernels._blocks import (
@@ -26,7 +25,6 @@ from fastnum.kernels._blocks import (
     NONE,
     POOL,
     batch_offsets,
-    n_tasks,
     nonzeros,
     pack_dense,
     starts,
@@ -37,21 +35,11 @@ from fastnum.layers import conv_output_size
 # ---------------------------------------------------------------------------- tasks
 
 
-def _run_tasks(task_kernel, n_tasks, *args):
-    """task_kernel(task, *args, n_tasks, ...) for every task, on get_num_threads() threads.
-
-    The delta kernels are compiled ``nogil``, so Python threads run them truly in
-    parallel.  Every output cell belongs to exactly one task and is summed in a
-    fixed order inside it, so the schedule never changes a result.
-    """
-    threads = min(get_num_threads(), n_tasks)
-    if threads <= 1 or not JIT_ENABLED:
-        for task in range(n_tasks):
-            task_kernel(task, *args)
-        return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for future in [pool.submit(task_kernel, task, *args) for task in range(n_tasks)]:
-            future.result()  # re-raises a task's exception here
+# The delta kernels run on the shared pool of :func:`fastnum._jit.run_tasks` (one item
+# per filter, unit or job; a task takes items task, task + n_tasks, ...).  Every output
+# cell belongs to exactly one item and is summed in a fixed order inside it, so neither
+# the split nor the schedule changes a result.  Re-exported under its old name.
+_run_tasks = run_tasks
 
 
 # ---------------------------------------------------------------------------- conv + dense
@@ -181,19 +169,7 @@ def _conv_gradients(plan, block, x, tail, ev, indices, width):
     grp_ptr = np.zeros(FN + 1, dtype=np.int64)
     np.cumsum(np.bincount(filt, minlength=FN), out=grp_ptr[1:])
     chosen = conv_delta.ConvSelection(sel, grp_ptr, grp_idx)
-    tasks = n_tasks(FN)
-    _run_tasks(
-        conv_delta._conv_delta_task,
-        tasks,
-        _conv_image(x),
-        block,
-        tail,
-        ev,
-        chosen,
-        width,
-        tasks,
-        sums,
-    )
+    run_tasks(conv_delta._conv_delta_task, FN, _conv_image(x), block, tail, ev, chosen, width, sums)
     if indices is None:
         return {cw: sums[:n_w].reshape(Wt.shape), cb: sums[n_w:]}
     n_sel_w = len(indices.get(cw, ()))
@@ -241,8 +217,7 @@ def _dense_gradients(layer, wn, bn, F, tail, ev, indices, width):
         inputs = tail.A[start : start + n * n_in].reshape(n, n_in)
     chosen, cells = _row_selection(inputs, indices, wn, bn, n_out)
     gT = np.zeros((n_out, n_in + 1))
-    tasks = n_tasks(n_out)
-    _run_tasks(dense_delta._dense_delta_task, tasks, layer, F, tail, ev, chosen, width, tasks, gT)
+    run_tasks(dense_delta._dense_delta_task, n_out, layer, F, tail, ev, chosen, width, gT)
     return gT, cells
 
 
@@ -388,10 +363,9 @@ def _norm_delta_at(plan, params, x, t, h, log_guard, masks):
         inputs = inputs.reshape(n_in, n)
         nz_rows = np.flatnonzero((inputs != 0).any(axis=1)).astype(np.int64)
         gT = np.zeros((d, n_in + 3))
-        tasks = n_tasks(d)
-        _run_tasks(
+        run_tasks(
             normalization._norm_delta_task,
-            tasks,
+            d,
             layer,
             inputs,
             nz_rows,
@@ -402,7 +376,6 @@ def _norm_delta_at(plan, params, x, t, h, log_guard, masks):
             BN_EPSILON,
             width,
             ne_max,
-            tasks,
             gT,
         )
         gT *= scale

@@ -263,11 +263,11 @@ def _first_layer_columns(zs, d1, n_moved, moved_idx, moved_d, w, Z, zacc, z1):
 
 
 @njit
-def _conv_delta_task(task, image, block, tail, ev, chosen, width, n_tasks, out_sums):
+def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_sums):
     """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter chosen.sel[p], samples in
     ascending order inside one task.
 
-    One task of ``n_tasks`` (run side by side by the engine's task runner); it owns
+    One task of ``n_tasks`` (run side by side by :func:`fastnum._jit.run_tasks`); it owns
     whole filters f.  ``image`` is the :class:`ConvImage`, ``block`` the
     :class:`ConvBlock`, ``tail`` the :class:`~fastnum.kernels.layered.DenseTail`,
     ``ev`` the :class:`~fastnum.kernels.layered.Evaluation`, ``chosen`` the

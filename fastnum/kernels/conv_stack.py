@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._jit import njit, prange
+from fastnum._jit import njit, run_tasks
 from fastnum.kernels._blocks import OP_CODES, POOL, RELU, _act
 from fastnum.kernels.losses import column_losses
 
@@ -437,16 +437,9 @@ def _clear(k, n_ops, D, ops, pos, npos, clo, chi):
 _BOUND_SLACK = 1.0 + 1e-9
 
 
-@njit(parallel=True)
-def _linear_tail_cache(S, wp, ops, a, J):
-    """J[s] ((H W C) x M, rows channels-last): the map from the change of stage a (the
-    last convolution's input) to the change of the first affine layer's output, for
-    conv a -> relu -> max pool -> affine while no ReLU or pooling corner is crossed.
-
-    In that region each pooled feature is one conv unit (its window's argmax; a window
-    whose max is 0 stays 0), so the map is that unit's filter times the feature's row
-    of the affine weights.
-    """
+@njit
+def _linear_tail_rows(task, n_tasks, S, wp, ops, a, J):
+    """Samples of :func:`_linear_tail_cache` in task ``task`` of ``n_tasks``."""
     C = ops[a, C_IN]
     W = ops[a, W_IN]
     H = ops[a, H_IN]
@@ -470,7 +463,7 @@ def _linear_tail_cache(S, wp, ops, a, J):
     p_off = ops[p, OUT_OFF]
     M = ops[a + 3, C_OUT]
     w7 = ops[a + 3, W_OFF]
-    for s in prange(S.shape[0]):
+    for s in range(task * S.shape[0] // n_tasks, (task + 1) * S.shape[0] // n_tasks):
         Js = J[s]
         for q in range(Js.shape[0]):
             Js[q] = 0.0
@@ -504,6 +497,18 @@ def _linear_tail_cache(S, wp, ops, a, J):
                             row = ((i * W + jj) * C + c) * M
                             for u in range(M):
                                 Js[row + u] += wv * wp[frow + u]
+
+
+def _linear_tail_cache(S, wp, ops, a, J):
+    """J[s] ((H W C) x M, rows channels-last): the map from the change of stage a (the
+    last convolution's input) to the change of the first affine layer's output, for
+    conv a -> relu -> max pool -> affine while no ReLU or pooling corner is crossed.
+
+    In that region each pooled feature is one conv unit (its window's argmax; a window
+    whose max is 0 stays 0), so the map is that unit's filter times the feature's row
+    of the affine weights.
+    """
+    run_tasks(_linear_tail_rows, S.shape[0], S, wp, ops, a, J, min_items=1)
 
 
 @njit
@@ -738,7 +743,7 @@ def _evaluate(
 
 
 @njit
-def _stack_delta_task(task, jobs, S, mk, wp, ops, t, h, guard, max_pos, lin_a, J, n1, n_tasks, out):
+def _stack_delta_task(task, n_tasks, jobs, S, mk, wp, ops, t, h, guard, max_pos, lin_a, J, n1, out):
     """out[j] += sum_n (L_n(+) - L_n(-)) for every job j of this task (jobs task, task +
     n_tasks, ...), samples in ascending order (``out`` starts at zero).
 

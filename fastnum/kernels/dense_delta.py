@@ -164,10 +164,10 @@ def _next_layer_columns(zs, row, n_next, n_q, chg, w, Z, z1):
 
 
 @njit
-def _dense_delta_task(task, layer, F, tail, ev, chosen, width, n_tasks, gT):
+def _dense_delta_task(task, n_tasks, layer, F, tail, ev, chosen, width, gT):
     """gT[j, r] = sum_n (L_n(+) - L_n(-)) for W_l[r, j] (r < n_in) and b_l[j] (r = n_in).
 
-    One task of ``n_tasks`` (run side by side by the engine's task runner).  Tasks
+    One task of ``n_tasks`` (run side by side by :func:`fastnum._jit.run_tasks`).  Tasks
     own whole units j (interleaved); ``tail`` is the :class:`~fastnum.kernels.layered.
     DenseTail`, ``ev`` the :class:`~fastnum.kernels.layered.Evaluation`, ``chosen`` the
     :class:`RowSelection`; ``F`` the tail's input (layer 0's inputs).  The groups are

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._jit import njit, prange
+from fastnum._jit import njit, run_tasks
 from fastnum.constants import LOG_GUARD
-from fastnum.kernels._blocks import _act, _affine_into, n_tasks, nonzeros
+from fastnum.kernels._blocks import _act, _affine_into, nonzeros
 
 # Vectorizable exp/log, full double precision (within 2 ulp of libm): the
 # perturbed-loss loops are dominated by exp, which libm would keep scalar.
@@ -115,28 +115,28 @@ def _perturbed_loss_difference(
     return f_plus - f_minus
 
 
-@njit(parallel=True)
+@njit
 def _full_gradient(
-    w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind, width, n_tasks, gw, gb
+    task, n_tasks, w, b, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, h, act_kind, width, gw, gb
 ):
-    # Parameters are numbered 0..len(w)-1 for the weights, then the biases.
+    """Parameters task, task + n_tasks, ... (weights, then biases) of one task of
+    :func:`fastnum._jit.run_tasks`; each parameter's difference is computed alone."""
     n_w = w.shape[0]
     n_params = n_w + b.shape[0]
-    for task in prange(n_tasks):
-        # A private copy per task, so perturbing it races with no other task.
-        wc = w.copy()
-        bc = b.copy()
-        buf1 = np.empty(width)
-        buf2 = np.empty(width)
-        for p in range(task, n_params, n_tasks):
-            vec, q = (wc, p) if p < n_w else (bc, p - n_w)
-            diff = _perturbed_loss_difference(
-                vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2
-            )
-            if p < n_w:
-                gw[q] = diff / (2.0 * h)
-            else:
-                gb[q] = diff / (2.0 * h)
+    # A private copy per task, so perturbing it races with no other task.
+    wc = w.copy()
+    bc = b.copy()
+    buf1 = np.empty(width)
+    buf2 = np.empty(width)
+    for p in range(task, n_params, n_tasks):
+        vec, q = (wc, p) if p < n_w else (bc, p - n_w)
+        diff = _perturbed_loss_difference(
+            vec, q, h, wc, bc, w_off, b_off, sizes, x, nz_ptr, nz_idx, t, act_kind, buf1, buf2
+        )
+        if p < n_w:
+            gw[q] = diff / (2.0 * h)
+        else:
+            gb[q] = diff / (2.0 * h)
 
 
 def numerical_gradient_trusted(packed, x, t, h, act_kind):
@@ -164,7 +164,9 @@ def numerical_gradient_trusted(packed, x, t, h, act_kind):
     gw = np.empty_like(w)
     gb = np.empty_like(b)
     nz_ptr, nz_idx = nonzeros(x)
-    _full_gradient(
+    run_tasks(
+        _full_gradient,
+        w.shape[0] + b.shape[0],
         w,
         b,
         w_off,
@@ -177,7 +179,6 @@ def numerical_gradient_trusted(packed, x, t, h, act_kind):
         float(h),
         act_kind,
         int(sizes[1:].max()),
-        n_tasks(w.shape[0] + b.shape[0]),
         gw,
         gb,
     )

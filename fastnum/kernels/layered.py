@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastnum._jit import njit, prange
+from fastnum._jit import njit, run_tasks
 from fastnum.kernels._blocks import NONE, POOL, _act, _affine_into
 from fastnum.kernels.losses import column_losses
 
@@ -153,21 +153,23 @@ def _pool_map(src, H, W, ph, pw, stride, pad, OH, OW, dst):
 
 # ------------------------------------------------------------------------------ batch forward
 
+# The batch kernels below are serial tasks of :func:`fastnum._jit.run_tasks` over samples
+# (a sample's outputs are computed by one task, in the order of a single-thread loop, so
+# the split never changes a bit); they compile several times faster than a ``prange``.
+# Fewest samples worth a task of their own: a conv or affine row takes tens of
+# microseconds, an elementwise or pooling row a few.
+_MIN_CONV_ROWS = 4
+_MIN_MAP_ROWS = 32
 
-@njit(parallel=True)
-def _conv_batch(x, C, H, W, Wcl, b, stride, pad, OH, OW, out):
-    """out (N, FN*OH*OW) = convolution of x (N, C*H*W), parallel over samples.
 
-    ``Wcl`` is the filter bank channel-last, (C, FH, FW, FN): every non-zero pixel
-    is scattered into the outputs it feeds for all filters at once (a contiguous,
-    vectorized loop over filters), and zero pixels, most of an MNIST digit, cost
-    nothing.
-    """
+@njit
+def _conv_rows(task, n_tasks, x, C, H, W, Wcl, b, stride, pad, OH, OW, out):
+    """Samples of :func:`_conv_batch` in task ``task`` of ``n_tasks``."""
     FH = Wcl.shape[1]
     FW = Wcl.shape[2]
     FN = Wcl.shape[3]
     size = OH * OW
-    for n in prange(x.shape[0]):
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         acc = np.zeros((size, FN))
         xs = x[n]
         for c in range(C):
@@ -199,10 +201,36 @@ def _conv_batch(x, C, H, W, Wcl, b, stride, pad, OH, OW, out):
                 out[n, f * size + o] = acc[o, f] + b[f]
 
 
-@njit(parallel=True)
-def _pool_batch(x, C, H, W, ph, pw, stride, pad, OH, OW, out):
-    """out (N, C*OH*OW) = max pooling of x (N, C*H*W)."""
-    for n in prange(x.shape[0]):
+def _conv_batch(x, C, H, W, Wcl, b, stride, pad, OH, OW, out):
+    """out (N, FN*OH*OW) = convolution of x (N, C*H*W), parallel over samples.
+
+    ``Wcl`` is the filter bank channel-last, (C, FH, FW, FN): every non-zero pixel
+    is scattered into the outputs it feeds for all filters at once (a contiguous,
+    vectorized loop over filters), and zero pixels, most of an MNIST digit, cost
+    nothing.
+    """
+    run_tasks(
+        _conv_rows,
+        x.shape[0],
+        x,
+        C,
+        H,
+        W,
+        Wcl,
+        b,
+        stride,
+        pad,
+        OH,
+        OW,
+        out,
+        min_items=_MIN_CONV_ROWS,
+    )
+
+
+@njit
+def _pool_rows(task, n_tasks, x, C, H, W, ph, pw, stride, pad, OH, OW, out):
+    """Samples of :func:`_pool_batch` in task ``task`` of ``n_tasks``."""
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         for c in range(C):
             _pool_map(
                 x[n, c * H * W : (c + 1) * H * W],
@@ -218,33 +246,61 @@ def _pool_batch(x, C, H, W, ph, pw, stride, pad, OH, OW, out):
             )
 
 
-@njit(parallel=True)
-def _act_batch(x, kind, out):
-    """out = act(x) elementwise, parallel over samples."""
-    for n in prange(x.shape[0]):
+def _pool_batch(x, C, H, W, ph, pw, stride, pad, OH, OW, out):
+    """out (N, C*OH*OW) = max pooling of x (N, C*H*W)."""
+    run_tasks(
+        _pool_rows,
+        x.shape[0],
+        x,
+        C,
+        H,
+        W,
+        ph,
+        pw,
+        stride,
+        pad,
+        OH,
+        OW,
+        out,
+        min_items=_MIN_MAP_ROWS,
+    )
+
+
+@njit
+def _act_rows(task, n_tasks, x, kind, out):
+    """Samples of :func:`_act_batch` in task ``task`` of ``n_tasks``."""
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         _act_map(x[n], x.shape[1], kind, out[n])
 
 
-@njit(parallel=True)
-def _affine_batch(x, Wm, b, out):
-    """out (N, M) = x (N, D) @ Wm (D, M) + b, parallel over samples."""
+def _act_batch(x, kind, out):
+    """out = act(x) elementwise, parallel over samples."""
+    run_tasks(_act_rows, x.shape[0], x, kind, out, min_items=_MIN_MAP_ROWS)
+
+
+@njit
+def _affine_rows(task, n_tasks, x, Wm, b, out):
+    """Samples of :func:`_affine_batch` in task ``task`` of ``n_tasks``."""
     D, M = Wm.shape
     w = Wm.reshape(D * M)  # a view: Wm is C-contiguous
-    for n in prange(x.shape[0]):
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         _affine_into(x[n], D, w, 0, b, 0, M, out[n])
+
+
+def _affine_batch(x, Wm, b, out):
+    """out (N, M) = x (N, D) @ Wm (D, M) + b, parallel over samples."""
+    run_tasks(_affine_rows, x.shape[0], x, Wm, b, out, min_items=_MIN_CONV_ROWS)
 
 
 # ------------------------------------------------------------------------------ delta cache
 
 
-@njit(parallel=True)
-def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
-    """S (N, FN * stage sizes): per channel, the conv output (stage 0) and the output of
-    every pipeline op (stage k + 1), channel f of stage k at FN * st_off[k] + f * size_k;
-    F (N, d0) the last stage, the dense tail's input."""
+@njit
+def _conv_cache_rows(task, n_tasks, x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
+    """Samples of :func:`_conv_cache` in task ``task`` of ``n_tasks``."""
     FN = Wt.shape[0]
     n_ops = ops.shape[0]
-    for n in prange(x.shape[0]):
+    for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         for f in range(FN):
             size = OH * OW
             start = FN * st_off[0] + f * size
@@ -273,11 +329,36 @@ def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
                 F[n, f * size + q] = S[n, start + q]
 
 
-@njit(parallel=True)
-def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
-    """The dense tail's unperturbed pass: Z, A per layer."""
+def _conv_cache(x, C, H, W, Wt, b, stride, pad, OH, OW, ops, st_off, S, F):
+    """S (N, FN * stage sizes): per channel, the conv output (stage 0) and the output of
+    every pipeline op (stage k + 1), channel f of stage k at FN * st_off[k] + f * size_k;
+    F (N, d0) the last stage, the dense tail's input."""
+    run_tasks(
+        _conv_cache_rows,
+        x.shape[0],
+        x,
+        C,
+        H,
+        W,
+        Wt,
+        b,
+        stride,
+        pad,
+        OH,
+        OW,
+        ops,
+        st_off,
+        S,
+        F,
+        min_items=_MIN_CONV_ROWS,
+    )
+
+
+@njit
+def _tail_cache_rows(task, n_tasks, F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
+    """Samples of :func:`_tail_cache` in task ``task`` of ``n_tasks``."""
     n_layers = sizes.shape[0] - 1
-    for s in prange(F.shape[0]):
+    for s in range(task * F.shape[0] // n_tasks, (task + 1) * F.shape[0] // n_tasks):
         for layer in range(n_layers):
             n_in = sizes[layer]
             n_out = sizes[layer + 1]
@@ -291,6 +372,25 @@ def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
             _affine_into(src, n_in, w, w_off[layer], b, b_off[layer], n_out, zrow)
             for k in range(n_out):
                 A[out + k] = _act(zrow[k], acts[layer])
+
+
+def _tail_cache(F, w, b, w_off, b_off, sizes, acts, z_off, Z, A):
+    """The dense tail's unperturbed pass: Z, A per layer."""
+    run_tasks(
+        _tail_cache_rows,
+        F.shape[0],
+        F,
+        w,
+        b,
+        w_off,
+        b_off,
+        sizes,
+        acts,
+        z_off,
+        Z,
+        A,
+        min_items=_MIN_CONV_ROWS,
+    )
 
 
 @njit

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnum._jit import njit, prange
+from fastnum._jit import njit, run_tasks
 from fastnum.kernels._blocks import _act
 from fastnum.kernels._vmath import fexp, flog
 
@@ -64,20 +64,38 @@ def _bn_column(z, n, gamma, beta, eps, xn, y):
         y[k] = gamma * xn[k] + beta
 
 
-@njit(parallel=True)
-def _batchnorm_batch(a, gamma, beta, eps, xn, out):
-    """out (N, D) = batch normalisation of a (N, D) per column; xn the normalised values."""
+# Serial tasks of :func:`fastnum._jit.run_tasks` (a column or row is one task's, computed
+# as a single-thread loop would); a column of a batch of 100 takes about a microsecond.
+_MIN_BN_COLUMNS = 64
+_MIN_MASK_ROWS = 256
+
+
+@njit
+def _batchnorm_columns(task, n_tasks, a, gamma, beta, eps, xn, out):
+    """Columns of :func:`_batchnorm_batch` in task ``task`` of ``n_tasks``."""
     n = a.shape[0]
-    for c in prange(a.shape[1]):
+    for c in range(task * a.shape[1] // n_tasks, (task + 1) * a.shape[1] // n_tasks):
         _bn_column(a[:, c], n, gamma[c], beta[c], eps, xn[:, c], out[:, c])
 
 
-@njit(parallel=True)
-def _mask_batch(a, mask, out):
-    """out = a * mask elementwise, parallel over samples."""
-    for s in prange(a.shape[0]):
+def _batchnorm_batch(a, gamma, beta, eps, xn, out):
+    """out (N, D) = batch normalisation of a (N, D) per column; xn the normalised values."""
+    run_tasks(
+        _batchnorm_columns, a.shape[1], a, gamma, beta, eps, xn, out, min_items=_MIN_BN_COLUMNS
+    )
+
+
+@njit
+def _mask_rows(task, n_tasks, a, mask, out):
+    """Samples of :func:`_mask_batch` in task ``task`` of ``n_tasks``."""
+    for s in range(task * a.shape[0] // n_tasks, (task + 1) * a.shape[0] // n_tasks):
         for k in range(a.shape[1]):
             out[s, k] = a[s, k] * mask[s, k]
+
+
+def _mask_batch(a, mask, out):
+    """out = a * mask elementwise, parallel over samples."""
+    run_tasks(_mask_rows, a.shape[0], a, mask, out, min_items=_MIN_MASK_ROWS)
 
 
 # ------------------------------------------------------------------------------ delta
@@ -331,11 +349,11 @@ def _column_block(
 
 
 @njit
-def _norm_delta_task(task, layer, IN, nz_rows, net, t, h, guard, eps, width, ne_max, n_tasks, gT):
+def _norm_delta_task(task, n_tasks, layer, IN, nz_rows, net, t, h, guard, eps, width, ne_max, gT):
     """gT[j, r] = sum_s (L_s(+) - L_s(-)) for W_l[r, j] (r < n_in), b_l[j] (r = n_in),
     gamma_l[j] (n_in + 1) and beta_l[j] (n_in + 2) of layer ``layer``.
 
-    One task of ``n_tasks`` (run side by side by fastnum.engine._run_tasks); a task owns
+    One task of ``n_tasks`` (run side by side by fastnum._jit.run_tasks); a task owns
     whole units j (interleaved) and sums the samples in ascending order.  IN (n_in, N)
     is the layer's input, unit-major; nz_rows lists its rows that are non-zero for some
     sample (the others move nothing).  Up to ne_max evaluations (+h and -h of
