@@ -138,6 +138,26 @@ class NetworkFrontend:
         """:meth:`accuracy` for validated ``x``, integer labels ``t`` and ``params``."""
         return float(np.mean(self.predict_trusted(x, params).argmax(axis=1) == t))
 
+    def _checked_indices(self, indices):
+        """``numerical_gradient_at``'s indices as int64 arrays, each checked against its
+        parameter (a KeyError or ValueError naming the parameter and the valid range)."""
+        checked = {}
+        for name, flat in indices.items():
+            if name not in self.params:
+                raise KeyError(f"indices names {name!r}; parameters are {self.param_names}.")
+            flat, size = np.asarray(flat), self.params[name].size
+            if (
+                flat.ndim != 1
+                or flat.dtype.kind not in "iu"
+                or (flat.size and (flat.min() < 0 or flat.max() >= size))
+            ):
+                raise ValueError(
+                    f"indices[{name!r}] must be a 1-D integer array of flat indices in "
+                    f"0..{size - 1} (params[{name!r}] has shape {self.params[name].shape})."
+                )
+            checked[name] = np.ascontiguousarray(flat, dtype=np.int64)
+        return checked
+
     def numerical_gradient(self, x, t, h=H, strategy=None, scheduler=None):
         """Central-difference gradient of the loss for every parameter.
 

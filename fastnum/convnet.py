@@ -359,22 +359,7 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
         """
         params, x, t = self._checked(x, t)
         h, strategy = check_step(h), check_strategy(strategy or self.strategy)
-        checked = {}
-        for name, flat in indices.items():
-            if name not in self.params:
-                raise KeyError(f"indices names {name!r}; parameters are {self.param_names}.")
-            flat = np.asarray(flat)
-            size = self.params[name].size
-            if (
-                flat.ndim != 1
-                or flat.dtype.kind not in "iu"
-                or (flat.size and (flat.min() < 0 or flat.max() >= size))
-            ):
-                raise ValueError(
-                    f"indices[{name!r}] must be a 1-D integer array of flat indices in "
-                    f"0..{size - 1} (params[{name!r}] has shape {self.params[name].shape})."
-                )
-            checked[name] = np.ascontiguousarray(flat, dtype=np.int64)
+        checked = self._checked_indices(indices)
         if self.backend == "numba":
             from fastnum import engine
 
