@@ -141,7 +141,7 @@ def _engine_cases():
     ch6 = _chapter6()
     masks = ch6.new_dropout_masks(len(x))
     conv = _small_conv()
-    # The engine's ``full`` gradient of a plain dense stack runs on the multilayer kernel
+    # The engine's ``full`` gradient of a plain dense stack runs on the dense full kernel
     # and its ``numerical_gradient_at`` on the generic loop, which round differently
     # (1e-12): that pair is compared in test_dense_full_agrees_to_rounding instead.
     return [
