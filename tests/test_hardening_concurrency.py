@@ -104,7 +104,9 @@ CACHE_CHILD = textwrap.dedent("""
     out = [net.loss(x, t)]
     for strategy in ("delta", "full"):
         out += [float(g.sum()) for g in net.numerical_gradient(x, t, strategy=strategy).values()]
-    kernels = [f.dispatcher for f in vars(two_layer).values() if hasattr(f, "dispatcher")]
+    # numba dispatchers (kernels compiled parallel=True are wrapped, the dispatcher inside).
+    kernels = [getattr(f, "dispatcher", f) for f in vars(two_layer).values()]
+    kernels = [k for k in kernels if hasattr(k, "stats")]
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
     print(json.dumps({"result": [float(v).hex() for v in out], "hits": hits, "misses": misses}))
@@ -113,10 +115,11 @@ CACHE_CHILD = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_four_processes_cold_starting_on_one_disk_cache_then_a_fifth_loads_it(tmp_path):
-    # numba issue 4807: parallel=True kernels compiled into one cache by several
-    # processes at once.  Four start together on an empty NUMBA_CACHE_DIR (as Dask
-    # workers or pytest-xdist would); none may crash, all must agree, and a fifth
-    # must then load every kernel from the cache (no recompile) with the same numbers.
+    # numba issue 4807: kernels compiled into one cache by several processes at once
+    # (the two-layer kernels were parallel=True then; they are serial nogil tasks now).
+    # Four start together on an empty NUMBA_CACHE_DIR (as Dask workers or pytest-xdist
+    # would); none may crash, all must agree, and a fifth must then load every kernel
+    # from the cache (no recompile) with the same numbers.
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
     env.pop("FASTNUM_JIT_CACHE", None)
     cold = [
