@@ -44,7 +44,7 @@ kernels; anything else through its own loss on all cores (or --scheduler).
 examples:
   fastnum gradcheck
   fastnum gradcheck --first 3 --net multilayer --hidden-sizes 50,50 --activation relu
-  fastnum gradcheck --net deepconv --batch-size 2     # chapter 8's network (slow today)
+  fastnum gradcheck --net deepconv --batch-size 2     # chapter 8's network (seconds)
   fastnum gradcheck --model ch05/two_layer_net.py:TwoLayerNet \\
       --model-args '{"input_size": 784, "hidden_size": 50, "output_size": 10}' --first 3
   fastnum gradcheck --params runs/bp/params.npz --hidden 50 --no-log-guard
