@@ -281,10 +281,13 @@ def test_full_experiment_trains_simpleconv_like_the_dense_net():
     specs = experiment.specs(experiment.FULL)
     dense = [s for s in specs if s["net"] == "dense"]
     conv = [s for s in specs if s["net"] == "simpleconv"]
-    shared = ("iters", "batch_size", "lr", "seed", "train_size", "test_size", "threads")
+    shared = ("batch_size", "lr", "seed", "train_size", "test_size", "threads")
     for spec in conv:
         assert all(spec["config"][k] == dense[0]["config"][k] for k in shared)
         assert spec["config"]["net"] == "simpleconv" and spec["config"]["hidden_size"] == 100
+    # The conv net has a step budget of its own, the same for each of its estimators.
+    assert {s["config"]["iters"] for s in conv} == {experiment.FULL["conv"]["iters"]}
+    assert {s["config"]["iters"] for s in dense} == {experiment.FULL["iters"]}
     assert {(s["config"]["grad"], s["config"].get("directions")) for s in conv} == {
         ("numerical", None),
         ("spsa", 1),
