@@ -6,11 +6,13 @@ Usage (from the repository's root)::
     python -m benchmarks.compile_time --repeat 3        # medians of three runs
     python -m benchmarks.compile_time --nets two_layer,conv --out compile.json
 
-For each network of :data:`fastnum.warmup.NETWORKS`, and for all of them in one
-process (``all``), a fresh Python process with a new, empty ``NUMBA_CACHE_DIR`` imports
-``fastnum`` and runs the network's numba paths once on a tiny problem (``predict``,
-``loss``, the numerical gradient with every strategy: :func:`fastnum.warmup.warm`),
-which compiles every kernel they use and writes it to the cache: *cold*.  A second fresh
+For each network of :data:`fastnum.warmup.NETWORKS`, a fresh Python process with a new,
+empty ``NUMBA_CACHE_DIR`` imports ``fastnum`` and runs the network's numba paths once on
+a tiny problem (``predict``, ``loss`` and the numerical gradient with the default
+strategy: what a user's first calls compile, since numba compiles a kernel when it is
+first called).  The ``all`` row runs every network with *every* strategy
+(:func:`fastnum.warmup.warm`, what ``fastnum warmup`` does), so it compiles every
+kernel.  Each run writes what it compiles to the cache: *cold*.  A second fresh
 process on that cache does the same, loading instead of compiling: *warm*.  Each
 process times ``import fastnum`` and the first calls, and records numba's compile
 events (:mod:`numba.core.event`), so that the cold run says which functions take the
@@ -84,7 +86,7 @@ def _record_loads():
     return lambda: dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
-def _worker(names):
+def _worker(names, strategies):
     """Run inside the fresh process: time the import and the first calls, print JSON."""
     start, cpu_start = time.perf_counter(), time.process_time()
     import fastnum  # noqa: F401 - what a user's first line imports
@@ -96,7 +98,7 @@ def _worker(names):
     from fastnum.warmup import warm
 
     t0 = time.perf_counter()
-    per_network = warm(names)
+    per_network = warm(names, strategies)
     first_call = time.perf_counter() - t0
     # CPU time of the whole process (every thread): on a shared machine it moves far
     # less with the load than the wall time does.
@@ -107,6 +109,7 @@ def _worker(names):
             {
                 "jit_enabled": JIT_ENABLED,
                 "threads": get_num_threads(),
+                "strategies": strategies,
                 "import_seconds": import_seconds,
                 "first_call_seconds": first_call,
                 "total_seconds": import_seconds + first_call,
@@ -122,11 +125,18 @@ def _worker(names):
     )
 
 
-def _run_worker(names, cache_dir):
+def _run_worker(names, strategies, cache_dir):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "FASTNUM_JIT_CACHE": "1"}
     # Run from the checkout's root, so that ``-m benchmarks.compile_time`` imports this file.
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compile_time", WORKER_FLAG, ",".join(names)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.compile_time",
+            WORKER_FLAG,
+            ",".join(names),
+            ",".join(strategies),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -139,12 +149,12 @@ def _run_worker(names, cache_dir):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _cold_and_warm(names):
+def _cold_and_warm(names, strategies):
     """One cold and one warm process on a fresh cache: (cold, warm, cache files)."""
     with tempfile.TemporaryDirectory(prefix="fastnum-numba-cache-") as cache_dir:
-        cold = _run_worker(names, cache_dir)
+        cold = _run_worker(names, strategies, cache_dir)
         cache_files = sum(len(files) for _, _, files in os.walk(cache_dir))
-        warm = _run_worker(names, cache_dir)
+        warm = _run_worker(names, strategies, cache_dir)
     return cold, warm, cache_files
 
 
@@ -170,7 +180,9 @@ def measure(nets=None, repeat=1, command=None):
     Returns
     -------
     dict
-        ``networks``: name -> ``description``, ``cold`` and ``warm`` (the median run:
+        ``networks``: name -> ``description``, ``strategies`` (the numerical-gradient
+        strategies run: the default one per network, every one for ``all``), ``cold``
+        and ``warm`` (the median run:
         ``import_seconds``, ``first_call_seconds``, ``total_seconds`` (wall),
         ``cpu_seconds`` (CPU time of the process), ``slowest``
         functions with their self time; ``loads``, ``load_seconds`` and
@@ -178,6 +190,7 @@ def measure(nets=None, repeat=1, command=None):
         run's total), ``cache_files``; plus ``command``, ``repeat``, ``jit_enabled``,
         ``threads``, ``loadavg_start`` / ``loadavg_end`` and ``seconds``.
     """
+    from fastnum.backend import DEFAULT_STRATEGY, STRATEGIES
     from fastnum.warmup import NETWORKS
 
     nets = [*NETWORKS, ALL] if nets is None else list(nets)
@@ -193,14 +206,16 @@ def measure(nets=None, repeat=1, command=None):
     result = {"command": command, "repeat": repeat, "networks": {}}
     for name in nets:
         names = list(NETWORKS) if name == ALL else [name]
-        runs = [_cold_and_warm(names) for _ in range(repeat)]
+        strategies = list(STRATEGIES) if name == ALL else [DEFAULT_STRATEGY]
+        runs = [_cold_and_warm(names, strategies) for _ in range(repeat)]
         colds, warms = [r[0] for r in runs], [r[1] for r in runs]
         result["jit_enabled"] = colds[0]["jit_enabled"]
         result["threads"] = colds[0]["threads"]
         result["networks"][name] = {
-            "description": "every network of fastnum.warmup, in one process"
+            "description": "every network of fastnum.warmup, every strategy, in one process"
             if name == ALL
             else NETWORKS[name].description,
+            "strategies": strategies,
             "cold": _median_run(colds),
             "warm": _median_run(warms),
             "cold_runs": [r["total_seconds"] for r in colds],
@@ -235,7 +250,7 @@ def main(argv=None):
     """Command line: with ``--worker NETS`` be the measured process, else measure."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [WORKER_FLAG]:
-        _worker(argv[1].split(","))
+        _worker(argv[1].split(","), argv[2].split(","))
         return 0
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.compile_time",

@@ -276,17 +276,19 @@ def network_compile_lines(info):
     if not info.get("jit_enabled", True):
         return ["numba's JIT was disabled (NUMBA_DISABLE_JIT=1): nothing was compiled."]
     lines = [
-        "| network | cold: import + first call | of which CPU | warm: import + first call "
-        "| slowest compiles (self time) |",
-        "|---|---|---|---|---|",
+        "| network | strategies | cold: import + first call | of which CPU "
+        "| warm: import + first call | slowest compiles (self time) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in info["networks"].items():
         cold, warm = r["cold"], r["warm"]
         slowest = ", ".join(
             f"`{f.rsplit('.', 1)[-1]}` {fmt_seconds(s)}" for f, s in cold["slowest"][:3]
         )
+        # Reports written before the per-network rows took the default strategy ran all.
+        strategies = ", ".join(r.get("strategies", ["every"]))
         lines.append(
-            f"| {name}: {r['description']} | {fmt_seconds(cold['total_seconds'])} | "
+            f"| {name}: {r['description']} | {strategies} | {fmt_seconds(cold['total_seconds'])} | "
             f"{fmt_seconds(cold['cpu_seconds'])} | {fmt_seconds(warm['total_seconds'])} | "
             f"{slowest} |"
         )
@@ -296,9 +298,11 @@ def network_compile_lines(info):
         f"Reproduce with `{info['command']}` (median of {info['repeat']} run(s)). Each cell is a "
         "fresh process: *cold* on an empty `NUMBA_CACHE_DIR` (compiles, then writes the "
         "cache), *warm* on the cache the cold run wrote; both time `import fastnum` plus the "
-        "network's first `predict`, `loss` and numerical gradient with every strategy on a "
-        "tiny problem (`fastnum.warmup`). The CPU column moves less with the machine's load "
-        "than the wall time"
+        "network's first `predict`, `loss` and numerical gradient on a tiny problem "
+        "(`fastnum.warmup`), with the strategies of the row: a network's own row runs the "
+        "default strategy, which is what a user's first call compiles, and the `all` row "
+        "every strategy of every network, which is every kernel. The CPU column moves less "
+        "with the machine's load than the wall time"
         + (
             f"; load average {load[0][0]:.1f} at start, {load[1][0]:.1f} at end."
             if all(load)

@@ -29,6 +29,7 @@ def measured():
         "networks": {
             "two_layer": {
                 "description": "TwoLayerNet",
+                "strategies": ["delta"],
                 "cold": _run(6.0, 5.0, [("fastnum.kernels.two_layer._delta_sample_terms", 2.5)]),
                 "warm": _run(0.8, 0.7),
                 "cold_runs": [5.0, 6.0, 9.0],
@@ -41,7 +42,10 @@ def measured():
 
 def test_report_rows_give_cold_warm_and_the_command(measured):
     lines = report.compile_lines(measured)
-    assert "| two_layer: TwoLayerNet | 6 s | 5 s | 800 ms | `_delta_sample_terms` 2.5 s |" in lines
+    assert (
+        "| two_layer: TwoLayerNet | delta | 6 s | 5 s | 800 ms | `_delta_sample_terms` 2.5 s |"
+        in lines
+    )
     text = "\n".join(lines)
     assert "`python -m benchmarks.compile_time --repeat 3`" in text
     assert "median of 3 run(s)" in text and "load average 4.0 at start, 6.0 at end" in text
@@ -70,6 +74,8 @@ def test_measures_in_fresh_processes_without_the_jit(monkeypatch):
     assert result["command"] == "cmd" and result["jit_enabled"] is False
     run = result["networks"]["two_layer"]["cold"]
     assert run["per_network"] == {} and run["import_seconds"] > 0
+    # A network's own row runs what a user's first call runs: the default strategy.
+    assert result["networks"]["two_layer"]["strategies"] == run["strategies"] == ["delta"]
     assert report.compile_lines(result) == [
         "numba's JIT was disabled (NUMBA_DISABLE_JIT=1): nothing was compiled."
     ]

@@ -406,9 +406,13 @@ def test_tasks_not_started_by_the_deadline_give_none(workers):
 # ---------------------------------------------------------- workers die with the parent
 
 PARENT = """
-import sys, time
+import signal, sys, time
 import numpy as np
 from fastnum.gradcheck import _generic
+
+# A shell without job control starts background jobs with SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler: restore it, as an interactive terminal would have it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _generic.start_method = lambda: sys.argv[1]
 
