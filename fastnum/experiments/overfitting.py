@@ -25,10 +25,11 @@ from fastnum.experiments import _chapter6, command, grid, output
 NUMERICAL_COST = """\
 One update with numerical gradients (batch 100, numba, 1 thread) took 0.18 s plain and
 0.16 s with weight decay (the corner-aware dense ReLU kernel; 6.5 s and 5.7 s before it)
-and 53 s with dropout (the chapter 6 kernel, measured before it) on the 2-core machine
-(`fastnum.experiments._chapter6.time_numerical_iteration`), so the full mode with
-`--grad numerical` (3 × 600 updates) would take about 9 h, nearly all of it the dropout
-run: not run."""
+and 29 s with dropout (the chapter 6 kernel; 53 s before it), the dropout figure measured
+2026-12-04 22:25 UTC on the 2-core machine with another job on the other core
+(`fastnum.experiments._chapter6.time_numerical_iteration`).  The full mode with
+`--grad numerical` (3 × 600 updates) would take about 5 h, all but 4 min of it the
+dropout run (a dropout mask keeps that net off the corner-aware kernel): not run."""
 
 FULL = {
     "hidden_sizes": [100, 100, 100, 100, 100, 100],
