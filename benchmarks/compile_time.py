@@ -127,6 +127,10 @@ def _worker(names, strategies):
 
 def _run_worker(names, strategies, cache_dir):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "FASTNUM_JIT_CACHE": "1"}
+    # Python's own bytecode cache on, as in a user's shell: with PYTHONDONTWRITEBYTECODE
+    # set (some CI images and sandboxes set it), every process recompiles fastnum's
+    # sources, about 0.2 s that no user's second process pays.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # Run from the checkout's root, so that ``-m benchmarks.compile_time`` imports this file.
     proc = subprocess.run(
         [
