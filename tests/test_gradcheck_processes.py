@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastnum.gradcheck import _generic
+from fastnum.gradcheck import _generic, _processes
 from fastnum.gradcheck._errors import UserCodeError
 from tests import book_style_nets as book
 
@@ -55,7 +55,7 @@ def start(request, monkeypatch):
     """Both ways of starting workers, whatever this process has run before."""
     if request.param == "fork" and "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    monkeypatch.setattr(_generic, "start_method", lambda: request.param)
+    monkeypatch.setattr(_processes, "start_method", lambda: request.param)
     return request.param
 
 
@@ -91,7 +91,7 @@ def test_workers_start_safely_after_numba_parallel_kernels_ran_here():
 
     total(np.ones(100))
     assert numba_parallel._is_initialized
-    assert _generic.start_method() == "exec"
+    assert _processes.start_method() == "exec"
     net = TwoLayerNet(12, 6, 3, seed=0, backend="numba")  # its loss runs parallel kernels
     snap = _generic.snapshot(net, X, T, np.random.get_state(), False)
     tasks = block_tasks(net.params)
@@ -104,21 +104,21 @@ def test_workers_start_safely_after_numba_parallel_kernels_ran_here():
 
 
 def test_fork_only_from_the_main_thread_while_no_other_thread_runs_code():
-    baseline = _generic.start_method()  # "exec" once numba's threads run here
+    baseline = _processes.start_method()  # "exec" once numba's threads run here
     gate = threading.Event()
     seen = []
 
     def note_method():
-        seen.append(_generic.start_method())
+        seen.append(_processes.start_method())
         gate.wait()
 
     daemon = threading.Thread(target=note_method, daemon=True)
     daemon.start()
-    assert _generic.start_method() == baseline  # daemons (Jupyter's, tqdm's) do not count
+    assert _processes.start_method() == baseline  # daemons (Jupyter's, tqdm's) do not count
     worker = threading.Thread(target=gate.wait)
     worker.start()
     try:
-        assert _generic.start_method() == "exec"
+        assert _processes.start_method() == "exec"
     finally:
         gate.set()
         worker.join()
@@ -215,7 +215,7 @@ def local_quadratic():
 
 def test_a_class_defined_in_a_function_reaches_fresh_interpreters(monkeypatch):
     pytest.importorskip("cloudpickle", reason="cloudpickle carries such classes by value")
-    monkeypatch.setattr(_generic, "start_method", lambda: "exec")
+    monkeypatch.setattr(_processes, "start_method", lambda: "exec")
     snap = snap_of(local_quadratic())
     tasks = block_tasks(snap.net.params)
     notes = []
@@ -227,8 +227,8 @@ def test_a_class_defined_in_a_function_reaches_fresh_interpreters(monkeypatch):
 def test_without_cloudpickle_such_a_class_runs_serially_with_a_note(monkeypatch):
     import pickle
 
-    monkeypatch.setattr(_generic, "start_method", lambda: "exec")
-    monkeypatch.setattr(_generic, "dumps", pickle.dumps)
+    monkeypatch.setattr(_processes, "start_method", lambda: "exec")
+    monkeypatch.setattr(_processes, "dumps", pickle.dumps)
     snap = snap_of(local_quadratic())
     tasks = block_tasks(snap.net.params)
     notes = []
@@ -263,8 +263,8 @@ def test_a_class_workers_cannot_import_runs_serially_with_a_note(monkeypatch):
         module.__dict__,
     )
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(_generic, "start_method", lambda: "exec")
-    monkeypatch.setattr(_generic, "dumps", pickle.dumps)  # by reference, as without cloudpickle
+    monkeypatch.setattr(_processes, "start_method", lambda: "exec")
+    monkeypatch.setattr(_processes, "dumps", pickle.dumps)  # by reference, as without cloudpickle
     snap = snap_of(module.Linear())
     notes = []
     values = _generic.run_tasks(snap, block_tasks(snap.net.params), workers=2, notes=notes)
@@ -408,13 +408,13 @@ def test_tasks_not_started_by_the_deadline_give_none(workers):
 PARENT = """
 import signal, sys, time
 import numpy as np
-from fastnum.gradcheck import _generic
+from fastnum.gradcheck import _generic, _processes
 
 # A shell without job control starts background jobs with SIGINT ignored, and Python then
 # installs no KeyboardInterrupt handler: restore it, as an interactive terminal would have it.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-_generic.start_method = lambda: sys.argv[1]
+_processes.start_method = lambda: sys.argv[1]
 
 class Slow:
     def __init__(self):
