@@ -77,21 +77,12 @@ Where a new piece goes: the map in :mod:`fastnum.kernels`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
-from fastnum import _conv_stack_plan
-from fastnum._engine_delta import (  # noqa: F401  (re-exported for tests and tools)
-    _delta_at,
-    _delta_plan,
-    _DeltaPlan,
-    _is_chapter6,
-    _norm_delta_at,
-    _norm_plan,
-    _run_tasks,
-)
 from fastnum._engine_layers import (  # noqa: F401
     _FORWARD_CHUNK,
     LAYER_KINDS,
@@ -103,18 +94,41 @@ from fastnum._engine_layers import (  # noqa: F401
     _weight_decay_term,
     param_names,
 )
-from fastnum._engine_memory import (  # noqa: F401
-    MEMORY_LIMIT_ENV,
-    DeltaMemory,
-    DeltaMemoryError,
-    _check_delta_memory,
-    available_memory,
-    delta_memory,
-)
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kernels hard-code it
 from fastnum.constants import H
-from fastnum.kernels import dense_relu
 from fastnum.kernels._blocks import ACTIVATION_CODES, RELU, SIGMOID, pack_dense
+
+# The delta kernels' modules load on first use: the book's network runs on a fast path
+# and never needs them, and importing them is most of ``import fastnum.engine`` (a warm
+# process's first call is mostly imports).  Their names stay reachable from here.
+_LAZY_MODULES = {
+    "fastnum._engine_delta": (
+        "_delta_at",
+        "_delta_plan",
+        "_DeltaPlan",
+        "_is_chapter6",
+        "_norm_delta_at",
+        "_norm_plan",
+        "_run_tasks",
+    ),
+    "fastnum._engine_memory": (
+        "MEMORY_LIMIT_ENV",
+        "DeltaMemory",
+        "DeltaMemoryError",
+        "_check_delta_memory",
+        "available_memory",
+        "delta_memory",
+    ),
+}
+_LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
+
+
+def __getattr__(name):
+    """The delta modules' names, imported on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # ---------------------------------------------------------------------------- fast paths
 
@@ -223,12 +237,17 @@ def _full(stack, params, x, t, h, log_guard, indices, masks):
 
 def _layered_delta(plan, params, x, t, h, log_guard, indices, masks):
     """The conv-block + dense delta kernel, after the memory guard."""
+    from fastnum._engine_delta import _delta_at
+    from fastnum._engine_memory import _check_delta_memory
+
     _check_delta_memory(plan, params, x)
     return _delta_at(plan, params, x, t, h, log_guard, indices)
 
 
 def _chapter6_delta(plan, params, x, t, h, log_guard, indices, masks):
     # The kernel's whole gradient costs about as much as its cache: cells from it.
+    from fastnum._engine_delta import _norm_delta_at
+
     whole = _norm_delta_at(plan, params, x, t, h, log_guard, masks)
     if indices is None:
         return whole
@@ -237,6 +256,8 @@ def _chapter6_delta(plan, params, x, t, h, log_guard, indices, masks):
 
 def _conv_stack_delta(plan, params, x, t, h, log_guard, indices, masks):
     """The deep conv-stack delta kernel (it checks its own memory)."""
+    from fastnum import _conv_stack_plan
+
     return _conv_stack_plan.delta_gradient(plan, params, x, t, h, log_guard, masks, indices)
 
 
@@ -250,6 +271,8 @@ class DeltaKernel(NamedTuple):
 
 def _dense_relu_plan(stack, x):
     """The stack itself when the corner-aware dense ReLU kernel covers it, else None."""
+    from fastnum.kernels import dense_relu
+
     if not dense_relu.ENABLED or x.ndim != 2 or dense_relu.relu_stack_names(stack) is None:
         return None
     return stack
@@ -258,27 +281,39 @@ def _dense_relu_plan(stack, x):
 def _dense_relu_delta(stack, params, x, t, h, log_guard, indices, masks):
     """The corner-aware kernel's whole gradient (cells from it: it costs about as much as
     its cache), or None when a loss is not finite (the next kernel then gives NaN)."""
+    from fastnum.kernels import dense_relu
+
     whole = dense_relu.engine_gradient(stack, params, x, t, h, log_guard)
     if whole is None or indices is None:
         return whole
     return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
 
 
+def _chapter6_plan(stack, x):
+    from fastnum._engine_delta import _is_chapter6, _norm_plan
+
+    return _norm_plan(stack, x) if _is_chapter6(stack) else None
+
+
+def _layered_plan(stack, x):
+    from fastnum._engine_delta import _delta_plan
+
+    return _delta_plan(stack)
+
+
+def _conv_stack_plan_of(stack, x):
+    from fastnum import _conv_stack_plan
+
+    return _conv_stack_plan.plan(stack)
+
+
 #: The delta kernels, tried in order: the first whose plan covers the stack and that
 #: returns a gradient runs (a kernel may decline a batch by returning None).
 DELTA_KERNELS = (
     DeltaKernel("deep dense relu, corner-aware", _dense_relu_plan, _dense_relu_delta),
-    DeltaKernel(
-        "dense with batch norm / dropout",
-        lambda stack, x: _norm_plan(stack, x) if _is_chapter6(stack) else None,
-        _chapter6_delta,
-    ),
-    DeltaKernel("conv block + dense", lambda stack, x: _delta_plan(stack), _layered_delta),
-    DeltaKernel(
-        "deep conv stack + dense",
-        lambda stack, x: _conv_stack_plan.plan(stack),
-        _conv_stack_delta,
-    ),
+    DeltaKernel("dense with batch norm / dropout", _chapter6_plan, _chapter6_delta),
+    DeltaKernel("conv block + dense", _layered_plan, _layered_delta),
+    DeltaKernel("deep conv stack + dense", _conv_stack_plan_of, _conv_stack_delta),
 )
 
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastnum import _engine_memory, engine
+from fastnum import _engine_delta, _engine_memory, engine
 from fastnum._jit import JIT_ENABLED
 from fastnum.convnet import LAYER_TYPES, SimpleConvNet
 from tests._stacks import STACKS, problem
@@ -257,7 +257,7 @@ def test_a_batch_that_does_not_fit_is_refused_before_allocating(monkeypatch, at)
     def must_not_run(*args):
         raise AssertionError("allocated before refusing")
 
-    monkeypatch.setattr(engine, "_delta_at", must_not_run)
+    monkeypatch.setattr(_engine_delta, "_delta_at", must_not_run)
     with pytest.raises(engine.DeltaMemoryError) as err:
         if at:
             engine.numerical_gradient_at(stack, params, x, t, {"W1": [0, 1]})
