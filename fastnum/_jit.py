@@ -110,7 +110,7 @@ def _helper_pool():
         return _pool
 
 
-def run_tasks(kernel, n_items, *args, min_items=1):
+def run_tasks(kernel, n_items, *args, min_items=1, tasks_per_thread=TASKS_PER_THREAD):
     """Call ``kernel(task, n_tasks, *args)`` for every task, on get_num_threads() threads.
 
     The serial counterpart of a ``prange`` loop over ``n_items`` (rows, samples,
@@ -125,9 +125,12 @@ def run_tasks(kernel, n_items, *args, min_items=1):
     ``min_items``: the fewest items worth a task of their own.  Handing a task to
     another thread costs tens of microseconds (more on a loaded machine), so a
     kernel whose items take microseconds each runs small batches on one thread.
+    ``tasks_per_thread``: 1 for a kernel called thousands of times a second on items
+    of even cost (the book's two-layer path), where each extra task costs more in
+    handing over than it gains in balance.
     """
     threads = get_num_threads()
-    n_tasks = max(1, min(int(n_items) // max(1, min_items), TASKS_PER_THREAD * threads))
+    n_tasks = max(1, min(int(n_items) // max(1, min_items), tasks_per_thread * threads))
     helpers = min(threads, n_tasks) - 1
     if helpers <= 0 or not JIT_ENABLED:
         for task in range(n_tasks):

@@ -75,9 +75,14 @@ def _logits_row(z, W2, b2, a2, n):
 
 # The kernels below are serial, each a task of :func:`fastnum._jit.run_tasks` over
 # samples (or parameters): compiled as parallel=True they took ~30% longer to compile
-# and ran no faster.  A sample's forward pass takes microseconds: batches of fewer
-# than _MIN_ROWS samples per task run on one thread.
-_MIN_ROWS = 64
+# (a parallel launcher per kernel, tried 2026-12-04, added ~8 s to the cold compile).
+# Handing a task to another thread costs ~50 us, which these millisecond calls feel:
+# one task per thread (the samples cost about the same), and batches of fewer than
+# _MIN_ROWS samples per task on one thread.  Measured side by side on 2 threads, batch
+# 100: the delta gradient 4.1 ms this way against 4.6 ms with 4 tasks per thread and
+# 64 rows (3.7 ms as parallel=True kernels); scripts/bitwise_gradients.py: identical.
+_MIN_ROWS = 32
+_TASKS = {"min_items": _MIN_ROWS, "tasks_per_thread": 1}
 
 
 @njit
@@ -113,9 +118,9 @@ def predict_trusted(params, x):
     """Class probabilities for validated float64 inputs; ``params`` from :func:`as_params`."""
     W1, b1, W2, b2 = params
     a2 = np.empty((x.shape[0], W2.shape[1]))
-    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, min_items=_MIN_ROWS)
+    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, **_TASKS)
     y = np.empty_like(a2)
-    run_tasks(_softmax_rows, a2.shape[0], a2, y, min_items=_MIN_ROWS)
+    run_tasks(_softmax_rows, a2.shape[0], a2, y, **_TASKS)
     return y
 
 
@@ -123,7 +128,7 @@ def loss_trusted(params, x, t):
     """Batch-mean cross-entropy for validated inputs (integer labels)."""
     W1, b1, W2, b2 = params
     a2 = np.empty((x.shape[0], W2.shape[1]))
-    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, min_items=_MIN_ROWS)
+    run_tasks(_forward_logits, x.shape[0], x, W1, b1, W2, b2, SIGMOID, a2, **_TASKS)
     losses = np.empty(x.shape[0])
     _softmax_cross_entropy_rows(a2, t, LOG_GUARD, losses)
     return float(losses.sum() / x.shape[0])
@@ -278,24 +283,38 @@ def _delta_sample_terms(
     Loops run over the perturbations (the +h half, then the -h half) so they vectorize.
     """
     n_hidden, n_out = W2.shape
+    # Work arrays, allocated once per task at their largest sizes (allocating them per
+    # sample cost ~10% of the gradient): a sample has at most n_pixels + 1 distinct values.
+    a1 = np.empty(n_hidden)
+    exp_neg_a1 = np.empty(n_hidden)
+    z1 = np.empty(n_hidden)
+    shifted = np.empty(n_out)
+    e_row = np.empty(n_out)
+    most = x.shape[1] + 1
+    widest = -(-2 * most // _SIMD_WIDTH) * _SIMD_WIDTH
+    step = np.empty(widest)
+    exp_neg_step = np.empty(widest)
+    change = np.empty(widest)
+    total = np.empty(widest)
+    y_label = np.empty(widest)
+    diff = np.empty(most)
+    out_step = np.empty(n_hidden + 1)
     for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         # The unperturbed sample, with the same exp as the perturbed evaluations so
         # that their differences carry no exp-implementation mismatch.
-        a1 = b1.copy()
+        a1[:] = b1
         for i in range(x.shape[1]):
             xi = x[n, i]
             if xi != 0.0:
                 for j in range(n_hidden):
                     a1[j] += xi * W1[i, j]
-        exp_neg_a1 = np.empty(n_hidden)
-        z1 = np.empty(n_hidden)
         for j in range(n_hidden):
             if activation == RELU:
                 z1[j] = _act(a1[j], RELU)
             else:
                 exp_neg_a1[j] = fexp(-a1[j])
                 z1[j] = 1.0 / (1.0 + exp_neg_a1[j])
-        shifted = b2.copy()  # the logits minus their max
+        shifted[:] = b2  # the logits minus their max
         for k in range(n_out):
             for j in range(n_hidden):
                 shifted[k] += z1[j] * W2[j, k]
@@ -306,7 +325,6 @@ def _delta_sample_terms(
             if shifted[k] > top or shifted[k] != shifted[k]:
                 top = shifted[k]
         shifted -= top
-        e_row = np.empty(n_out)
         for k in range(n_out):
             e_row[k] = fexp(shifted[k])
         label = t[n]
@@ -323,8 +341,11 @@ def _delta_sample_terms(
         # Padded to whole SIMD vectors; the padding (step 0) is computed and ignored,
         # which is cheaper than the scalar remainder loop it replaces.
         width = -(-half // _SIMD_WIDTH) * _SIMD_WIDTH
-        step = np.zeros(width)  # the move of the hidden input, +h v then -h v
-        exp_neg_step = np.ones(width)  # exp(-step): with exp(-a1) it gives exp(-a1')
+        # step: the move of the hidden input, +h v then -h v; exp_neg_step: exp(-step),
+        # which with exp(-a1) gives exp(-a1').  The padding moves by 0: exp(-0) = 1.
+        for v in range(half, width):
+            step[v] = 0.0
+            exp_neg_step[v] = 1.0
         for v in range(nv):
             step[v] = h * values[n, v]
             exp_neg_step[v] = fexp(-step[v])
@@ -333,10 +354,6 @@ def _delta_sample_terms(
                 exp_neg_step[nv + v] = fexp(step[v])
         # values are sorted, so the largest |step| is at one end.
         reach = max(abs(step[0]), abs(step[nv - 1]))
-        change = np.empty(width)
-        total = np.empty(width)
-        y_label = np.empty(width)
-        diff = np.empty(nv)
         row = offsets[n]
         for j in range(n_hidden):
             if activation == RELU and a1[j] + reach <= 0.0:
@@ -379,7 +396,8 @@ def _delta_sample_terms(
                         total[v] += fexp(shifted[k] + change[v] * W2[j, k] - top)
                     y_label[v] = fexp(shifted[label] + change[v] * W2[j, label] - top)
             else:
-                total[:] = 0.0
+                for v in range(width):
+                    total[v] = 0.0
             for k in range(n_out if biggest * w_max <= _PRODUCT_SAFE else 0):
                 # exp(a2'[k] - m) = exp(a2[k] - m) * exp(d * W2[j, k]), d = z1'[j] - z1[j]
                 w = W2[j, k]
@@ -409,11 +427,9 @@ def _delta_sample_terms(
                 d_hidden[row + v, j] = diff[v]
 
         # W2[u, k] and b2[k]: logit k moves by +-h * z1[u], or +-h for the bias.
-        width = n_hidden + 1
-        step = np.empty(width)
         for u in range(n_hidden):
-            step[u] = h * z1[u]
-        step[n_hidden] = h
+            out_step[u] = h * z1[u]
+        out_step[n_hidden] = h
         for k in range(n_out):
             # The perturbed row's sum in the same ascending order as the unperturbed one.
             before = 0.0
@@ -423,9 +439,9 @@ def _delta_sample_terms(
             for q in range(k + 1, n_out):
                 after += e_row[q]
             sk = shifted[k]
-            for u in range(width):
-                e_plus = fexp(sk + step[u])
-                e_minus = e_row[k] if one_sided else fexp(sk - step[u])
+            for u in range(n_hidden + 1):
+                e_plus = fexp(sk + out_step[u])
+                e_minus = e_row[k] if one_sided else fexp(sk - out_step[u])
                 y_plus = e_plus if k == label else e_row[label]
                 y_minus = e_minus if k == label else e_row[label]
                 d_out[n, k, u] = flog_guarded(
@@ -477,9 +493,7 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
     n_values = np.empty(n_batch, dtype=np.int64)
     value_index = np.empty((n_batch, n_pixels), dtype=np.int32)
     one_index = np.empty(n_batch, dtype=np.int64)
-    run_tasks(
-        _distinct_inputs, n_batch, x, values, n_values, value_index, one_index, min_items=_MIN_ROWS
-    )
+    run_tasks(_distinct_inputs, n_batch, x, values, n_values, value_index, one_index, **_TASKS)
     offsets = np.zeros(n_batch + 1, dtype=np.int64)
     np.cumsum(n_values, out=offsets[1:])
     d_hidden = np.empty((offsets[-1], n_hidden))
@@ -501,6 +515,7 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
         d_hidden,
         d_out,
         one_sided,
+        tasks_per_thread=1,
     )
     grads = {k: np.zeros(a.shape) for k, a in zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True)}
     # (L(+) - L(-)) / 2h (or (L(+) - L(0)) / h) with L the batch mean, as a sum of
@@ -516,6 +531,7 @@ def _delta_strategy(params, x, t, h, activation=SIGMOID, one_sided=False):
         d_out,
         scale,
         *grads.values(),
+        tasks_per_thread=1,
     )
     if np.isnan(d_out).all(axis=(1, 2)).any():
         # A sample's loss is NaN (a NaN parameter): so is every perturbed batch loss of
