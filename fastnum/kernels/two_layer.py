@@ -302,7 +302,8 @@ def _delta_sample_terms(
     for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
         # The unperturbed sample, with the same exp as the perturbed evaluations so
         # that their differences carry no exp-implementation mismatch.
-        a1[:] = b1
+        for j in range(n_hidden):  # loops, not a1[:] = b1: slice assignment compiles ~1 s
+            a1[j] = b1[j]
         for i in range(x.shape[1]):
             xi = x[n, i]
             if xi != 0.0:
@@ -314,7 +315,8 @@ def _delta_sample_terms(
             else:
                 exp_neg_a1[j] = fexp(-a1[j])
                 z1[j] = 1.0 / (1.0 + exp_neg_a1[j])
-        shifted[:] = b2  # the logits minus their max
+        for k in range(n_out):  # the logits minus their max
+            shifted[k] = b2[k]
         for k in range(n_out):
             for j in range(n_hidden):
                 shifted[k] += z1[j] * W2[j, k]
