@@ -221,8 +221,11 @@ def _dense_gradients(layer, wn, bn, F, tail, ev, indices, width):
     return gT, cells
 
 
-def _delta_at(plan, params, x, t, h, log_guard, indices):
-    """Delta gradients at ``indices`` (dict name -> flat indices, or None for all)."""
+def _delta_at(plan, params, x, t, h, log_guard, indices, one_sided=False):
+    """Delta gradients at ``indices`` (dict name -> flat indices, or None for all).
+
+    ``one_sided``: forward differences (L(theta + h e_i) - L(theta)) / h instead.
+    """
     n = x.shape[0]
     guard = float(log_guard)
     packed = pack_dense(
@@ -242,8 +245,9 @@ def _delta_at(plan, params, x, t, h, log_guard, indices):
     if not _finite_loss(A[int(z_off[-1]) :].reshape(n, int(sizes[-1])), t, guard):
         return _nan_gradients(plan, params, indices)
     tail = layered.DenseTail(w, w_off, sizes, acts, z_off, Z, A)
-    ev = layered.Evaluation(t, float(h), guard)
-    scale = 1.0 / (2.0 * h * n)
+    # Central differences pair +h with -h; forward differences pair it with 0 (L(theta)).
+    ev = layered.Evaluation(t, float(h), guard, 0.0 if one_sided else -float(h))
+    scale = 1.0 / ((1.0 if one_sided else 2.0) * h * n)
     grads = {}
     conv_names = () if plan.conv is None else plan.conv[1:3]
     if any(indices is None or nm in indices for nm in conv_names):

@@ -487,6 +487,49 @@ def numerical_gradient(
     return _add_decay(grads, stack, params, h, weight_decay)
 
 
+def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
+    """Forward-difference gradient ``(L(theta + h e_i) - L(theta)) / h`` over every parameter.
+
+    The delta kernel of the conv block + dense stacks (:mod:`fastnum.kernels.conv_delta`,
+    :mod:`fastnum.kernels.dense_delta`) with one-sided steps: each pair of evaluations
+    is theta + h e_i and theta itself, both real loss values evaluated the same way.
+
+    Parameters
+    ----------
+    stack : tuple of layer specs
+    params : dict of str to ndarray
+    x : ndarray
+    t : ndarray of int64
+    h : float, default 1e-4
+    log_guard : float, default 1e-7
+
+    Returns
+    -------
+    dict of str to ndarray
+        One gradient per parameter, in its shape.
+
+    Raises
+    ------
+    StrategyNotImplementedError
+        For a stack that kernel does not cover (batch norm, dropout, several
+        convolutions): use :func:`fastnum.estimators.estimate_gradient`, whose
+        reference loop covers every network.
+    DeltaMemoryError
+        When the kernel's caches would not fit in memory.
+    """
+    from fastnum._engine_delta import _delta_at, _delta_plan
+    from fastnum._engine_memory import _check_delta_memory
+
+    plan = _delta_plan(stack)
+    if plan is None:
+        raise StrategyNotImplementedError(
+            "forward differences have a delta kernel for a first convolution block and "
+            "affine layers only; this stack has other layers"
+        )
+    _check_delta_memory(plan, params, x)
+    return _delta_at(plan, params, x, t, h, log_guard, None, one_sided=True)
+
+
 def numerical_gradient_at(
     stack,
     params,

@@ -135,9 +135,18 @@ def _two_layer_activation(net, x):
 
 
 def _forward_compiled(net, x, t, h):
-    """The two-layer delta kernel with one-sided steps, else the loop on the compiled loss."""
+    """One-sided steps on a delta kernel: the two-layer kernel, else the engine's conv block
+    + dense kernel, else (batch norm, dropout, weight decay) the loop on the compiled loss."""
     activation = _two_layer_activation(net, x)
     if activation is None:
+        from fastnum import engine
+
+        stack = getattr(net, "stack", None)
+        if stack is not None and not getattr(net, "weight_decay_lambda", 0):
+            try:
+                return engine.forward_gradient(stack, _float_params(net), x, t, float(h))
+            except engine.StrategyNotImplementedError:
+                pass
         return _forward_reference(_loss_of(net, x, t), _float_params(net), h)
     from fastnum.kernels import two_layer
 

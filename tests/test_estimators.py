@@ -161,19 +161,73 @@ def test_loss_evaluations_per_estimate():
         loss_evaluations("central", 100)
 
 
-def test_generic_forward_path_covers_other_networks():
-    # A two-hidden-layer net has no forward kernel: the loop on its compiled loss.
+def _must_not_loop(monkeypatch):
+    """Make the reference loop refuse to run: the estimate must come from a delta kernel."""
+
+    def refuse(*args):
+        raise AssertionError("forward differences fell back to the reference loop")
+
+    monkeypatch.setattr(estimators, "_forward_reference", refuse)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_forward_on_deeper_dense_nets_runs_on_the_engine_kernel(monkeypatch, activation):
+    # Two hidden layers: no two-layer kernel, the engine's dense delta with one-sided steps.
     x, t = _batch()
-    make = lambda: MultiLayerNet(9, [3, 3], 3, weight_init_std=0.8, seed=2, backend="numpy")  # noqa: E731
+    make = lambda: MultiLayerNet(  # noqa: E731
+        9, [3, 3], 3, activation=activation, weight_init_std=0.8, seed=2, backend="numpy"
+    )
     ref_net, comp_net = make(), on_kernels(make())
     assert estimators._two_layer_activation(comp_net, x) is None
+    ref_g = estimate_gradient(ref_net, x, t, "forward")
+    _must_not_loop(monkeypatch)
+    comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+def test_forward_at_relu_corners_equals_the_reference_loop(monkeypatch):
+    # A blank image with zero biases puts every first-layer unit exactly on its corner:
+    # a bias step of +h crosses it, and the one-sided difference is the real loss change
+    # (the right-hand slope), as the loop computes it, not the central average.
+    x, t = _batch(seed=4, n=8)
+    x[0] = 0.0
+    make = lambda: MultiLayerNet(  # noqa: E731
+        9, [4, 4], 3, activation="relu", weight_init_std=1.0, seed=5, backend="numpy"
+    )
+    ref_net, comp_net = make(), on_kernels(make())
+    for net in (ref_net, comp_net):
+        net.params["b1"][:] = 0.0
+    central = estimate_gradient(ref_net, x, t, "numerical")
+    ref_g = estimate_gradient(ref_net, x, t, "forward")
+    assert np.abs(ref_g["b1"] - central["b1"]).max() > 1e-3  # the corner matters here
+    _must_not_loop(monkeypatch)
+    comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+def test_forward_keeps_the_loop_where_no_kernel_covers_the_net():
+    # Weight decay (and batch norm, dropout): the loop on the compiled loss, still equal.
+    x, t = _batch()
+    make = lambda: MultiLayerNet(  # noqa: E731
+        9, [3, 3], 3, weight_init_std=0.8, seed=2, weight_decay_lambda=0.1, backend="numpy"
+    )
+    ref_net, comp_net = make(), on_kernels(make())
     ref_g = estimate_gradient(ref_net, x, t, "forward")
     comp_g = estimate_gradient(comp_net, x, t, "forward")
     assert _max_diff(ref_g, comp_g) < 1e-9
 
 
+def test_engine_refuses_forward_differences_on_a_stack_it_does_not_cover():
+    from fastnum import engine
+
+    net = MultiLayerNet(9, [3], 3, seed=0, use_batchnorm=True, backend="numpy")
+    x, t = _batch()
+    with pytest.raises(engine.StrategyNotImplementedError, match="forward differences"):
+        engine.forward_gradient(net.stack, net.params, x, t)
+
+
 @pytest.mark.parametrize("method", ["forward", "spsa"])
-def test_estimators_cover_the_conv_net(method):
+def test_estimators_cover_the_conv_net(monkeypatch, method):
     from fastnum import SimpleConvNet
 
     rng = np.random.default_rng(0)
@@ -186,8 +240,31 @@ def test_estimators_cover_the_conv_net(method):
     ref_net.backend = "numpy"
     comp_net = on_kernels(make())
     ref_g = estimate_gradient(ref_net, x, t, method, directions=3)
+    if method == "forward":
+        _must_not_loop(monkeypatch)  # the conv delta kernel with one-sided steps
     comp_g = estimate_gradient(comp_net, x, t, method, directions=3)
     assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+@pytest.mark.threads
+def test_conv_forward_differences_do_not_depend_on_the_thread_count():
+    from fastnum import SimpleConvNet
+    from fastnum._jit import get_num_threads, set_num_threads
+
+    rng = np.random.default_rng(1)
+    x, t = rng.random((6, 1, 8, 8)), rng.integers(0, 3, 6)
+    conv = {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 1}
+    net = SimpleConvNet((1, 8, 8), conv, 5, 3, weight_init_std=0.5, seed=2)
+    on_kernels(net)
+    before = get_num_threads()
+    try:
+        set_num_threads(1)
+        comp_one = estimate_gradient(net, x, t, "forward")
+        set_num_threads(2)
+        comp_two = estimate_gradient(net, x, t, "forward")
+    finally:
+        set_num_threads(before)
+    assert all(np.array_equal(comp_one[k], comp_two[k]) for k in comp_one)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -290,6 +367,7 @@ def test_full_experiment_trains_simpleconv_like_the_dense_net():
     assert {s["config"]["iters"] for s in dense} == {experiment.FULL["iters"]}
     assert {(s["config"]["grad"], s["config"].get("directions")) for s in conv} == {
         ("numerical", None),
+        ("forward", None),
         ("spsa", 1),
         ("spsa", 10),
         ("spsa", 100),
@@ -317,4 +395,4 @@ def test_experiment_with_simpleconv_writes_its_section(tmp_path, mnist_source_di
     section = summary[summary.index("## SimpleConvNet (30 filters 5x5, hidden 3)") :]
     assert "| central differences | 27,566 |" in section  # 2 x its 13,783 parameters
     assert "| SPSA K=2 | 4 |" in section
-    assert "Forward differences were not run" in section and "13,784 evaluations" in section
+    assert "Forward differences were not among this run's estimators." in section

@@ -265,7 +265,7 @@ def _first_layer_columns(zs, d1, n_moved, moved_idx, moved_d, w, Z, zacc, z1):
 @njit
 def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_sums):
     """out_sums[p] = sum_n (L_n(+) - L_n(-)) for conv parameter chosen.sel[p], samples in
-    ascending order inside one task.
+    ascending order inside one task (L_n(-): the step ``ev.h_minus``).
 
     One task of ``n_tasks`` (run side by side by :func:`fastnum._jit.run_tasks`); it owns
     whole filters f.  ``image`` is the :class:`ConvImage`, ``block`` the
@@ -276,7 +276,7 @@ def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_s
     """
     x, xnz_ptr, xnz_row, xnz_col, xnz_val, C, H, W = image
     Wt, stride, pad, OH, OW, ops, st_off, st_size, S = block
-    t, h, guard = ev
+    t, h, guard, h_minus = ev
     sel, grp_ptr, grp_idx = chosen
     w, _, sizes, _, z_off, Z, _ = tail
     n = x.shape[0]
@@ -333,10 +333,10 @@ def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_s
                 )
                 if nt == 0:
                     continue
-                # +h (sign 0) and -h (sign 1) through the channel's pipeline: the tail
-                # inputs that moved, and by how much.
+                # +h (sign 0) and h_minus (sign 1: -h, or 0 for forward differences)
+                # through the channel's pipeline: the tail inputs that moved, and by how much.
                 for sign in range(2):
-                    step = h if sign == 0 else -h
+                    step = h if sign == 0 else h_minus
                     for d in range(nt):
                         o = tpos[d]
                         work[o] = work[o] + step * tval[d]

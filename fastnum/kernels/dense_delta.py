@@ -4,8 +4,9 @@ An affine weight ``W_l[r, j]`` (or the bias ``b_l[j]``, an input of 1) moves uni
 of layer l by ``h * input_r`` for every sample whose input r is non-zero; from
 there :func:`fastnum.kernels.layered._propagate` re-evaluates the later layers
 from the cache.  For one sample, every selected row r of unit j is evaluated side
-by side (2 columns per row: +h, then -h), so the inner loops vectorize over the
-evaluations.  When only the output layer's logits move (the layer before the
+by side (2 columns per row: +h, then -h, or 0 for forward differences: the
+``h_minus`` of :class:`~fastnum.kernels.layered.Evaluation`), so the inner loops
+vectorize over the evaluations.  When only the output layer's logits move (the layer before the
 logits, no output activation), :func:`_logit_step_losses` reuses the cached
 exponentials.  Layout, cache and guarantees: :mod:`fastnum.kernels.layered`.
 """
@@ -127,9 +128,9 @@ def _gather_rows(
 
 
 @njit
-def _output_columns(j, zs, n_out, zj, h, nr, vals, Z, z1):
+def _output_columns(j, zs, n_out, zj, h, h_minus, nr, vals, Z, z1):
     """z1[:, q]: the output layer's pre-activations with unit j moved by +h * vals[q]
-    (q < nr), then by -h * vals[q - nr]."""
+    (q < nr), then by h_minus * vals[q - nr]."""
     n_q = 2 * nr
     for c in range(n_out):
         zc = Z[zs + c]
@@ -137,15 +138,15 @@ def _output_columns(j, zs, n_out, zj, h, nr, vals, Z, z1):
             z1[c, q] = zc
     for q in range(nr):
         z1[j, q] = zj + h * vals[q]
-        z1[j, nr + q] = zj - h * vals[q]
+        z1[j, nr + q] = zj + h_minus * vals[q]
 
 
 @njit
-def _activation_changes(zj, aj, h, nr, vals, code, chg):
+def _activation_changes(zj, aj, h, h_minus, nr, vals, code, chg):
     """chg[q]: how hidden unit j's activation moves in each evaluation; whether any does."""
     for q in range(nr):
         chg[q] = _act(zj + h * vals[q], code) - aj
-        chg[nr + q] = _act(zj - h * vals[q], code) - aj
+        chg[nr + q] = _act(zj + h_minus * vals[q], code) - aj
     moved = False
     for q in range(2 * nr):
         if chg[q] != 0.0:
@@ -175,7 +176,7 @@ def _dense_delta_task(task, n_tasks, layer, F, tail, ev, chosen, width, gT):
     hot loop costs a reference count each time).
     """
     w, w_off, sizes, acts, z_off, Z, A = tail
-    t, h, guard = ev
+    t, h, guard, h_minus = ev
     use_all, nz_ptr, nz_idx, sel_ptr, sel_idx, max_q, amax = chosen
     n = F.shape[0]
     n_layers = sizes.shape[0] - 1
@@ -219,11 +220,12 @@ def _dense_delta_task(task, n_tasks, layer, F, tail, ev, chosen, width, gT):
                 continue
             n_q = 2 * nr
             if last:
-                _output_columns(j, z_off[layer] + s * n_out, n_out, zj, h, nr, vals, Z, z1)
+                zs = z_off[layer] + s * n_out
+                _output_columns(j, zs, n_out, zj, h, h_minus, nr, vals, Z, z1)
                 _propagate(layer, n_q, s, z1, z2, dq, tail, t, guard, mx, sm, out)
             else:
                 aj = A[z_off[layer] + s * n_out + j]
-                if not _activation_changes(zj, aj, h, nr, vals, code, chg):
+                if not _activation_changes(zj, aj, h, h_minus, nr, vals, code, chg):
                     continue
                 n_next = sizes[layer + 2]
                 zs = z_off[layer + 1] + s * n_next

@@ -75,11 +75,15 @@ class DenseTail(NamedTuple):
 
 
 class Evaluation(NamedTuple):
-    """What every perturbed loss needs besides the network: labels, step and log guard."""
+    """What every perturbed loss needs besides the network: labels, steps and log guard."""
 
     t: np.ndarray
-    h: float
+    h: float  # the first evaluation of each pair moves the parameter by +h
     guard: float
+    # The second moves it by h_minus: -h for central differences, 0.0 for forward
+    # differences (then the second is the unperturbed loss L(theta) itself, evaluated
+    # the same way).  zj + (-h) * v is bit for bit zj - h * v.
+    h_minus: float
 
 
 # ------------------------------------------------------------------------------ map pieces
