@@ -138,26 +138,6 @@ class NetworkFrontend:
         """:meth:`accuracy` for validated ``x``, integer labels ``t`` and ``params``."""
         return float(np.mean(self.predict_trusted(x, params).argmax(axis=1) == t))
 
-    def _checked_indices(self, indices):
-        """``numerical_gradient_at``'s indices as int64 arrays, each checked against its
-        parameter (a KeyError or ValueError naming the parameter and the valid range)."""
-        checked = {}
-        for name, flat in indices.items():
-            if name not in self.params:
-                raise KeyError(f"indices names {name!r}; parameters are {self.param_names}.")
-            flat, size = np.asarray(flat), self.params[name].size
-            if (
-                flat.ndim != 1
-                or flat.dtype.kind not in "iu"
-                or (flat.size and (flat.min() < 0 or flat.max() >= size))
-            ):
-                raise ValueError(
-                    f"indices[{name!r}] must be a 1-D integer array of flat indices in "
-                    f"0..{size - 1} (params[{name!r}] has shape {self.params[name].shape})."
-                )
-            checked[name] = np.ascontiguousarray(flat, dtype=np.int64)
-        return checked
-
     def numerical_gradient(self, x, t, h=H, strategy=None, scheduler=None):
         """Central-difference gradient of the loss for every parameter.
 
@@ -225,3 +205,67 @@ class NetworkFrontend:
     def gradient_trusted(self, x, t, params=None):
         """:meth:`gradient` for validated ``x``, integer labels ``t`` and ``params``."""
         return self._oracle(params).gradient(x, t)
+
+
+class SampledGradient:
+    """``numerical_gradient_at`` for the convolutional networks, whose whole gradient
+    has hundreds of thousands of entries: central differences at chosen ones."""
+
+    def _gradient_masks(self, batch_size):
+        """The dropout masks every evaluation of one gradient shares (None: no dropout)."""
+        return None
+
+    def _checked_indices(self, indices):
+        """``numerical_gradient_at``'s indices as int64 arrays, each checked against its
+        parameter (a KeyError or ValueError naming the parameter and the valid range)."""
+        checked = {}
+        for name, flat in indices.items():
+            if name not in self.params:
+                raise KeyError(f"indices names {name!r}; parameters are {self.param_names}.")
+            flat, size = np.asarray(flat), self.params[name].size
+            if (
+                flat.ndim != 1
+                or flat.dtype.kind not in "iu"
+                or (flat.size and (flat.min() < 0 or flat.max() >= size))
+            ):
+                raise ValueError(
+                    f"indices[{name!r}] must be a 1-D integer array of flat indices in "
+                    f"0..{size - 1} (params[{name!r}] has shape {self.params[name].shape})."
+                )
+            checked[name] = np.ascontiguousarray(flat, dtype=np.int64)
+        return checked
+
+    def numerical_gradient_at(self, x, t, indices, h=H, strategy=None):
+        """Central-difference gradient at chosen entries of the parameters.
+
+        A network with dropout draws one new set of masks for all of them.
+
+        Parameters
+        ----------
+        x : array (batch, C, H, W)
+        t : array (batch,) of int labels, or (batch, output_size) one-hot
+        indices : dict of str to array of int
+            Flat indices into ``params[name]`` for each parameter to sample.
+        h : float, default 1e-4
+        strategy : {"delta", "full"} or None
+            Overrides the network's strategy for the numba backend.
+
+        Returns
+        -------
+        dict of str to ndarray
+            For each name in ``indices``, the 1-D gradient at those indices.
+        """
+        params, x, t = self._checked(x, t)
+        h, strategy = check_step(h), check_strategy(strategy or self.strategy)
+        checked = self._checked_indices(indices)
+        if self.backend == "numba":
+            from fastnum import engine
+
+            masks = self._gradient_masks(len(x))
+            return engine.numerical_gradient_at(
+                self.stack, params, x, t, checked, h, strategy, masks=masks
+            )
+        # The reference perturbs what it is given in place: copies keep self.params intact.
+        return self._oracle({k: v.copy() for k, v in params.items()}).numerical_gradient_at(
+            x, t, checked, h
+        )

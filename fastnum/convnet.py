@@ -17,17 +17,15 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum import layers, reference
-from fastnum._frontend import NetworkFrontend
+from fastnum._frontend import NetworkFrontend, SampledGradient
 from fastnum._validate import (
     as_image_batch,
     as_labels,
     as_shaped_params,
     check_int,
     check_positive,
-    check_step,
 )
-from fastnum.backend import DEFAULT_STRATEGY, check_strategy
-from fastnum.constants import H
+from fastnum.backend import DEFAULT_STRATEGY
 
 #: Stack spec kind -> (layer class name prefix, builder from (params, *spec args)).
 LAYER_TYPES = {
@@ -253,7 +251,7 @@ def _check_conv_param(conv_param, name="conv_param", defaults=None):
     return {k: check_int(f"{name}[{k!r}]", v, 0 if k == "pad" else 1) for k, v in conv.items()}
 
 
-class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
+class SimpleConvNet(SampledGradient, NetworkFrontend, ReferenceSimpleConvNet):
     """The book's chapter 7 convolutional network, with the numba engine behind it.
 
     conv -> relu -> 2x2 max pool (stride 2) -> affine -> relu -> affine -> softmax.
@@ -338,33 +336,3 @@ class SimpleConvNet(NetworkFrontend, ReferenceSimpleConvNet):
             for i in range(0, len(x), ACCURACY_CHUNK)
         )
         return hits / len(x)
-
-    def numerical_gradient_at(self, x, t, indices, h=H, strategy=None):
-        """Central-difference gradient at chosen entries of the parameters.
-
-        Parameters
-        ----------
-        x : array (batch, C, H, W)
-        t : array (batch,) of int labels, or (batch, output_size) one-hot
-        indices : dict of str to array of int
-            Flat indices into ``params[name]`` for each parameter to sample.
-        h : float, default 1e-4
-        strategy : {"delta", "full"} or None
-            Overrides the network's strategy for the numba backend.
-
-        Returns
-        -------
-        dict of str to ndarray
-            For each name in ``indices``, the 1-D gradient at those indices.
-        """
-        params, x, t = self._checked(x, t)
-        h, strategy = check_step(h), check_strategy(strategy or self.strategy)
-        checked = self._checked_indices(indices)
-        if self.backend == "numba":
-            from fastnum import engine
-
-            return engine.numerical_gradient_at(self.stack, params, x, t, checked, h, strategy)
-        # The reference perturbs what it is given in place: copies keep self.params intact.
-        return self._oracle({k: v.copy() for k, v in params.items()}).numerical_gradient_at(
-            x, t, checked, h
-        )

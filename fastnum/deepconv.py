@@ -24,16 +24,15 @@ import math
 import numpy as np
 
 from fastnum import layers, reference
-from fastnum._frontend import NetworkFrontend
+from fastnum._frontend import NetworkFrontend, SampledGradient
 from fastnum._validate import (
     as_image_batch,
     as_labels,
     as_shaped_params,
     check_int,
     check_positive,
-    check_step,
 )
-from fastnum.backend import DEFAULT_STRATEGY, check_strategy
+from fastnum.backend import DEFAULT_STRATEGY
 from fastnum.convnet import _check_conv_param
 
 #: The book's six convolutions: 3x3, stride 1, pad 1 except the fourth (pad 2, so that
@@ -291,7 +290,7 @@ def _check_conv_params(conv_params):
     )
 
 
-class DeepConvNet(NetworkFrontend, ReferenceDeepConvNet):
+class DeepConvNet(SampledGradient, NetworkFrontend, ReferenceDeepConvNet):
     """The book's chapter 8 deep convolutional network, with the numba engine behind it.
 
     (conv relu conv relu pool) x 3 with 16, 16, 32, 32, 64, 64 filters of 3x3, then
@@ -461,34 +460,5 @@ class DeepConvNet(NetworkFrontend, ReferenceDeepConvNet):
         masks = self.new_dropout_masks(len(x))  # one set for the whole gradient
         return gradient_function(scheduler)(self.stack, params, x, t, h, strategy, masks=masks)
 
-    def numerical_gradient_at(self, x, t, indices, h=reference.H, strategy=None):
-        """Central-difference gradient at chosen entries, under one new set of masks.
-
-        Parameters
-        ----------
-        x : array (batch, C, H, W)
-        t : array (batch,) of int labels, or (batch, output_size) one-hot
-        indices : dict of str to array of int
-            Flat indices into ``params[name]`` for each parameter to sample.
-        h : float, default 1e-4
-        strategy : {"delta", "full"} or None
-            Overrides the network's strategy for the numba backend.
-
-        Returns
-        -------
-        dict of str to ndarray
-            For each name in ``indices``, the 1-D gradient at those indices.
-        """
-        params, x, t = self._checked(x, t)
-        h, strategy = check_step(h), check_strategy(strategy or self.strategy)
-        checked = self._checked_indices(indices)
-        if self.backend == "numba":
-            from fastnum import engine
-
-            masks = self.new_dropout_masks(len(x))
-            return engine.numerical_gradient_at(
-                self.stack, params, x, t, checked, h, strategy, masks=masks
-            )
-        return self._oracle({k: v.copy() for k, v in params.items()}).numerical_gradient_at(
-            x, t, checked, h
-        )
+    def _gradient_masks(self, batch_size):
+        return self.new_dropout_masks(batch_size)
