@@ -27,7 +27,7 @@ Usage::
     python -m fastnum.experiments.estimators           # full -> docs/experiments/estimators/
     python -m fastnum.experiments.estimators --quick   # seconds -> runs/experiments/...-quick/
 
-The full mode takes about 8 minutes for the dense network and about 45 minutes
+The full mode takes about 4 minutes for the dense network and about 50 minutes
 for SimpleConvNet's 500 steps (SPSA with K = 100 alone: 200 forward passes of
 100 images per step); on a Dask cluster (``--scheduler``) the runs go side by side.
 """
@@ -64,7 +64,7 @@ FULL = {
     "thresholds": [0.5, 0.7, 0.8, 0.85],
     # SimpleConvNet with the book's chapter 7 sizes; the rest of the settings are shared.
     # 500 steps, not 2,000: SPSA with K = 100 takes about 3.9 s a step on the conv net, so
-    # 2,000 steps of every estimator would take over 3 h on one core; 500 take about 45 min.
+    # 2,000 steps of every estimator would take over 3 h on one core; 500 take about 50 min.
     # Its estimators are the dense net's ("methods" above).
     "conv": {
         "hidden_size": 100,
