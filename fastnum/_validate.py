@@ -425,3 +425,16 @@ def as_network_params(params, names):
             f"params[{names[-1]!r}] gives {width} output(s); a softmax needs at least 2."
         )
     return out
+
+
+def check_input_dim(input_dim):
+    """``input_dim`` as a tuple (channels, height, width) of positive ints; ValueError else."""
+    if (
+        isinstance(input_dim, (str, bytes))
+        or not hasattr(input_dim, "__len__")
+        or len(input_dim) != 3
+    ):
+        raise ValueError(
+            f"input_dim={input_dim!r} must be (channels, height, width), e.g. (1, 28, 28)."
+        )
+    return tuple(check_int(f"input_dim[{i}]", n, 1) for i, n in enumerate(input_dim))

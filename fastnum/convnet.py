@@ -22,6 +22,7 @@ from fastnum._validate import (
     as_image_batch,
     as_labels,
     as_shaped_params,
+    check_input_dim,
     check_int,
     check_positive,
 )
@@ -289,15 +290,7 @@ class SimpleConvNet(SampledGradient, NetworkFrontend, ReferenceSimpleConvNet):
         backend="auto",
         strategy=DEFAULT_STRATEGY,
     ):
-        if (
-            isinstance(input_dim, (str, bytes))
-            or not hasattr(input_dim, "__len__")
-            or len(input_dim) != 3
-        ):
-            raise ValueError(
-                f"input_dim={input_dim!r} must be (channels, height, width), e.g. (1, 28, 28)."
-            )
-        input_dim = tuple(check_int(f"input_dim[{i}]", n, 1) for i, n in enumerate(input_dim))
+        input_dim = check_input_dim(input_dim)
         conv = _check_conv_param(conv_param)
         hidden_size = check_int("hidden_size", hidden_size, 1, "the book uses 100.")
         output_size = check_int(

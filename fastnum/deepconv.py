@@ -29,6 +29,7 @@ from fastnum._validate import (
     as_image_batch,
     as_labels,
     as_shaped_params,
+    check_input_dim,
     check_int,
     check_positive,
 )
@@ -193,10 +194,12 @@ class ReferenceDeepConvNet:
     def new_dropout_masks(self, batch_size):
         """Draw the next training step's masks (kept units 1.0) and keep them."""
         widths = (self.params[f"W{N_CONV + 1}"].shape[1], self.params[f"W{N_CONV + 2}"].shape[1])
-        self.dropout_masks = {
-            name: (self.dropout_rng.random((batch_size, d)) > self.dropout_ratio).astype(np.float64)
-            for name, d in zip(MASK_NAMES, widths, strict=True)
-        }
+        self.dropout_masks = layers.draw_dropout_masks(
+            self.dropout_rng,
+            self.dropout_ratio,
+            batch_size,
+            dict(zip(MASK_NAMES, widths, strict=True)),
+        )
         return self.dropout_masks
 
     def current_dropout_masks(self, batch_size):
@@ -352,15 +355,7 @@ class DeepConvNet(SampledGradient, NetworkFrontend, ReferenceDeepConvNet):
         backend="auto",
         strategy=DEFAULT_STRATEGY,
     ):
-        if (
-            isinstance(input_dim, (str, bytes))
-            or not hasattr(input_dim, "__len__")
-            or len(input_dim) != 3
-        ):
-            raise ValueError(
-                f"input_dim={input_dim!r} must be (channels, height, width), e.g. (1, 28, 28)."
-            )
-        input_dim = tuple(check_int(f"input_dim[{i}]", n, 1) for i, n in enumerate(input_dim))
+        input_dim = check_input_dim(input_dim)
         conv_params = _check_conv_params(
             (conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5, conv_param_6)
         )

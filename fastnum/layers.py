@@ -245,3 +245,11 @@ class Dropout:
     def backward(self, dout):
         """The gradient of the kept units."""
         return dout * self.mask
+
+
+def draw_dropout_masks(rng, ratio, batch_size, widths):
+    """One training step's dropout masks: for each name of ``widths`` (in order) a
+    (batch_size, width) array of 1.0 (kept, probability 1 - ratio) and 0.0, from ``rng``."""
+    return {
+        name: (rng.random((batch_size, d)) > ratio).astype(np.float64) for name, d in widths.items()
+    }

@@ -184,13 +184,10 @@ class ReferenceMultiLayerNet:
         if not self.use_dropout:
             self.dropout_masks = {}
             return self.dropout_masks
-        widths = [self.params[f"W{k}"].shape[1] for k in range(1, self.n_layers)]
-        self.dropout_masks = {
-            f"mask{k}": (self.dropout_rng.random((batch_size, d)) > self.dropout_ratio).astype(
-                np.float64
-            )
-            for k, d in enumerate(widths, start=1)
-        }
+        widths = {f"mask{k}": self.params[f"W{k}"].shape[1] for k in range(1, self.n_layers)}
+        self.dropout_masks = layers.draw_dropout_masks(
+            self.dropout_rng, self.dropout_ratio, batch_size, widths
+        )
         return self.dropout_masks
 
     def current_dropout_masks(self, batch_size):
