@@ -29,11 +29,14 @@ JIT_ENABLED = HAVE_NUMBA and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0
 # vectorize (no ZeroDivisionError checks); cache=True keeps compiled kernels on
 # disk so a second process skips the compile.
 # FASTNUM_JIT_CACHE=0 turns the disk cache off (numba cannot inspect cached code).
+# no_cfunc_wrapper: no kernel is used as a C callback or a first-class function value,
+# so the C wrapper numba builds for each would only cost compile time (~5% of it).
 JIT_OPTIONS = {
     "nogil": True,
     "cache": os.environ.get("FASTNUM_JIT_CACHE", "1") != "0",
     "fastmath": False,
     "error_model": "numpy",
+    "no_cfunc_wrapper": True,
 }
 
 if HAVE_NUMBA:
@@ -64,6 +67,25 @@ def _serialized(dispatcher):
     return launch
 
 
+def _compile_unliteral(dispatcher):
+    """Make calls from jitted code compile ``dispatcher`` for plain types, never literals.
+
+    numba types a constant argument (``_act(v, RELU)``, ``one_sided=True``) as a
+    literal and compiles the callee once per literal value as well as for the plain
+    type.  The kernels branch on such flags at run time anyway, so the extra copies
+    only cost compile time: about a fifth of compiling every kernel
+    (``benchmarks/compile_time.py``).  Results do not change (no fastmath: the same
+    operations in the same order).
+    """
+    typed_for = dispatcher.get_call_template
+
+    def get_call_template(args, kws):
+        plain = tuple(numba.types.unliteral(a) for a in args)
+        return typed_for(plain, {k: numba.types.unliteral(v) for k, v in kws.items()})
+
+    dispatcher.get_call_template = get_call_template
+
+
 def njit(func=None, *, parallel: bool = False, cache: bool = True):
     """Compile ``func`` with the project's numba options (identity without numba).
 
@@ -78,7 +100,11 @@ def njit(func=None, *, parallel: bool = False, cache: bool = True):
             return f
         options = {**JIT_OPTIONS, "cache": cache and JIT_OPTIONS["cache"]}
         dispatcher = numba.njit(parallel=parallel, **options)(f)
-        return _serialized(dispatcher) if parallel and JIT_ENABLED else dispatcher
+        if parallel and JIT_ENABLED:
+            return _serialized(dispatcher)
+        if JIT_ENABLED:
+            _compile_unliteral(dispatcher)
+        return dispatcher
 
     return wrap(func) if func is not None else wrap
 
