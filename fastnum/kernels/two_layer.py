@@ -78,14 +78,14 @@ def _logits_row(z, W2, b2, a2, n):
 # (a parallel launcher per kernel, tried 2026-12-04, added ~8 s to the cold compile).
 # Handing a task to another thread costs ~50 us, which these millisecond calls feel:
 # one task per thread (the samples cost about the same), and batches of fewer than
-# _MIN_ROWS samples per task on one thread.  Measured side by side on 2 threads, batch
-# 100: the delta gradient 4.1 ms this way against 4.6 ms with 4 tasks per thread and
-# 64 rows (3.7 ms as parallel=True kernels); scripts/bitwise_gradients.py: identical.
+# _MIN_ROWS samples per task on one thread.  They compile noalias (their outputs are
+# fresh arrays from the functions below): as a prange loop gets it from numba, and
+# without it LLVM left _assemble_delta's loops scalar (2.8x slower, measured 2026-12-05).
 _MIN_ROWS = 32
 _TASKS = {"min_items": _MIN_ROWS, "tasks_per_thread": 1}
 
 
-@njit
+@njit(noalias=True)
 def _forward_logits(task, n_tasks, x, W1, b1, W2, b2, activation, a2):
     """Fill this task's rows of the logits a2 (N, K) for the batch x."""
     z = np.empty(W1.shape[1])
@@ -94,7 +94,7 @@ def _forward_logits(task, n_tasks, x, W1, b1, W2, b2, activation, a2):
         _logits_row(z, W2, b2, a2, n)
 
 
-@njit
+@njit(noalias=True)
 def _softmax_rows(task, n_tasks, a, y):
     """y = softmax(a) for this task's rows, shifted by the row max."""
     for n in range(task * a.shape[0] // n_tasks, (task + 1) * a.shape[0] // n_tasks):
@@ -164,7 +164,7 @@ def _perturbed_loss_difference(flat, q, h, x, t, w1, c1, w2, c2, z, a2, activati
     return f_plus - f_minus
 
 
-@njit
+@njit(noalias=True)
 def _numerical_gradient_full(task, n_tasks, x, t, W1, b1, W2, b2, h, activation, grad):
     """This task's share of grad (flat: W1, b1, W2, b2 raveled) by the book's perturb /
     re-run / restore loop.
@@ -221,7 +221,7 @@ def _sort_by_key(keys, payload, m):
         gap = (gap - 1.0) / 2.25
 
 
-@njit
+@njit(noalias=True)
 def _distinct_inputs(task, n_tasks, x, values, n_values, value_index, one_index):
     """Per sample of this task: sorted distinct non-zero pixel values plus 1.0 (the bias input).
 
@@ -254,7 +254,7 @@ def _distinct_inputs(task, n_tasks, x, values, n_values, value_index, one_index)
         n_values[n] = count
 
 
-@njit
+@njit(noalias=True)
 def _delta_sample_terms(
     task,
     n_tasks,
@@ -451,7 +451,7 @@ def _delta_sample_terms(
                 ) - flog_guarded(y_plus / ((before + e_plus) + after) + LOG_GUARD)
 
 
-@njit
+@njit(noalias=True)
 def _assemble_delta(
     task, n_tasks, value_index, offsets, one_index, d_hidden, d_out, scale, gW1, gb1, gW2, gb2
 ):
