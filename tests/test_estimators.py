@@ -246,6 +246,80 @@ def test_estimators_cover_the_conv_net(monkeypatch, method):
     assert _max_diff(ref_g, comp_g) < 1e-9
 
 
+# --- forward differences over a corpus ---------------------------------------------------------
+
+FORWARD_CORPUS_KINDS = (
+    "two-layer sigmoid",
+    "two-layer relu",
+    "dense sigmoid",
+    "dense relu",
+    "conv",
+)
+#: Weight scales of the corpus, by seed: tiny, the book's order, large, and large enough that
+#: logits reach the hundreds (the kernels' overflow-safe paths).
+FORWARD_CORPUS_STDS = (0.05, 0.8, 4.0, 30.0)
+
+
+def _corpus_case(kind, seed, n):
+    """(net on NumPy, the same net on the kernels, x, t) of one corpus case.
+
+    Every third seed zeroes the biases and blanks sample 0, so that ReLU units sit exactly
+    on their corners and a step of +h crosses them.
+    """
+    std = FORWARD_CORPUS_STDS[seed % len(FORWARD_CORPUS_STDS)]
+
+    def make():
+        if kind == "two-layer sigmoid":
+            return TwoLayerNet(9, 4, 3, weight_init_std=std, seed=seed, backend="numpy")
+        if kind == "conv":
+            from fastnum import SimpleConvNet
+
+            conv = {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 1}
+            net = SimpleConvNet((1, 6, 6), conv, 4, 3, weight_init_std=std, seed=seed)
+            net.backend = "numpy"
+            return net
+        hidden = [4] if kind.startswith("two-layer") else [4, 3]
+        activation = kind.split()[1]
+        return MultiLayerNet(
+            9, hidden, 3, activation=activation, weight_init_std=std, seed=seed, backend="numpy"
+        )
+
+    ref_net, comp_net = make(), on_kernels(make())
+    rng = np.random.default_rng(1000 + seed)
+    x = rng.random((n, 1, 6, 6) if kind == "conv" else (n, 9))
+    flat = x.reshape(n, -1)
+    flat[flat < 0.4] = 0.0  # MNIST-like exact zeros
+    flat[:, :2] = 0.5  # a repeated value: one evaluation per sample in the two-layer kernel
+    if seed % 3 == 0:
+        flat[0] = 0.0
+        for net in (ref_net, comp_net):
+            for name, p in net.params.items():
+                if name.startswith("b"):
+                    p[:] = 0.0
+    return ref_net, comp_net, x, rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("kind", FORWARD_CORPUS_KINDS)
+def test_forward_kernels_equal_the_reference_loop_over_a_corpus(monkeypatch, kind):
+    # 8 seeds x 3 batch sizes per kind: the one-sided delta kernels against the loop of real
+    # loss values, with weights from tiny to huge and ReLU units on their corners.
+    cases = [_corpus_case(kind, seed, n) for seed in range(8) for n in (1, 4, 17)]
+    refs = [estimate_gradient(ref_net, x, t, "forward") for ref_net, _, x, t in cases]
+    corners_crossed = 0
+    for (ref_net, _, x, t), ref_g in zip(cases, refs, strict=True):
+        central = estimate_gradient(ref_net, x, t, "numerical")
+        corners_crossed += _max_diff(ref_g, central) > 1e-3
+    _must_not_loop(monkeypatch)
+    errors = [
+        _max_diff(ref_g, estimate_gradient(comp_net, x, t, "forward"))
+        for (_, comp_net, x, t), ref_g in zip(cases, refs, strict=True)
+    ]
+    worst = int(np.argmax(errors))
+    assert errors[worst] < 1e-9, f"case {worst} (seed {worst // 3}) differs by {errors[worst]:.3g}"
+    if "relu" in kind or kind == "conv":
+        assert corners_crossed > 0  # the corpus does reach the corners it means to
+
+
 @pytest.mark.threads
 def test_conv_forward_differences_do_not_depend_on_the_thread_count():
     from fastnum import SimpleConvNet
