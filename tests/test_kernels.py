@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastnum import backend, constants, engine, reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
-from fastnum.kernels import _blocks, losses, two_layer
+from fastnum.kernels import _blocks, losses, two_layer, two_layer_delta
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog, flog_guarded
 from fastnum.network import TwoLayerNet
 from fastnum.registry import COMPARISONS, make_problem, max_errors, numba_impl
@@ -196,7 +196,7 @@ def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
     keys = np.array(keys)
     items = np.arange(len(keys))
     comp_keys, comp_items = keys.copy(), items.copy()
-    two_layer._sort_by_key(comp_keys, comp_items, len(keys))
+    two_layer_delta._sort_by_key(comp_keys, comp_items, len(keys))
     assert np.array_equal(comp_keys, np.sort(keys))
     assert sorted(comp_items.tolist()) == items.tolist()  # a permutation ...
     assert np.array_equal(keys[comp_items], comp_keys)  # ... that moved with its key

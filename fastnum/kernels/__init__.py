@@ -37,8 +37,10 @@ module                job                                         used by
 ``normalization``     chapter 6: batch norm and dropout forward,  ``engine`` (``LAYER_KINDS``
                       and the delta of dense stacks with them     rows, ``DELTA_KERNELS``)
 ``two_layer``         the book's two-layer net, hand-written      ``engine.FAST_PATHS``;
-                      (sigmoid; ReLU for the gradient), full and  ``estimators`` (one-sided
-                      delta                                       delta)
+                      (sigmoid; ReLU for the gradient): forward,  ``estimators`` (one-sided
+                      full, and the strategy table                delta)
+``two_layer_delta``   its delta strategy (one evaluation per      ``two_layer``
+                      distinct pixel value)
 ``dense_full``        ``full`` of a dense stack of one hidden     ``engine.FAST_PATHS``
                       activation, parallel over parameters
 ``losses``            fused softmax + cross-entropy rows          every loss above; registry
