@@ -73,9 +73,9 @@ def _compile_unliteral(dispatcher):
     numba types a constant argument (``_act(v, RELU)``, ``one_sided=True``) as a
     literal and compiles the callee once per literal value as well as for the plain
     type.  The kernels branch on such flags at run time anyway (after inlining, LLVM
-    folds the constant all the same), so the extra copies only cost compile time:
-    every kernel took 34.9 s cold with them, 30.9 s without (2026-12-05).  Results do
-    not change (no fastmath: the same operations in the same order).
+    folds the constant all the same), so the extra copies only cost compile time
+    (about a tenth of compiling every kernel: README, "First call").  Results do not
+    change (no fastmath: the same operations in the same order).
     """
     typed_for = dispatcher.get_call_template
 
@@ -93,8 +93,8 @@ if HAVE_NUMBA:
 
         What numba does for the body of a ``prange`` loop when no two of its arrays
         alias: LLVM then vectorizes loops that write one array while reading another
-        without a runtime overlap check.  The serial two-layer kernels lost up to 2.8x
-        without it (``_assemble_delta``, against its ``prange`` version).
+        without a runtime overlap check.  The serial two-layer kernels were slower than
+        their ``prange`` versions without it (README, the book's path).
         """
 
         def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
