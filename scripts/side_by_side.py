@@ -7,10 +7,10 @@ Usage (from the repository's root; a tree is a checkout, e.g. ``git worktree add
 Rounds alternate between the trees, each a fresh process (its own numba cache folder,
 warmed before timing), so that the machine's load hits both alike.  A round times the
 ``delta`` gradient of ``TwoLayerNet(784, 50, 10)`` and of the ReLU ``MultiLayerNet(784,
-[50], 10)`` on the first 100 MNIST training images, 2 threads (where numba may use 2):
-the best of 5 blocks of
-calls.  The medians over the rounds are printed per tree.  Needs MNIST (see
-``fastnum.data.load_mnist``; ``FASTNUM_MNIST_DIR`` is passed on).
+[50], 10)`` (where the checkout has it) on the first 100 MNIST training images, 2 threads
+(where numba may use 2): the best of 5 blocks of calls.  The medians over the rounds are
+printed per tree.  Needs MNIST (see ``fastnum.data.load_mnist``; ``FASTNUM_MNIST_DIR`` is
+passed on).
 """
 
 from __future__ import annotations
@@ -31,17 +31,20 @@ sys.path.insert(0, sys.argv[1])
 import numba
 import numpy as np
 import fastnum
-from fastnum import MultiLayerNet, TwoLayerNet
+from fastnum import TwoLayerNet
 from fastnum._jit import set_num_threads
 from fastnum.data import load_mnist
 
 (x, t), _ = load_mnist(normalize=True, flatten=True)
 x, t = np.ascontiguousarray(x[:100]), t[:100]
 set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-nets = {
-    "TwoLayerNet sigmoid": TwoLayerNet(784, 50, 10, seed=0),
-    "MultiLayerNet relu [50]": MultiLayerNet(784, [50], 10, activation="relu", seed=0),
-}
+nets = {"TwoLayerNet sigmoid": TwoLayerNet(784, 50, 10, seed=0)}
+try:  # older checkouts have no MultiLayerNet at the top level: TwoLayerNet only
+    from fastnum import MultiLayerNet
+
+    nets["MultiLayerNet relu [50]"] = MultiLayerNet(784, [50], 10, activation="relu", seed=0)
+except ImportError:
+    pass
 best = {}
 for name, net in nets.items():
     net.numerical_gradient(x, t)  # compiles, or loads from the cache
