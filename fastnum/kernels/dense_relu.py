@@ -29,14 +29,9 @@ network is continuous, so a decision that rounding flips changes a loss by a
 rounding-sized amount only.  Per-sample losses of +h and -h are differenced,
 then summed over samples in ascending order.
 
-Measured side by side (``python -m benchmarks.dense_relu``, MNIST, ``MultiLayerNet``
-with its default ``weight_init_std`` 0.01, 2 threads, medians of 5, on the 2-core
-machine at a load average of 7-8 from other jobs): 784-100x4-10 at batch 128 took
-0.32 s wall (0.17 s of CPU) against the engine's generic delta's 6.9 s (3.2 s of
-CPU), 21x; 784-100x6-10 at batch 100, 0.86 s (0.43 s of CPU) against 16.6 s (7.9 s
-of CPU), 19x.  With He initialisation (``weight_init_std='relu'``) fewer
-evaluations meet a corner: 0.17 s (0.12 s of CPU, 37x) and 0.21 s (0.16 s, 71x).
-The caches take 10.8 MiB and 14.0 MiB at batch 100 (:func:`cache_bytes`).
+How fast it is against the engine's generic delta kernel: ``python -m benchmarks.dense_relu``
+(side by side; the README's chapter 8 table gives a run).  The caches of 784-100x4-10 and
+784-100x6-10 take 10.8 MiB and 14.0 MiB at batch 100 (:func:`cache_bytes`).
 
 Evaluations are shared: the inputs of a layer that have the same magnitude (an
 MNIST digit has ~65 distinct values among ~147 non-zero pixels; a bias's input
