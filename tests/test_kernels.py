@@ -285,3 +285,44 @@ def test_dense_packing_offsets_and_nonzero_lists():
     nz_ptr, nz_idx = _blocks.nonzeros(x)
     rows = [nz_idx[nz_ptr[s] : nz_ptr[s + 1]].tolist() for s in range(3)]
     assert rows == [[1], [], [0, 2]]
+
+
+def _noalias_marks(dispatcher):
+    """How many ``noalias`` attributes the compiled function's LLVM definition carries."""
+    ir = next(iter(dispatcher.inspect_llvm().values()))
+    name = dispatcher.py_func.__name__
+    (define,) = [
+        line
+        for line in ir.splitlines()
+        if line.startswith("define") and name in line and "cpython" not in line
+    ]
+    return define.count("noalias")
+
+
+@pytest.mark.numba
+def test_noalias_kernels_mark_their_arrays_and_the_two_layer_kernels_ask_for_it():
+    # Without numba's noalias flag LLVM left _assemble_delta's loops scalar, 2.8x slower
+    # than its prange version; nothing else would notice. Guard that numba still honours
+    # the flag through _jit's pipeline class, and that the two-layer task kernels use it.
+    from fastnum._jit import _NoAliasCompiler, njit
+    from fastnum.kernels import two_layer_delta
+
+    def doubled(out, a):
+        for i in range(a.shape[0]):
+            out[i] = 2.0 * a[i]
+
+    marked, plain = njit(doubled, noalias=True, cache=False), njit(doubled, cache=False)
+    comp_out, ref_out, a = np.zeros(5), np.zeros(5), np.arange(5.0)
+    marked(comp_out, a)
+    plain(ref_out, a)
+    assert np.array_equal(comp_out, ref_out)
+    assert _noalias_marks(marked) > _noalias_marks(plain)
+    kernels = (
+        two_layer._forward_logits,
+        two_layer._softmax_rows,
+        two_layer._numerical_gradient_full,
+        two_layer_delta._distinct_inputs,
+        two_layer_delta._delta_sample_terms,
+        two_layer_delta._assemble_delta,
+    )
+    assert all(kernel._compiler.pipeline_class is _NoAliasCompiler for kernel in kernels)
