@@ -167,6 +167,19 @@ def _two_layer_gradient(activation, code):
     return gradient
 
 
+def _two_layer_forward(stack, params, x, t, h):
+    """Forward differences on the book's two-layer kernel (its one-sided delta) for the
+    two-layer stacks it serves, else None."""
+    for activation, code in (("sigmoid", SIGMOID), ("relu", RELU)):
+        names = _two_layer_names(stack, x, activation)
+        if names is not None:
+            from fastnum.kernels import two_layer
+
+            g = two_layer.forward_gradient_trusted(_two_layer_params(params, names), x, t, h, code)
+            return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
+    return None
+
+
 def _dense_full_gradient(stack, params, x, t, h, strategy):
     """The dense ``full`` kernel for affine (act affine)* stacks of one hidden activation."""
     kinds = tuple(spec[0] for spec in stack)
@@ -490,9 +503,11 @@ def numerical_gradient(
 def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
     """Forward-difference gradient ``(L(theta + h e_i) - L(theta)) / h`` over every parameter.
 
-    The delta kernel of the conv block + dense stacks (:mod:`fastnum.kernels.conv_delta`,
-    :mod:`fastnum.kernels.dense_delta`) with one-sided steps: each pair of evaluations
-    is theta + h e_i and theta itself, both real loss values evaluated the same way.
+    The delta kernels with one-sided steps: the book's two-layer kernel for the two-layer
+    stacks it serves (at the book's log guard), else the conv block + dense kernel
+    (:mod:`fastnum.kernels.conv_delta`, :mod:`fastnum.kernels.dense_delta`).  Each pair of
+    evaluations is theta + h e_i and theta itself, both real loss values evaluated the
+    same way.
 
     Parameters
     ----------
@@ -520,6 +535,10 @@ def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
     from fastnum._engine_delta import _delta_at, _delta_plan
     from fastnum._engine_memory import _check_delta_memory
 
+    if log_guard == BOOK_LOG_GUARD:
+        fast = _two_layer_forward(stack, params, x, t, h)
+        if fast is not None:
+            return fast
     plan = _delta_plan(stack)
     if plan is None:
         raise StrategyNotImplementedError(

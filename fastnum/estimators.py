@@ -123,40 +123,20 @@ def _spsa_reference(loss, params, h, directions, distribution, seed):
 # ---------------------------------------------------------------------------- numba paths
 
 
-def _two_layer_activation(net, x):
-    """The activation code when ``net`` is a two-layer dense network, else None."""
-    from fastnum.kernels._blocks import RELU, SIGMOID
-
-    if getattr(net, "weight_decay_lambda", 0):  # the two-layer kernel's loss has no decay term
-        return None
-    kinds = tuple(spec[0] for spec in getattr(net, "stack", ()))
-    codes = {("affine", "sigmoid", "affine"): SIGMOID, ("affine", "relu", "affine"): RELU}
-    return codes.get(kinds) if x.ndim == 2 else None
-
-
 def _forward_compiled(net, x, t, h):
-    """One-sided steps on a delta kernel: the two-layer kernel, else the engine's conv block
-    + dense kernel, else (batch norm, dropout, weight decay) the loop on the compiled loss."""
-    activation = _two_layer_activation(net, x)
-    if activation is None:
-        from fastnum import engine
+    """One-sided steps on the engine's delta kernels (the book's two-layer kernel, the conv
+    block + dense kernel), else (batch norm, dropout, weight decay) the loop on the
+    compiled loss."""
+    from fastnum import engine
 
-        stack = getattr(net, "stack", None)
-        if stack is not None and not getattr(net, "weight_decay_lambda", 0):
-            try:
-                return engine.forward_gradient(stack, _float_params(net), x, t, float(h))
-            except engine.StrategyNotImplementedError:
-                pass
-        return _forward_reference(_loss_of(net, x, t), _float_params(net), h)
-    from fastnum.kernels import two_layer
-
-    stack = net.stack
-    names = (stack[0][1], stack[0][2], stack[2][1], stack[2][2])
-    packed = two_layer.as_params(
-        {k: net.params[nm] for k, nm in zip(two_layer.PARAM_NAMES, names, strict=True)}
-    )
-    g = two_layer.forward_gradient_trusted(packed, x, t, float(h), activation)
-    return {nm: g[k] for nm, k in zip(names, two_layer.PARAM_NAMES, strict=True)}
+    stack = getattr(net, "stack", None)
+    # The kernels' loss has no decay term: a net with weight decay takes the loop.
+    if stack is not None and not getattr(net, "weight_decay_lambda", 0):
+        try:
+            return engine.forward_gradient(stack, _float_params(net), x, t, float(h))
+        except engine.StrategyNotImplementedError:
+            pass
+    return _forward_reference(_loss_of(net, x, t), _float_params(net), h)
 
 
 def _spsa_compiled(net, x, t, h, directions, distribution, seed):

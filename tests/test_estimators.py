@@ -57,16 +57,20 @@ def test_reference_and_kernels_agree(method, activation):
     assert np.array_equal(ref_net.params["W1"], comp_net.params["W1"])  # left untouched
 
 
-def test_forward_kernel_is_used_and_exact_zero_where_no_pixel():
-    # A pixel that is 0 in every sample: its W1 row gets exactly 0 from the delta kernel.
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_forward_kernel_is_used_and_exact_zero_where_no_pixel(monkeypatch, activation):
+    # A pixel that is 0 in every sample: its W1 row gets exactly 0 from the delta kernel
+    # (the engine's two-layer fast path, not the loop).
     x, t = _batch()
     x[:, 4] = 0.0
-    ref_net, comp_net = _nets("sigmoid")
+    ref_net, comp_net = _nets(activation)
     on_kernels(comp_net)
-    comp_g = estimate_gradient(comp_net, x, t, "forward")
-    assert np.all(comp_g["W1"][4] == 0.0)
     ref_g = estimate_gradient(ref_net, x, t, "forward")
     assert np.all(ref_g["W1"][4] == 0.0)  # the reference's L(+) equals L(0) bit for bit too
+    _must_not_loop(monkeypatch)
+    comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert np.all(comp_g["W1"][4] == 0.0)
+    assert _max_diff(ref_g, comp_g) < 1e-9
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
@@ -178,7 +182,9 @@ def test_forward_on_deeper_dense_nets_runs_on_the_engine_kernel(monkeypatch, act
         9, [3, 3], 3, activation=activation, weight_init_std=0.8, seed=2, backend="numpy"
     )
     ref_net, comp_net = make(), on_kernels(make())
-    assert estimators._two_layer_activation(comp_net, x) is None
+    from fastnum import engine
+
+    assert engine._two_layer_forward(comp_net.stack, comp_net.params, x, t, 1e-4) is None
     ref_g = estimate_gradient(ref_net, x, t, "forward")
     _must_not_loop(monkeypatch)
     comp_g = estimate_gradient(comp_net, x, t, "forward")
