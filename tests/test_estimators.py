@@ -261,9 +261,9 @@ FORWARD_CORPUS_KINDS = (
     "dense relu",
     "conv",
 )
-#: Weight scales of the corpus, by seed: tiny, the book's order, large, and large enough that
-#: logits reach the hundreds (the kernels' overflow-safe paths).
-FORWARD_CORPUS_STDS = (0.05, 0.8, 4.0, 30.0)
+#: Weight scales of the corpus, by seed: the book's default 0.01, small, the order of He's,
+#: large, and large enough that logits reach the hundreds (the kernels' overflow-safe paths).
+FORWARD_CORPUS_STDS = (0.01, 0.05, 0.8, 4.0, 30.0)
 
 
 def _corpus_case(kind, seed, n):
@@ -311,10 +311,11 @@ def test_forward_kernels_equal_the_reference_loop_over_a_corpus(monkeypatch, kin
     # loss values, with weights from tiny to huge and ReLU units on their corners.
     cases = [_corpus_case(kind, seed, n) for seed in range(8) for n in (1, 4, 17)]
     refs = [estimate_gradient(ref_net, x, t, "forward") for ref_net, _, x, t in cases]
-    corners_crossed = 0
+    corners_crossed = central_caught = 0
     for (ref_net, _, x, t), ref_g in zip(cases, refs, strict=True):
         central = estimate_gradient(ref_net, x, t, "numerical")
         corners_crossed += _max_diff(ref_g, central) > 1e-3
+        central_caught += _max_diff(ref_g, central) > 1e-9
     _must_not_loop(monkeypatch)
     errors = [
         _max_diff(ref_g, estimate_gradient(comp_net, x, t, "forward"))
@@ -322,6 +323,9 @@ def test_forward_kernels_equal_the_reference_loop_over_a_corpus(monkeypatch, kin
     ]
     worst = int(np.argmax(errors))
     assert errors[worst] < 1e-9, f"case {worst} (seed {worst // 3}) differs by {errors[worst]:.3g}"
+    # A subtly wrong kernel, one that took central steps, would fail most cases (all but
+    # those whose curvature is too small to show at the book's tiny weights).
+    assert central_caught > len(cases) // 2, f"{central_caught} of {len(cases)}"
     if "relu" in kind or kind == "conv":
         assert corners_crossed > 0  # the corpus does reach the corners it means to
 
