@@ -36,9 +36,9 @@ module                job                                         used by
                       through the later layers
 ``normalization``     chapter 6: batch norm and dropout forward,  ``engine`` (``LAYER_KINDS``
                       and the delta of dense stacks with them     rows, ``DELTA_KERNELS``)
-``two_layer``         the book's two-layer net, hand-written      ``engine.FAST_PATHS``;
-                      (sigmoid; ReLU for the gradient): forward,  ``estimators`` (one-sided
-                      full, and the strategy table                delta)
+``two_layer``         the book's two-layer net, hand-written      ``engine.FAST_PATHS`` and
+                      (sigmoid; ReLU for the gradient): forward,  ``engine.forward_gradient``
+                      full, and the strategy table                (one-sided delta)
 ``two_layer_delta``   its delta strategy (one evaluation per      ``two_layer``
                       distinct pixel value)
 ``dense_full``        ``full`` of a dense stack of one hidden     ``engine.FAST_PATHS``
