@@ -67,23 +67,43 @@ def _serialized(dispatcher):
     return launch
 
 
-def _compile_unliteral(dispatcher):
-    """Make calls from jitted code compile ``dispatcher`` for plain types, never literals.
+def _plain_types(args, kws):
+    """The argument types with numba's literal types replaced by their plain types."""
+    plain = tuple(numba.types.unliteral(a) for a in args)
+    return plain, {k: numba.types.unliteral(v) for k, v in kws.items()}
 
-    numba types a constant argument (``_act(v, RELU)``, ``one_sided=True``) as a
-    literal and compiles the callee once per literal value as well as for the plain
-    type.  The kernels branch on such flags at run time anyway (after inlining, LLVM
-    folds the constant all the same), so the extra copies only cost compile time
-    (about a tenth of compiling every kernel: README, "First call").  Results do not
-    change (no fastmath: the same operations in the same order).
+
+def _compile_inner_copy(dispatcher, options):
+    """Make calls from jitted code use a copy of ``dispatcher`` made for them alone.
+
+    Calls from Python keep ``dispatcher`` itself.  The copy differs in three ways, none
+    of which changes a result (the same code, compiled with the same options):
+
+    - it compiles for plain types, never literals.  numba types a constant argument
+      (``_act(v, RELU)``, ``one_sided=True``) as a literal and would compile the callee
+      once per literal value as well as for the plain type; the kernels branch on such
+      flags at run time anyway (after inlining, LLVM folds the constant all the same);
+    - it has no Python entry point (``no_cpython_wrapper``): a helper that only jitted
+      code calls would otherwise get a wrapper built and compiled for nothing;
+    - it is not cached on disk: its callers are, with its code inlined into theirs, so
+      a warm start never needs it, and a cold one need not write it.
+
+    What each saved is measured in the README, "First call".  Python calls still work: they compile ``dispatcher`` (with its wrapper)
+    for their own types.
     """
-    typed_for = dispatcher.get_call_template
+    inner = numba.njit(**{**options, "cache": False, "no_cpython_wrapper": True})(
+        dispatcher.py_func
+    )
+    typed_for = inner.get_call_template
 
     def get_call_template(args, kws):
-        plain = tuple(numba.types.unliteral(a) for a in args)
-        return typed_for(plain, {k: numba.types.unliteral(v) for k, v in kws.items()})
+        return typed_for(*_plain_types(args, kws))
 
+    # What numba asks a dispatcher called from jitted code: the call's type (compiling
+    # it) when typing the caller, and the compiled overload when lowering the call.
     dispatcher.get_call_template = get_call_template
+    dispatcher.get_overload = inner.get_overload
+    dispatcher.inner_copy = inner  # for inspection and tests
 
 
 if HAVE_NUMBA:
@@ -124,7 +144,7 @@ def njit(func=None, *, parallel: bool = False, cache: bool = True, noalias: bool
         if parallel and JIT_ENABLED:
             return _serialized(dispatcher)
         if JIT_ENABLED:
-            _compile_unliteral(dispatcher)
+            _compile_inner_copy(dispatcher, options)
         return dispatcher
 
     return wrap(func) if func is not None else wrap

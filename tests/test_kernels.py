@@ -326,3 +326,30 @@ def test_noalias_kernels_mark_their_arrays_and_the_two_layer_kernels_ask_for_it(
         two_layer_delta._assemble_delta,
     )
     assert all(kernel._compiler.pipeline_class is _NoAliasCompiler for kernel in kernels)
+
+
+@pytest.mark.numba
+def test_calls_from_jitted_code_compile_one_plain_copy_without_a_python_entry():
+    # _jit gives every kernel an inner copy for calls from jitted code: compiled for
+    # plain types only (a literal flag would compile a copy per value) and without the
+    # Python wrapper nothing would use.  Guard both, and that Python calls still work.
+    from numba import types
+
+    from fastnum._jit import njit
+
+    def scaled(v, flip):
+        return -2.0 * v if flip else 2.0 * v
+
+    helper = njit(scaled, cache=False)
+
+    def caller(v):
+        return helper(v, True) + helper(v, False) + helper(v, 1 > 0)
+
+    ref_value = scaled(1.5, True) + scaled(1.5, False) + scaled(1.5, True)
+    comp_value = njit(caller, cache=False)(1.5)
+    assert comp_value == ref_value
+    assert helper.inner_copy.signatures == [(types.float64, types.boolean)]
+    assert helper.inner_copy.targetoptions["no_cpython_wrapper"]
+    assert helper.signatures == []  # nothing compiled for Python yet
+    assert helper(1.5, True) == -3.0  # a Python call compiles the entry-point copy
+    assert helper.signatures == [(types.float64, types.boolean)]
