@@ -88,8 +88,8 @@ def _compile_inner_copy(dispatcher, options):
     - it is not cached on disk: its callers are, with its code inlined into theirs, so
       a warm start never needs it, and a cold one need not write it.
 
-    What each saved is measured in the README, "First call".  Python calls still work: they compile ``dispatcher`` (with its wrapper)
-    for their own types.
+    What each saved is measured in the README, "First call".  Python calls still work:
+    they compile ``dispatcher`` (with its wrapper) for their own types.
     """
     inner = numba.njit(**{**options, "cache": False, "no_cpython_wrapper": True})(
         dispatcher.py_func
