@@ -66,6 +66,9 @@ Dispatch: three tables
     the benchmark report (``docs/benchmarks/report.md``, ``scripts/bench_report.py``
     regenerates it).  All of them pass the same equivalence tests.
 
+The functions that the rows of :data:`DELTA_KERNELS` and :data:`FAST_PATHS` name are in
+:mod:`fastnum._engine_paths`: each checks that its kernel covers the stack and calls it.
+
 Memory of the delta caches grows with the batch: :func:`delta_memory` counts
 what the delta strategy allocates, and the gradient raises
 :class:`DeltaMemoryError` (a ``MemoryError``) *before allocating* when that
@@ -94,9 +97,24 @@ from fastnum._engine_layers import (  # noqa: F401
     _weight_decay_term,
     param_names,
 )
+from fastnum._engine_paths import (
+    chapter6_delta,
+    chapter6_plan,
+    conv_stack_delta,
+    conv_stack_plan,
+    dense_full_gradient,
+    dense_relu_delta,
+    dense_relu_plan,
+    layered_delta,
+    layered_plan,
+    two_layer_forward,
+    two_layer_gradient,
+    two_layer_names,
+    two_layer_params,
+)
 from fastnum.constants import LOG_GUARD as BOOK_LOG_GUARD  # the fast-path kernels hard-code it
 from fastnum.constants import H
-from fastnum.kernels._blocks import ACTIVATION_CODES, RELU, SIGMOID, pack_dense
+from fastnum.kernels._blocks import RELU, SIGMOID
 
 # The delta kernels' modules load on first use: the book's network runs on a fast path
 # and never needs them, and importing them is most of ``import fastnum.engine`` (a warm
@@ -132,73 +150,6 @@ def __getattr__(name):
 
 # ---------------------------------------------------------------------------- fast paths
 
-_BOOK_NAMES = ("W1", "b1", "W2", "b2")
-
-
-def _two_layer_names(stack, x, activation="sigmoid"):
-    """The stack's (W1, b1, W2, b2) names when it is the book's two-layer net (by default
-    the sigmoid one of chapter 4)."""
-    if x.ndim == 2 and tuple(spec[0] for spec in stack) == ("affine", activation, "affine"):
-        return (stack[0][1], stack[0][2], stack[2][1], stack[2][2])
-    return None
-
-
-def _two_layer_params(params, names):
-    """The two-layer kernel's parameter tuple from the stack's names."""
-    from fastnum.kernels import two_layer
-
-    return two_layer.as_params({k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)})
-
-
-def _two_layer_gradient(activation, code):
-    """A fast path through the book's two-layer kernel for one hidden activation."""
-
-    def gradient(stack, params, x, t, h, strategy):
-        names = _two_layer_names(stack, x, activation)
-        if names is None:
-            return None
-        from fastnum.kernels import two_layer
-
-        g = two_layer.numerical_gradient_trusted(
-            _two_layer_params(params, names), x, t, h, strategy, code
-        )
-        return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
-
-    return gradient
-
-
-def _two_layer_forward(stack, params, x, t, h):
-    """Forward differences on the book's two-layer kernel (its one-sided delta) for the
-    two-layer stacks it serves, else None."""
-    for activation, code in (("sigmoid", SIGMOID), ("relu", RELU)):
-        names = _two_layer_names(stack, x, activation)
-        if names is not None:
-            from fastnum.kernels import two_layer
-
-            g = two_layer.forward_gradient_trusted(_two_layer_params(params, names), x, t, h, code)
-            return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
-    return None
-
-
-def _dense_full_gradient(stack, params, x, t, h, strategy):
-    """The dense ``full`` kernel for affine (act affine)* stacks of one hidden activation."""
-    kinds = tuple(spec[0] for spec in stack)
-    hidden = set(kinds[1::2])
-    if not (
-        len(kinds) % 2 == 1
-        and set(kinds[0::2]) == {"affine"}
-        and len(hidden) == 1
-        and hidden <= set(ACTIVATION_CODES)
-    ):
-        return None
-    from fastnum.kernels import dense_full
-
-    specs = stack[0::2]
-    packed = pack_dense([params[s[1]] for s in specs], [params[s[2]] for s in specs])
-    g = dense_full.numerical_gradient_trusted(packed, x, t, h, ACTIVATION_CODES[hidden.pop()])
-    names = [nm for s in specs for nm in (s[1], s[2])]
-    return dict(zip(names, g, strict=True))
-
 
 class FastPath(NamedTuple):
     """A hand-written kernel that serves some stacks (at the book's guard, dense input)."""
@@ -214,9 +165,9 @@ class FastPath(NamedTuple):
 #: once per sample, which the engine's dense layer does not.  Sampled gradients take the
 #: two-layer kernel's whole gradient, which costs less than the engine's caches.
 FAST_PATHS = (
-    FastPath("two-layer sigmoid", ("full", "delta"), True, _two_layer_gradient("sigmoid", SIGMOID)),
-    FastPath("two-layer relu", ("delta",), True, _two_layer_gradient("relu", RELU)),
-    FastPath("dense full", ("full",), False, _dense_full_gradient),
+    FastPath("two-layer sigmoid", ("full", "delta"), True, two_layer_gradient("sigmoid", SIGMOID)),
+    FastPath("two-layer relu", ("delta",), True, two_layer_gradient("relu", RELU)),
+    FastPath("dense full", ("full",), False, dense_full_gradient),
 )
 
 
@@ -248,32 +199,6 @@ def _full(stack, params, x, t, h, log_guard, indices, masks):
     return {k: flat[k].reshape(params[k].shape) for k in names}
 
 
-def _layered_delta(plan, params, x, t, h, log_guard, indices, masks):
-    """The conv-block + dense delta kernel, after the memory guard."""
-    from fastnum._engine_delta import _delta_at
-    from fastnum._engine_memory import _check_delta_memory
-
-    _check_delta_memory(plan, params, x)
-    return _delta_at(plan, params, x, t, h, log_guard, indices)
-
-
-def _chapter6_delta(plan, params, x, t, h, log_guard, indices, masks):
-    # The kernel's whole gradient costs about as much as its cache: cells from it.
-    from fastnum._engine_delta import _norm_delta_at
-
-    whole = _norm_delta_at(plan, params, x, t, h, log_guard, masks)
-    if indices is None:
-        return whole
-    return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
-
-
-def _conv_stack_delta(plan, params, x, t, h, log_guard, indices, masks):
-    """The deep conv-stack delta kernel (it checks its own memory)."""
-    from fastnum import _conv_stack_plan
-
-    return _conv_stack_plan.delta_gradient(plan, params, x, t, h, log_guard, masks, indices)
-
-
 class DeltaKernel(NamedTuple):
     """A delta kernel: which stacks it covers and how it runs."""
 
@@ -282,51 +207,13 @@ class DeltaKernel(NamedTuple):
     run: Callable  # (plan, params, x, t, h, log_guard, indices, masks) -> gradients
 
 
-def _dense_relu_plan(stack, x):
-    """The stack itself when the corner-aware dense ReLU kernel covers it, else None."""
-    from fastnum.kernels import dense_relu
-
-    if not dense_relu.ENABLED or x.ndim != 2 or dense_relu.relu_stack_names(stack) is None:
-        return None
-    return stack
-
-
-def _dense_relu_delta(stack, params, x, t, h, log_guard, indices, masks):
-    """The corner-aware kernel's whole gradient (cells from it: it costs about as much as
-    its cache), or None when a loss is not finite (the next kernel then gives NaN)."""
-    from fastnum.kernels import dense_relu
-
-    whole = dense_relu.engine_gradient(stack, params, x, t, h, log_guard)
-    if whole is None or indices is None:
-        return whole
-    return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
-
-
-def _chapter6_plan(stack, x):
-    from fastnum._engine_delta import _is_chapter6, _norm_plan
-
-    return _norm_plan(stack, x) if _is_chapter6(stack) else None
-
-
-def _layered_plan(stack, x):
-    from fastnum._engine_delta import _delta_plan
-
-    return _delta_plan(stack)
-
-
-def _conv_stack_plan_of(stack, x):
-    from fastnum import _conv_stack_plan
-
-    return _conv_stack_plan.plan(stack)
-
-
 #: The delta kernels, tried in order: the first whose plan covers the stack and that
 #: returns a gradient runs (a kernel may decline a batch by returning None).
 DELTA_KERNELS = (
-    DeltaKernel("deep dense relu, corner-aware", _dense_relu_plan, _dense_relu_delta),
-    DeltaKernel("dense with batch norm / dropout", _chapter6_plan, _chapter6_delta),
-    DeltaKernel("conv block + dense", _layered_plan, _layered_delta),
-    DeltaKernel("deep conv stack + dense", _conv_stack_plan_of, _conv_stack_delta),
+    DeltaKernel("deep dense relu, corner-aware", dense_relu_plan, dense_relu_delta),
+    DeltaKernel("dense with batch norm / dropout", chapter6_plan, chapter6_delta),
+    DeltaKernel("conv block + dense", layered_plan, layered_delta),
+    DeltaKernel("deep conv stack + dense", conv_stack_plan, conv_stack_delta),
 )
 
 
@@ -415,11 +302,11 @@ def predict(stack, params, x, masks=None):
     -------
     ndarray, shape (N, K)
     """
-    names = _two_layer_names(stack, x)
+    names = two_layer_names(stack, x)
     if names is not None:  # the book's network keeps its own (already compiled) kernels
         from fastnum.kernels import two_layer
 
-        return two_layer.predict_trusted(_two_layer_params(params, names), x)
+        return two_layer.predict_trusted(two_layer_params(params, names), x)
     z = _logits(stack, params, x, masks)
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
@@ -448,11 +335,11 @@ def loss(stack, params, x, t, log_guard=BOOK_LOG_GUARD, masks=None, weight_decay
         return loss(stack, params, x, t, log_guard, masks) + _weight_decay_term(
             stack, params, weight_decay
         )
-    names = _two_layer_names(stack, x)
+    names = two_layer_names(stack, x)
     if names is not None and log_guard == BOOK_LOG_GUARD:
         from fastnum.kernels import two_layer
 
-        return two_layer.loss_trusted(_two_layer_params(params, names), x, t)
+        return two_layer.loss_trusted(two_layer_params(params, names), x, t)
     return float(_mean_loss(stack, params, x, t, log_guard, masks))
 
 
@@ -536,7 +423,7 @@ def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
     from fastnum._engine_memory import _check_delta_memory
 
     if log_guard == BOOK_LOG_GUARD:
-        fast = _two_layer_forward(stack, params, x, t, h)
+        fast = two_layer_forward(stack, params, x, t, h)
         if fast is not None:
             return fast
     plan = _delta_plan(stack)

@@ -3,7 +3,9 @@
 Every network, the gradient check, the registry and the benchmarks reach these
 kernels through :mod:`fastnum.engine`, the only dispatcher: it owns the layer
 table (``LAYER_KINDS``), the strategy table (``STRATEGIES``), the delta kernels
-(``DELTA_KERNELS``) and the fast paths (``FAST_PATHS``).  How fast each path is:
+(``DELTA_KERNELS``) and the fast paths (``FAST_PATHS``); the functions that the
+last two tables' rows name, which call each kernel, are in
+:mod:`fastnum._engine_paths`.  How fast each path is:
 the benchmark report, ``docs/benchmarks/report.md``.
 
 Map
@@ -90,10 +92,11 @@ a layer type
     ``conv_delta._pipeline_step``, a row in ``_engine_delta._ops_table``); a layer
     that mixes channels needs its own delta kernel (a module here) and a row in
     ``engine.DELTA_KERNELS`` (a plan function: which stacks it covers; a run
-    function).  Until then ``delta`` falls back to ``full`` for stacks with it
-    (the ``fallback`` column of ``engine.STRATEGIES``).  The gradient check
-    recognises the book's layers by their attributes (:mod:`fastnum.gradcheck._stack`):
-    a new kind needs one branch in ``_layer_spec`` there.
+    function; both in :mod:`fastnum._engine_paths`).  Until then ``delta`` falls back
+    to ``full`` for stacks with it (the ``fallback`` column of ``engine.STRATEGIES``).
+    The gradient check recognises the book's layers by their attributes
+    (:mod:`fastnum.gradcheck._stack`): a new kind needs one branch in ``_layer_spec``
+    there.
 a strategy
     One row in ``engine.STRATEGIES``: its gradient function (returns None for a
     stack it does not cover) and its fallback (None: such a stack is refused with
@@ -103,8 +106,9 @@ a strategy
     A fast path that also computes it lists it in its ``FAST_PATHS`` row.
 a faster kernel for some stacks
     A module here and a row in ``engine.FAST_PATHS`` (the strategies it computes,
-    whether it serves sampled gradients, a function that returns None for a stack it
-    does not cover), or a row in ``engine.DELTA_KERNELS`` for a delta kernel.
+    whether it serves sampled gradients, a function in :mod:`fastnum._engine_paths`
+    that returns None for a stack it does not cover), or a row in
+    ``engine.DELTA_KERNELS`` for a delta kernel.
 an operation or a benchmark
     One :class:`fastnum.registry.Operation` in ``registry.COMPARISONS`` (setup, the
     NumPy reference, the implementations through the engine or a public network, a
