@@ -191,21 +191,24 @@ def _weight_decay_term(stack, params, weight_decay):
     return term
 
 
-def _decay_differences(w, h, weight_decay):
-    """R(w + h) - R(w - h) of the term of each weight: the real values, then the difference."""
-    w_plus, w_minus = w + h, w - h
-    return 0.5 * weight_decay * (w_plus * w_plus) - 0.5 * weight_decay * (w_minus * w_minus)
+def _decay_differences(w, h, weight_decay, one_sided=False):
+    """R(w + h) - R(w - h) of the term of each weight (R(w + h) - R(w) when ``one_sided``):
+    the real values, then the difference."""
+    w_plus, w_other = w + h, (w if one_sided else w - h)
+    return 0.5 * weight_decay * (w_plus * w_plus) - 0.5 * weight_decay * (w_other * w_other)
 
 
-def _add_decay(grads, stack, params, h, weight_decay, indices=None):
-    """Add the weight-decay term's difference quotient to the gradients of the weights."""
+def _add_decay(grads, stack, params, h, weight_decay, indices=None, one_sided=False):
+    """Add the weight-decay term's difference quotient to the gradients of the weights
+    (forward differences when ``one_sided``)."""
     if not weight_decay:
         return grads
+    step = h if one_sided else 2.0 * h
     for name in _decay_names(stack):
         if name not in grads:
             continue
         w = params[name].reshape(-1) if indices is None else params[name].reshape(-1)[indices[name]]
-        diff = _decay_differences(w, h, weight_decay) / (2.0 * h)
+        diff = _decay_differences(w, h, weight_decay, one_sided) / step
         grads[name] = grads[name] + diff.reshape(grads[name].shape)
     return grads
 

@@ -387,14 +387,16 @@ def numerical_gradient(
     return _add_decay(grads, stack, params, h, weight_decay)
 
 
-def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
+def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD, weight_decay=0.0):
     """Forward-difference gradient ``(L(theta + h e_i) - L(theta)) / h`` over every parameter.
 
     The delta kernels with one-sided steps: the book's two-layer kernel for the two-layer
     stacks it serves (at the book's log guard), else the conv block + dense kernel
     (:mod:`fastnum.kernels.conv_delta`, :mod:`fastnum.kernels.dense_delta`).  Each pair of
     evaluations is theta + h e_i and theta itself, both real loss values evaluated the
-    same way.
+    same way.  ``weight_decay`` adds the decay term's own one-sided difference to each
+    weight's, ``(R(w + h) - R(w)) / h`` of the real term values, as :func:`numerical_gradient`
+    does for central differences.
 
     Parameters
     ----------
@@ -404,6 +406,8 @@ def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
     t : ndarray of int64
     h : float, default 1e-4
     log_guard : float, default 1e-7
+    weight_decay : float, default 0.0
+        The book's lambda: ``0.5 * lambda * sum(W**2)`` over the conv and affine weights.
 
     Returns
     -------
@@ -422,18 +426,17 @@ def forward_gradient(stack, params, x, t, h=H, log_guard=BOOK_LOG_GUARD):
     from fastnum._engine_delta import _delta_at, _delta_plan
     from fastnum._engine_memory import _check_delta_memory
 
-    if log_guard == BOOK_LOG_GUARD:
-        fast = two_layer_forward(stack, params, x, t, h)
-        if fast is not None:
-            return fast
-    plan = _delta_plan(stack)
-    if plan is None:
-        raise StrategyNotImplementedError(
-            "forward differences have a delta kernel for a first convolution block and "
-            "affine layers only; this stack has other layers"
-        )
-    _check_delta_memory(plan, params, x)
-    return _delta_at(plan, params, x, t, h, log_guard, None, one_sided=True)
+    grads = two_layer_forward(stack, params, x, t, h) if log_guard == BOOK_LOG_GUARD else None
+    if grads is None:
+        plan = _delta_plan(stack)
+        if plan is None:
+            raise StrategyNotImplementedError(
+                "forward differences have a delta kernel for a first convolution block and "
+                "affine layers only; this stack has other layers"
+            )
+        _check_delta_memory(plan, params, x)
+        grads = _delta_at(plan, params, x, t, h, log_guard, None, one_sided=True)
+    return _add_decay(grads, stack, params, h, weight_decay, one_sided=True)
 
 
 def numerical_gradient_at(

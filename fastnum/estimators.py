@@ -9,13 +9,16 @@ that must equal it, and the number of loss evaluations one estimate costs.
     coordinate: the networks' ``numerical_gradient`` (2 n evaluations).
 ``forward``
     One-sided differences (L(theta + h e_i) - L(theta)) / h: one evaluation per
-    coordinate plus one (DeepZero's coordinate-wise estimator).  On the
-    two-layer networks (sigmoid or relu hidden layer) the numba path is the
-    delta kernel of :mod:`fastnum.kernels.two_layer` with one-sided steps: a
-    step in ``W1[i, j]`` changes only hidden unit ``j`` of the samples whose
-    pixel ``i`` is non-zero, the other samples' terms cancel exactly.  Every
-    perturbed loss is a real evaluation (no Taylor expansion).  Other networks
-    run the same loop as the reference, on the network's compiled loss.
+    coordinate plus one (DeepZero's coordinate-wise estimator).  The numba path
+    is :func:`fastnum.engine.forward_gradient`, the delta kernels with one-sided
+    steps: on the two-layer networks (sigmoid or relu hidden layer) the book's
+    kernel, where a step in ``W1[i, j]`` changes only hidden unit ``j`` of the
+    samples whose pixel ``i`` is non-zero and the other samples' terms cancel
+    exactly; on deeper dense nets and a first convolution block the engine's.
+    Weight decay adds its own term's one-sided difference.  Every perturbed loss
+    is a real evaluation (no Taylor expansion).  Networks with batch norm, dropout
+    or several convolutions run the same loop as the reference, on the network's
+    compiled loss.
 ``spsa``
     ``mean_k (L(theta + h u_k) - L(theta - h u_k)) / 2h * u_k`` over K random
     directions ``u_k`` (Rademacher +-1 or standard Gaussian entries), drawn one
@@ -125,15 +128,17 @@ def _spsa_reference(loss, params, h, directions, distribution, seed):
 
 def _forward_compiled(net, x, t, h):
     """One-sided steps on the engine's delta kernels (the book's two-layer kernel, the conv
-    block + dense kernel), else (batch norm, dropout, weight decay) the loop on the
-    compiled loss."""
+    block + dense kernel; weight decay added term by term), else (batch norm, dropout,
+    deeper conv stacks) the loop on the compiled loss."""
     from fastnum import engine
 
     stack = getattr(net, "stack", None)
-    # The kernels' loss has no decay term: a net with weight decay takes the loop.
-    if stack is not None and not getattr(net, "weight_decay_lambda", 0):
+    if stack is not None:
+        decay = float(getattr(net, "weight_decay_lambda", 0.0) or 0.0)
         try:
-            return engine.forward_gradient(stack, _float_params(net), x, t, float(h))
+            return engine.forward_gradient(
+                stack, _float_params(net), x, t, float(h), weight_decay=decay
+            )
         except engine.StrategyNotImplementedError:
             pass
     return _forward_reference(_loss_of(net, x, t), _float_params(net), h)

@@ -211,13 +211,52 @@ def test_forward_at_relu_corners_equals_the_reference_loop(monkeypatch):
 
 
 def test_forward_keeps_the_loop_where_no_kernel_covers_the_net():
-    # Weight decay (and batch norm, dropout): the loop on the compiled loss, still equal.
+    # Batch norm and dropout: no delta kernel with one-sided steps, the loop on the
+    # compiled loss, still equal.
     x, t = _batch()
     make = lambda: MultiLayerNet(  # noqa: E731
-        9, [3, 3], 3, weight_init_std=0.8, seed=2, weight_decay_lambda=0.1, backend="numpy"
+        9, [3, 3], 3, weight_init_std=0.8, seed=2, use_batchnorm=True, backend="numpy"
     )
     ref_net, comp_net = make(), on_kernels(make())
     ref_g = estimate_gradient(ref_net, x, t, "forward")
+    comp_g = estimate_gradient(comp_net, x, t, "forward")
+    assert _max_diff(ref_g, comp_g) < 1e-9
+
+
+def _conv_net(weight_decay_lambda=0.0, **options):
+    """A small SimpleConvNet; the book's takes no weight decay, so it is set afterwards."""
+    from fastnum import SimpleConvNet
+
+    conv = {"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1}
+    net = SimpleConvNet((1, 6, 6), conv_param=conv, hidden_size=4, output_size=3, seed=0, **options)
+    net.weight_decay_lambda = weight_decay_lambda
+    return net
+
+
+WEIGHT_DECAY_NETS = {
+    "two-layer sigmoid": lambda **o: MultiLayerNet(9, [3], 3, "sigmoid", seed=2, **o),
+    "two-layer relu": lambda **o: MultiLayerNet(9, [3], 3, "relu", seed=2, **o),
+    "dense relu": lambda **o: MultiLayerNet(9, [3, 3], 3, "relu", seed=2, **o),
+    "conv": _conv_net,
+}
+
+
+@pytest.mark.parametrize("kind", WEIGHT_DECAY_NETS)
+def test_forward_with_weight_decay_runs_on_the_kernels(monkeypatch, kind):
+    # The decay term's one-sided difference, added per weight, equals the loop's
+    # difference of whole losses; and the decay is large enough here to matter.
+    x, t = _batch()
+    if kind == "conv":
+        x = np.random.default_rng(0).random((3, 1, 6, 6))
+        t = t[:3]
+    make = WEIGHT_DECAY_NETS[kind]
+    options = {"weight_init_std": 0.8, "backend": "numpy"}
+    ref_net = make(weight_decay_lambda=0.5, **options)
+    comp_net = on_kernels(make(weight_decay_lambda=0.5, **options))
+    no_decay = estimate_gradient(make(**options), x, t, "forward")
+    ref_g = estimate_gradient(ref_net, x, t, "forward")
+    assert _max_diff(ref_g, no_decay) > 0.1  # the decay term moves the weights' gradients
+    _must_not_loop(monkeypatch)
     comp_g = estimate_gradient(comp_net, x, t, "forward")
     assert _max_diff(ref_g, comp_g) < 1e-9
 
