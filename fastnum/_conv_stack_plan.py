@@ -21,6 +21,7 @@ from fastnum._engine_delta import _delta_plan, _finite_loss
 from fastnum._engine_layers import LAYER_KINDS, _mask_names
 from fastnum._jit import JIT_ENABLED, get_num_threads, run_tasks
 from fastnum.kernels import conv_stack as kern
+from fastnum.kernels import conv_stack_ops as table
 from fastnum.kernels._blocks import ACTIVATION_CODES
 from fastnum.layers import conv_output_size
 
@@ -56,29 +57,29 @@ def _geometry(stack, shapes, sample_shape):
     rows, sizes, mask_sizes = [], [C * H * W], []
     for spec in stack:
         kind = spec[0]
-        row = [0] * kern.N_COLS
-        row[kern.C_IN], row[kern.H_IN], row[kern.W_IN] = C, H, W
-        row[kern.STRIDE] = 1
+        row = [0] * table.N_COLS
+        row[table.C_IN], row[table.H_IN], row[table.W_IN] = C, H, W
+        row[table.STRIDE] = 1
         if kind == "conv":
             FN, _, FH, FW = shapes[spec[1]]
             stride, pad = spec[3], spec[4]
             C, H, W = FN, conv_output_size(H, FH, stride, pad), conv_output_size(W, FW, stride, pad)
-            row[kern.KIND], row[kern.KH], row[kern.KW] = kern.CONV, FH, FW
-            row[kern.STRIDE], row[kern.PAD] = stride, pad
+            row[table.KIND], row[table.KH], row[table.KW] = table.CONV, FH, FW
+            row[table.STRIDE], row[table.PAD] = stride, pad
         elif kind == "pool":
             _, ph, pw, stride, pad = spec
             H, W = conv_output_size(H, ph, stride, pad), conv_output_size(W, pw, stride, pad)
-            row[kern.KIND], row[kern.KH], row[kern.KW] = kern.POOL, ph, pw
-            row[kern.STRIDE], row[kern.PAD] = stride, pad
+            row[table.KIND], row[table.KH], row[table.KW] = table.POOL, ph, pw
+            row[table.STRIDE], row[table.PAD] = stride, pad
         elif kind == "affine":
             C, H, W = shapes[spec[1]][1], 1, 1
-            row[kern.KIND] = kern.AFFINE
+            row[table.KIND] = table.AFFINE
         elif kind == "dropout":
-            row[kern.KIND] = kern.DROPOUT
+            row[table.KIND] = table.DROPOUT
             mask_sizes.append(C * H * W)
         else:
-            row[kern.KIND], row[kern.CODE] = kern.ACT, ACTIVATION_CODES[kind]
-        row[kern.C_OUT], row[kern.H_OUT], row[kern.W_OUT] = C, H, W
+            row[table.KIND], row[table.CODE] = table.ACT, ACTIVATION_CODES[kind]
+        row[table.C_OUT], row[table.H_OUT], row[table.W_OUT] = C, H, W
         rows.append(row)
         sizes.append(C * H * W)
     return rows, sizes, mask_sizes
@@ -146,7 +147,7 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
     _check_memory(splan, shapes, x)
     rows, sizes, _ = _geometry(stack, shapes, x.shape[1:])
     st_off = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-    shapes_in = [(r[kern.C_IN], r[kern.H_IN], r[kern.W_IN]) for r in rows]
+    shapes_in = [(r[table.C_IN], r[table.H_IN], r[table.W_IN]) for r in rows]
 
     # The unperturbed pass on the engine's batch kernels, every stage kept channels-last.
     S = np.empty((n, int(st_off[-1])))
@@ -164,9 +165,9 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
         layer = LAYER_KINDS[spec[0]]
         a = layer.forward(spec, inputs, a, shape)
         shape = layer.out_shape(spec, inputs, shape)
-        out_shape = (rows[k][kern.C_OUT], rows[k][kern.H_OUT], rows[k][kern.W_OUT])
+        out_shape = (rows[k][table.C_OUT], rows[k][table.H_OUT], rows[k][table.W_OUT])
         S[:, st_off[k + 1] : st_off[k + 2]] = _channels_last(a, out_shape)
-        rows[k][kern.IN_OFF], rows[k][kern.OUT_OFF] = st_off[k], st_off[k + 1]
+        rows[k][table.IN_OFF], rows[k][table.OUT_OFF] = st_off[k], st_off[k + 1]
         if spec[0] == "conv":
             packed_w.append(params[spec[1]].transpose(1, 2, 3, 0).ravel())
         elif spec[0] == "affine":
@@ -177,12 +178,12 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
         elif spec[0] == "dropout":
             mask = np.asarray(masks[spec[1]], dtype=np.float64).reshape(n, -1)
             mask_rows.append(_channels_last(mask, shapes_in[k]))
-            rows[k][kern.M_OFF] = m_off
+            rows[k][table.M_OFF] = m_off
             m_off += mask_rows[-1].shape[1]
         if spec[0] in ("conv", "affine"):
-            rows[k][kern.W_OFF] = w_off
+            rows[k][table.W_OFF] = w_off
             w_off += packed_w[-1].size
-    ops = np.array(rows, dtype=np.int64).reshape(len(rows), kern.N_COLS)
+    ops = np.array(rows, dtype=np.int64).reshape(len(rows), table.N_COLS)
     wp = np.ascontiguousarray(np.concatenate(packed_w))
     mk = np.ascontiguousarray(np.concatenate(mask_rows, axis=1) if mask_rows else np.zeros((n, 1)))
 
@@ -197,7 +198,7 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
     sums = np.zeros(len(jobs))
     lin_a = _linear_stretch(stack)
     if lin_a >= 0 and len(jobs) and jobs[:, 0].min() < lin_a:
-        M = rows[lin_a + 3][kern.C_OUT]
+        M = rows[lin_a + 3][table.C_OUT]
         J = np.empty((n, sizes[lin_a] * M))
         kern._linear_tail_cache(S, wp, ops, lin_a, J)
         Wc = params[stack[lin_a][1]]
@@ -205,7 +206,7 @@ def delta_gradient(splan, params, x, t, h, log_guard, masks, indices=None):
     else:
         lin_a, J, n1 = -1, np.zeros((1, 1)), np.zeros(1)
     if len(jobs):
-        max_pos = max(r[kern.H_OUT] * r[kern.W_OUT] for r in rows)
+        max_pos = max(r[table.H_OUT] * r[table.W_OUT] for r in rows)
         max_pos = max(max_pos, sizes[0])
         run_tasks(
             kern._stack_delta_task,
@@ -267,13 +268,13 @@ def memory(splan, shapes, sample_shape, threads):
     per_sample = 8 * total + 8 * sum(mask_sizes) + 16 * max(sizes)
     a = _linear_stretch(splan.stack)
     if a >= 0:  # the linear stretch's matrix
-        per_sample += 8 * sizes[a] * rows[a + 3][kern.C_OUT]
+        per_sample += 8 * sizes[a] * rows[a + 3][table.C_OUT]
     n_params = sum(
         int(np.prod(shapes[spec[k]]))
         for spec in splan.stack
         if spec[0] in ("conv", "affine")
         for k in (1, 2)
     )
-    max_pos = max([r[kern.H_OUT] * r[kern.W_OUT] for r in rows] + [sizes[0]])
+    max_pos = max([r[table.H_OUT] * r[table.W_OUT] for r in rows] + [sizes[0]])
     task = 16 * total + 8 * (len(rows) + 1) * max_pos + max_pos
     return per_sample, 48 * n_params + threads * task

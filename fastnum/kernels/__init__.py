@@ -35,7 +35,10 @@ module                job                                         used by
                       convolutions, poolings, dropout; the        by ``_conv_stack_plan``
                       book's chapter 8 net): every stage cached,
                       a perturbed channel's change pushed
-                      through the later layers
+                      through the later layers; the linear
+                      shortcut of ``conv relu pool affine``
+``conv_stack_ops``    its ops table (kinds, named columns) and    ``conv_stack``,
+                      each op's step on a change                  ``_conv_stack_plan``
 ``normalization``     chapter 6: batch norm and dropout forward,  ``engine`` (``LAYER_KINDS``
                       and the delta of dense stacks with them     rows, ``DELTA_KERNELS``)
 ``two_layer``         the book's two-layer net, hand-written      ``engine.FAST_PATHS`` and
