@@ -83,6 +83,19 @@ def _conv(strategies):
     _run(net, x.reshape(2, 1, 6, 6), t, strategies)
 
 
+def _deepconv(strategies):
+    from fastnum.deepconv import DeepConvNet
+
+    # Six convolutions of two filters on 12 x 12 images (12 -> 12 -> 6 -> 8 -> 4 -> 2 with
+    # the book's pads): the deep conv-stack kernels, its dropout masks included.
+    convs = [{"filter_num": 2} for _ in range(6)]
+    net = DeepConvNet(
+        (1, 12, 12), *convs, hidden_size=4, output_size=N_CLASSES, seed=0, backend="numba"
+    )
+    x, t = _batch(144)
+    _run(net, x.reshape(2, 1, 12, 12), t, strategies)
+
+
 class Network(NamedTuple):
     """One entry of :data:`NETWORKS`: what it covers and how to run it."""
 
@@ -96,6 +109,7 @@ NETWORKS = {
     "multilayer": Network("MultiLayerNet, sigmoid and relu", _multilayer),
     "chapter6": Network("MultiLayerNet with batch norm, dropout, weight decay", _chapter6),
     "conv": Network("SimpleConvNet, chapter 7", _conv),
+    "deepconv": Network("DeepConvNet, chapter 8", _deepconv),
 }
 
 
