@@ -86,9 +86,9 @@ def _conv(strategies):
 def _deepconv(strategies):
     from fastnum.deepconv import DeepConvNet
 
-    # Six convolutions of two filters on 12 x 12 images (12 -> 12 -> 6 -> 8 -> 4 -> 2 with
+    # Six convolutions of one filter on 12 x 12 images (12 -> 12 -> 6 -> 8 -> 4 -> 2 with
     # the book's pads): the deep conv-stack kernels, its dropout masks included.
-    convs = [{"filter_num": 2} for _ in range(6)]
+    convs = [{"filter_num": 1} for _ in range(6)]
     net = DeepConvNet(
         (1, 12, 12), *convs, hidden_size=4, output_size=N_CLASSES, seed=0, backend="numba"
     )

@@ -17,7 +17,7 @@ would otherwise each compile on their first task.  The cache is $NUMBA_CACHE_DIR
 when set, else numba's default (__pycache__ next to fastnum's sources).
 
 examples:
-  fastnum warmup                        every network (about a minute on 2 cores)
+  fastnum warmup                        every network (about 40 s on 2 cores)
   fastnum warmup --net two_layer,conv   only the book's chapter 4 and 7 networks
 """
 
