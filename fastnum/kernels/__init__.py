@@ -30,7 +30,8 @@ module                job                                         used by
 ``dense_relu``        delta of dense ReLU stacks of two or more   ``engine`` delta (first
                       hidden layers: cached logits plus a         row of ``DELTA_KERNELS``)
                       Jacobian column where no corner can be
-                      crossed, the exact layers elsewhere
+                      crossed, the exact layers elsewhere (its
+                      task kernels in ``dense_relu_tasks``)
 ``conv_stack``        delta of deep convolution stacks (several   ``engine`` delta, planned
                       convolutions, poolings, dropout; the        by ``_conv_stack_plan``
                       book's chapter 8 net): every stage cached,
