@@ -112,7 +112,10 @@ a faster kernel for some stacks
     A module here and a row in ``engine.FAST_PATHS`` (the strategies it computes,
     whether it serves sampled gradients, a function in :mod:`fastnum._engine_paths`
     that returns None for a stack it does not cover), or a row in
-    ``engine.DELTA_KERNELS`` for a delta kernel.
+    ``engine.DELTA_KERNELS`` for a delta kernel.  Any new kernel must be reached by a
+    network of ``fastnum.warmup.NETWORKS`` (what ``fastnum warmup`` compiles); the slow
+    test ``tests/test_warmup.py::test_warmup_compiles_every_kernel`` names any that is
+    not.
 an operation or a benchmark
     One :class:`fastnum.registry.Operation` in ``registry.COMPARISONS`` (setup, the
     NumPy reference, the implementations through the engine or a public network, a
