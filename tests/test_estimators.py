@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fastnum import _engine_paths, estimators
+from fastnum.constants import H
 from fastnum.estimators import ESTIMATORS, estimate_gradient, loss_evaluations
 from fastnum.multilayer import MultiLayerNet
 from fastnum.network import TwoLayerNet
@@ -302,6 +303,9 @@ FORWARD_CORPUS_KINDS = (
 #: Weight scales of the corpus, by seed: the book's default 0.01, small, the order of He's,
 #: large, and large enough that logits reach the hundreds (the kernels' overflow-safe paths).
 FORWARD_CORPUS_STDS = (0.01, 0.05, 0.8, 4.0, 30.0)
+#: Weight decay by seed (the book's TwoLayerNet has none): off, the book's chapter 6 value,
+#: off, and strong enough to dominate the weights' gradients.
+FORWARD_CORPUS_DECAYS = (0.0, 0.1, 0.0, 1.0)
 
 
 def _corpus_case(kind, seed, n):
@@ -311,6 +315,7 @@ def _corpus_case(kind, seed, n):
     on their corners and a step of +h crosses them.
     """
     std = FORWARD_CORPUS_STDS[seed % len(FORWARD_CORPUS_STDS)]
+    decay = FORWARD_CORPUS_DECAYS[seed % len(FORWARD_CORPUS_DECAYS)]
 
     def make():
         if kind == "two-layer sigmoid":
@@ -320,12 +325,12 @@ def _corpus_case(kind, seed, n):
 
             conv = {"filter_num": 2, "filter_size": 3, "pad": 1, "stride": 1}
             net = SimpleConvNet((1, 6, 6), conv, 4, 3, weight_init_std=std, seed=seed)
-            net.backend = "numpy"
+            net.backend, net.weight_decay_lambda = "numpy", decay  # the book's has no option
             return net
         hidden = [4] if kind.startswith("two-layer") else [4, 3]
         activation = kind.split()[1]
         return MultiLayerNet(
-            9, hidden, 3, activation=activation, weight_init_std=std, seed=seed, backend="numpy"
+            9, hidden, 3, activation, std, seed, backend="numpy", weight_decay_lambda=decay
         )
 
     ref_net, comp_net = make(), on_kernels(make())
@@ -346,7 +351,8 @@ def _corpus_case(kind, seed, n):
 @pytest.mark.parametrize("kind", FORWARD_CORPUS_KINDS)
 def test_forward_kernels_equal_the_reference_loop_over_a_corpus(monkeypatch, kind):
     # 8 seeds x 3 batch sizes per kind: the one-sided delta kernels against the loop of real
-    # loss values, with weights from tiny to huge and ReLU units on their corners.
+    # loss values, with weights from tiny to huge, ReLU units on their corners and (but for
+    # the book's TwoLayerNet) weight decay on half the seeds.
     cases = [_corpus_case(kind, seed, n) for seed in range(8) for n in (1, 4, 17)]
     refs = [estimate_gradient(ref_net, x, t, "forward") for ref_net, _, x, t in cases]
     corners_crossed = central_caught = 0
@@ -354,13 +360,21 @@ def test_forward_kernels_equal_the_reference_loop_over_a_corpus(monkeypatch, kin
         central = estimate_gradient(ref_net, x, t, "numerical")
         corners_crossed += _max_diff(ref_g, central) > 1e-3
         central_caught += _max_diff(ref_g, central) > 1e-9
-    _must_not_loop(monkeypatch)
-    errors = [
-        _max_diff(ref_g, estimate_gradient(comp_net, x, t, "forward"))
-        for (_, comp_net, x, t), ref_g in zip(cases, refs, strict=True)
+    # The loop differences two rounded batch losses, so its own error is about eps * |L| / h:
+    # negligible for the data term, but a strong decay on large weights makes L reach the
+    # thousands (seed 3: lambda 1, std 4), where the kernels' per-weight decay difference is
+    # the exact one and the loop's is off by ~1e-9.  Tolerance: 1e-9 plus that rounding.
+    tolerances = [
+        1e-9 + 8 * np.finfo(float).eps * abs(ref_net.loss(x, t)) / H for ref_net, _, x, t in cases
     ]
-    worst = int(np.argmax(errors))
-    assert errors[worst] < 1e-9, f"case {worst} (seed {worst // 3}) differs by {errors[worst]:.3g}"
+    _must_not_loop(monkeypatch)
+    excess = [
+        _max_diff(ref_g, estimate_gradient(comp_net, x, t, "forward")) / tol
+        for (_, comp_net, x, t), ref_g, tol in zip(cases, refs, tolerances, strict=True)
+    ]
+    worst = int(np.argmax(excess))
+    assert excess[worst] < 1.0, f"case {worst} (seed {worst // 3}) at {excess[worst]:.3g} x tol"
+    assert sum(tol > 2e-9 for tol in tolerances) <= len(cases) // 4  # mostly 1e-9 itself
     # A subtly wrong kernel, one that took central steps, would fail most cases (all but
     # those whose curvature is too small to show at the book's tiny weights).
     assert central_caught > len(cases) // 2, f"{central_caught} of {len(cases)}"
