@@ -14,8 +14,6 @@ from fastnum.kernels._blocks import ACTIVATION_CODES, RELU, SIGMOID, pack_dense
 
 # ---------------------------------------------------------------------------- fast paths
 
-_BOOK_NAMES = ("W1", "b1", "W2", "b2")
-
 
 def two_layer_names(stack, x, activation="sigmoid"):
     """The stack's (W1, b1, W2, b2) names when it is the book's two-layer net (by default
@@ -29,7 +27,15 @@ def two_layer_params(params, names):
     """The two-layer kernel's parameter tuple from the stack's names."""
     from fastnum.kernels import two_layer
 
-    return two_layer.as_params({k: params[nm] for k, nm in zip(_BOOK_NAMES, names, strict=True)})
+    book = zip(two_layer.PARAM_NAMES, names, strict=True)
+    return two_layer.as_params({k: params[nm] for k, nm in book})
+
+
+def _by_stack_names(grads, names):
+    """The two-layer kernel's {W1, b1, W2, b2} gradients under the stack's own names."""
+    from fastnum.kernels import two_layer
+
+    return {nm: grads[k] for nm, k in zip(names, two_layer.PARAM_NAMES, strict=True)}
 
 
 def two_layer_gradient(activation, code):
@@ -44,7 +50,7 @@ def two_layer_gradient(activation, code):
         g = two_layer.numerical_gradient_trusted(
             two_layer_params(params, names), x, t, h, strategy, code
         )
-        return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
+        return _by_stack_names(g, names)
 
     return gradient
 
@@ -58,7 +64,7 @@ def two_layer_forward(stack, params, x, t, h):
             from fastnum.kernels import two_layer
 
             g = two_layer.forward_gradient_trusted(two_layer_params(params, names), x, t, h, code)
-            return {nm: g[k] for nm, k in zip(names, _BOOK_NAMES, strict=True)}
+            return _by_stack_names(g, names)
     return None
 
 
