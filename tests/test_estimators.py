@@ -262,6 +262,18 @@ def test_forward_with_weight_decay_runs_on_the_kernels(monkeypatch, kind):
     assert _max_diff(ref_g, comp_g) < 1e-9
 
 
+@pytest.mark.parametrize("kind", WEIGHT_DECAY_NETS)
+def test_forward_on_the_kernels_leaves_the_parameters_untouched(kind):
+    # The kernels get the network's own arrays (no copy per step): they must only read them.
+    x, t = _batch()
+    if kind == "conv":
+        x, t = np.random.default_rng(0).random((3, 1, 6, 6)), t[:3]
+    net = on_kernels(WEIGHT_DECAY_NETS[kind](weight_init_std=0.8, weight_decay_lambda=0.1))
+    before = {k: v.copy() for k, v in net.params.items()}
+    estimate_gradient(net, x, t, "forward")
+    assert all(np.array_equal(before[k], net.params[k]) for k in before)
+
+
 def test_engine_refuses_forward_differences_on_a_stack_it_does_not_cover():
     from fastnum import engine
 
