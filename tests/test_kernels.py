@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastnum import backend, constants, engine, reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
-from fastnum.kernels import _blocks, losses, two_layer, two_layer_delta
+from fastnum.kernels import _blocks, dense_relu_tasks, losses, two_layer, two_layer_delta
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog, flog_guarded
 from fastnum.network import TwoLayerNet
 from fastnum.registry import COMPARISONS, make_problem, max_errors, numba_impl
@@ -200,6 +200,35 @@ def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
     assert np.array_equal(comp_keys, np.sort(keys))
     assert sorted(comp_items.tolist()) == items.tolist()  # a permutation ...
     assert np.array_equal(keys[comp_items], comp_keys)  # ... that moved with its key
+
+
+@given(
+    st.lists(
+        st.sampled_from([0.0, 0.1, 0.5, 1.0, 3.0, np.inf, np.nan]) | st.floats(0, 1),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_stable_argsort_is_numpys_mergesort_permutation(keys):
+    # The dense ReLU grouping's own sort (it replaced np.argsort to cut the cold
+    # compile): ties keep index order and NaN goes last, as NumPy's stable sort does.
+    keys = np.array(keys)
+    ref_order = np.argsort(keys, kind="mergesort")
+    padded = np.concatenate([keys, [-1.0, 2.0]])  # keys past m must be ignored
+    comp_order = np.full(len(padded), -1, dtype=np.int64)
+    spare = np.empty(len(padded), dtype=np.int64)
+    dense_relu_tasks._stable_argsort(padded, len(keys), comp_order, spare)
+    assert np.array_equal(comp_order[: len(keys)], ref_order)
+    assert np.all(comp_order[len(keys) :] == -1)
+
+
+@pytest.mark.parametrize("shape, dtype", [((5,), np.float64), ((3, 4), np.int64), (7, np.int8)])
+def test_zeroed_clears_every_element_of_a_work_array(shape, dtype):
+    garbage = np.full(shape, 7, dtype=dtype)
+    comp_ = _blocks._zeroed(garbage)
+    assert comp_ is garbage or np.shares_memory(comp_, garbage)
+    assert comp_.shape == np.empty(shape).shape and comp_.dtype == dtype
+    assert not comp_.any()
 
 
 def test_fused_softmax_cross_entropy_is_stable_and_label_agnostic():

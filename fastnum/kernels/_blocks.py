@@ -93,6 +93,17 @@ def _ordered_sum(v):
     return total
 
 
+@njit
+def _zeroed(a):
+    """``a`` (a new C-contiguous array of any rank) with every element set to 0."""
+    # Kernels allocate work arrays with np.empty and zero them here: np.zeros inside a
+    # kernel compiles three numba overloads for each dtype and rank, this one loop.
+    flat = a.reshape(a.size)
+    for i in range(a.size):
+        flat[i] = 0
+    return a
+
+
 # ------------------------------------------------------------------------------ Python side
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import njit
-from fastnum.kernels._blocks import POOL, _act
+from fastnum.kernels._blocks import POOL, _act, _zeroed
 from fastnum.kernels.layered import (
     OP_H,
     OP_KIND,
@@ -298,12 +298,12 @@ def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_s
     dirty = np.empty((n_stages, biggest), dtype=np.int64)
     d_row = np.empty((n_stages, biggest), dtype=np.int64)
     d_col = np.empty((n_stages, biggest), dtype=np.int64)
-    n_dirty = np.zeros(n_stages, dtype=np.int64)
-    mark = np.zeros(biggest, dtype=np.int8)
-    lo_h = np.zeros((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64)
-    hi_h = np.zeros_like(lo_h)
-    lo_w = np.zeros((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64)
-    hi_w = np.zeros_like(lo_w)
+    n_dirty = _zeroed(np.empty(n_stages, dtype=np.int64))
+    mark = _zeroed(np.empty(biggest, dtype=np.int8))
+    lo_h = _zeroed(np.empty((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64))
+    hi_h = _zeroed(np.empty(lo_h.shape, dtype=np.int64))
+    lo_w = _zeroed(np.empty((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64))
+    hi_w = _zeroed(np.empty(lo_w.shape, dtype=np.int64))
     _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
     tpos = np.empty(size, dtype=np.int64)
     trow = np.empty(size, dtype=np.int64)
@@ -311,7 +311,7 @@ def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_s
     tval = np.empty(size)
     moved_idx = np.empty((2, fsize), dtype=np.int64)
     moved_d = np.empty((2, fsize))
-    n_moved = np.zeros(2, dtype=np.int64)
+    n_moved = _zeroed(np.empty(2, dtype=np.int64))
     z1 = np.empty((width, 2))
     z2 = np.empty((width, 2))
     zacc = np.empty(d1)
@@ -319,7 +319,7 @@ def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_s
     mx = np.empty(2)
     sm = np.empty(2)
     res = np.empty(2)
-    acc = np.zeros(sel.shape[0])
+    acc = _zeroed(np.empty(sel.shape[0]))
     for f in range(task, FN, n_tasks):
         if grp_ptr[f + 1] == grp_ptr[f]:
             continue

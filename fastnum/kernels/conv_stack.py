@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastnum._jit import njit, run_tasks
+from fastnum.kernels._blocks import _zeroed
 from fastnum.kernels.conv_stack_ops import (
     AFFINE,
     C_IN,
@@ -374,12 +375,12 @@ def _stack_delta_task(task, n_tasks, jobs, S, mk, wp, ops, t, h, guard, max_pos,
     by side by fastnum.engine._run_tasks).
     """
     n_ops = ops.shape[0]
-    D = np.zeros((2, S.shape[1]))
-    pos = np.zeros((n_ops + 1, max_pos), dtype=np.int64)
-    npos = np.zeros(n_ops + 1, dtype=np.int64)
-    clo = np.zeros(n_ops + 1, dtype=np.int64)
-    chi = np.zeros(n_ops + 1, dtype=np.int64)
-    mark = np.zeros(max_pos, dtype=np.int8)
+    D = _zeroed(np.empty((2, S.shape[1])))
+    pos = _zeroed(np.empty((n_ops + 1, max_pos), dtype=np.int64))
+    npos = _zeroed(np.empty(n_ops + 1, dtype=np.int64))
+    clo = _zeroed(np.empty(n_ops + 1, dtype=np.int64))
+    chi = _zeroed(np.empty(n_ops + 1, dtype=np.int64))
+    mark = _zeroed(np.empty(max_pos, dtype=np.int8))
     K = ops[n_ops - 1, C_OUT]
     z = np.empty((K, 2))
     mx = np.empty(2)
