@@ -222,13 +222,16 @@ def test_stable_argsort_is_numpys_mergesort_permutation(keys):
     assert np.all(comp_order[len(keys) :] == -1)
 
 
-@pytest.mark.parametrize("shape, dtype", [((5,), np.float64), ((3, 4), np.int64), (7, np.int8)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((5,), np.float64), ((7,), np.int8), ((3, 4), np.int64), ((2, 3), np.float64)]
+)
 def test_zeroed_clears_every_element_of_a_work_array(shape, dtype):
     garbage = np.full(shape, 7, dtype=dtype)
-    comp_ = _blocks._zeroed(garbage)
-    assert comp_ is garbage or np.shares_memory(comp_, garbage)
-    assert comp_.shape == np.empty(shape).shape and comp_.dtype == dtype
-    assert not comp_.any()
+    zeroed = _blocks._zeroed if len(shape) == 1 else _blocks._zeroed_2d
+    comp_ = zeroed(garbage)
+    assert np.shares_memory(comp_, garbage)  # in place, as the kernels use it
+    assert comp_.shape == shape and comp_.dtype == dtype
+    assert not garbage.any()
 
 
 def test_fused_softmax_cross_entropy_is_stable_and_label_agnostic():

@@ -95,12 +95,21 @@ def _ordered_sum(v):
 
 @njit
 def _zeroed(a):
-    """``a`` (a new C-contiguous array of any rank) with every element set to 0."""
+    """The new 1-D work array ``a``, every element set to 0."""
     # Kernels allocate work arrays with np.empty and zero them here: np.zeros inside a
-    # kernel compiles three numba overloads for each dtype and rank, this one loop.
-    flat = a.reshape(a.size)
-    for i in range(a.size):
-        flat[i] = 0
+    # kernel compiles three numba overloads for each dtype and rank; these loops compile
+    # in a fraction of that (a rank-generic version's reshape doubled it).
+    for i in range(a.shape[0]):
+        a[i] = 0
+    return a
+
+
+@njit
+def _zeroed_2d(a):
+    """The new 2-D work array ``a``, every element set to 0."""
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[i, j] = 0
     return a
 
 

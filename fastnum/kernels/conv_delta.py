@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import njit
-from fastnum.kernels._blocks import POOL, _act, _zeroed
+from fastnum.kernels._blocks import POOL, _act, _zeroed, _zeroed_2d
 from fastnum.kernels.layered import (
     OP_H,
     OP_KIND,
@@ -300,10 +300,10 @@ def _conv_delta_task(task, n_tasks, image, block, tail, ev, chosen, width, out_s
     d_col = np.empty((n_stages, biggest), dtype=np.int64)
     n_dirty = _zeroed(np.empty(n_stages, dtype=np.int64))
     mark = _zeroed(np.empty(biggest, dtype=np.int8))
-    lo_h = _zeroed(np.empty((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64))
-    hi_h = _zeroed(np.empty(lo_h.shape, dtype=np.int64))
-    lo_w = _zeroed(np.empty((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64))
-    hi_w = _zeroed(np.empty(lo_w.shape, dtype=np.int64))
+    lo_h = _zeroed_2d(np.empty((max(n_stages - 1, 1), max(H, OH)), dtype=np.int64))
+    hi_h = _zeroed_2d(np.empty(lo_h.shape, dtype=np.int64))
+    lo_w = _zeroed_2d(np.empty((max(n_stages - 1, 1), max(W, OW)), dtype=np.int64))
+    hi_w = _zeroed_2d(np.empty(lo_w.shape, dtype=np.int64))
     _window_tables(ops, lo_h, hi_h, lo_w, hi_w)
     tpos = np.empty(size, dtype=np.int64)
     trow = np.empty(size, dtype=np.int64)

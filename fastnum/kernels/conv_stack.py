@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastnum._jit import njit, run_tasks
-from fastnum.kernels._blocks import _zeroed
+from fastnum.kernels._blocks import _zeroed, _zeroed_2d
 from fastnum.kernels.conv_stack_ops import (
     AFFINE,
     C_IN,
@@ -375,8 +375,8 @@ def _stack_delta_task(task, n_tasks, jobs, S, mk, wp, ops, t, h, guard, max_pos,
     by side by fastnum.engine._run_tasks).
     """
     n_ops = ops.shape[0]
-    D = _zeroed(np.empty((2, S.shape[1])))
-    pos = _zeroed(np.empty((n_ops + 1, max_pos), dtype=np.int64))
+    D = _zeroed_2d(np.empty((2, S.shape[1])))
+    pos = _zeroed_2d(np.empty((n_ops + 1, max_pos), dtype=np.int64))
     npos = _zeroed(np.empty(n_ops + 1, dtype=np.int64))
     clo = _zeroed(np.empty(n_ops + 1, dtype=np.int64))
     chi = _zeroed(np.empty(n_ops + 1, dtype=np.int64))

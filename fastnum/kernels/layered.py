@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnum._jit import njit, run_tasks
-from fastnum.kernels._blocks import NONE, POOL, _act, _affine_into, _zeroed
+from fastnum.kernels._blocks import NONE, POOL, _act, _affine_into, _zeroed_2d
 from fastnum.kernels.losses import column_losses
 
 # Columns of a row of the conv pipeline's ops table (one row per activation or pooling
@@ -174,7 +174,7 @@ def _conv_rows(task, n_tasks, x, C, H, W, Wcl, b, stride, pad, OH, OW, out):
     FN = Wcl.shape[3]
     size = OH * OW
     for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
-        acc = _zeroed(np.empty((size, FN)))
+        acc = _zeroed_2d(np.empty((size, FN)))
         xs = x[n]
         for c in range(C):
             for i in range(H):
