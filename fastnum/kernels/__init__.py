@@ -15,9 +15,11 @@ module                job                                         used by
 ====================  ==========================================  ============================
 ``_blocks``           the shared building blocks: one op-code     every module below
                       table (activations and pipeline steps),
-                      ``_act``, the affine loop, the ordered sum;
-                      non-zero lists, task counts, dense packing
-                      and offsets (Python side)
+                      ``_act``, the affine loop, the ordered
+                      sum, the zeroing of work arrays (kernels
+                      never call ``np.zeros``: it compiles
+                      slowly); non-zero lists, task counts,
+                      dense packing and offsets (Python side)
 ``layered``           a layer stack's batch forward (conv, pool,  ``engine``: ``predict``,
                       activation, affine), the delta cache, and   ``loss``, ``full``, the
                       ``_propagate`` (re-evaluate the dense tail  delta caches

@@ -4,8 +4,9 @@ One home for what the layered engine (:mod:`~fastnum.kernels.layered`), the chap
 kernels (:mod:`~fastnum.kernels.normalization`), the book's two-layer kernel
 (:mod:`~fastnum.kernels.two_layer`) and the dense ``full`` kernel
 (:mod:`~fastnum.kernels.dense_full`) would otherwise each write: the op codes they
-dispatch on, :func:`_act`, :func:`_affine_into`, the ordered sum, and on the Python
-side the non-zero lists, the task count and the dense packing with its offsets.
+dispatch on, :func:`_act`, :func:`_affine_into`, the ordered sum, the zeroing of work
+arrays, and on the Python side the non-zero lists, the task count and the dense packing
+with its offsets.
 
 Dense layout
 ------------
