@@ -21,10 +21,10 @@ from fastnum._validate import (
     check_positive,
     check_step,
 )
+from fastnum.activations import ACTIVATIONS as _ACTIVATION_TABLE
+from fastnum.activations import WEIGHT_INITS, check_weight_init_std
 from fastnum.backend import BACKENDS, DEFAULT_STRATEGY, check_strategy
 from fastnum.estimators import DISTRIBUTIONS, ESTIMATORS, check_estimator_options
-from fastnum.multilayer import ACTIVATIONS as _ACTIVATION_TABLE
-from fastnum.multilayer import WEIGHT_INITS, check_weight_init_std
 from fastnum.optimizers import OPTIMIZERS, make_optimizer
 from fastnum.train_nets import NETS as NET_KINDS
 

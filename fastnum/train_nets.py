@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from fastnum._validate import ParameterError, Setting
-from fastnum.multilayer import layer_init_std
+from fastnum.activations import layer_init_std
 
 __all__ = ["CHAPTER6_OPTIONS", "NETS", "NetKind", "build_net"]
 

@@ -15,8 +15,9 @@ import pytest
 
 from fastnum import reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
+from fastnum.activations import ACTIVATIONS
 from fastnum.backend import STRATEGIES
-from fastnum.multilayer import ACTIVATIONS, MultiLayerNet, ReferenceMultiLayerNet
+from fastnum.multilayer import MultiLayerNet, ReferenceMultiLayerNet
 from fastnum.network import TwoLayerNet
 from tests._backends import on_kernels
 from tests._stacks import max_abs_diff

@@ -84,7 +84,7 @@ Where a new piece goes
 an activation
     A name in ``_blocks.OP_NAMES`` (its code follows; no other code can collide)
     and a branch in ``_blocks._act``; a name -> code entry in
-    ``_blocks.ACTIVATION_CODES``; one row in :data:`fastnum.multilayer.ACTIVATIONS`
+    ``_blocks.ACTIVATION_CODES``; one row in :data:`fastnum.activations.ACTIVATIONS`
     (NumPy forward and backward); one ``LAYER_KINDS`` row in
     :mod:`fastnum._engine_layers` (like ``"relu"``).  Every kernel then computes it
     (forward, ``full``, both delta kernels, the conv pipeline).

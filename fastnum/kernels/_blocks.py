@@ -43,7 +43,7 @@ RELU = OP_CODES["relu"]
 SIGMOID = OP_CODES["sigmoid"]
 POOL = OP_CODES["pool"]
 #: Activation name -> code: the kernels' half of the one activation table (the NumPy half
-#: is :data:`fastnum.multilayer.ACTIVATIONS`, built from this).
+#: is :data:`fastnum.activations.ACTIVATIONS`, built from this).
 ACTIVATION_CODES = {"sigmoid": SIGMOID, "relu": RELU}
 
 # Tasks per thread for the parallel loops: a few per thread even out uneven rows
