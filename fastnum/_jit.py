@@ -1,13 +1,14 @@
 """The one place where numba is imported and its options are set.
 
-Everything else does ``from fastnum._jit import njit, prange``.  Without numba
-installed, ``njit`` returns the plain Python function and ``prange`` is
-``range``, so every kernel stays valid Python and the NumPy fallback is real.
+Everything else does ``from fastnum._jit import njit, run_tasks``.  Without numba
+installed, ``njit`` returns the plain Python function and :func:`run_tasks` runs the
+tasks one after another, so every kernel stays valid Python and the NumPy fallback is
+real.  No kernel is ``parallel=True``: each is a serial ``nogil`` task that
+:func:`run_tasks` spreads over a thread pool (they compile several times faster).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import threading
@@ -38,33 +39,6 @@ JIT_OPTIONS = {
     "error_model": "numpy",
     "no_cfunc_wrapper": True,
 }
-
-if HAVE_NUMBA:
-    prange = numba.prange
-else:  # pragma: no cover
-    prange = range
-
-
-#: Held by every launch of a parallel kernel from Python.  numba's "workqueue"
-#: threading layer (the one left where neither TBB nor OpenMP is installed) aborts
-#: the process when two threads launch parallel kernels at once, and nothing can
-#: catch that.  Every launch already uses all of numba's threads, so running them
-#: one after another costs no throughput, and one lock here covers every kernel on
-#: every threading layer.  Parallel kernels are launched from Python only (never
-#: from other jitted code), so every launch goes through the wrapper below.
-PARALLEL_LAUNCH_LOCK = threading.Lock()
-
-
-def _serialized(dispatcher):
-    """A Python function that launches ``dispatcher`` while holding the launch lock."""
-
-    @functools.wraps(dispatcher.py_func)
-    def launch(*args):
-        with PARALLEL_LAUNCH_LOCK:
-            return dispatcher(*args)
-
-    launch.dispatcher = dispatcher  # the numba dispatcher, for inspection
-    return launch
 
 
 def _plain_types(args, kws):
@@ -122,16 +96,14 @@ if HAVE_NUMBA:
             super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
 
 
-def njit(func=None, *, parallel: bool = False, cache: bool = True, noalias: bool = False):
+def njit(func=None, *, cache: bool = True, noalias: bool = False):
     """Compile ``func`` with the project's numba options (identity without numba).
 
     ``cache=False`` is for kernels that take other jitted functions as arguments,
-    which numba cannot cache on disk.  A ``parallel=True`` kernel is returned
-    wrapped so that launches from several Python threads take turns
-    (:data:`PARALLEL_LAUNCH_LOCK`); call it from Python, not from jitted code.
-    ``noalias=True`` promises that no array the kernel writes shares memory with
-    another of its array arguments (outputs allocated by the caller, as the public
-    API does), so that its loops vectorize; a broken promise gives wrong results.
+    which numba cannot cache on disk.  ``noalias=True`` promises that no array the
+    kernel writes shares memory with another of its array arguments (outputs allocated
+    by the caller, as the public API does), so that its loops vectorize; a broken
+    promise gives wrong results.
     """
 
     def wrap(f):
@@ -140,9 +112,7 @@ def njit(func=None, *, parallel: bool = False, cache: bool = True, noalias: bool
         options = {**JIT_OPTIONS, "cache": cache and JIT_OPTIONS["cache"]}
         if noalias:
             options["pipeline_class"] = _NoAliasCompiler
-        dispatcher = numba.njit(parallel=parallel, **options)(f)
-        if parallel and JIT_ENABLED:
-            return _serialized(dispatcher)
+        dispatcher = numba.njit(**options)(f)
         if JIT_ENABLED:
             _compile_inner_copy(dispatcher, options)
         return dispatcher

@@ -104,9 +104,7 @@ CACHE_CHILD = textwrap.dedent("""
     out = [net.loss(x, t)]
     for strategy in ("delta", "full"):
         out += [float(g.sum()) for g in net.numerical_gradient(x, t, strategy=strategy).values()]
-    # numba dispatchers (kernels compiled parallel=True are wrapped, the dispatcher inside).
-    kernels = [getattr(f, "dispatcher", f) for f in vars(two_layer).values()]
-    kernels = [k for k in kernels if hasattr(k, "stats")]
+    kernels = [k for k in vars(two_layer).values() if hasattr(k, "stats")]  # dispatchers
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
     print(json.dumps({"result": [float(v).hex() for v in out], "hits": hits, "misses": misses}))

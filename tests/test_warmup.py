@@ -146,8 +146,7 @@ warmup.warm()
 idle = []
 for info in pkgutil.iter_modules(fastnum.kernels.__path__, "fastnum.kernels."):
     module = importlib.import_module(info.name)
-    for name, value in vars(module).items():
-        dispatcher = getattr(value, "dispatcher", value)  # parallel kernels are wrapped
+    for name, dispatcher in vars(module).items():
         if isinstance(dispatcher, CPUDispatcher) and dispatcher.py_func.__module__ == info.name:
             inner = getattr(dispatcher, "inner_copy", None)
             if not (dispatcher.signatures or (inner is not None and inner.signatures)):
