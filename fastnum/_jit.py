@@ -130,8 +130,9 @@ _pool_lock = threading.Lock()
 
 def _forget_pool():
     """In a forked child: the parent's pool threads do not exist here, start a new pool."""
-    global _pool
+    global _pool, _pool_lock
     _pool = None
+    _pool_lock = threading.Lock()  # a parent's thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):

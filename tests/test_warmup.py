@@ -101,6 +101,29 @@ def test_run_tasks_reraises_a_task_error():
         _jit.run_tasks(kernel, 100)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_run_tasks_works_in_a_child_forked_while_the_pool_lock_was_held():
+    # A forked child has none of the parent's pool threads, and a lock that another
+    # thread of the parent held at the fork stays held in the child for ever.
+    _jit.run_tasks(lambda task, n_tasks: None, 1000)  # the parent's pool exists
+    with _jit._pool_lock:  # as if another thread were starting the pool right now
+        pid = os.fork()
+        if pid == 0:  # the child: run tasks on a pool of its own, then report
+            out = np.zeros(_jit.TASKS_PER_THREAD * _jit.get_num_threads())
+            _jit.run_tasks(lambda task, n_tasks, out: out.__setitem__(task, 1.0), 1000, out)
+            os._exit(0 if out.all() else 3)
+    for _ in range(600):  # up to 60 s: a deadlocked child never exits
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's run_tasks hung on the parent's pool lock")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 @pytest.mark.threads
 @pytest.mark.parametrize("strategy", ["full", "delta"])
 @pytest.mark.parametrize("activation", [two_layer.SIGMOID, two_layer.RELU])

@@ -129,9 +129,6 @@ def _forked_worker(snap, parent_pid, task_fd, result_fd):
     global _GLOBAL_RNG_LOCK
     # Locks another thread of the parent held at the fork would stay locked here.
     _GLOBAL_RNG_LOCK = threading.RLock()
-    from fastnum import _jit
-
-    _jit.PARALLEL_LAUNCH_LOCK = threading.Lock()
     _die_with_parent(parent_pid)
     _one_thread_each()
     with os.fdopen(task_fd, "rb") as tasks, os.fdopen(result_fd, "wb") as results:
