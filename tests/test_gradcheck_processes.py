@@ -92,7 +92,7 @@ def test_workers_start_safely_after_numba_parallel_kernels_ran_here():
     total(np.ones(100))
     assert numba_parallel._is_initialized
     assert _processes.start_method() == "exec"
-    net = TwoLayerNet(12, 6, 3, seed=0, backend="numba")  # its loss runs parallel kernels
+    net = TwoLayerNet(12, 6, 3, seed=0, backend="numba")  # its loss runs the kernels
     snap = _generic.snapshot(net, X, T, np.random.get_state(), False)
     tasks = block_tasks(net.params)
     ref_values = _generic.run_tasks(snap, tasks, workers=1)
