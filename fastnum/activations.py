@@ -1,10 +1,11 @@
 """The one table of hidden-layer activations, and the initial weight scales.
 
-A new activation is a row of :data:`ACTIVATIONS` (its NumPy forward and backward, and
-the code the kernels dispatch on: a name in :data:`fastnum.kernels._blocks.OP_NAMES`
-and a branch in ``_blocks._act``; the kernels map, :mod:`fastnum.kernels`, lists the
-rest).  Every network reads it: :class:`fastnum.multilayer.MultiLayerNet` and its
-reference, the layer engine's kernels and ``fastnum train``.
+A new activation is a row of :data:`ACTIVATIONS`: its NumPy forward and backward, and
+the code the kernels dispatch on (a name in :data:`fastnum.kernels._blocks.OP_NAMES` and
+a branch in ``_blocks._act``; the kernels map, :mod:`fastnum.kernels`, lists the rest).
+:class:`fastnum.multilayer.MultiLayerNet` and its reference compute with it, and the
+choices of ``MultiLayerNet(activation=...)`` and ``fastnum train --activation`` are its
+names.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ __all__ = [
 #: The gradient estimators of fastnum.estimators: numerical, forward, spsa, backprop.
 GRADS = tuple(ESTIMATORS)
 SPSA_DISTRIBUTIONS = DISTRIBUTIONS
-ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # those of fastnum.multilayer.MultiLayerNet
+ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # fastnum.activations' names
 #: The networks of fastnum.train_nets.NETS: dense (TwoLayerNet, or MultiLayerNet with
 #: hidden_sizes) and simpleconv (the book's chapter 7 CNN).
 NETS = tuple(NET_KINDS)
