@@ -92,6 +92,13 @@ def dense_full_gradient(stack, params, x, t, h, strategy):
 # In the order of DELTA_KERNELS: each kernel's plan, then its run.
 
 
+def cells(whole, indices):
+    """The cells ``indices`` (name -> flat indices) of a whole gradient; all when None."""
+    if indices is None:
+        return whole
+    return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
+
+
 def dense_relu_plan(stack, x):
     """The stack itself when the corner-aware dense ReLU kernel covers it, else None."""
     from fastnum.kernels import dense_relu
@@ -107,9 +114,7 @@ def dense_relu_delta(stack, params, x, t, h, log_guard, indices, masks):
     from fastnum.kernels import dense_relu
 
     whole = dense_relu.engine_gradient(stack, params, x, t, h, log_guard)
-    if whole is None or indices is None:
-        return whole
-    return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
+    return None if whole is None else cells(whole, indices)
 
 
 def chapter6_plan(stack, x):
@@ -124,10 +129,7 @@ def chapter6_delta(plan, params, x, t, h, log_guard, indices, masks):
     # The kernel's whole gradient costs about as much as its cache: cells from it.
     from fastnum._engine_delta import _norm_delta_at
 
-    whole = _norm_delta_at(plan, params, x, t, h, log_guard, masks)
-    if indices is None:
-        return whole
-    return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
+    return cells(_norm_delta_at(plan, params, x, t, h, log_guard, masks), indices)
 
 
 def layered_plan(stack, x):

@@ -98,6 +98,7 @@ from fastnum._engine_layers import (  # noqa: F401
     param_names,
 )
 from fastnum._engine_paths import (
+    cells,
     chapter6_delta,
     chapter6_plan,
     conv_stack_delta,
@@ -180,9 +181,7 @@ def _fast_path(stack, params, x, t, h, strategy, log_guard, indices=None):
             continue
         whole = fast.gradient(stack, params, x, t, h, strategy)
         if whole is not None:
-            if indices is None:
-                return whole
-            return {k: whole[k].reshape(-1)[idx] for k, idx in indices.items()}
+            return cells(whole, indices)
     return None
 
 
