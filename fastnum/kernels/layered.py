@@ -173,8 +173,9 @@ def _conv_rows(task, n_tasks, x, C, H, W, Wcl, b, stride, pad, OH, OW, out):
     FW = Wcl.shape[2]
     FN = Wcl.shape[3]
     size = OH * OW
+    acc = np.empty((size, FN))  # one per task, zeroed per sample
     for n in range(task * x.shape[0] // n_tasks, (task + 1) * x.shape[0] // n_tasks):
-        acc = _zeroed_2d(np.empty((size, FN)))
+        _zeroed_2d(acc)
         xs = x[n]
         for c in range(C):
             for i in range(H):
