@@ -9,8 +9,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No per-example deadline for the property tests: an example that calls a kernel first
+# compiles it (0.1-0.3 s on an empty numba cache, more on a loaded machine), which
+# hypothesis would report as a flaky failure.
+settings.register_profile("fastnum", deadline=None)
+settings.load_profile("fastnum")
 SHARED_MNIST = REPO.parent / "shared" / "mnist"
 
 if "FASTNUM_MNIST_DIR" not in os.environ and SHARED_MNIST.is_dir():

@@ -97,7 +97,6 @@ EXAMPLES = 40 if JIT_ENABLED else 8  # the kernels run as Python without the JIT
 
 @settings(
     max_examples=EXAMPLES,
-    deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )

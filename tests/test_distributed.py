@@ -75,7 +75,7 @@ def _same(ref_grads, comp_grads):
 # ---------------------------------------------------------------------------- the partition
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(
     sizes=st.lists(st.integers(0, 40), min_size=1, max_size=5),
     block_size=st.integers(1, 50),

@@ -158,7 +158,6 @@ EXAMPLES = 40 if JIT_ENABLED else 10  # the kernels run as Python without the JI
 
 @settings(
     max_examples=EXAMPLES,
-    deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -179,7 +178,6 @@ def test_two_layer_delta_equals_the_reference_for_any_input_scale(scale, h, seed
 
 @settings(
     max_examples=EXAMPLES,
-    deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )

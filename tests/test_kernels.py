@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fastnum import backend, constants, engine, reference
@@ -190,9 +190,6 @@ def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
     assert all(np.array_equal(one[k], many[k]) for k in one)
 
 
-# No deadline on tests that call a kernel from Python: their first example compiles it
-# (0.1-0.3 s on an empty numba cache, more on a loaded machine).
-@settings(deadline=None)
 @given(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 3.0]), min_size=1, max_size=300))
 def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
     # The delta kernel's shell sort (it replaced np.argsort to cut the cold compile).
@@ -205,7 +202,6 @@ def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
     assert np.array_equal(keys[comp_items], comp_keys)  # ... that moved with its key
 
 
-@settings(deadline=None)
 @given(
     st.lists(
         st.sampled_from([0.0, 0.1, 0.5, 1.0, 3.0, np.inf, np.nan]) | st.floats(0, 1),
