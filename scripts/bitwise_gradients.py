@@ -11,7 +11,13 @@ each strategy and at 1 and 2 numba threads, on small fixed-seed problems::
     python scripts/bitwise_gradients.py check /tmp/before.npz   # on the new code
 
 ``check`` exits 1 and names every result that is not ``np.array_equal`` to the saved
-one (NaNs compare equal).  Run it from the repository root with ``PYTHONPATH=$PWD``.
+one (NaNs compare equal).  ``threads`` compares thread counts instead, up to those of a
+bigger machine than this one (numba runs more threads than cores when asked to)::
+
+    NUMBA_NUM_THREADS=16 python scripts/bitwise_gradients.py threads 1,2,16
+
+It exits 1 and names every result at a count that differs from the first count's.  Run
+it from the repository root with ``PYTHONPATH=$PWD``.
 """
 
 from __future__ import annotations
@@ -213,8 +219,8 @@ def _sample(params, rng):
     return {k: rng.choice(v.size, min(5, v.size), replace=False) for k, v in params.items()}
 
 
-def compute():
-    """name -> array of every result."""
+def compute(thread_counts=THREADS):
+    """name -> array of every result, at each of ``thread_counts`` numba threads."""
     import numba
 
     results = {}
@@ -224,7 +230,7 @@ def compute():
         )
         results[f"{name}/predict"] = engine.predict(stack, params, x, masks)
         sample = _sample(params, np.random.default_rng(1))
-        for threads in THREADS if JIT_ENABLED else (1,):
+        for threads in thread_counts if JIT_ENABLED else (1,):
             if JIT_ENABLED:
                 numba.set_num_threads(threads)
             for strategy in STRATEGIES:
@@ -243,10 +249,42 @@ def compute():
     return results
 
 
+def _compare_thread_counts(counts):
+    """Exit status of ``threads``: 1 if any result differs between ``counts`` threads."""
+    results = compute(counts)
+    first = f"/t{counts[0]}/"
+    bad, compared = [], 0
+    for key, value in results.items():
+        for count in counts[1:]:
+            mark = f"/t{count}/"
+            if mark in key:
+                compared += 1
+                if not np.array_equal(value, results[key.replace(mark, first)], equal_nan=True):
+                    bad.append(key)
+    for key in bad:
+        print("DIFFERS:", key)
+    print(f"{compared} results at {counts[1:]} threads against {counts[0]}, {len(bad)} differ")
+    return 1 if bad else 0
+
+
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("save", "check"):
+    if len(argv) != 3 or argv[1] not in ("save", "check", "threads"):
         print(__doc__)
         return 2
+    if argv[1] == "threads":
+        counts = tuple(int(c) for c in argv[2].split(","))
+        if len(counts) < 2 or not JIT_ENABLED:
+            print("threads: give two or more counts, with numba's JIT on")
+            return 2
+        import numba
+
+        if max(counts) > numba.config.NUMBA_NUM_THREADS:
+            print(
+                f"threads: {max(counts)} threads asked, numba allows "
+                f"{numba.config.NUMBA_NUM_THREADS}; set NUMBA_NUM_THREADS={max(counts)}"
+            )
+            return 2
+        return _compare_thread_counts(counts)
     results = compute()
     if argv[1] == "save":
         np.savez(argv[2], **results)

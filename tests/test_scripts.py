@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +43,36 @@ def test_side_by_side_times_each_checkout_in_its_own_process(mnist_source_dir, c
     for line in lines:
         times = [float(ms) for ms in re.findall(r": ([0-9.]+) ms", line)]
         assert len(times) == 2 and all(ms > 0 for ms in times)
+
+
+@pytest.mark.numba
+def test_every_engine_result_is_the_same_bits_at_1_2_and_16_threads():
+    # A 16-core machine runs 16 threads; numba runs them here too when asked, on 2 cores,
+    # so the tasks split as they would there.
+    env = {**os.environ, "NUMBA_NUM_THREADS": "16", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bitwise_gradients.py"), "threads", "1,2,16"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    summary = proc.stdout.splitlines()[-1] if proc.stdout else ""
+    assert proc.returncode == 0, f"{summary}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+    compared, differ = re.fullmatch(
+        r"(\d+) results at \(2, 16\) threads against 1, (\d+) differ", summary
+    ).groups()
+    assert int(compared) > 1000 and int(differ) == 0
+
+
+def test_thread_comparison_names_a_result_that_moved_and_fails(monkeypatch, capsys):
+    bitwise = _script("bitwise_gradients")
+    same, moved = np.arange(3.0), np.array([0.0, 1.0, np.nextafter(2.0, 3.0)])
+    results = {"net/full/t1/grad/W1": same, "net/full/t4/grad/W1": moved}
+    results |= {"net/delta/t1/grad/b1": same, "net/delta/t4/grad/b1": same.copy()}
+    monkeypatch.setattr(bitwise, "compute", lambda counts: results)
+    assert bitwise._compare_thread_counts((1, 4)) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERS: net/full/t4/grad/W1" in out and "b1" not in out
+    assert "2 results at (4,) threads against 1, 1 differ" in out
