@@ -272,9 +272,9 @@ def main(argv):
         print(__doc__)
         return 2
     if argv[1] == "threads":
-        counts = tuple(int(c) for c in argv[2].split(","))
-        if len(counts) < 2 or not JIT_ENABLED:
-            print("threads: give two or more counts, with numba's JIT on")
+        counts = tuple(int(c) if c.isdigit() else 0 for c in argv[2].split(","))
+        if len(counts) < 2 or min(counts) < 1 or not JIT_ENABLED:
+            print(f"threads {argv[2]}: give two or more positive counts (1,2,16), JIT on")
             return 2
         import numba
 

@@ -76,3 +76,10 @@ def test_thread_comparison_names_a_result_that_moved_and_fails(monkeypatch, caps
     out = capsys.readouterr().out
     assert "DIFFERS: net/full/t4/grad/W1" in out and "b1" not in out
     assert "2 results at (4,) threads against 1, 1 differ" in out
+
+
+def test_thread_comparison_refuses_counts_it_cannot_compare(capsys):
+    bitwise = _script("bitwise_gradients")
+    for counts in ("1,x", "2", "0,2"):
+        assert bitwise.main(["bitwise_gradients.py", "threads", counts]) == 2
+        assert f"threads {counts}: give two or more positive counts" in capsys.readouterr().out
