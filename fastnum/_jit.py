@@ -125,6 +125,7 @@ def njit(func=None, *, cache: bool = True, noalias: bool = False):
 TASKS_PER_THREAD = 4
 
 _pool = None  # run_tasks' helper threads, started on first use
+_TASK_THREAD_PREFIX = "fastnum-task"
 _pool_lock = threading.Lock()
 
 
@@ -144,7 +145,7 @@ def _helper_pool():
     with _pool_lock:
         if _pool is None:
             limit = numba.config.NUMBA_NUM_THREADS if HAVE_NUMBA else 1
-            _pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="fastnum-task")
+            _pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=_TASK_THREAD_PREFIX)
         return _pool
 
 
@@ -188,9 +189,28 @@ def run_tasks(kernel, n_items, *args, min_items=1, tasks_per_thread=TASKS_PER_TH
             future.result()  # re-raises a helper's exception here
 
 
+# The thread count is kept here, per calling thread as numba keeps its own, rather than
+# by numba: asking numba starts its threading layer (OpenMP's threads), which no kernel
+# uses, and after which forking this process is unsafe, so gradcheck's worker processes
+# would have to be fresh interpreters (and a network defined in a notebook could then
+# only be checked serially, unless cloudpickle is installed).
+_thread_counts = threading.local()
+
+
 def get_num_threads() -> int:
-    """Number of threads the parallel kernels use (1 without numba)."""
-    return numba.get_num_threads() if HAVE_NUMBA else 1
+    """Number of threads :func:`run_tasks` uses when called from this thread (1 without numba).
+
+    numba's ``NUMBA_NUM_THREADS`` until :func:`set_num_threads` is called in this thread;
+    ``numba.set_num_threads`` does not change it.
+    """
+    if not HAVE_NUMBA:
+        return 1
+    return getattr(_thread_counts, "n", numba.config.NUMBA_NUM_THREADS)
+
+
+def is_task_thread(thread) -> bool:
+    """True for a thread of :func:`run_tasks`' pool: it runs nothing but kernel tasks."""
+    return thread.name.startswith(_TASK_THREAD_PREFIX)
 
 
 def set_num_threads(n: int) -> None:
@@ -209,8 +229,7 @@ def set_num_threads(n: int) -> None:
             value=n,
             limit=limit,
         )
-    if HAVE_NUMBA:
-        numba.set_num_threads(int(n))
+    _thread_counts.n = int(n)
 
 
 _blas_controller = None  # threadpoolctl's controller, found once: the lookup costs ~0.2 ms

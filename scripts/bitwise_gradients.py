@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from fastnum import engine
-from fastnum._jit import JIT_ENABLED
+from fastnum._jit import JIT_ENABLED, set_num_threads
 
 STRATEGIES = ("full", "delta")
 THREADS = (1, 2)
@@ -221,8 +221,6 @@ def _sample(params, rng):
 
 def compute(thread_counts=THREADS):
     """name -> array of every result, at each of ``thread_counts`` numba threads."""
-    import numba
-
     results = {}
     for name, (stack, params, x, t, masks, wd) in cases().items():
         results[f"{name}/loss"] = np.array(
@@ -232,7 +230,7 @@ def compute(thread_counts=THREADS):
         sample = _sample(params, np.random.default_rng(1))
         for threads in thread_counts if JIT_ENABLED else (1,):
             if JIT_ENABLED:
-                numba.set_num_threads(threads)
+                set_num_threads(threads)
             for strategy in STRATEGIES:
                 key = f"{name}/{strategy}/t{threads}"
                 g = engine.numerical_gradient(

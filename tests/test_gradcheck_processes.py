@@ -7,6 +7,7 @@ loop, clear errors, gone when their parent dies, progress and deadlines."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import multiprocessing
 import os
 import select
@@ -101,6 +102,75 @@ def test_workers_start_safely_after_numba_parallel_kernels_ran_here():
         assert runner.where == "processes", notes
         comp_values = runner.run(tasks)
     same(ref_values, comp_values)
+
+
+# A reader's session: fastnum's kernels run first (on their task threads), then the reader
+# checks a class defined in the script itself.  A fresh interpreter could not unpickle that
+# class (no cloudpickle here), so only forked workers can run the check in processes.
+AFTER_KERNELS_CHILD = textwrap.dedent("""
+    import json, sys, threading
+    sys.modules["cloudpickle"] = None  # as on an install without it
+    import numpy as np
+    import fastnum
+    from fastnum._jit import HAVE_NUMBA, JIT_ENABLED
+    from fastnum.gradcheck import _processes
+    from fastnum.network import TwoLayerNet
+
+    class Cubed:
+        def __init__(self):
+            self.params = {"W": np.linspace(-0.3, 0.3, 24).reshape(8, 3), "b": np.zeros(3)}
+        def _forward(self, x):
+            a = x @ self.params["W"] + self.params["b"]
+            e = np.exp(a ** 3)
+            return a, e / e.sum(axis=1, keepdims=True)
+        def loss(self, x, t):
+            return -np.mean(np.log(self._forward(x)[1][np.arange(len(t)), t] + 1e-7))
+        def gradient(self, x, t):
+            a, y = self._forward(x)
+            y[np.arange(len(t)), t] -= 1.0
+            g = 3.0 * a ** 2 * y / len(t)
+            return {"W": x.T @ g, "b": g.sum(axis=0)}
+
+    rng = np.random.default_rng(0)
+    x, t = rng.random((6, 8)), np.arange(6) % 3
+    TwoLayerNet(8, 5, 3, seed=0).numerical_gradient(x, t, strategy="full")
+    threads = [th.name for th in threading.enumerate()]
+    method = _processes.start_method()
+    result = fastnum.gradcheck(Cubed(), x, t, workers=2, log_guard=False)
+    layer = None
+    if HAVE_NUMBA:
+        import numba.np.ufunc.parallel as numba_parallel
+        layer = numba_parallel._is_initialized
+    print(json.dumps({"jit": JIT_ENABLED, "threads": threads, "start": method,
+                      "numba_layer": layer, "how": result.method, "verdict": result.verdict}))
+""")
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods() or sys.platform == "darwin",
+    reason="workers fork only where the platform forks safely",
+)
+def test_a_network_of_the_readers_script_is_checked_in_processes_after_kernels_ran():
+    # Before: fastnum's thread count started numba's threading layer, and run_tasks' pool
+    # threads counted as threads that might hold a lock, so workers were fresh
+    # interpreters: the class below could not reach them and the check ran serially.
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", AFTER_KERNELS_CHILD],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    if seen["jit"]:  # the kernels ran on run_tasks' pool, which is still there
+        assert any(name.startswith("fastnum-task") for name in seen["threads"])
+    assert seen["numba_layer"] in (False, None)  # never started by fastnum
+    assert seen["start"] == "fork"
+    assert seen["how"] == "generic path: the network's own loss, on 2 processes"
+    assert seen["verdict"] == "PASS"
 
 
 def test_fork_only_from_the_main_thread_while_no_other_thread_runs_code():

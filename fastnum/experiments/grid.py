@@ -63,9 +63,9 @@ DETERMINISTIC_KEYS = (
     "epochs",
 )
 
-# Runs in one process take turns.  Kernel launches are thread-safe on every numba
-# threading layer (fastnum._jit serialises them), so this is not about crashes: each
-# launch already uses every numba thread, and a whole run taking its turn keeps its
+# Runs in one process take turns.  Kernel calls are thread-safe (fastnum._jit.run_tasks'
+# one pool serves every calling thread), so this is not about crashes: each call
+# already uses every thread, and a whole run taking its turn keeps its
 # sec_per_iter honest instead of interleaving with another run of the same worker.
 _RUN_LOCK = threading.Lock()
 

@@ -43,7 +43,10 @@ def start_method():
     A lock that another thread of the reader's holds at the fork (NumPy's global
     generator's, say) would stay locked in the child forever, so fork is used only
     from the main thread while every other thread is a daemon (Jupyter's, tqdm's,
-    Dask's: they do not run the reader's code).  macOS system libraries are not
+    Dask's: they do not run the reader's code) or a task thread of fastnum's kernels
+    (idle whenever the main thread is here: :func:`fastnum._jit.run_tasks` returns only
+    when its tasks are done, and a forked child starts a pool of its own).  fastnum
+    never starts numba's threading layer itself.  macOS system libraries are not
     fork-safe either.
     """
     if sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
@@ -54,7 +57,12 @@ def start_method():
     main = threading.main_thread()
     if threading.current_thread() is not main:
         return "exec"
-    others = [t for t in threading.enumerate() if t is not main and not t.daemon]
+    jit = sys.modules.get("fastnum._jit")  # not imported: no kernel has run, no task thread
+    others = [
+        t
+        for t in threading.enumerate()
+        if t is not main and not t.daemon and not (jit and jit.is_task_thread(t))
+    ]
     return "exec" if others else "fork"
 
 
@@ -207,8 +215,9 @@ def _note(notes, why):
             "or a script"
         )
     notes.append(
-        f"the generic path ran serially in this process: {why}. Once numba's threads run "
-        f"here, worker processes are fresh interpreters that need the network pickled{hint}."
+        f"the generic path ran serially in this process: {why}. Once numba's threads or "
+        f"other threads of yours run here, worker processes are fresh interpreters that "
+        f"need the network pickled{hint}."
     )
 
 
