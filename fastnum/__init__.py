@@ -23,6 +23,8 @@ _EXPORTS = {
     "TwoLayerNet": "fastnum.network",
     "numerical_gradient": "fastnum.gradient",
     "resolve_backend": "fastnum.backend",
+    "get_num_threads": "fastnum._jit",
+    "set_num_threads": "fastnum._jit",
     **{
         name: "fastnum.reference"
         for name in (
@@ -75,12 +77,14 @@ __all__ = [
     "cross_entropy_error",
     "function_1",
     "function_2",
+    "get_num_threads",
     "gradcheck",
     "gradient_descent",
     "numerical_diff",
     "numerical_gradient",
     "optimizers",
     "resolve_backend",
+    "set_num_threads",
     "sigmoid",
     "simpleNet",
     "softmax",

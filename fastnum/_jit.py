@@ -198,38 +198,56 @@ _thread_counts = threading.local()
 
 
 def get_num_threads() -> int:
-    """Number of threads :func:`run_tasks` uses when called from this thread (1 without numba).
+    """The number of threads fastnum's kernels use when called from this thread.
 
-    numba's ``NUMBA_NUM_THREADS`` until :func:`set_num_threads` is called in this thread;
-    ``numba.set_num_threads`` does not change it.
+    Returns
+    -------
+    int
+        What :func:`set_num_threads` last set in this thread; else ``NUMBA_NUM_THREADS``
+        (numba's default: the CPU count); 1 without numba.  ``numba.set_num_threads``
+        does not change it.
     """
     if not HAVE_NUMBA:
         return 1
     return getattr(_thread_counts, "n", numba.config.NUMBA_NUM_THREADS)
 
 
-def is_task_thread(thread) -> bool:
-    """True for a thread of :func:`run_tasks`' pool: it runs nothing but kernel tasks."""
-    return thread.name.startswith(_TASK_THREAD_PREFIX)
-
-
 def set_num_threads(n: int) -> None:
-    """Set the kernels' thread count; ``n`` must be in 1..numba.config.NUMBA_NUM_THREADS.
+    """Set the number of threads fastnum's kernels use when called from this thread.
 
-    Without numba the count is still checked (against the CPU count, numba's default
-    limit), so that a bad ``--threads`` fails the same way on every install.
+    Parameters
+    ----------
+    n : int
+        From 1 to ``NUMBA_NUM_THREADS`` (numba's limit, the CPU count unless that
+        environment variable is set before numba is imported).  Without numba the count
+        is still checked, against the CPU count, so that a bad ``--threads`` fails the
+        same way on every install.  Results do not depend on it, bit for bit.
+
+    Raises
+    ------
+    ParameterTypeError
+        ``n`` is not an integer.
+    ParameterError
+        ``n`` is out of range; the message gives the range.
     """
-    limit = numba.config.NUMBA_NUM_THREADS if HAVE_NUMBA else (os.cpu_count() or 1)
-    if not 1 <= int(n) <= limit:
-        from fastnum._validate import ParameterError  # here: _validate imports NumPy
+    from fastnum._validate import ParameterError, check_int  # here: _validate imports NumPy
 
+    n = check_int("threads", n)
+    limit = numba.config.NUMBA_NUM_THREADS if HAVE_NUMBA else (os.cpu_count() or 1)
+    if n > limit:
         raise ParameterError(
             "threads",
-            "{name}={value} is out of range: use a value from 1 to {limit}.",
+            "{name}={value} is out of range: use a value from 1 to {limit} "
+            "(or set NUMBA_NUM_THREADS before importing fastnum).",
             value=n,
             limit=limit,
         )
-    _thread_counts.n = int(n)
+    _thread_counts.n = n
+
+
+def is_task_thread(thread) -> bool:
+    """True for a thread of :func:`run_tasks`' pool: it runs nothing but kernel tasks."""
+    return thread.name.startswith(_TASK_THREAD_PREFIX)
 
 
 _blas_controller = None  # threadpoolctl's controller, found once: the lookup costs ~0.2 ms

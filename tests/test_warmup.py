@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fastnum import _jit, warmup
+from fastnum._validate import ParameterError, ParameterTypeError
 from fastnum.cli import main
 from fastnum.kernels import two_layer
 
@@ -99,6 +100,48 @@ def test_run_tasks_reraises_a_task_error():
 
     with pytest.raises(ArithmeticError, match="task"):
         _jit.run_tasks(kernel, 100)
+
+
+def test_the_thread_count_is_set_per_calling_thread_and_refuses_bad_counts():
+    import fastnum
+
+    before = fastnum.get_num_threads()
+    seen = []
+    try:
+        fastnum.set_num_threads(1)
+        helper = threading.Thread(target=lambda: seen.append(fastnum.get_num_threads()))
+        helper.start()
+        helper.join()
+        assert fastnum.get_num_threads() == 1
+        # Another thread keeps the default (numba's NUMBA_NUM_THREADS), as numba's own does.
+        limit = _jit.numba.config.NUMBA_NUM_THREADS if _jit.HAVE_NUMBA else 1
+        assert seen == [limit]
+        with pytest.raises(ParameterTypeError, match=r"threads=True must be an integer"):
+            fastnum.set_num_threads(True)
+        with pytest.raises(ParameterError, match=r"threads=0 must be at least 1"):
+            fastnum.set_num_threads(0)
+        with pytest.raises(ParameterError, match=r"threads=100000 is out of range: use a value"):
+            fastnum.set_num_threads(100_000)
+        assert fastnum.get_num_threads() == 1  # a refused count changes nothing
+    finally:
+        _jit._thread_counts.__dict__.pop("n", None)
+    assert fastnum.get_num_threads() == before
+
+
+@pytest.mark.numba
+def test_asking_the_thread_count_does_not_start_numbas_threading_layer():
+    # numba's threading layer (OpenMP's threads) makes forking unsafe; no kernel uses it.
+    child = (
+        "import numba.np.ufunc.parallel as p\n"
+        "from fastnum import get_num_threads, set_num_threads\n"
+        "set_num_threads(get_num_threads())\n"
+        "print(p._is_initialized)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
