@@ -44,9 +44,10 @@ def start_method():
     generator's, say) would stay locked in the child forever, so fork is used only
     from the main thread while every other thread is a daemon (Jupyter's, tqdm's,
     Dask's: they do not run the reader's code) or a task thread of fastnum's kernels
-    (idle whenever the main thread is here: :func:`fastnum._jit.run_tasks` returns only
-    when its tasks are done, and a forked child starts a pool of its own).  fastnum
-    never starts numba's threading layer itself.  macOS system libraries are not
+    (they run nothing but kernel tasks, and only while a call of
+    :func:`fastnum._jit.run_tasks` waits for them, which the main thread, here, is not
+    in; a forked child starts a pool of its own).  fastnum never starts numba's
+    threading layer itself.  macOS system libraries are not
     fork-safe either.
     """
     if sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
