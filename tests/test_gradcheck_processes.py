@@ -26,6 +26,7 @@ import pytest
 from fastnum.gradcheck import _generic, _processes
 from fastnum.gradcheck._errors import UserCodeError
 from tests import book_style_nets as book
+from tests._child import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(3)
@@ -154,15 +155,7 @@ def test_a_network_of_the_readers_script_is_checked_in_processes_after_kernels_r
     # Before: fastnum's thread count started numba's threading layer, and run_tasks' pool
     # threads counted as threads that might hold a lock, so workers were fresh
     # interpreters: the class below could not reach them and the check ran serially.
-    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-c", AFTER_KERNELS_CHILD],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_python("-c", AFTER_KERNELS_CHILD, env={"NUMBA_NUM_THREADS": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.splitlines()[-1])
     if seen["jit"]:  # the kernels ran on run_tasks' pool, which is still there

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fastnum._jit import JIT_ENABLED
+from tests._child import run_python
 
 pytestmark = pytest.mark.skipif(
     not JIT_ENABLED, reason="numba JIT disabled or not installed: no thread pool, no disk cache"
@@ -72,17 +73,10 @@ def test_threads_calling_kernels_at_once_get_the_sequential_numbers(layer):
     # Before: under workqueue the process aborted ("Concurrent access has been detected"),
     # when the kernels were parallel=True.  They are nogil tasks on fastnum's own pool now,
     # and numba's threading layer (whichever is asked for) never even starts.
-    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    env = {"NUMBA_NUM_THREADS": "2"}
     if layer != "default":
         env["NUMBA_THREADING_LAYER"] = layer
-    proc = subprocess.run(
-        [sys.executable, "-c", THREADS_CHILD],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_python("-c", THREADS_CHILD, env=env)
     assert proc.returncode == 0, f"child exited {proc.returncode}: {proc.stderr[-2000:]}"
     numba_layer_started, _, mismatches = proc.stdout.split()[-3:]
     assert numba_layer_started == "False"
@@ -119,8 +113,12 @@ def test_four_processes_cold_starting_on_one_disk_cache_then_a_fifth_loads_it(tm
     # Four start together on an empty NUMBA_CACHE_DIR (as Dask workers or pytest-xdist
     # would); none may crash, all must agree, and a fifth must then load every kernel
     # from the cache (no recompile) with the same numbers.
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
-    env.pop("FASTNUM_JIT_CACHE", None)
+    changes = {
+        "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+        "NUMBA_NUM_THREADS": "2",
+        "FASTNUM_JIT_CACHE": None,  # the cache on, whatever the caller's shell says
+    }
+    env = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
     cold = [
         subprocess.Popen(
             [sys.executable, "-c", CACHE_CHILD],
@@ -137,14 +135,7 @@ def test_four_processes_cold_starting_on_one_disk_cache_then_a_fifth_loads_it(tm
         assert proc.returncode == 0, f"cold child exited {proc.returncode}: {err[-2000:]}"
     results = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
     assert all(r["result"] == results[0]["result"] for r in results)
-    warm = subprocess.run(
-        [sys.executable, "-c", CACHE_CHILD],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    warm = run_python("-c", CACHE_CHILD, env=changes)
     assert warm.returncode == 0, warm.stderr[-2000:]
     loaded = json.loads(warm.stdout.splitlines()[-1])
     assert loaded["result"] == results[0]["result"]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests._child import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +48,11 @@ def test_side_by_side_times_each_checkout_in_its_own_process(mnist_source_dir, c
 def test_every_engine_result_is_the_same_bits_at_1_2_and_16_threads():
     # A 16-core machine runs 16 threads; numba runs them here too when asked, on 2 cores,
     # so the tasks split as they would there.
-    env = {**os.environ, "NUMBA_NUM_THREADS": "16", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bitwise_gradients.py"), "threads", "1,2,16"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        str(REPO / "scripts" / "bitwise_gradients.py"),
+        "threads",
+        "1,2,16",
+        env={"NUMBA_NUM_THREADS": "16", "PYTHONPATH": str(REPO)},
         timeout=1200,
     )
     summary = proc.stdout.splitlines()[-1] if proc.stdout else ""

@@ -16,6 +16,7 @@ from fastnum import _jit, warmup
 from fastnum._validate import ParameterError, ParameterTypeError
 from fastnum.cli import main
 from fastnum.kernels import two_layer
+from tests._child import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,9 +138,7 @@ def test_asking_the_thread_count_does_not_start_numbas_threading_layer():
         "set_num_threads(get_num_threads())\n"
         "print(p._is_initialized)"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    proc = run_python("-c", child, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["False"]
 
@@ -233,14 +232,8 @@ def test_warmup_compiles_every_kernel(tmp_path):
     # ``fastnum warmup``, every numba function of fastnum.kernels has been compiled, so
     # images and workers that run it start warm whatever network they use, and none of
     # numba's slow NumPy implementations has been.
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHECK_EVERY_KERNEL],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=REPO,
-        env=env,
+    proc = run_python(
+        "-c", _CHECK_EVERY_KERNEL, env={"NUMBA_CACHE_DIR": str(tmp_path)}, timeout=1200
     )
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout.strip().splitlines()[-1])
