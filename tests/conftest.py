@@ -1,4 +1,4 @@
-"""Shared test setup: the MNIST folder, and the ``numba`` and ``threads`` markers."""
+"""Shared test setup: the MNIST folder, the thread count, the ``numba`` and ``threads`` markers."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="fastnum-test-"))
 atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 os.environ.setdefault("FASTNUM_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_SESSION_TMP / "dask"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_thread_count():
+    """Give every test the thread count it found: commands like ``train --threads 1`` set it."""
+    from fastnum import _jit
+
+    found = _jit._thread_counts.__dict__.get("n")
+    yield
+    if found is None:
+        _jit._thread_counts.__dict__.pop("n", None)
+    else:
+        _jit._thread_counts.n = found
 
 
 @pytest.fixture(scope="session")
