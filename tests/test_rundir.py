@@ -100,7 +100,10 @@ def test_a_second_run_in_the_same_folder_is_refused_and_a_stale_lock_reported(
         stderr=subprocess.PIPE,
     )
     try:
+        # Each save writes checkpoint.npz, then history.json: waiting for the checkpoint
+        # alone left a window in which history.json appeared after `before` was taken.
         _wait_for(out / "checkpoint.npz")
+        _wait_for(out / "history.json")
         owner = json.loads((out / "run.lock").read_text())
         assert owner["pid"] == first.pid and owner["host"] == socket.gethostname()
         before = _outputs(out)
