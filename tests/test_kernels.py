@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fastnum import backend, constants, engine, reference
 from fastnum._jit import JIT_ENABLED, get_num_threads, set_num_threads
-from fastnum.kernels import _blocks, dense_relu_tasks, losses, two_layer, two_layer_delta
+from fastnum.kernels import _blocks, losses, two_layer, two_layer_delta
 from fastnum.kernels._vmath import SMALL_EXP_BOUND, fexp, fexp_small, flog, flog_guarded
 from fastnum.network import TwoLayerNet
 from fastnum.registry import COMPARISONS, make_problem, max_errors, numba_impl
@@ -190,16 +191,27 @@ def test_gradient_is_bit_identical_for_any_thread_count(strategy, mnist_batch):
     assert all(np.array_equal(one[k], many[k]) for k in one)
 
 
-@given(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 3.0]), min_size=1, max_size=300))
-def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
-    # The delta kernel's shell sort (it replaced np.argsort to cut the cold compile).
-    keys = np.array(keys)
-    items = np.arange(len(keys))
-    comp_keys, comp_items = keys.copy(), items.copy()
-    two_layer_delta._sort_by_key(comp_keys, comp_items, len(keys))
-    assert np.array_equal(comp_keys, np.sort(keys))
-    assert sorted(comp_items.tolist()) == items.tolist()  # a permutation ...
-    assert np.array_equal(keys[comp_items], comp_keys)  # ... that moved with its key
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 5), st.integers(1, 40)),
+        elements=st.sampled_from([0.0, 0.0, 0.1, 0.25, 0.5, 1.0, 3.0, -0.5]),
+    )
+)
+def test_distinct_inputs_are_each_samples_sorted_values_and_where_each_pixel_went(x):
+    # The delta kernel evaluates each sample once per distinct non-zero pixel value (and
+    # once for the bias's input, 1.0): those values, sorted, and each pixel's place.
+    n, d = x.shape
+    values, n_values = np.empty((n, d + 1)), np.empty(n, dtype=np.int64)
+    value_index, one_index = np.empty((n, d), dtype=np.int32), np.empty(n, dtype=np.int64)
+    two_layer_delta._distinct_inputs(0, 1, x, values, n_values, value_index, one_index)
+    for s in range(n):
+        nonzero = x[s] != 0.0
+        comp_values = values[s, : n_values[s]]
+        assert np.array_equal(comp_values, np.unique(np.append(x[s][nonzero], 1.0)))
+        assert np.array_equal(comp_values[value_index[s][nonzero]], x[s][nonzero])
+        assert np.all(value_index[s][~nonzero] == -1)
+        assert comp_values[one_index[s]] == 1.0
 
 
 @given(
@@ -210,14 +222,15 @@ def test_distinct_input_sort_orders_keys_and_carries_their_items(keys):
     )
 )
 def test_stable_argsort_is_numpys_mergesort_permutation(keys):
-    # The dense ReLU grouping's own sort (it replaced np.argsort to cut the cold
-    # compile): ties keep index order and NaN goes last, as NumPy's stable sort does.
+    # The kernels' own sort (the dense ReLU grouping and the delta kernel's distinct
+    # inputs; it replaced np.argsort to cut the cold compile): ties keep index order and
+    # NaN goes last, as NumPy's stable sort does.
     keys = np.array(keys)
     ref_order = np.argsort(keys, kind="mergesort")
     padded = np.concatenate([keys, [-1.0, 2.0]])  # keys past m must be ignored
     comp_order = np.full(len(padded), -1, dtype=np.int64)
     spare = np.empty(len(padded), dtype=np.int64)
-    dense_relu_tasks._stable_argsort(padded, len(keys), comp_order, spare)
+    _blocks._stable_argsort(padded, len(keys), comp_order, spare)
     assert np.array_equal(comp_order[: len(keys)], ref_order)
     assert np.all(comp_order[len(keys) :] == -1)
 

@@ -15,62 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastnum._jit import njit
-from fastnum.kernels._blocks import RELU, _act, _zeroed
+from fastnum.kernels._blocks import RELU, _act, _stable_argsort, _zeroed
 from fastnum.kernels.dense_delta import _logit_step_losses
 from fastnum.kernels.losses import column_losses
 
 #: Relative shrink of each unit's corner distance: rounding of ``z`` and ``P`` never
 #: turns a crossing into a linear step by more than this.
 _MARGIN = 1e-9
-
-
-#: Run length of :func:`_stable_argsort`'s insertion sort, before it merges the runs.
-_RUN = 16
-
-
-@njit
-def _before(a, b):
-    """``a`` sorts strictly before ``b``: ascending, NaN after every number."""
-    return a < b or (b != b and a == a)
-
-
-@njit
-def _stable_argsort(keys, m, order, spare):
-    """order[:m] = np.argsort(keys[:m], kind="mergesort"): ascending, ties in index order.
-
-    A stable sort's permutation is unique, so this is NumPy's to the last index; written
-    out because numba's argsort compiled for ~0.8 s of the first call.  ``spare``: work
-    space of at least ``m`` integers.  Runs of ``_RUN`` keys are insertion-sorted, then
-    merged pairwise, bottom-up.
-    """
-    for start in range(0, m, _RUN):
-        for i in range(start, min(start + _RUN, m)):
-            j = i
-            while j > start and _before(keys[i], keys[order[j - 1]]):
-                order[j] = order[j - 1]
-                j -= 1
-            order[j] = i
-    src, dst = order, spare
-    in_spare = False  # where the last pass left the order
-    width = _RUN
-    while width < m:
-        for lo in range(0, m, 2 * width):
-            a, mid = lo, min(lo + width, m)
-            b, hi = mid, min(lo + 2 * width, m)
-            for k in range(lo, hi):
-                # The right run's key goes first only if strictly smaller: stable.
-                if b < hi and (a == mid or _before(keys[src[b]], keys[src[a]])):
-                    dst[k] = src[b]
-                    b += 1
-                else:
-                    dst[k] = src[a]
-                    a += 1
-        src, dst = dst, src
-        in_spare = not in_spare
-        width *= 2
-    if in_spare:
-        for k in range(m):
-            order[k] = spare[k]
 
 
 @njit
