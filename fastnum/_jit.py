@@ -9,6 +9,7 @@ real.  No kernel is ``parallel=True``: each is a serial ``nogil`` task that
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -243,6 +244,25 @@ def set_num_threads(n: int) -> None:
             limit=limit,
         )
     _thread_counts.n = n
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """A context in which kernels called from this thread use ``n`` threads (None: as now).
+
+    ``n`` is checked on entry as :func:`set_num_threads` checks it; on exit the thread
+    gets back the count it had, so that a run with ``threads=1`` leaves nothing behind.
+    """
+    before = _thread_counts.__dict__.get("n")
+    if n is not None:
+        set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before is None:
+            _thread_counts.__dict__.pop("n", None)
+        else:
+            _thread_counts.n = before
 
 
 def is_task_thread(thread) -> bool:

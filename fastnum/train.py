@@ -443,26 +443,27 @@ def train(
             f"scheduler={scheduler!r} runs the numba kernels on the Dask workers, but the run's "
             f"backend is {backend!r}; use the numba backend (--backend numba) or drop it."
         )
-    if config.threads is not None:  # raises on a count numba cannot give, before files too
-        from fastnum._jit import set_num_threads
+    from fastnum._jit import num_threads
 
-        set_num_threads(config.threads)
-    folder = None if out is None else RunFolder(out).open(resume, overwrite)
-    try:
-        run = _Run(config, data, folder, log)
-        if resume:
-            run.restore()
-        if progress and run.iteration < config.iters:
-            run.progress = Progress(config.iters, run.iteration)
-        # exp() overflowing in a saturated sigmoid is harmless (it gives 0); real trouble
-        # shows up as a non-finite loss or parameter, which the loop checks explicitly.
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            try:
-                with scheduled(run.net, scheduler):
-                    run.loop(callback)
-            finally:
-                run.progress.close()
-            return run.finish()
-    finally:
-        if folder is not None:
-            folder.close()
+    # The count is checked on entry (before any file is touched) and given back after
+    # the run, so that train(threads=1) does not slow the caller's later calls.
+    with num_threads(config.threads):
+        folder = None if out is None else RunFolder(out).open(resume, overwrite)
+        try:
+            run = _Run(config, data, folder, log)
+            if resume:
+                run.restore()
+            if progress and run.iteration < config.iters:
+                run.progress = Progress(config.iters, run.iteration)
+            # exp() overflowing in a saturated sigmoid is harmless (it gives 0); real trouble
+            # shows up as a non-finite loss or parameter, which the loop checks explicitly.
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                try:
+                    with scheduled(run.net, scheduler):
+                        run.loop(callback)
+                finally:
+                    run.progress.close()
+                return run.finish()
+        finally:
+            if folder is not None:
+                folder.close()

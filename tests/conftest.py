@@ -35,15 +35,11 @@ os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_SESSION_TMP / "dask"))
 
 @pytest.fixture(autouse=True)
 def _keep_the_thread_count():
-    """Give every test the thread count it found: commands like ``train --threads 1`` set it."""
-    from fastnum import _jit
+    """Give every test the thread count it found (tests set it with set_num_threads)."""
+    from fastnum._jit import num_threads
 
-    found = _jit._thread_counts.__dict__.get("n")
-    yield
-    if found is None:
-        _jit._thread_counts.__dict__.pop("n", None)
-    else:
-        _jit._thread_counts.n = found
+    with num_threads(None):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,27 @@ def test_backprop_runs_where_asked_with_one_blas_thread_beside_numba(blobs, back
     assert _blas_threads() == before  # restored after each step
 
 
+@pytest.mark.numba
+def test_threads_apply_to_the_run_and_are_given_back(blobs, monkeypatch):
+    # A notebook that trains once with threads=1 must not find its later calls on 1 thread.
+    from fastnum import get_num_threads
+    from fastnum.network import TwoLayerNet
+
+    seen, real = [], TwoLayerNet.numerical_gradient_trusted
+    monkeypatch.setattr(
+        TwoLayerNet,
+        "numerical_gradient_trusted",
+        lambda self, *a, **k: seen.append(get_num_threads()) or real(self, *a, **k),
+    )
+    before = get_num_threads()
+    quiet_train(small(grad="numerical", iters=2, backend="numba", threads=1), blobs)
+    assert seen == [1, 1]
+    assert get_num_threads() == before
+    with pytest.raises(ValueError, match="threads=100000 is out of range"):
+        quiet_train(small(iters=1, threads=100_000), blobs)
+    assert get_num_threads() == before
+
+
 def test_backend_comes_from_the_environment_unless_given(blobs, monkeypatch):
     monkeypatch.setenv(fb.BACKEND_ENV, "numpy")
     assert quiet_train(small(backend=None, iters=2), blobs).backend == "numpy"

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from fastnum._jit import one_blas_thread
+from fastnum._jit import num_threads, one_blas_thread
 from fastnum.experiments.grid import _RUN_LOCK, _mnist
 
 #: Keys of a :func:`run` result that are equal for equal specs, wherever they run.
@@ -124,12 +124,9 @@ def run(spec):
     with (
         _RUN_LOCK,
         one_blas_thread(),
+        num_threads(spec.get("threads")),
         np.errstate(over="ignore", under="ignore", invalid="ignore"),
     ):
-        if spec.get("threads") is not None:
-            from fastnum._jit import set_num_threads
-
-            set_num_threads(spec["threads"])
         start = time.perf_counter()
         try:
             if every:
@@ -324,11 +321,11 @@ def time_numerical_iteration(spec, repeats=2, warmup=True):
     net, optimizer = _build(spec, x.shape[1])
     rng = np.random.default_rng([spec["seed"], 1])
     times = []
-    with one_blas_thread(), np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        if spec.get("threads") is not None:
-            from fastnum._jit import set_num_threads
-
-            set_num_threads(spec["threads"])
+    with (
+        one_blas_thread(),
+        num_threads(spec.get("threads")),
+        np.errstate(over="ignore", under="ignore", invalid="ignore"),
+    ):
         for _ in range(repeats + bool(warmup)):
             idx = rng.choice(len(x), spec["batch_size"])
             start = time.perf_counter()

@@ -170,7 +170,7 @@ def run_estimator(spec):
         batch_loss, mean of the batch losses since the previous point),
         ``evaluations_per_step``, ``backend`` and ``host``.
     """
-    from fastnum._jit import set_num_threads
+    from fastnum._jit import num_threads
     from fastnum._validate import as_float_batch, as_image_batch, as_labels
     from fastnum.estimators import loss_evaluations
     from fastnum.train import TrainConfig, build_net, run_backend, sgd_step
@@ -186,8 +186,6 @@ def run_estimator(spec):
     x_test = as_batch(x_test[: config.test_size])
     t_test = as_labels(t_test[: config.test_size], len(x_test), 10)
     backend = run_backend(config)
-    if backend == "numba":
-        set_num_threads(config.threads)
     n_features = int(np.prod(x_train.shape[1:]))
     net = build_net(config, n_features, 10, input_dim=IMAGE if images else None)
     optimizer = config.make_optimizer()
@@ -196,7 +194,8 @@ def run_estimator(spec):
     )
     # As train() draws its batches: a child stream of the seed.
     rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+    threads = config.threads if backend == "numba" else None
+    with num_threads(threads), np.errstate(over="ignore", under="ignore", invalid="ignore"):
         # Warm-up on a throwaway copy, so that compiling is not timed.
         warm = build_net(config, n_features, 10, input_dim=IMAGE if images else None)
         sgd_step(warm, x_train[:2], t_train[:2], config, config.make_optimizer())
