@@ -132,18 +132,25 @@ AFTER_KERNELS_CHILD = textwrap.dedent("""
             g = 3.0 * a ** 2 * y / len(t)
             return {"W": x.T @ g, "b": g.sum(axis=0)}
 
+    class CubedSlightlyOff(Cubed):  # a bias gradient 0.1% too large
+        def gradient(self, x, t):
+            grads = super().gradient(x, t)
+            return {"W": grads["W"], "b": grads["b"] * 1.001}
+
     rng = np.random.default_rng(0)
     x, t = rng.random((6, 8)), np.arange(6) % 3
     TwoLayerNet(8, 5, 3, seed=0).numerical_gradient(x, t, strategy="full")
     threads = [th.name for th in threading.enumerate()]
     method = _processes.start_method()
     result = fastnum.gradcheck(Cubed(), x, t, workers=2, log_guard=False)
+    wrong = fastnum.gradcheck(CubedSlightlyOff(), x, t, workers=2, log_guard=False)
     layer = None
     if HAVE_NUMBA:
         import numba.np.ufunc.parallel as numba_parallel
         layer = numba_parallel._is_initialized
     print(json.dumps({"jit": JIT_ENABLED, "threads": threads, "start": method,
-                      "numba_layer": layer, "how": result.method, "verdict": result.verdict}))
+                      "numba_layer": layer, "how": result.method, "verdict": result.verdict,
+                      "wrong": [wrong.method, wrong.verdict, wrong.failed]}))
 """)
 
 
@@ -164,6 +171,8 @@ def test_a_network_of_the_readers_script_is_checked_in_processes_after_kernels_r
     assert seen["start"] == "fork"
     assert seen["how"] == "generic path: the network's own loss, on 2 processes"
     assert seen["verdict"] == "PASS"
+    # ... and a subtly wrong one fails there, naming its parameter.
+    assert seen["wrong"] == ["generic path: the network's own loss, on 2 processes", "FAIL", ["b"]]
 
 
 def test_fork_only_from_the_main_thread_while_no_other_thread_runs_code():
